@@ -1,0 +1,42 @@
+import type { Command } from 'commander';
+import { KeyhavenError } from '../../errors.js';
+import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
+import { renderStaticPod } from '../../k8s/static-pod.js';
+
+export function registerK8s(program: Command, run: (fn: () => Promise<number>) => void): void {
+  const k8s = program.command('k8s').description('Generate Kubernetes manifests for the plugin');
+  k8s
+    .command('encryption-config')
+    .description('Print an EncryptionConfiguration that encrypts Secrets with this plugin')
+    .requiredOption('--name <name>', 'provider name (appears in the etcd prefix k8s:enc:kms:v2:<name>:)')
+    .requiredOption('--socket <endpoint>', 'the plugin socket, unix:///path/to.sock')
+    .option('--timeout <duration>', 'per-call deadline the apiserver applies', '3s')
+    .option('--resource <resource...>', 'resources to encrypt', ['secrets'])
+    .action((flags: { name: string; socket: string; timeout: string; resource: string[] }) =>
+      run(async () => {
+        process.stdout.write(renderEncryptionConfig({ name: flags.name, endpoint: flags.socket, timeout: flags.timeout, resources: flags.resource }));
+        return 0;
+      }),
+    );
+  k8s
+    .command('static-pod')
+    .description('Print a static Pod manifest that runs the plugin beside kube-apiserver')
+    .option('--image <image>', 'container image with keyhaven')
+    .option('--config <path>', 'host path of plugin.yaml')
+    .option('--socket-dir <dir>', 'host folder for the socket')
+    .option('--data-dir <dir>', 'host folder of the embedded key store')
+    .option('--health-port <port>', 'health/metrics port on 127.0.0.1')
+    .action((flags: { image?: string; config?: string; socketDir?: string; dataDir?: string; healthPort?: string }) =>
+      run(async () => {
+        let healthPort: number | undefined;
+        if (flags.healthPort !== undefined) {
+          if (!/^\d{1,5}$/.test(flags.healthPort)) throw new KeyhavenError('invalid_argument', `--health-port must be a number, not ${JSON.stringify(flags.healthPort)}`);
+          healthPort = Number(flags.healthPort);
+        }
+        process.stdout.write(
+          renderStaticPod({ image: flags.image, configPath: flags.config, socketDir: flags.socketDir, dataDir: flags.dataDir, healthPort }),
+        );
+        return 0;
+      }),
+    );
+}

@@ -1,0 +1,375 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { KeyhavenError } from '../errors.js';
+import { DEFAULT_KEY_NAME, loadPluginConfig, mergeConfig, parsePluginConfig, readYamlFile } from './plugin-config.js';
+
+let dir: string;
+let n = 0;
+
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'kh-config-'));
+});
+
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function yamlFile(text: string): string {
+  n += 1;
+  const p = join(dir, `plugin-${n}.yaml`);
+  writeFileSync(p, text);
+  return p;
+}
+
+const minimal = { provider: { type: 'embedded', dataDir: '/var/lib/keyhaven' } };
+
+function withMinimal(extra: Record<string, unknown>): Record<string, unknown> {
+  return { ...minimal, ...extra };
+}
+
+/** config_invalid whose message matches every pattern given. */
+function invalid(...patterns: RegExp[]): (e: unknown) => true {
+  return (e: unknown) => {
+    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
+    assert.equal(e.code, 'config_invalid', e.message);
+    for (const p of patterns) assert.match(e.message, p);
+    return true;
+  };
+}
+
+describe('config/plugin-config: defaults', () => {
+  it('fills every default from a minimal config', () => {
+    const cfg = parsePluginConfig(minimal, 'test');
+    assert.equal(cfg.socket, 'unix:///run/keyhaven/kms.sock');
+    assert.equal(cfg.socketMode, 0o600);
+    assert.equal(cfg.socketGroup, null);
+    assert.equal(cfg.status.cacheTTL, 5000);
+    assert.equal(cfg.status.gracePeriod, 300000);
+    assert.equal(cfg.health.address, '127.0.0.1:8787');
+    assert.equal(cfg.log.level, 'info');
+    assert.equal(cfg.v1beta1, true);
+    assert.equal(cfg.provider.type, 'embedded');
+    assert.equal(cfg.provider.key, DEFAULT_KEY_NAME);
+    assert.equal(cfg.provider.key, 'kubernetes-secrets');
+    assert.equal(cfg.provider.dataDir, '/var/lib/keyhaven');
+    assert.equal(cfg.provider.rootKeyFile, '/var/lib/keyhaven/root.key');
+  });
+
+  it('fills the nested defaults when only part of a section is given', () => {
+    const cfg = parsePluginConfig(withMinimal({ status: { cacheTTL: '1s' } }), 'test');
+    assert.equal(cfg.status.cacheTTL, 1000);
+    assert.equal(cfg.status.gracePeriod, 300000);
+  });
+
+  it('resolves a relative dataDir and rootKeyFile to absolute paths', () => {
+    const cfg = parsePluginConfig({ provider: { type: 'embedded', dataDir: 'rel/data', rootKeyFile: 'keys/root.key' } }, 'test');
+    assert.equal(cfg.provider.dataDir, resolve('rel/data'));
+    assert.equal(cfg.provider.rootKeyFile, resolve('keys/root.key'));
+  });
+
+  it('keeps explicit values', () => {
+    const cfg = parsePluginConfig(
+      {
+        socket: 'unix:///tmp/x.sock',
+        socketMode: '0660',
+        socketGroup: 'kube',
+        provider: { type: 'embedded', dataDir: '/d', key: 'my.key_1-a', rootKeyFile: '/k/root.key' },
+        status: { cacheTTL: '250ms', gracePeriod: '2h' },
+        health: { address: 'off' },
+        log: { level: 'debug' },
+        v1beta1: false,
+      },
+      'test',
+    );
+    assert.equal(cfg.socket, 'unix:///tmp/x.sock');
+    assert.equal(cfg.socketMode, 0o660);
+    assert.equal(cfg.socketGroup, 'kube');
+    assert.equal(cfg.provider.key, 'my.key_1-a');
+    assert.equal(cfg.provider.rootKeyFile, '/k/root.key');
+    assert.equal(cfg.status.cacheTTL, 250);
+    assert.equal(cfg.status.gracePeriod, 7_200_000);
+    assert.equal(cfg.health.address, 'off');
+    assert.equal(cfg.log.level, 'debug');
+    assert.equal(cfg.v1beta1, false);
+  });
+
+  it('accepts a numeric socket group', () => {
+    assert.equal(parsePluginConfig(withMinimal({ socketGroup: 0 }), 't').socketGroup, 0);
+    assert.equal(parsePluginConfig(withMinimal({ socketGroup: 998 }), 't').socketGroup, 998);
+  });
+});
+
+describe('config/plugin-config: durations and modes', () => {
+  const cases: Array<[string, number]> = [
+    ['5s', 5000],
+    ['5m', 300000],
+    ['500ms', 500],
+    ['1h', 3_600_000],
+    ['0s', 0],
+  ];
+  for (const [text, ms] of cases) {
+    it(`parses "${text}" to ${ms} ms`, () => {
+      const cfg = parsePluginConfig(withMinimal({ status: { cacheTTL: text, gracePeriod: text } }), 'test');
+      assert.equal(cfg.status.cacheTTL, ms);
+      assert.equal(cfg.status.gracePeriod, ms);
+    });
+  }
+
+  for (const bad of ['5', '5 s', '-5s', '1.5s', '5d', 's', '', '5S', '1234567890s']) {
+    it(`refuses the duration ${JSON.stringify(bad)} naming the field`, () => {
+      assert.throws(() => parsePluginConfig(withMinimal({ status: { cacheTTL: bad } }), 'test'), invalid(/status\.cacheTTL: must be a duration/));
+    });
+  }
+
+  it('refuses a duration given as a number', () => {
+    assert.throws(() => parsePluginConfig(withMinimal({ status: { gracePeriod: 300 } }), 'test'), invalid(/status\.gracePeriod/));
+  });
+
+  const modes: Array<[string, number]> = [
+    ['0600', 0o600],
+    ['600', 0o600],
+    ['0660', 0o660],
+    ['0777', 0o777],
+  ];
+  for (const [text, mode] of modes) {
+    it(`parses socketMode "${text}" to 0o${mode.toString(8)}`, () => {
+      assert.equal(parsePluginConfig(withMinimal({ socketMode: text }), 'test').socketMode, mode);
+    });
+  }
+
+  for (const bad of ['0800', '06000', 'rw', '', '0x180', '00600']) {
+    it(`refuses socketMode ${JSON.stringify(bad)}`, () => {
+      assert.throws(() => parsePluginConfig(withMinimal({ socketMode: bad }), 'test'), invalid(/socketMode: must be an octal mode/));
+    });
+  }
+});
+
+describe('config/plugin-config: unknown fields', () => {
+  it('refuses an unknown top-level field, naming it', () => {
+    assert.throws(() => parsePluginConfig(withMinimal({ bogusField: 1 }), 'plugin.yaml'), invalid(/plugin\.yaml/, /\(top level\)/, /bogusField/));
+  });
+
+  it('refuses an unknown field in provider, naming the section and the field', () => {
+    assert.throws(
+      () => parsePluginConfig({ provider: { type: 'embedded', dataDir: '/d', rootkeyfile: '/x' } }, 'test'),
+      invalid(/provider\b.*"rootkeyfile"/),
+    );
+  });
+
+  for (const section of ['status', 'health', 'log']) {
+    it(`refuses an unknown field in ${section}, naming the section and the field`, () => {
+      assert.throws(() => parsePluginConfig(withMinimal({ [section]: { typoField: 'x' } }), 'test'), invalid(new RegExp(`${section}\\b.*"typoField"`)));
+    });
+  }
+});
+
+describe('config/plugin-config: wrong types and values', () => {
+  const cases: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['socket as a number', withMinimal({ socket: 5 }), /socket: /],
+    ['empty socket', withMinimal({ socket: '' }), /socket: /],
+    ['socketMode as a number', withMinimal({ socketMode: 600 }), /socketMode: .*expected string/],
+    ['negative socketGroup', withMinimal({ socketGroup: -1 }), /socketGroup/],
+    ['fractional socketGroup', withMinimal({ socketGroup: 1.5 }), /socketGroup/],
+    ['empty socketGroup', withMinimal({ socketGroup: '' }), /socketGroup/],
+    ['v1beta1 as a string', withMinimal({ v1beta1: 'yes' }), /v1beta1: .*expected boolean/],
+    ['status as a string', withMinimal({ status: '5s' }), /status: /],
+    ['log level unknown', withMinimal({ log: { level: 'verbose' } }), /log\.level/],
+    ['provider missing', {}, /provider: /],
+    ['provider as a list', { provider: [] }, /provider/],
+    ['dataDir missing', { provider: { type: 'embedded' } }, /provider\.dataDir/],
+    ['dataDir empty', { provider: { type: 'embedded', dataDir: '' } }, /provider\.dataDir/],
+    ['dataDir as a number', { provider: { type: 'embedded', dataDir: 1 } }, /provider\.dataDir/],
+    ['key name with a slash', { provider: { type: 'embedded', dataDir: '/d', key: 'a/b' } }, /provider\.key: must be 1-128/],
+    ['key name starting with a dot', { provider: { type: 'embedded', dataDir: '/d', key: '.k' } }, /provider\.key/],
+    ['key name of 129 characters', { provider: { type: 'embedded', dataDir: '/d', key: 'k'.repeat(129) } }, /provider\.key/],
+    ['provider type unknown', { provider: { type: 'aws-kms', dataDir: '/d' } }, /provider\.type/],
+    ['provider type missing', { provider: { dataDir: '/d' } }, /provider\.type/],
+  ];
+  for (const [name, raw, pattern] of cases) {
+    it(`refuses ${name}`, () => {
+      assert.throws(() => parsePluginConfig(raw, 'test'), invalid(pattern));
+    });
+  }
+
+  it('refuses a config that is not a mapping', () => {
+    for (const raw of [null, 'text', 5, []]) {
+      assert.throws(() => parsePluginConfig(raw, 'test'), invalid(/invalid configuration in test/));
+    }
+  });
+
+  it('lists every problem, one per line', () => {
+    assert.throws(
+      () => parsePluginConfig(withMinimal({ socketMode: 'x', v1beta1: 'x', log: { level: 'x' } }), 'test'),
+      invalid(/\n {2}socketMode: /, /\n {2}v1beta1: /, /\n {2}log\.level: /),
+    );
+  });
+
+  it('accepts a 128-character key name', () => {
+    assert.equal(parsePluginConfig({ provider: { type: 'embedded', dataDir: '/d', key: 'k'.repeat(128) } }, 't').provider.key.length, 128);
+  });
+});
+
+describe('config/plugin-config: health address', () => {
+  for (const good of ['127.0.0.1:8787', '0.0.0.0:0', 'localhost:9000', '[::1]:8787', 'off', 'node-1.example.com:65535']) {
+    it(`accepts ${good}`, () => {
+      assert.equal(parsePluginConfig(withMinimal({ health: { address: good } }), 't').health.address, good);
+    });
+  }
+
+  for (const bad of ['8787', '127.0.0.1', '127.0.0.1:65536', '127.0.0.1:99999', 'http://127.0.0.1:8787', '127.0.0.1:port', ':8787', '::1:8787', 'on', '']) {
+    it(`refuses ${JSON.stringify(bad)} naming health.address`, () => {
+      assert.throws(() => parsePluginConfig(withMinimal({ health: { address: bad } }), 't'), invalid(/health\.address: /));
+    });
+  }
+});
+
+describe('config/plugin-config: freezing', () => {
+  it('returns a deeply frozen object', () => {
+    const cfg = parsePluginConfig(minimal, 'test');
+    assert.ok(Object.isFrozen(cfg));
+    assert.ok(Object.isFrozen(cfg.provider));
+    assert.ok(Object.isFrozen(cfg.status));
+    assert.ok(Object.isFrozen(cfg.health));
+    assert.ok(Object.isFrozen(cfg.log));
+    assert.throws(() => {
+      (cfg as { socket: string }).socket = 'unix:///evil.sock';
+    }, TypeError);
+    assert.throws(() => {
+      (cfg.status as { cacheTTL: number }).cacheTTL = 1;
+    }, TypeError);
+    assert.equal(cfg.socket, 'unix:///run/keyhaven/kms.sock');
+    assert.equal(cfg.status.cacheTTL, 5000);
+  });
+
+  it('does not freeze or change the input object', () => {
+    const raw = { provider: { type: 'embedded', dataDir: 'rel' } };
+    parsePluginConfig(raw, 'test');
+    assert.ok(!Object.isFrozen(raw));
+    assert.ok(!Object.isFrozen(raw.provider));
+    assert.equal(raw.provider.dataDir, 'rel');
+  });
+});
+
+describe('config/plugin-config: mergeConfig', () => {
+  it('flags override file fields, deeply, and keep the rest', () => {
+    const base = { socket: 'unix:///file.sock', provider: { type: 'embedded', dataDir: '/file', key: 'file-key' }, status: { cacheTTL: '1s' } };
+    const merged = mergeConfig(base, { provider: { dataDir: '/flag' }, status: { gracePeriod: '1m' }, v1beta1: false });
+    assert.deepEqual(merged, {
+      socket: 'unix:///file.sock',
+      provider: { type: 'embedded', dataDir: '/flag', key: 'file-key' },
+      status: { cacheTTL: '1s', gracePeriod: '1m' },
+      v1beta1: false,
+    });
+  });
+
+  it('ignores flags left undefined', () => {
+    const merged = mergeConfig({ socket: 'unix:///file.sock' }, { socket: undefined, log: undefined });
+    assert.deepEqual(merged, { socket: 'unix:///file.sock' });
+  });
+
+  it('does not modify the base', () => {
+    const base = { provider: { type: 'embedded', dataDir: '/file' } };
+    mergeConfig(base, { provider: { dataDir: '/flag' } });
+    assert.deepEqual(base, { provider: { type: 'embedded', dataDir: '/file' } });
+  });
+
+  it('a non-object base yields the overrides', () => {
+    assert.deepEqual(mergeConfig(undefined, { a: 1 }), { a: 1 });
+    assert.deepEqual(mergeConfig([1, 2], { a: 1 }), { a: 1 });
+  });
+});
+
+describe('config/plugin-config: loadPluginConfig from files', () => {
+  it('loads a YAML file and lets flags override its fields', () => {
+    const file = yamlFile(['socket: unix:///file.sock', 'provider:', '  type: embedded', '  dataDir: /file', '  key: file-key', 'status:', '  cacheTTL: 2s', ''].join('\n'));
+    const cfg = loadPluginConfig(file, { socket: 'unix:///flag.sock', provider: { dataDir: '/flag' }, status: { cacheTTL: undefined } });
+    assert.equal(cfg.socket, 'unix:///flag.sock');
+    assert.equal(cfg.provider.dataDir, '/flag');
+    assert.equal(cfg.provider.key, 'file-key');
+    assert.equal(cfg.status.cacheTTL, 2000);
+    assert.ok(Object.isFrozen(cfg));
+  });
+
+  it('loads from flags alone when no file is given, and names the flags as the source', () => {
+    const cfg = loadPluginConfig(undefined, { provider: { type: 'embedded', dataDir: '/flags' } });
+    assert.equal(cfg.provider.dataDir, '/flags');
+    assert.throws(() => loadPluginConfig(undefined, {}), invalid(/command-line flags/, /provider/));
+  });
+
+  it('names the file in schema errors', () => {
+    const file = yamlFile('provider:\n  type: embedded\n  dataDir: /d\nunknownThing: 1\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(new RegExp(`invalid configuration in ${file.replace(/[.]/g, '\\.')}`), /unknownThing/));
+  });
+
+  it('refuses a YAML syntax error, naming the file', () => {
+    const file = yamlFile('provider: [\n  type: embedded\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/not valid YAML/, new RegExp(file.replace(/[.]/g, '\\.'))));
+  });
+
+  it('refuses duplicate keys', () => {
+    const file = yamlFile('provider:\n  type: embedded\n  dataDir: /a\nprovider:\n  type: embedded\n  dataDir: /b\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/not valid YAML/, /unique/i));
+  });
+
+  it('refuses duplicate nested keys', () => {
+    const file = yamlFile('provider:\n  type: embedded\n  dataDir: /a\n  dataDir: /b\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/not valid YAML/, /unique/i));
+  });
+
+  it('refuses several YAML documents', () => {
+    const file = yamlFile('provider:\n  type: embedded\n  dataDir: /a\n---\nsocket: unix:///x.sock\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/not valid YAML/));
+  });
+
+  it('refuses a file that is not a mapping', () => {
+    for (const text of ['just text\n', '- a\n- b\n', '42\n']) {
+      const file = yamlFile(text);
+      assert.throws(() => loadPluginConfig(file, {}), invalid(/must hold a YAML mapping/));
+    }
+  });
+
+  it('treats an empty file as an empty mapping (then provider is required)', () => {
+    const file = yamlFile('');
+    assert.deepEqual(readYamlFile(file), {});
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/provider: /));
+    assert.equal(loadPluginConfig(file, { provider: { type: 'embedded', dataDir: '/x' } }).provider.dataDir, '/x');
+  });
+
+  it('refuses an unquoted octal socketMode (YAML reads it as a number)', () => {
+    const file = yamlFile('socketMode: 0600\nprovider:\n  type: embedded\n  dataDir: /d\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/socketMode/));
+  });
+
+  it('accepts a quoted socketMode from YAML', () => {
+    const file = yamlFile('socketMode: "0640"\nprovider:\n  type: embedded\n  dataDir: /d\n');
+    assert.equal(loadPluginConfig(file, {}).socketMode, 0o640);
+  });
+
+  it('refuses a __proto__ key instead of merging it', () => {
+    const file = yamlFile('__proto__:\n  v1beta1: false\nprovider:\n  type: embedded\n  dataDir: /d\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/__proto__/));
+    assert.equal(({} as Record<string, unknown>)['v1beta1'], undefined);
+  });
+
+  it('refuses a missing file', () => {
+    const file = join(dir, 'missing.yaml');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/cannot read config file/, /ENOENT/, /missing\.yaml/));
+  });
+
+  it('refuses a file over 1 MiB, naming its size and the limit', () => {
+    const head = 'provider:\n  type: embedded\n  dataDir: /d\n';
+    const file = yamlFile(head + '#' + 'x'.repeat(1024 * 1024 - head.length - 2) + '\n' + '\n');
+    assert.throws(() => loadPluginConfig(file, {}), invalid(/1048577 bytes/, /limit is 1048576/));
+  });
+
+  it('accepts a file of exactly 1 MiB', () => {
+    const head = 'provider:\n  type: embedded\n  dataDir: /d\n';
+    const text = head + '#' + 'x'.repeat(1024 * 1024 - head.length - 2) + '\n';
+    assert.equal(Buffer.byteLength(text), 1024 * 1024);
+    const file = yamlFile(text);
+    assert.equal(loadPluginConfig(file, {}).provider.dataDir, '/d');
+  });
+});

@@ -1,0 +1,102 @@
+import { readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { KeyhavenError } from '../errors.js';
+import { durationMs } from './duration.js';
+import { configError } from './format-issues.js';
+
+export const DEFAULT_KEY_NAME = 'kubernetes-secrets';
+const MAX_CONFIG_BYTES = 1024 * 1024;
+
+const hostPort = z
+  .string()
+  .regex(/^(off|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5})$/, 'must be host:port (for example 127.0.0.1:8787) or "off"')
+  .refine((v) => v === 'off' || Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+
+const embeddedProvider = z.strictObject({
+  type: z.literal('embedded'),
+  dataDir: z.string().min(1),
+  key: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"').default(DEFAULT_KEY_NAME),
+  rootKeyFile: z.string().min(1).optional(),
+});
+
+export const pluginConfigSchema = z.strictObject({
+  socket: z.string().min(1).default('unix:///run/keyhaven/kms.sock'),
+  socketMode: z
+    .string()
+    .regex(/^0?[0-7]{3}$/, 'must be an octal mode such as "0600"')
+    .default('0600')
+    .transform((v) => parseInt(v, 8)),
+  socketGroup: z.union([z.string().min(1), z.number().int().nonnegative()]).nullable().default(null),
+  provider: z.discriminatedUnion('type', [embeddedProvider]),
+  status: z
+    .strictObject({
+      cacheTTL: durationMs.prefault('5s'),
+      gracePeriod: durationMs.prefault('5m'),
+    })
+    .prefault({}),
+  health: z.strictObject({ address: hostPort.default('127.0.0.1:8787') }).prefault({}),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+  v1beta1: z.boolean().default(true),
+});
+
+export type PluginConfig = z.output<typeof pluginConfigSchema>;
+export type PluginConfigInput = z.input<typeof pluginConfigSchema>;
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Deep-merges flag overrides onto the file's content (flags win). */
+export function mergeConfig(base: unknown, overrides: Record<string, unknown>): unknown {
+  if (!isPlainObject(base)) return overrides;
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(overrides)) {
+    if (v === undefined) continue;
+    out[k] = isPlainObject(v) && isPlainObject(out[k]) ? mergeConfig(out[k], v) : v;
+  }
+  return out;
+}
+
+export function readYamlFile(path: string): unknown {
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch (e) {
+    throw new KeyhavenError('config_invalid', `cannot read config file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (size > MAX_CONFIG_BYTES) throw new KeyhavenError('config_invalid', `config file ${path} is ${size} bytes; the limit is ${MAX_CONFIG_BYTES}`);
+  const text = readFileSync(path, 'utf8');
+  try {
+    return parseYaml(text, { uniqueKeys: true, maxAliasCount: 100 }) ?? {};
+  } catch (e) {
+    throw new KeyhavenError('config_invalid', `config file ${path} is not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
+/** Parses and freezes the plugin configuration; every problem is a readable error. */
+export function parsePluginConfig(raw: unknown, source: string): Readonly<PluginConfig> {
+  const res = pluginConfigSchema.safeParse(raw);
+  if (!res.success) throw configError(source, res.error);
+  const cfg = res.data;
+  if (cfg.provider.type === 'embedded') {
+    cfg.provider.dataDir = resolve(cfg.provider.dataDir);
+    cfg.provider.rootKeyFile = resolve(cfg.provider.rootKeyFile ?? join(cfg.provider.dataDir, 'root.key'));
+  }
+  return deepFreeze(cfg);
+}
+
+export function loadPluginConfig(file: string | undefined, overrides: Record<string, unknown>): Readonly<PluginConfig> {
+  const base = file ? readYamlFile(file) : {};
+  if (!isPlainObject(base)) throw new KeyhavenError('config_invalid', `config file ${file} must hold a YAML mapping`);
+  return parsePluginConfig(mergeConfig(base, overrides), file ?? 'command-line flags');
+}
+
+function deepFreeze<T>(v: T): T {
+  if (isPlainObject(v)) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}

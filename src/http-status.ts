@@ -1,0 +1,18 @@
+import type { ErrorCode } from './errors.js';
+
+// The single mapping from keyhaven error codes to HTTP status codes.
+export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
+  invalid_argument: 400,
+  not_found: 404,
+  already_exists: 409,
+  unknown_key_id: 404,
+  key_disabled: 409,
+  key_destroyed: 410,
+  integrity: 400,
+  failed_precondition: 409,
+  unavailable: 503,
+  audit_failed: 503,
+  config_invalid: 500,
+  permission_denied: 403,
+  internal: 500,
+});

@@ -1,0 +1,277 @@
+import { randomBytes } from 'node:crypto';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Barrier } from '../barrier/barrier.js';
+import { generateKey } from '../crypto/aead.js';
+import { KEY_REF_BYTES, openBlob, parseHeader, sealBlob } from '../crypto/blob.js';
+import { KeyhavenError } from '../errors.js';
+import type { KeyRow, Store } from '../storage/store.js';
+
+const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export interface KeyVersionInfo {
+  readonly version: number;
+  readonly tag: string;
+  readonly state: 'active' | 'destroyed';
+  readonly createdAt: string;
+  readonly destroyedAt: string | null;
+}
+
+export interface KeyInfo {
+  readonly id: string;
+  readonly name: string;
+  readonly state: 'enabled' | 'disabled';
+  readonly currentVersion: number;
+  readonly createdAt: string;
+  readonly updatedAt: string;
+  readonly versions: readonly KeyVersionInfo[];
+}
+
+export interface EncryptResult {
+  readonly ciphertext: Buffer;
+  readonly keyName: string;
+  readonly keyId: string;
+  readonly version: number;
+  readonly versionTag: string;
+}
+
+export interface DecryptResult {
+  readonly plaintext: Buffer;
+  readonly keyName: string;
+  readonly keyId: string;
+  readonly version: number;
+  readonly versionTag: string;
+}
+
+interface CachedKey {
+  row: KeyRow;
+  ref: Buffer;
+  /** Material of active versions only; destroyed versions are absent. */
+  material: Map<number, Buffer>;
+  tags: Map<number, string>;
+  destroyed: Set<number>;
+}
+
+export interface KeyStore {
+  create(name: string, actor: string): Promise<KeyInfo>;
+  list(): Promise<KeyInfo[]>;
+  get(name: string): Promise<KeyInfo>;
+  rotate(name: string, actor: string): Promise<KeyInfo>;
+  setEnabled(name: string, enabled: boolean, actor: string): Promise<KeyInfo>;
+  destroyVersion(name: string, version: number, actor: string): Promise<KeyInfo>;
+  /** Re-reads a key's metadata (picks up changes made by other processes). */
+  refresh(name: string): Promise<KeyInfo>;
+  /** Re-reads every key held in memory: disables and destroyed versions take effect. */
+  refreshCached(): Promise<void>;
+  /** Encrypts with the newest version of a key (from the cache; refresh() updates it). */
+  encrypt(name: string, plaintext: Buffer): EncryptResult;
+  /**
+   * Decrypts a self-describing ciphertext; loads versions it has not cached
+   * yet. With expectTag, refuses a version whose tag differs (a key_id from a
+   * copy of this store that was rotated separately).
+   */
+  decrypt(ciphertext: Buffer, expectTag?: string): Promise<DecryptResult>;
+}
+
+function versionPath(keyId: string, version: number): string {
+  return `keys/${keyId}/versions/${version}`;
+}
+
+function newTag(): string {
+  return randomBytes(8).toString('hex');
+}
+
+function validateName(name: string): void {
+  if (!KEY_NAME.test(name)) {
+    throw new KeyhavenError('invalid_argument', 'key name must be 1-128 characters of letters, digits, ".", "_" or "-", starting with a letter or digit');
+  }
+}
+
+export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: AuditLog }): KeyStore {
+  const { store, barrier, audit } = deps;
+  const byId = new Map<string, CachedKey>();
+  const idByName = new Map<string, string>();
+
+  const info = async (row: KeyRow, s: Store = store): Promise<KeyInfo> => {
+    const versions = await s.listKeyVersions(row.id);
+    return {
+      id: row.id,
+      name: row.name,
+      state: row.state,
+      currentVersion: row.current_version,
+      createdAt: row.created_at,
+      updatedAt: row.updated_at,
+      versions: versions.map((v) => ({ version: v.version, tag: v.tag, state: v.state, createdAt: v.created_at, destroyedAt: v.destroyed_at })),
+    };
+  };
+
+  const mustFind = async (s: Store, name: string): Promise<KeyRow> => {
+    validateName(name);
+    const row = await s.findKeyByName(name);
+    if (!row) throw new KeyhavenError('not_found', `key "${name}" does not exist`);
+    return row;
+  };
+
+  // Loads a key's metadata and the material of versions not cached yet.
+  const load = async (row: KeyRow): Promise<CachedKey> => {
+    const versions = await store.listKeyVersions(row.id);
+    const prev = byId.get(row.id);
+    const material = new Map<number, Buffer>();
+    const tags = new Map<number, string>();
+    const destroyed = new Set<number>();
+    for (const v of versions) {
+      tags.set(v.version, v.tag);
+      if (v.state === 'destroyed') {
+        destroyed.add(v.version);
+        continue;
+      }
+      const cached = prev?.material.get(v.version);
+      if (cached) {
+        material.set(v.version, cached);
+        continue;
+      }
+      const m = await barrier.get(store, versionPath(row.id, v.version));
+      if (!m) throw new KeyhavenError('integrity', `key "${row.name}" version ${v.version} has no stored material`);
+      material.set(v.version, m);
+    }
+    const entry: CachedKey = { row, ref: Buffer.from(row.id, 'hex'), material, tags, destroyed };
+    byId.set(row.id, entry);
+    idByName.set(row.name, row.id);
+    return entry;
+  };
+
+  const mutate = async (
+    operation: string,
+    name: string,
+    actor: string,
+    fn: (tx: Store, row: KeyRow) => Promise<{ version?: number; details?: Record<string, string | number | boolean> }>,
+  ): Promise<KeyInfo> => {
+    try {
+      const { row, version, details } = await store.transaction(async (tx) => {
+        const row = await mustFind(tx, name);
+        const out = await fn(tx, row);
+        return { row, ...out };
+      });
+      await audit.record({ actor, operation, keyName: name, keyVersion: version, result: 'ok', details });
+      const fresh = await store.findKeyById(row.id);
+      await load(fresh!);
+      return info(fresh!);
+    } catch (e) {
+      const code = e instanceof KeyhavenError ? e.code : 'internal';
+      await audit.record({ actor, operation, keyName: KEY_NAME.test(name) ? name : undefined, result: code }).catch(() => {});
+      throw e;
+    }
+  };
+
+  return {
+    async create(name, actor) {
+      validateName(name);
+      const id = randomBytes(KEY_REF_BYTES).toString('hex');
+      const now = new Date().toISOString();
+      try {
+        await store.transaction(async (tx) => {
+          if (await tx.findKeyByName(name)) throw new KeyhavenError('already_exists', `key "${name}" already exists`);
+          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now });
+          await tx.insertKeyVersion({ key_id: id, version: 1, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
+          await barrier.put(tx, versionPath(id, 1), generateKey());
+        });
+      } catch (e) {
+        await audit.record({ actor, operation: 'key.create', keyName: name, result: e instanceof KeyhavenError ? e.code : 'internal' }).catch(() => {});
+        throw e;
+      }
+      await audit.record({ actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });
+      const row = (await store.findKeyById(id))!;
+      await load(row);
+      return info(row);
+    },
+
+    async list() {
+      const rows = await store.listKeys();
+      return Promise.all(rows.map((r) => info(r)));
+    },
+
+    async get(name) {
+      return info(await mustFind(store, name));
+    },
+
+    rotate(name, actor) {
+      return mutate('key.rotate', name, actor, async (tx, row) => {
+        const version = row.current_version + 1;
+        const now = new Date().toISOString();
+        await tx.insertKeyVersion({ key_id: row.id, version, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
+        await barrier.put(tx, versionPath(row.id, version), generateKey());
+        await tx.updateKey(row.id, { current_version: version, updated_at: now });
+        return { version };
+      });
+    },
+
+    setEnabled(name, enabled, actor) {
+      return mutate(enabled ? 'key.enable' : 'key.disable', name, actor, async (tx, row) => {
+        await tx.updateKey(row.id, { state: enabled ? 'enabled' : 'disabled', updated_at: new Date().toISOString() });
+        return {};
+      });
+    },
+
+    destroyVersion(name, version, actor) {
+      return mutate('key.destroy-version', name, actor, async (tx, row) => {
+        if (!Number.isInteger(version) || version < 1) throw new KeyhavenError('invalid_argument', 'version must be a positive integer');
+        if (version === row.current_version) {
+          throw new KeyhavenError('failed_precondition', `version ${version} is the current version of key "${name}"; rotate first`);
+        }
+        const v = (await tx.listKeyVersions(row.id)).find((x) => x.version === version);
+        if (!v) throw new KeyhavenError('not_found', `key "${name}" has no version ${version}`);
+        if (v.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is already destroyed`);
+        await barrier.delete(tx, versionPath(row.id, version));
+        await tx.updateKeyVersion(row.id, version, { state: 'destroyed', destroyed_at: new Date().toISOString() });
+        return { version };
+      });
+    },
+
+    async refresh(name) {
+      const row = await mustFind(store, name);
+      await load(row);
+      return info(row);
+    },
+
+    async refreshCached() {
+      for (const id of [...byId.keys()]) {
+        const row = await store.findKeyById(id);
+        if (row) await load(row);
+        else byId.delete(id);
+      }
+    },
+
+    encrypt(name, plaintext) {
+      const id = idByName.get(name);
+      const entry = id ? byId.get(id) : undefined;
+      if (!entry) throw new KeyhavenError('not_found', `key "${name}" is not loaded`);
+      if (entry.row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${name}" is disabled`);
+      const version = entry.row.current_version;
+      const material = entry.material.get(version);
+      if (!material) throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is not available`);
+      return { ciphertext: sealBlob(material, entry.ref, version, plaintext), keyName: entry.row.name, keyId: entry.row.id, version, versionTag: entry.tags.get(version)! };
+    },
+
+    async decrypt(ciphertext, expectTag) {
+      const header = parseHeader(ciphertext);
+      const id = header.keyRef.toString('hex');
+      let entry = byId.get(id);
+      if (!entry || (!entry.material.has(header.version) && !entry.destroyed.has(header.version))) {
+        // Not cached: another process may have created or rotated the key.
+        const row = await store.findKeyById(id);
+        if (!row) throw new KeyhavenError('unknown_key_id', 'ciphertext names a key this store does not hold');
+        entry = await load(row);
+      }
+      if (entry.row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${entry.row.name}" is disabled`);
+      if (entry.destroyed.has(header.version)) {
+        throw new KeyhavenError('key_destroyed', `key "${entry.row.name}" version ${header.version} was destroyed; this ciphertext can no longer be decrypted`);
+      }
+      const material = entry.material.get(header.version);
+      if (!material) throw new KeyhavenError('unknown_key_id', `key "${entry.row.name}" has no version ${header.version}`);
+      const versionTag = entry.tags.get(header.version)!;
+      if (expectTag !== undefined && expectTag !== versionTag) {
+        throw new KeyhavenError('unknown_key_id', `key "${entry.row.name}" version ${header.version} here is not the version this key_id names (was a copy of this store rotated separately?)`);
+      }
+      return { plaintext: openBlob(material, ciphertext), keyName: entry.row.name, keyId: entry.row.id, version: header.version, versionTag };
+    },
+  };
+}

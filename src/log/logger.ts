@@ -1,0 +1,24 @@
+import pino, { type Logger } from 'pino';
+
+// Secret-bearing field names are censored wherever they appear, as a second
+// line of defence: code never passes secrets to the logger in the first place.
+export const REDACT_PATHS = [
+  'plaintext', 'ciphertext', 'plain', 'cipher', 'key', 'rootKey', 'material', 'password', 'token', 'apiKey', 'authorization',
+  '*.plaintext', '*.ciphertext', '*.plain', '*.cipher', '*.key', '*.rootKey', '*.material', '*.password', '*.token', '*.apiKey', '*.authorization',
+];
+
+export function createLogger(opts: { level: string; name?: string; destination?: pino.DestinationStream }): Logger {
+  return pino(
+    {
+      level: opts.level,
+      name: opts.name ?? 'keyhaven',
+      base: { pid: process.pid },
+      timestamp: pino.stdTimeFunctions.isoTime,
+      redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+      formatters: { level: (label) => ({ level: label }) },
+    },
+    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+  );
+}
+
+export type { Logger };

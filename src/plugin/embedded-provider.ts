@@ -1,0 +1,69 @@
+import { randomBytes } from 'node:crypto';
+import { parseHeader } from '../crypto/blob.js';
+import { constantTimeEqual } from '../crypto/kdf.js';
+import { KeyhavenError } from '../errors.js';
+import type { KeyStore } from '../keys/key-store.js';
+import { formatKeyId, parseKeyId } from './key-id.js';
+import type { KmsProvider } from './provider.js';
+
+/** The provider backed by the embedded key store (SQLite + root key file). */
+export function createEmbeddedProvider(deps: {
+  keys: KeyStore;
+  storeId: string;
+  keyName: string;
+  /** How often to re-read key state written by other processes (the CLI). */
+  refreshIntervalMs: number;
+  close?: () => Promise<void>;
+}): KmsProvider {
+  const { keys, storeId, keyName } = deps;
+  // Without this, a disable or a destroyed version would only take effect on
+  // the next Status poll, which the apiserver sends once a minute.
+  const timer = setInterval(() => {
+    keys.refreshCached().catch(() => {
+      // Reported by the next health check, which reads the same rows.
+    });
+  }, deps.refreshIntervalMs);
+  timer.unref();
+  return {
+    kind: 'embedded',
+    async healthCheck() {
+      // Re-reading metadata picks up a rotation or a disable made by another
+      // process (the CLI), and proves storage answers.
+      try {
+        await keys.refresh(keyName);
+      } catch (e) {
+        if (e instanceof KeyhavenError) throw e;
+        throw new KeyhavenError('unavailable', 'key store is not reachable', { cause: e });
+      }
+      const probe = randomBytes(32);
+      const enc = keys.encrypt(keyName, probe);
+      const dec = await keys.decrypt(enc.ciphertext);
+      if (!constantTimeEqual(dec.plaintext, probe)) throw new KeyhavenError('internal', 'round trip returned different bytes');
+      return formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag);
+    },
+    async encrypt(plaintext) {
+      const r = keys.encrypt(keyName, plaintext);
+      return { ciphertext: r.ciphertext, keyId: formatKeyId(storeId, r.keyId, r.version, r.versionTag), keyName: r.keyName, keyVersion: r.version };
+    },
+    async decrypt(ciphertext, keyId) {
+      if (keyId !== undefined) {
+        const parsed = parseKeyId(keyId);
+        if (parsed.storeId !== storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key store`);
+        // The header is authenticated by decrypt below; checking it first
+        // refuses a ciphertext paired with the wrong key_id without any crypto.
+        const header = parseHeader(ciphertext);
+        if (header.keyRef.toString('hex') !== parsed.keyRef || header.version !== parsed.version) {
+          throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
+        }
+        const r = await keys.decrypt(ciphertext, parsed.tag);
+        return { plaintext: r.plaintext, keyId, keyName: r.keyName, keyVersion: r.version };
+      }
+      const r = await keys.decrypt(ciphertext);
+      return { plaintext: r.plaintext, keyId: formatKeyId(storeId, r.keyId, r.version, r.versionTag), keyName: r.keyName, keyVersion: r.version };
+    },
+    async close() {
+      clearInterval(timer);
+      await deps.close?.();
+    },
+  };
+}

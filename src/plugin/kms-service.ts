@@ -1,0 +1,215 @@
+import { randomUUID } from 'node:crypto';
+import * as grpc from '@grpc/grpc-js';
+import type { Logger } from 'pino';
+import type { AuditLog } from '../audit/audit-log.js';
+import { BLOB_OVERHEAD } from '../crypto/blob.js';
+import { asKeyhavenError, KeyhavenError } from '../errors.js';
+import { GRPC_STATUS } from '../grpc-status.js';
+import { validateAnnotations } from './annotations.js';
+import type { PluginMetrics } from './metrics.js';
+import type { KmsProvider, ProviderDecryptResult } from './provider.js';
+import type { StatusMonitor } from './status-monitor.js';
+
+// Limits from the Kubernetes KMS contract.
+export const MAX_CIPHERTEXT_BYTES = 1024;
+export const MAX_KEY_ID_BYTES = 1024;
+export const MAX_PLAINTEXT_BYTES = MAX_CIPHERTEXT_BYTES - BLOB_OVERHEAD;
+
+export interface KmsServiceDeps {
+  readonly provider: KmsProvider;
+  readonly monitor: StatusMonitor;
+  readonly metrics: PluginMetrics;
+  readonly logger: Logger;
+  readonly audit: AuditLog;
+  readonly runtimeVersion: string;
+}
+
+type Unary<Req, Res> = (call: grpc.ServerUnaryCall<Req, Res>, cb: grpc.sendUnaryData<Res>) => void;
+
+interface V2EncryptRequest { plaintext: Buffer; uid: string }
+interface V2DecryptRequest { ciphertext: Buffer; uid: string; key_id: string; annotations: Record<string, Buffer> }
+interface V1EncryptRequest { version: string; plain: Buffer }
+interface V1DecryptRequest { version: string; cipher: Buffer }
+
+const ACTOR = 'kms-client';
+
+function checkPlaintext(p: Buffer): void {
+  if (p.length === 0) throw new KeyhavenError('invalid_argument', 'plaintext is empty');
+  if (p.length > MAX_PLAINTEXT_BYTES) {
+    throw new KeyhavenError('invalid_argument', `plaintext is ${p.length} bytes; at most ${MAX_PLAINTEXT_BYTES} fit a ${MAX_CIPHERTEXT_BYTES}-byte ciphertext`);
+  }
+}
+
+function checkCiphertext(c: Buffer): void {
+  if (c.length === 0) throw new KeyhavenError('invalid_argument', 'ciphertext is empty');
+  if (c.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('invalid_argument', `ciphertext is ${c.length} bytes; keyhaven never issues more than ${MAX_CIPHERTEXT_BYTES}`);
+}
+
+function checkKeyIdReply(keyId: string): void {
+  const n = Buffer.byteLength(keyId);
+  if (n === 0 || n > MAX_KEY_ID_BYTES) throw new KeyhavenError('internal', 'provider returned an invalid key_id');
+}
+
+/** Implements both KMS API versions over one provider. */
+export function createKmsHandlers(deps: KmsServiceDeps) {
+  const { provider, monitor, metrics, logger, audit } = deps;
+  // Identical Decrypts in flight (an apiserver restart sends duplicates) share one provider call.
+  const decrypting = new Map<string, Promise<ProviderDecryptResult>>();
+
+  const decryptOnce = (ciphertext: Buffer, keyId: string | undefined, annotations: Record<string, Buffer>): Promise<ProviderDecryptResult> => {
+    const k = `${keyId ?? ''}\u0000${ciphertext.toString('base64')}`;
+    let p = decrypting.get(k);
+    if (!p) {
+      const end = metrics.providerDuration.startTimer({ operation: 'decrypt' });
+      p = provider.decrypt(ciphertext, keyId, annotations).finally(() => {
+        end();
+        decrypting.delete(k);
+      });
+      decrypting.set(k, p);
+    }
+    return p;
+  };
+
+  // Wraps a handler: timing, metrics, one log line, the error mapping.
+  function unary<Req, Res>(
+    method: string,
+    uidOf: (req: Req) => string,
+    body: (req: Req, uid: string, ctx: { keyName?: string; keyVersion?: number; keyId?: string }) => Promise<Res>,
+    audited: boolean,
+  ): Unary<Req, Res> {
+    return (call, cb) => {
+      const start = process.hrtime.bigint();
+      const uid = uidOf(call.request) || randomUUID();
+      const ctx: { keyName?: string; keyVersion?: number; keyId?: string } = {};
+      const finish = (code: grpc.status, err?: KeyhavenError) => {
+        const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+        metrics.requests.inc({ method, code: grpc.status[code] ?? String(code) });
+        metrics.duration.observe({ method }, seconds);
+        const line = { uid, method, keyId: ctx.keyId, keyVersion: ctx.keyVersion, code: grpc.status[code], ms: Math.round(seconds * 1e6) / 1e3 };
+        if (err) {
+          const level = err.code === 'internal' || err.code === 'audit_failed' ? 'error' : 'warn';
+          logger[level]({ ...line, err: { code: err.code, message: err.message } }, 'kms call failed');
+        } else if (method !== 'v2.Status') {
+          logger.info(line, 'kms call');
+        } else {
+          logger.debug(line, 'kms call');
+        }
+      };
+      body(call.request, uid, ctx).then(
+        async (res) => {
+          if (audited) {
+            try {
+              await audit.record({ actor: ACTOR, operation: method, keyName: ctx.keyName, keyVersion: ctx.keyVersion, result: 'ok', requestId: uid, details: ctx.keyId ? { keyId: ctx.keyId } : undefined });
+            } catch (e) {
+              const err = asKeyhavenError(e);
+              finish(GRPC_STATUS[err.code], err);
+              cb({ code: GRPC_STATUS[err.code], details: err.message });
+              return;
+            }
+          }
+          finish(grpc.status.OK);
+          cb(null, res);
+        },
+        async (e: unknown) => {
+          const err = asKeyhavenError(e);
+          if (err.code === 'internal' && err.cause) logger.error({ uid, method, cause: String((err.cause as Error)?.stack ?? err.cause) }, 'internal error');
+          if (audited) {
+            // A refused request is audited too; if even that fails the answer is already an error.
+            await audit.record({ actor: ACTOR, operation: method, keyName: ctx.keyName, keyVersion: ctx.keyVersion, result: err.code, requestId: uid, details: ctx.keyId ? { keyId: ctx.keyId } : undefined }).catch(() => {});
+          }
+          finish(GRPC_STATUS[err.code], err);
+          cb({ code: GRPC_STATUS[err.code], details: err.message });
+        },
+      );
+    };
+  }
+
+  const v2 = {
+    Status: unary<Record<string, never>, { version: string; healthz: string; key_id: string }>(
+      'v2.Status',
+      () => '',
+      async (_req, _uid, ctx) => {
+        const snap = await monitor.check();
+        ctx.keyId = snap.keyId;
+        return { version: 'v2', healthz: 'ok', key_id: snap.keyId };
+      },
+      false,
+    ),
+    Encrypt: unary<V2EncryptRequest, { ciphertext: Buffer; key_id: string; annotations: Record<string, Buffer> }>(
+      'v2.Encrypt',
+      (r) => r.uid,
+      async (req, _uid, ctx) => {
+        checkPlaintext(req.plaintext);
+        const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
+        const r = await provider.encrypt(req.plaintext).finally(end);
+        Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
+        checkKeyIdReply(r.keyId);
+        if (r.ciphertext.length === 0 || r.ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'provider returned a ciphertext outside 1..1024 bytes');
+        const annotations = r.annotations ? { ...r.annotations } : {};
+        validateAnnotations(annotations, 'reply');
+        return { ciphertext: r.ciphertext, key_id: r.keyId, annotations };
+      },
+      true,
+    ),
+    Decrypt: unary<V2DecryptRequest, { plaintext: Buffer }>(
+      'v2.Decrypt',
+      (r) => r.uid,
+      async (req, _uid, ctx) => {
+        checkCiphertext(req.ciphertext);
+        const keyIdBytes = Buffer.byteLength(req.key_id);
+        if (keyIdBytes === 0) throw new KeyhavenError('invalid_argument', 'key_id is empty');
+        if (keyIdBytes > MAX_KEY_ID_BYTES) throw new KeyhavenError('invalid_argument', `key_id is ${keyIdBytes} bytes; at most ${MAX_KEY_ID_BYTES}`);
+        ctx.keyId = req.key_id;
+        validateAnnotations(req.annotations, 'request');
+        const r = await decryptOnce(req.ciphertext, req.key_id, req.annotations ?? {});
+        Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion });
+        return { plaintext: r.plaintext };
+      },
+      true,
+    ),
+  };
+
+  const checkV1 = (version: string) => {
+    if (version !== 'v1beta1') throw new KeyhavenError('invalid_argument', `unsupported KMS API version ${JSON.stringify(version.slice(0, 40))}; this service speaks v1beta1`);
+  };
+
+  const v1beta1 = {
+    Version: unary<{ version: string }, { version: string; runtime_name: string; runtime_version: string }>(
+      'v1beta1.Version',
+      () => '',
+      async (req) => {
+        checkV1(req.version);
+        return { version: 'v1beta1', runtime_name: 'keyhaven', runtime_version: deps.runtimeVersion };
+      },
+      false,
+    ),
+    Encrypt: unary<V1EncryptRequest, { cipher: Buffer }>(
+      'v1beta1.Encrypt',
+      () => '',
+      async (req, _uid, ctx) => {
+        checkV1(req.version);
+        checkPlaintext(req.plain);
+        const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
+        const r = await provider.encrypt(req.plain).finally(end);
+        Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
+        if (r.annotations && Object.keys(r.annotations).length > 0) throw new KeyhavenError('internal', 'provider needs annotations, which v1beta1 cannot carry');
+        return { cipher: r.ciphertext };
+      },
+      true,
+    ),
+    Decrypt: unary<V1DecryptRequest, { plain: Buffer }>(
+      'v1beta1.Decrypt',
+      () => '',
+      async (req, _uid, ctx) => {
+        checkV1(req.version);
+        checkCiphertext(req.cipher);
+        const r = await decryptOnce(req.cipher, undefined, {});
+        Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
+        return { plain: r.plaintext };
+      },
+      true,
+    ),
+  };
+
+  return { v2, v1beta1 };
+}

@@ -1,0 +1,157 @@
+import { createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import type { PluginConfig } from '../config/plugin-config.js';
+import { KeyhavenError } from '../errors.js';
+import { openEmbeddedStore } from '../keys/embedded-store.js';
+import type { Logger } from '../log/logger.js';
+import { PACKAGE_ROOT, PACKAGE_VERSION } from '../paths.js';
+import type { AuditLog } from '../audit/audit-log.js';
+import { createEmbeddedProvider } from './embedded-provider.js';
+import { startHealthServer, type HealthServer } from './health-server.js';
+import { createKmsHandlers } from './kms-service.js';
+import { createPluginMetrics } from './metrics.js';
+import type { KmsProvider } from './provider.js';
+import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket } from './socket.js';
+import { createStatusMonitor } from './status-monitor.js';
+
+export interface RunningPlugin {
+  readonly socket: string;
+  readonly health?: HealthServer;
+  /** Stops accepting calls, lets in-flight calls finish, removes the socket. */
+  close(): Promise<void>;
+}
+
+const PROTO_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
+
+export function loadKmsProtos() {
+  const root = fileURLToPath(new URL('proto/', `file://${PACKAGE_ROOT}`));
+  const def = protoLoader.loadSync([`${root}v2/api.proto`, `${root}v1beta1/api.proto`], PROTO_OPTIONS);
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    v2: { KeyManagementService: grpc.ServiceClientConstructor };
+    v1beta1: { KeyManagementService: grpc.ServiceClientConstructor };
+  };
+  return pkg;
+}
+
+/** Builds the provider the config names. */
+async function buildProvider(cfg: PluginConfig): Promise<{ provider: KmsProvider; audit: AuditLog }> {
+  const p = cfg.provider;
+  const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false });
+  try {
+    await embedded.keys.refresh(p.key);
+  } catch (e) {
+    await embedded.close();
+    if (e instanceof KeyhavenError && e.code === 'not_found') {
+      throw new KeyhavenError('config_invalid', `key "${p.key}" does not exist in ${p.dataDir} (create it with "keyhaven key create ${p.key}")`);
+    }
+    throw e;
+  }
+  const provider = createEmbeddedProvider({
+    keys: embedded.keys,
+    storeId: embedded.storeId,
+    keyName: p.key,
+    refreshIntervalMs: Math.max(cfg.status.cacheTTL, 100),
+    close: () => embedded.close(),
+  });
+  return { provider, audit: embedded.audit };
+}
+
+export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<RunningPlugin> {
+  const endpoint = parseEndpoint(cfg.socket);
+  const metrics = createPluginMetrics();
+  const { provider, audit } = await buildProvider(cfg);
+
+  const monitor = createStatusMonitor(provider, {
+    cacheTtlMs: cfg.status.cacheTTL,
+    graceMs: cfg.status.gracePeriod,
+    onChange: ({ keyId, previousKeyId, error, degraded }) => {
+      metrics.providerUp.set(error ? 0 : 1);
+      if (error && degraded) logger.warn({ keyId, err: { code: error.code, message: error.message } }, 'key provider unreachable; Status keeps the last good key_id during the grace period');
+      else if (error) logger.error({ err: { code: error.code, message: error.message } }, 'Status fails: the apiserver will stop writing with this plugin');
+      else logger.info({ keyId, previousKeyId }, previousKeyId ? 'key_id changed' : 'key_id');
+      metrics.setKeyId(error && !degraded ? undefined : keyId, provider.kind);
+    },
+  });
+
+  const protos = loadKmsProtos();
+  const handlers = createKmsHandlers({ provider, monitor, metrics, logger, audit, runtimeVersion: PACKAGE_VERSION });
+  const server = new grpc.Server({
+    // Annotations may total 32 KiB; nothing legitimate comes near this.
+    'grpc.max_receive_message_length': 128 * 1024,
+    'grpc.max_send_message_length': 128 * 1024,
+  });
+  server.addService(protos.v2.KeyManagementService.service, handlers.v2 as unknown as grpc.UntypedServiceImplementation);
+  if (cfg.v1beta1) server.addService(protos.v1beta1.KeyManagementService.service, handlers.v1beta1 as unknown as grpc.UntypedServiceImplementation);
+
+  let health: HealthServer | undefined;
+  let abstractListener: NetServer | undefined;
+  try {
+    if (endpoint.kind === 'path') {
+      const stale = await clearStaleSocket(endpoint.path);
+      if (stale === 'removed') logger.warn({ socket: endpoint.path }, 'removed a stale socket left by an earlier run');
+    }
+    if (endpoint.kind === 'abstract') {
+      // grpc-js cannot bind an abstract socket itself; a net server can, and hands it each connection.
+      const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+      const listener = createNetServer((sock) => injector.injectConnection(sock));
+      await new Promise<void>((resolve, reject) => {
+        listener.once('error', (e: NodeJS.ErrnoException) => reject(new KeyhavenError('config_invalid', `cannot listen on ${cfg.socket}: ${e.code ?? e.message}`)));
+        listener.listen(`\0${endpoint.name}`, () => resolve());
+      });
+      abstractListener = listener;
+      assertAbstractNameExact(endpoint.name);
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        server.bindAsync(endpoint.grpcAddress, grpc.ServerCredentials.createInsecure(), (err) => {
+          if (err) reject(new KeyhavenError('config_invalid', `cannot listen on ${cfg.socket}: ${err.message}`));
+          else resolve();
+        });
+      });
+    }
+    if (endpoint.kind === 'path') secureSocket(endpoint.path, cfg.socketMode, cfg.socketGroup === null ? undefined : String(cfg.socketGroup));
+
+    // First Status before serving health, so the first /healthz and key_id log are meaningful.
+    await monitor.check().catch(() => {});
+
+    if (cfg.health.address !== 'off') {
+      const i = cfg.health.address.lastIndexOf(':');
+      const host = cfg.health.address.slice(0, i).replace(/^\[|\]$/g, '');
+      const port = Number(cfg.health.address.slice(i + 1));
+      health = await startHealthServer({ host, port, monitor, registry: metrics.registry });
+      logger.info({ address: health.address, port: health.port }, 'health listening');
+    }
+  } catch (e) {
+    abstractListener?.close();
+    server.forceShutdown();
+    if (endpoint.kind === 'path') removeSocketIfOurs(endpoint.path);
+    await provider.close();
+    throw e;
+  }
+  logger.info({ socket: cfg.socket, provider: provider.kind, v1beta1: cfg.v1beta1, keyId: monitor.lastKeyId() }, 'kms plugin listening');
+
+  let closing: Promise<void> | undefined;
+  return {
+    socket: cfg.socket,
+    health,
+    close() {
+      closing ??= (async () => {
+        abstractListener?.close();
+        await new Promise<void>((resolve) => {
+          // In-flight calls finish; after 10 s the rest are cut off.
+          const force = setTimeout(() => server.forceShutdown(), 10_000);
+          server.tryShutdown(() => {
+            clearTimeout(force);
+            resolve();
+          });
+        });
+        if (endpoint.kind === 'path') removeSocketIfOurs(endpoint.path);
+        await health?.close();
+        await provider.close();
+        logger.info('kms plugin stopped');
+      })();
+      return closing;
+    },
+  };
+}

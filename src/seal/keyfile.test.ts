@@ -1,0 +1,171 @@
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { createKeyFile, keyFileSeal, readKeyFile } from './keyfile.js';
+
+let dir: string;
+let counter = 0;
+
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'kh-keyfile-'));
+});
+
+after(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function freshPath(): string {
+  counter += 1;
+  return join(dir, `case-${counter}`, 'root.key');
+}
+
+function writeKey(path: string, bytes: Buffer, mode: number): void {
+  mkdirSync(join(path, '..'), { recursive: true });
+  writeFileSync(path, bytes, { mode: 0o600 });
+  chmodSync(path, mode); // the umask does not apply to chmod
+}
+
+/** The error has the code, names the path, matches the problem, and leaks none of the given bytes. */
+function failsWith(code: ErrorCode, path: string, problem: RegExp, secret?: Buffer): (e: unknown) => true {
+  return (e: unknown) => {
+    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
+    assert.equal(e.code, code, `code: ${e.message}`);
+    assert.ok(e.message.includes(path), `message names the path: ${e.message}`);
+    assert.match(e.message, problem);
+    if (secret && secret.length > 0) assertNoLeak(e.message, secret);
+    return true;
+  };
+}
+
+function assertNoLeak(message: string, secret: Buffer): void {
+  const forms = [
+    secret.toString('hex'),
+    secret.toString('hex').toUpperCase(),
+    secret.toString('base64'),
+    secret.toString('base64url'),
+    // A shorter prefix catches a truncated dump too.
+    secret.subarray(0, 6).toString('hex'),
+    secret.subarray(0, 6).toString('base64'),
+  ];
+  for (const f of forms) assert.ok(!message.includes(f), `message leaks key bytes (${f}): ${message}`);
+}
+
+describe('seal/keyfile: createKeyFile', () => {
+  it('creates a 32-byte file with mode 0600, creating missing folders', () => {
+    const path = freshPath();
+    assert.equal(existsSync(path), false);
+    createKeyFile(path);
+    const st = statSync(path);
+    assert.ok(st.isFile());
+    assert.equal(st.size, 32);
+    assert.equal(st.mode & 0o777, 0o600);
+    assert.equal(statSync(join(path, '..')).mode & 0o777, 0o700);
+  });
+
+  it('writes random bytes: two files differ and are not all zero', () => {
+    const a = freshPath();
+    const b = freshPath();
+    createKeyFile(a);
+    createKeyFile(b);
+    const ka = readFileSync(a);
+    const kb = readFileSync(b);
+    assert.notDeepEqual(ka, kb);
+    assert.notDeepEqual(ka, Buffer.alloc(32));
+  });
+
+  it('refuses to overwrite an existing file, leaving it untouched', () => {
+    const path = freshPath();
+    createKeyFile(path);
+    const before = readFileSync(path);
+    assert.throws(() => createKeyFile(path), failsWith('already_exists', path, /already exists/, before));
+    assert.deepEqual(readFileSync(path), before);
+  });
+
+  it('refuses to overwrite an existing file of any content', () => {
+    const path = freshPath();
+    writeKey(path, Buffer.from('not a key'), 0o600);
+    assert.throws(() => createKeyFile(path), failsWith('already_exists', path, /refusing to overwrite/));
+    assert.equal(readFileSync(path, 'utf8'), 'not a key');
+  });
+
+  it('the created file reads back through readKeyFile', () => {
+    const path = freshPath();
+    createKeyFile(path);
+    assert.deepEqual(readKeyFile(path), readFileSync(path));
+  });
+});
+
+describe('seal/keyfile: readKeyFile', () => {
+  it('returns the 32 bytes of a valid 0600 file', () => {
+    const path = freshPath();
+    const key = randomBytes(32);
+    writeKey(path, key, 0o600);
+    assert.deepEqual(readKeyFile(path), key);
+  });
+
+  it('accepts an owner-read-only file (0400)', () => {
+    const path = freshPath();
+    const key = randomBytes(32);
+    writeKey(path, key, 0o400);
+    assert.deepEqual(readKeyFile(path), key);
+  });
+
+  for (const n of [0, 31, 33, 64]) {
+    it(`refuses a ${n}-byte file with config_invalid, naming the path and the size, without leaking bytes`, () => {
+      const path = freshPath();
+      const bytes = randomBytes(n);
+      writeKey(path, bytes, 0o600);
+      assert.throws(() => readKeyFile(path), failsWith('config_invalid', path, new RegExp(`exactly 32 bytes, found ${n}\\b`), bytes));
+    });
+  }
+
+  for (const mode of [0o644, 0o640, 0o604, 0o660]) {
+    const m = mode.toString(8).padStart(4, '0');
+    it(`refuses mode ${m} with config_invalid, naming the path and the mode, without leaking bytes`, () => {
+      const path = freshPath();
+      const key = randomBytes(32);
+      writeKey(path, key, mode);
+      assert.throws(() => readKeyFile(path), failsWith('config_invalid', path, new RegExp(`mode ${m}.*group or others`), key));
+    });
+  }
+
+  it('refuses a directory', () => {
+    const path = freshPath();
+    mkdirSync(path, { recursive: true, mode: 0o700 });
+    assert.throws(() => readKeyFile(path), failsWith('config_invalid', path, /not a regular file/));
+  });
+
+  it('refuses a missing file, saying it does not exist and how to create one', () => {
+    const path = freshPath();
+    assert.throws(() => readKeyFile(path), failsWith('config_invalid', path, /does not exist.*keyhaven init/));
+  });
+
+  it('refuses a path under a regular file with config_invalid naming the path', () => {
+    const parent = freshPath();
+    writeKey(parent, randomBytes(32), 0o600);
+    const path = join(parent, 'root.key');
+    assert.throws(() => readKeyFile(path), failsWith('config_invalid', path, /cannot read root key file/));
+  });
+});
+
+describe('seal/keyfile: keyFileSeal', () => {
+  it('hands over the root key', async () => {
+    const path = freshPath();
+    const key = randomBytes(32);
+    writeKey(path, key, 0o600);
+    const seal = keyFileSeal(path);
+    assert.equal(seal.kind, 'keyfile');
+    assert.deepEqual(await seal.rootKey(), key);
+  });
+
+  it('rejects with config_invalid for a bad file', async () => {
+    const path = freshPath();
+    const key = randomBytes(32);
+    writeKey(path, key, 0o644);
+    await assert.rejects(keyFileSeal(path).rootKey(), failsWith('config_invalid', path, /mode 0644/, key));
+  });
+});

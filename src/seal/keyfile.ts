@@ -1,0 +1,72 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { KeyhavenError } from '../errors.js';
+import { KEY_BYTES } from '../crypto/aead.js';
+import type { Seal } from './seal.js';
+
+/** Creates a new root key file: 32 random bytes, mode 0600, never overwrites. */
+export function createKeyFile(path: string): void {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+  let fd: number;
+  try {
+    fd = openSync(path, 'wx', 0o600);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new KeyhavenError('already_exists', `root key file ${path} already exists; refusing to overwrite it`);
+    }
+    throw new KeyhavenError('config_invalid', `cannot create root key file ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  try {
+    writeSync(fd, randomBytes(KEY_BYTES));
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  const dirFd = openSync(dirname(path), 'r');
+  try {
+    fsyncSync(dirFd);
+  } finally {
+    closeSync(dirFd);
+  }
+}
+
+/**
+ * Reads the root key file, refusing anything an operator would regret: a
+ * missing file, a non-regular file, a file readable or writable by group or
+ * others, or one that is not exactly 32 bytes.
+ */
+export function readKeyFile(path: string): Buffer {
+  let st;
+  try {
+    st = statSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new KeyhavenError('config_invalid', code === 'ENOENT' ? `root key file ${path} does not exist (run "keyhaven init" to create one)` : `cannot read root key file ${path}: ${code ?? 'error'}`);
+  }
+  if (!st.isFile()) throw new KeyhavenError('config_invalid', `root key file ${path} is not a regular file`);
+  const mode = st.mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw new KeyhavenError(
+      'config_invalid',
+      `root key file ${path} has mode ${mode.toString(8).padStart(4, '0')}: it must not be accessible by group or others (chmod 600 it)`,
+    );
+  }
+  if (st.size !== KEY_BYTES) {
+    throw new KeyhavenError('config_invalid', `root key file ${path} must hold exactly ${KEY_BYTES} bytes, found ${st.size}`);
+  }
+  const key = readFileSync(path);
+  if (key.length !== KEY_BYTES) {
+    throw new KeyhavenError('config_invalid', `root key file ${path} must hold exactly ${KEY_BYTES} bytes, found ${key.length}`);
+  }
+  return key;
+}
+
+export function keyFileSeal(path: string): Seal {
+  return {
+    kind: 'keyfile',
+    async rootKey() {
+      return readKeyFile(path);
+    },
+  };
+}

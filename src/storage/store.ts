@@ -1,0 +1,41 @@
+import type { AuditTable, KeysTable, KeyVersionsTable } from './schema.js';
+
+// The small storage interface every layer above talks to. It knows rows, not
+// secrets: sealed values arrive already encrypted by the barrier.
+
+export type KeyRow = KeysTable;
+export type KeyVersionRow = KeyVersionsTable;
+export type AuditRow = Omit<AuditTable, 'seq'> & { seq: number };
+export type AuditDraft = Omit<AuditRow, 'seq' | 'prev_hash' | 'hash'>;
+
+/** Computes a record's hash from the previous record's hash and its own fields. */
+export type AuditLinker = (prevHash: string, seq: number, draft: AuditDraft) => string;
+
+export interface Store {
+  getMeta(name: string): Promise<string | undefined>;
+  /** Sets the value only if absent; returns whichever value is stored. */
+  setMetaIfAbsent(name: string, value: string): Promise<string>;
+
+  barrierGet(path: string): Promise<Buffer | undefined>;
+  barrierPut(path: string, value: Buffer): Promise<void>;
+  barrierDelete(path: string): Promise<void>;
+
+  listKeys(): Promise<KeyRow[]>;
+  findKeyByName(name: string): Promise<KeyRow | undefined>;
+  findKeyById(id: string): Promise<KeyRow | undefined>;
+  insertKey(row: KeyRow): Promise<void>;
+  updateKey(id: string, patch: Partial<Omit<KeyRow, 'id'>>): Promise<void>;
+  listKeyVersions(keyId: string): Promise<KeyVersionRow[]>;
+  insertKeyVersion(row: KeyVersionRow): Promise<void>;
+  updateKeyVersion(keyId: string, version: number, patch: Partial<Omit<KeyVersionRow, 'key_id' | 'version'>>): Promise<void>;
+
+  /** Appends records to the hash chain atomically; returns them as stored. */
+  appendAudit(drafts: readonly AuditDraft[], link: AuditLinker): Promise<AuditRow[]>;
+  readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
+
+  /** Runs fn in one exclusive write transaction (across processes too). */
+  transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
+  close(): Promise<void>;
+}
+
+export const GENESIS_HASH = '0'.repeat(64);

@@ -1,0 +1,178 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import { loadKmsProtos } from '../src/plugin/run-plugin.js';
+
+// End-to-end helpers: real processes (bin/keyhaven), real unix sockets, real
+// SQLite files in temp folders.
+export const ROOT = resolve(fileURLToPath(new URL('../../', import.meta.url)));
+export const BIN = join(ROOT, 'bin', 'keyhaven');
+
+export function tempDir(prefix = 'kh-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export function removeDir(dir: string): void {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function cli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): CliResult {
+  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, encoding: 'utf8', timeout: 60_000 });
+  return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+export interface PluginProcess {
+  readonly child: ChildProcess;
+  readonly socket: string;
+  readonly dataDir: string;
+  healthPort?: number;
+  output(): string;
+  /** Resolves with the exit code once the process ends. */
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export interface StartOptions {
+  dataDir: string;
+  socketPath?: string;
+  extraArgs?: string[];
+  cwd?: string;
+  command?: string[];
+  /** Wait for the socket to accept gRPC (default true). */
+  waitReady?: boolean;
+}
+
+export async function startPlugin(opts: StartOptions): Promise<PluginProcess> {
+  const socket = opts.socketPath ?? join(opts.dataDir, 'kms.sock');
+  const args = opts.command ?? [
+    'plugin',
+    '--socket', `unix://${socket}`,
+    '--data-dir', opts.dataDir,
+    '--health-addr', '127.0.0.1:0',
+    '--log-level', 'debug',
+    '--status-cache-ttl', '100ms',
+    ...(opts.extraArgs ?? []),
+  ];
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code, sig) => r(code ?? (sig ? 128 : null))));
+  const proc: PluginProcess = {
+    child,
+    socket,
+    dataDir: opts.dataDir,
+    output: () => out,
+    exited,
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      return exited;
+    },
+  };
+  if (opts.waitReady === false) return proc;
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
+    const lines = logLines(out);
+    if (lines.some((l) => l.msg === 'kms plugin listening')) {
+      const h = lines.find((l) => l.msg === 'health listening');
+      if (h) proc.healthPort = Number(h.port);
+      return proc;
+    }
+    if (child.exitCode !== null) throw new Error(`plugin exited with ${child.exitCode} before it was ready:\n${out}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  child.kill('SIGKILL');
+  throw new Error(`plugin did not become ready in 30 s:\n${out}`);
+}
+
+/** Creates a store with the given key (default kubernetes-secrets). */
+export function initStore(dataDir: string, key = 'kubernetes-secrets'): void {
+  const r = cli(['init', '--data-dir', dataDir, '--key', key]);
+  if (r.code !== 0) throw new Error(`init failed (${r.code}): ${r.stderr}`);
+}
+
+type Callback<T> = (err: grpc.ServiceError | null, res?: T) => void;
+type Method = (req: unknown, meta: grpc.Metadata, opts: grpc.CallOptions, cb: Callback<any>) => void;
+
+export interface KmsClients {
+  v2: grpc.Client & Record<string, Method>;
+  v1: grpc.Client & Record<string, Method>;
+  close(): void;
+}
+
+export function kmsClients(socket: string): KmsClients {
+  const protos = loadKmsProtos();
+  const address = socket.startsWith('@') ? `unix-abstract:${socket.slice(1)}` : `unix://${socket}`;
+  const v2 = new protos.v2.KeyManagementService(address, grpc.credentials.createInsecure()) as unknown as KmsClients['v2'];
+  const v1 = new protos.v1beta1.KeyManagementService(address, grpc.credentials.createInsecure()) as unknown as KmsClients['v1'];
+  return {
+    v2,
+    v1,
+    close() {
+      v2.close();
+      v1.close();
+    },
+  };
+}
+
+/** Calls a unary method with a 5 s deadline; resolves the reply or rejects the ServiceError. */
+export function call<T = any>(client: Record<string, Method>, method: string, req: unknown): Promise<T> {
+  return new Promise((resolve, reject) => {
+    client[method]!(req, new grpc.Metadata(), { deadline: Date.now() + 5000 }, (err, res) => (err ? reject(err) : resolve(res as T)));
+  });
+}
+
+/** Runs fn expecting a gRPC error; returns it. */
+export async function callError(client: Record<string, Method>, method: string, req: unknown): Promise<grpc.ServiceError> {
+  try {
+    await call(client, method, req);
+  } catch (e) {
+    return e as grpc.ServiceError;
+  }
+  throw new Error(`${method} succeeded but an error was expected`);
+}
+
+export async function waitFor<T>(fn: () => Promise<T | undefined> | T | undefined, what: string, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  while (Date.now() < deadline) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v as T;
+    } catch (e) {
+      last = e;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+}
+
+export async function httpGet(port: number, path: string): Promise<{ status: number; body: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`);
+  return { status: res.status, body: await res.text() };
+}
+
+/** Parsed JSON log lines of a process's output. */
+export function logLines(out: string): Array<Record<string, unknown>> {
+  return out
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l) as Record<string, unknown>;
+      } catch {
+        return {};
+      }
+    });
+}
+
+export { existsSync, grpc };

@@ -1,0 +1,249 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { lstatSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { call, callError, cli, grpc, httpGet, initStore, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+
+// The Kubernetes KMS contract, checked over a real unix socket against a real
+// plugin process on a real SQLite store.
+describe('KMS plugin contract (real process, real unix socket)', () => {
+  let dir: string;
+  let plugin: PluginProcess;
+  let c: KmsClients;
+
+  before(async () => {
+    dir = tempDir();
+    initStore(dir);
+    plugin = await startPlugin({ dataDir: dir });
+    c = kmsClients(plugin.socket);
+  });
+
+  after(async () => {
+    c?.close();
+    await plugin?.stop();
+    removeDir(dir);
+  });
+
+  it('Status answers version v2, healthz ok and a key_id of at most 1024 bytes', async () => {
+    const s = await call(c.v2, 'Status', {});
+    assert.equal(s.version, 'v2');
+    assert.equal(s.healthz, 'ok');
+    assert.match(s.key_id, /^kh1:[0-9a-f]{16}:[0-9a-f]{16}:1:[0-9a-f]{16}$/);
+    assert.ok(Buffer.byteLength(s.key_id) <= 1024);
+  });
+
+  it('the socket file has mode 0600 by default', () => {
+    assert.equal(lstatSync(plugin.socket).mode & 0o777, 0o600);
+  });
+
+  it('Encrypt wraps a 32-byte seed: ciphertext <= 1024 bytes, key_id equal to Status, annotations valid', async () => {
+    const seed = randomBytes(32);
+    const s = await call(c.v2, 'Status', {});
+    const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'uid-enc-1' });
+    assert.ok(e.ciphertext.length > 0 && e.ciphertext.length <= 1024);
+    assert.equal(e.ciphertext.length, 73);
+    assert.equal(e.key_id, s.key_id);
+    for (const k of Object.keys(e.annotations ?? {})) assert.doesNotMatch(k, /\//);
+    assert.ok(!e.ciphertext.includes(seed), 'ciphertext must not contain the seed');
+    const d = await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'uid-dec-1', key_id: e.key_id, annotations: e.annotations });
+    assert.deepEqual(d.plaintext, seed);
+  });
+
+  it('two encryptions of the same seed differ (random nonces)', async () => {
+    const seed = randomBytes(32);
+    const a = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'u-a' });
+    const b = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'u-b' });
+    assert.notDeepEqual(a.ciphertext, b.ciphertext);
+  });
+
+  it('v1beta1 on the same socket: Version, Encrypt, Decrypt', async () => {
+    const v = await call(c.v1, 'Version', { version: 'v1beta1' });
+    assert.equal(v.version, 'v1beta1');
+    assert.equal(v.runtime_name, 'keyhaven');
+    assert.ok(v.runtime_version.length > 0);
+    const dek = randomBytes(32);
+    const e = await call(c.v1, 'Encrypt', { version: 'v1beta1', plain: dek });
+    assert.ok(e.cipher.length <= 1024);
+    const d = await call(c.v1, 'Decrypt', { version: 'v1beta1', cipher: e.cipher });
+    assert.deepEqual(d.plain, dek);
+    const err = await callError(c.v1, 'Version', { version: 'v2' });
+    assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+  });
+
+  it('many concurrent calls all succeed and round-trip', async () => {
+    const seeds = Array.from({ length: 200 }, () => randomBytes(32));
+    const enc = await Promise.all(seeds.map((p, i) => call(c.v2, 'Encrypt', { plaintext: p, uid: `conc-${i}` })));
+    const dec = await Promise.all(enc.map((e, i) => call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: `conc-d-${i}`, key_id: e.key_id })));
+    dec.forEach((d, i) => assert.deepEqual(d.plaintext, seeds[i]));
+  });
+
+  it('identical Decrypts sent at once (apiserver restart) each get the answer', async () => {
+    const seed = randomBytes(32);
+    const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'dup' });
+    const all = await Promise.all(Array.from({ length: 20 }, (_, i) => call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: `dup-${i}`, key_id: e.key_id })));
+    for (const d of all) assert.deepEqual(d.plaintext, seed);
+  });
+
+  it('rotation: key_id changes within one Status poll; every earlier version still decrypts', async () => {
+    const before = await call(c.v2, 'Status', {});
+    const seed1 = randomBytes(32);
+    const e1 = await call(c.v2, 'Encrypt', { plaintext: seed1, uid: 'rot-1' });
+    const r = cli(['key', 'rotate', 'kubernetes-secrets', '--data-dir', dir]);
+    assert.equal(r.code, 0, r.stderr);
+    const after = await waitFor(async () => {
+      const s = await call(c.v2, 'Status', {});
+      return s.key_id !== before.key_id ? s : undefined;
+    }, 'a new key_id');
+    assert.match(after.key_id, /:2:[0-9a-f]{16}$/);
+    const seed2 = randomBytes(32);
+    const e2 = await call(c.v2, 'Encrypt', { plaintext: seed2, uid: 'rot-2' });
+    assert.equal(e2.key_id, after.key_id);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e1.ciphertext, uid: 'rot-d1', key_id: e1.key_id })).plaintext, seed1);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e2.ciphertext, uid: 'rot-d2', key_id: e2.key_id })).plaintext, seed2);
+  });
+
+  it('a destroyed version is refused with a clear error; newer ones still work', async () => {
+    const s = await call(c.v2, 'Status', {});
+    const seedOld = randomBytes(32);
+    const old = await call(c.v2, 'Encrypt', { plaintext: seedOld, uid: 'destroy-old' });
+    const oldVersion = Number(old.key_id.split(':')[3]);
+    assert.equal(cli(['key', 'rotate', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
+    await waitFor(async () => ((await call(c.v2, 'Status', {})).key_id !== s.key_id ? true : undefined), 'rotation');
+    const r = cli(['key', 'destroy-version', 'kubernetes-secrets', String(oldVersion), '--yes', '--data-dir', dir]);
+    assert.equal(r.code, 0, r.stderr);
+    const err = await waitFor(async () => {
+      try {
+        await call(c.v2, 'Decrypt', { ciphertext: old.ciphertext, uid: 'destroyed', key_id: old.key_id });
+        return undefined;
+      } catch (e) {
+        return e as grpc.ServiceError;
+      }
+    }, 'decrypt of a destroyed version to fail');
+    assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
+    assert.match(err.details, /destroyed/);
+    const fresh = randomBytes(32);
+    const e = await call(c.v2, 'Encrypt', { plaintext: fresh, uid: 'after-destroy' });
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'after-destroy-d', key_id: e.key_id })).plaintext, fresh);
+  });
+
+  it('a disabled key makes Status fail (not just unhealthy) and refuses Encrypt; enable restores', async () => {
+    const seed = randomBytes(32);
+    const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'pre-disable' });
+    assert.equal(cli(['key', 'disable', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
+    const err = await waitFor(async () => {
+      try {
+        await call(c.v2, 'Status', {});
+        return undefined;
+      } catch (x) {
+        return x as grpc.ServiceError;
+      }
+    }, 'Status to fail');
+    assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
+    assert.match(err.details, /disabled/);
+    const encErr = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-disabled' });
+    assert.equal(encErr.code, grpc.status.FAILED_PRECONDITION);
+    const h = await httpGet(plugin.healthPort!, '/healthz');
+    assert.equal(h.status, 503);
+    assert.equal(cli(['key', 'enable', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
+    const s = await waitFor<any>(async () => call(c.v2, 'Status', {}), 'Status to recover');
+    assert.equal(s.healthz, 'ok');
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'post-enable', key_id: e.key_id })).plaintext, seed);
+  });
+
+  it('health: /livez, /healthz and /metrics with calls by method and code and the key_id info metric', async () => {
+    assert.equal((await httpGet(plugin.healthPort!, '/livez')).status, 200);
+    const h = await waitFor(async () => {
+      const r = await httpGet(plugin.healthPort!, '/healthz');
+      return r.status === 200 ? r : undefined;
+    }, 'healthz 200');
+    assert.match(h.body, /^ok/);
+    const s = await call(c.v2, 'Status', {});
+    const m = await httpGet(plugin.healthPort!, '/metrics');
+    assert.equal(m.status, 200);
+    assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Encrypt",code="OK"\} \d+/);
+    assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Encrypt",code="FAILED_PRECONDITION"\} \d+/);
+    assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Status",code="FAILED_PRECONDITION"\} \d+/);
+    assert.match(m.body, /keyhaven_plugin_grpc_request_duration_seconds_bucket\{le="[^"]+",method="v2.Decrypt"\}/);
+    assert.match(m.body, /keyhaven_plugin_provider_duration_seconds_count\{operation="encrypt"\} \d+/);
+    assert.ok(m.body.includes(`keyhaven_plugin_key_info{key_id="${s.key_id}",provider="embedded"} 1`), 'key_info carries the current key_id');
+    assert.equal((await httpGet(plugin.healthPort!, '/nope')).status, 404);
+  });
+
+  it('logs carry each request uid; audit has a record per Encrypt/Decrypt with uid, key and version', async () => {
+    const uid = `audit-uid-${randomBytes(4).toString('hex')}`;
+    const e = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid });
+    await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: `${uid}-d`, key_id: e.key_id });
+    await callError(c.v2, 'Decrypt', { ciphertext: Buffer.from([1, 2, 3]), uid: `${uid}-bad`, key_id: e.key_id });
+    await waitFor(() => (plugin.output().includes(`${uid}-bad`) ? true : undefined), 'log lines');
+    const lines = logLines(plugin.output());
+    const encLine = lines.find((l) => l.uid === uid);
+    assert.equal(encLine?.method, 'v2.Encrypt');
+    assert.equal(encLine?.keyId, e.key_id);
+    const ex = cli(['audit', 'export', '--data-dir', dir]);
+    assert.equal(ex.code, 0, ex.stderr);
+    const recs = ex.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const enc = recs.find((r) => r.request_id === uid);
+    assert.equal(enc.operation, 'v2.Encrypt');
+    assert.equal(enc.result, 'ok');
+    assert.equal(enc.key_name, 'kubernetes-secrets');
+    assert.equal(typeof enc.key_version, 'number');
+    const dec = recs.find((r) => r.request_id === `${uid}-d`);
+    assert.equal(dec.operation, 'v2.Decrypt');
+    const bad = recs.find((r) => r.request_id === `${uid}-bad`);
+    assert.notEqual(bad.result, 'ok');
+    const v = cli(['audit', 'verify', '--data-dir', dir]);
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+    assert.match(v.stdout, /intact/);
+  });
+});
+
+describe('plugin lifecycle (real processes)', () => {
+  it('a new process decrypts what the old one encrypted (both API versions)', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      let p = await startPlugin({ dataDir: dir });
+      let c = kmsClients(p.socket);
+      const seed = randomBytes(32);
+      const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'restart' });
+      const e1 = await call(c.v1, 'Encrypt', { version: 'v1beta1', plain: seed });
+      c.close();
+      assert.equal(await p.stop('SIGTERM'), 0);
+      p = await startPlugin({ dataDir: dir });
+      c = kmsClients(p.socket);
+      assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'restart-d', key_id: e.key_id })).plaintext, seed);
+      assert.deepEqual((await call(c.v1, 'Decrypt', { version: 'v1beta1', cipher: e1.cipher })).plain, seed);
+      assert.equal((await call(c.v2, 'Status', {})).key_id, e.key_id);
+      c.close();
+      await p.stop();
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('SIGTERM stops gracefully and removes the socket; a stale socket left by kill -9 is removed at start', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      const p = await startPlugin({ dataDir: dir });
+      const c = kmsClients(p.socket);
+      const seed = randomBytes(32);
+      const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-kill' });
+      c.close();
+      await p.stop('SIGKILL');
+      assert.ok(lstatSync(p.socket).isSocket(), 'kill -9 leaves the socket file behind');
+      const p2 = await startPlugin({ dataDir: dir });
+      assert.match(p2.output(), /removed a stale socket/);
+      const c2 = kmsClients(p2.socket);
+      // The write acknowledged before kill -9 is still there: its audit record and its key.
+      assert.deepEqual((await call(c2.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'after-kill', key_id: e.key_id })).plaintext, seed);
+      c2.close();
+      assert.equal(await p2.stop('SIGTERM'), 0);
+      assert.throws(() => lstatSync(p2.socket), /ENOENT/);
+      const ex = cli(['audit', 'export', '--data-dir', dir]);
+      assert.match(ex.stdout, /"request_id":"before-kill"/);
+    } finally {
+      removeDir(dir);
+    }
+  });
+});
