@@ -38,9 +38,10 @@ function buf(socket: string, api: 'v2' | 'v1beta1', method: string, body: unknow
   return { code: r.status ?? -1, json, stderr: r.stderr };
 }
 
-async function waitForListening(p: PluginProcess): Promise<'listening'> {
+async function waitForListening(p: PluginProcess): Promise<'listening' | 'exited'> {
   for (;;) {
     if (logLines(p.output()).some((l) => l.msg === 'kms plugin listening')) return 'listening';
+    if (p.child.exitCode !== null || p.child.signalCode !== null) return 'exited';
     await new Promise((r) => setTimeout(r, 25));
   }
 }
@@ -109,7 +110,8 @@ describe('external gRPC client: buf curl over the unix socket', () => {
     const command = ['plugin', '--socket', `unix:///@${name}`, '--data-dir', adir, '--health-addr', 'off', '--log-level', 'info'];
     const p = await startPlugin({ dataDir: adir, command, waitReady: false });
     try {
-      const code = await Promise.race([p.exited, waitForListening(p)]);
+      const state = await waitForListening(p);
+      const code = state === 'listening' ? state : await p.exited;
       if (code === 'listening') {
         const seed = randomBytes(32);
         const e = buf(`@${name}`, 'v2', 'Encrypt', { plaintext: seed.toString('base64'), uid: 'abstract' });

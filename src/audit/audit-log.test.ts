@@ -12,6 +12,7 @@ import { linkRecord, verifyRecords } from './chain.js';
 
 let root: string;
 let n = 0;
+const HEAD_KEY = Buffer.alloc(32, 7);
 const openStores: Store[] = [];
 const rawDbs: BetterSqlite3.Database[] = [];
 
@@ -46,15 +47,19 @@ function raw(path: string): BetterSqlite3.Database {
   return db;
 }
 
-/** Wraps a store to record the size of every appendAudit batch. */
+/** Wraps a store to record the size of every appendAudit batch, inside transactions too. */
 function counting(store: Store): { store: Store; batches: number[] } {
   const batches: number[] = [];
-  const wrapped = Object.create(store) as Store;
-  wrapped.appendAudit = (drafts, link) => {
-    batches.push(drafts.length);
-    return store.appendAudit(drafts, link);
+  const wrap = (s: Store): Store => {
+    const w = Object.create(s) as Store;
+    w.appendAudit = (drafts, link) => {
+      batches.push(drafts.length);
+      return s.appendAudit(drafts, link);
+    };
+    w.transaction = (fn) => s.transaction((tx) => fn(tx === s ? w : wrap(tx)));
+    return w;
   };
-  return { store: wrapped, batches };
+  return { store: wrap(store), batches };
 }
 
 function event(i: number, extra: Partial<AuditEvent> = {}): AuditEvent {
@@ -78,9 +83,9 @@ async function allRows(store: Store): Promise<AuditRow[]> {
 async function seeded(count: number): Promise<{ path: string; store: Store }> {
   const path = newPath();
   const store = await open(path);
-  const log = createAuditLog(store);
+  const log = createAuditLog(store, { headKey: HEAD_KEY });
   await Promise.all(Array.from({ length: count }, (_, i) => log.record(event(i + 1))));
-  const v = await verifyStore(store);
+  const v = await verifyStore(store, HEAD_KEY);
   assert.deepEqual(v, { ok: true, records: count }, 'the seeded chain verifies before tampering');
   return { path, store };
 }
@@ -108,7 +113,7 @@ const COLUMNS = ['time', 'actor', 'operation', 'key_name', 'key_version', 'resul
 describe('audit/audit-log: writing (real SQLite file)', () => {
   it('stores the event fields, with null for absent ones and details as JSON', async () => {
     const store = await open(newPath());
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     await log.record({ actor: 'alice', operation: 'key.create', keyName: 'k1', keyVersion: 1, result: 'ok', requestId: 'r1', details: { a: 1, b: 'x', c: false } });
     await log.record({ actor: 'bob', operation: 'login', result: 'permission_denied' });
     const [a, b] = await allRows(store);
@@ -133,7 +138,7 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
   it('concurrent record() calls all land in one group commit, with consecutive seq and an intact chain', async () => {
     const base = await open(newPath());
     const { store, batches } = counting(base);
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     const count = 200;
     const results = await Promise.allSettled(Array.from({ length: count }, (_, i) => log.record(event(i))));
     assert.ok(results.every((r) => r.status === 'fulfilled'));
@@ -142,13 +147,13 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
     assertChain(rows, count);
     // Each request's record is there exactly once.
     assert.deepEqual(new Set(rows.map((r) => r.request_id)).size, count);
-    assert.deepEqual(await verifyStore(base), { ok: true, records: count });
+    assert.deepEqual(await verifyStore(base, HEAD_KEY), { ok: true, records: count });
   });
 
   it('splits a burst into batches of maxBatch, in order', async () => {
     const base = await open(newPath());
     const { store, batches } = counting(base);
-    const log = createAuditLog(store, { maxBatch: 10 });
+    const log = createAuditLog(store, { headKey: HEAD_KEY, maxBatch: 10 });
     await Promise.all(Array.from({ length: 95 }, (_, i) => log.record(event(i))));
     assert.deepEqual(batches, [10, 10, 10, 10, 10, 10, 10, 10, 10, 5]);
     const rows = await allRows(base);
@@ -163,7 +168,7 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
   it('records arriving while a batch is being written join the next batch', async () => {
     const base = await open(newPath());
     const { store, batches } = counting(base);
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     const first = Array.from({ length: 5 }, (_, i) => log.record(event(i)));
     // Let the first batch start, then add more while it is in flight.
     await new Promise((r) => setImmediate(r));
@@ -176,7 +181,7 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
 
   it('sequential records chain across transactions', async () => {
     const store = await open(newPath());
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     for (let i = 0; i < 5; i++) await log.record(event(i));
     const rows = await allRows(store);
     assertChain(rows, 5);
@@ -185,7 +190,7 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
 
   it('flush() waits for every pending record', async () => {
     const store = await open(newPath());
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     const pending = Array.from({ length: 20 }, (_, i) => log.record(event(i)));
     await log.flush();
     assert.equal((await allRows(store)).length, 20);
@@ -196,7 +201,7 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
   it('rows persist after closing and reopening the file, and the chain continues', async () => {
     const path = newPath();
     const s1 = await openSqliteStore({ path, create: true });
-    const log1 = createAuditLog(s1);
+    const log1 = createAuditLog(s1, { headKey: HEAD_KEY });
     await Promise.all(Array.from({ length: 30 }, (_, i) => log1.record(event(i))));
     const before = await allRows(s1);
     await s1.close();
@@ -204,9 +209,9 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
     const s2 = await open(path, false);
     const after = await allRows(s2);
     assert.deepEqual(after, before);
-    assert.deepEqual(await verifyStore(s2), { ok: true, records: 30 });
+    assert.deepEqual(await verifyStore(s2, HEAD_KEY), { ok: true, records: 30 });
 
-    const log2 = createAuditLog(s2);
+    const log2 = createAuditLog(s2, { headKey: HEAD_KEY });
     await log2.record(event(999));
     const rows = await allRows(s2);
     assertChain(rows, 31);
@@ -242,11 +247,11 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
     const path = newPath();
     const a = await open(path);
     const b = await open(path, false);
-    const logA = createAuditLog(a);
-    const logB = createAuditLog(b);
+    const logA = createAuditLog(a, { headKey: HEAD_KEY });
+    const logB = createAuditLog(b, { headKey: HEAD_KEY });
     for (let i = 0; i < 6; i++) await (i % 2 === 0 ? logA : logB).record(event(i));
     assertChain(await allRows(a), 6);
-    assert.deepEqual(await verifyStore(b), { ok: true, records: 6 });
+    assert.deepEqual(await verifyStore(b, HEAD_KEY), { ok: true, records: 6 });
   });
 });
 
@@ -254,7 +259,7 @@ describe('audit/audit-log: failing closed', () => {
   it('record() on a closed store rejects with audit_failed', async () => {
     const path = newPath();
     const store = await openSqliteStore({ path, create: true });
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     await log.record(event(1));
     await store.close();
     await assert.rejects(log.record(event(2)), auditFailed);
@@ -264,7 +269,7 @@ describe('audit/audit-log: failing closed', () => {
   it('every record of a batch whose write fails rejects with audit_failed, and none of them is stored', async () => {
     const path = newPath();
     const store = await open(path);
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     await log.record(event(1));
     // A write failure in the middle of a batch (a trigger stands in for a full disk).
     raw(path).exec(`create trigger audit_poison before insert on audit when new.actor = 'poison' begin select raise(abort, 'simulated write failure'); end`);
@@ -291,7 +296,7 @@ describe('audit/audit-log: failing closed', () => {
   it('record() rejects with audit_failed when the audit table is gone', async () => {
     const path = newPath();
     const store = await open(path);
-    const log = createAuditLog(store);
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
     raw(path).exec('drop table audit');
     await assert.rejects(log.record(event(1)), auditFailed);
   });
@@ -302,13 +307,13 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
 
   it('an intact chain verifies, through verifyStore and AuditLog.verify', async () => {
     const { store } = await seeded(COUNT);
-    assert.deepEqual(await verifyStore(store), { ok: true, records: COUNT });
-    assert.deepEqual(await createAuditLog(store).verify(), { ok: true, records: COUNT });
+    assert.deepEqual(await verifyStore(store, HEAD_KEY), { ok: true, records: COUNT });
+    assert.deepEqual(await createAuditLog(store, { headKey: HEAD_KEY }).verify(), { ok: true, records: COUNT });
   });
 
   it('an empty log verifies with zero records', async () => {
     const store = await open(newPath());
-    assert.deepEqual(await verifyStore(store), { ok: true, records: 0 });
+    assert.deepEqual(await verifyStore(store, HEAD_KEY), { ok: true, records: 0 });
   });
 
   const editable: Array<[string, string | number]> = [
@@ -326,7 +331,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
       const { path, store } = await seeded(COUNT);
       const changed = raw(path).prepare(`update audit set ${column} = ? where seq = 4`).run(value).changes;
       assert.equal(changed, 1);
-      const v = await verifyStore(store);
+      const v = await verifyStore(store, HEAD_KEY);
       assert.equal(v.ok, false);
       assert.equal(v.firstBroken?.seq, 4);
       assert.match(v.firstBroken!.reason, /edited/);
@@ -337,14 +342,14 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
   it('setting a nullable field to null is detected', async () => {
     const { path, store } = await seeded(COUNT);
     raw(path).prepare('update audit set details = null where seq = 7').run();
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.firstBroken?.seq, 7);
   });
 
   it('an edit of a stored hash is reported at that record', async () => {
     const { path, store } = await seeded(COUNT);
     raw(path).prepare(`update audit set hash = ? where seq = 6`).run('f'.repeat(64));
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 6);
   });
@@ -352,7 +357,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
   it('an edit of a stored prev_hash is reported at that record', async () => {
     const { path, store } = await seeded(COUNT);
     raw(path).prepare(`update audit set prev_hash = ? where seq = 6`).run('e'.repeat(64));
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.firstBroken?.seq, 6);
     assert.match(v.firstBroken!.reason, /previous-hash link/);
   });
@@ -363,7 +368,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const row = db.prepare('select * from audit where seq = 4').get() as AuditRow;
     const forged: AuditRow = { ...row, result: 'permission_denied' };
     db.prepare('update audit set result = ?, hash = ? where seq = 4').run(forged.result, linkRecord(row.prev_hash, 4, forged));
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 5);
     assert.match(v.firstBroken!.reason, /previous-hash link/);
@@ -372,7 +377,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
   it('a deletion in the middle is reported at the record after the gap', async () => {
     const { path, store } = await seeded(COUNT);
     assert.equal(raw(path).prepare('delete from audit where seq = 5').run().changes, 1);
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 6);
     assert.match(v.firstBroken!.reason, /expected record 5, found 6/);
@@ -382,7 +387,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
   it('a deletion of the first record is reported at seq 2', async () => {
     const { path, store } = await seeded(COUNT);
     raw(path).prepare('delete from audit where seq = 1').run();
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 2);
     assert.equal(v.records, 0);
@@ -395,7 +400,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     // Close the gap: 6..10 become 5..9 (negate first to dodge the primary key).
     db.exec('update audit set seq = -(seq - 1) where seq > 5; update audit set seq = -seq where seq < 0;');
     assert.deepEqual((db.prepare('select seq from audit order by seq').all() as Array<{ seq: number }>).map((r) => r.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 5);
   });
@@ -411,7 +416,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
       set.run({ ...b, seq: 3 });
       set.run({ ...a, seq: 6 });
     })();
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 3);
   });
@@ -420,7 +425,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const { path, store } = await seeded(COUNT);
     const db = raw(path);
     db.exec('update audit set seq = -1 where seq = 7; update audit set seq = 7 where seq = 8; update audit set seq = 8 where seq = -1;');
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 7);
   });
@@ -434,7 +439,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const draft: AuditDraft = { time: new Date().toISOString(), actor: 'mallory', operation: 'decrypt', key_name: 'kubernetes-secrets', key_version: 1, result: 'ok', request_id: 'forged', details: null };
     const forged: AuditRow = { ...draft, seq: 4, prev_hash: prev, hash: linkRecord(prev, 4, draft) };
     db.prepare(`insert into audit (seq, ${COLUMNS.join(', ')}) values (@seq, ${COLUMNS.map((c) => `@${c}`).join(', ')})`).run(forged);
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 5, 'the forged record links, the one after it does not');
     assert.equal(v.records, 4);
@@ -445,7 +450,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const db = raw(path);
     db.exec('update audit set seq = -(seq + 1) where seq >= 4; update audit set seq = -seq where seq < 0;');
     db.prepare(`insert into audit (seq, ${COLUMNS.join(', ')}) values (4, 't', 'mallory', 'decrypt', null, null, 'ok', null, null, ?, ?)`).run('0'.repeat(64), '1'.repeat(64));
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, 4);
   });
@@ -455,7 +460,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     raw(path)
       .prepare(`insert into audit (seq, ${COLUMNS.join(', ')}) values (?, 't', 'mallory', 'decrypt', null, null, 'ok', null, null, ?, ?)`)
       .run(COUNT + 1, '0'.repeat(64), '1'.repeat(64));
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false);
     assert.equal(v.firstBroken?.seq, COUNT + 1);
   });
@@ -465,7 +470,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const db = raw(path);
     db.prepare(`update audit set actor = 'x' where seq in (3, 8)`).run();
     db.prepare('delete from audit where seq = 9').run();
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.firstBroken?.seq, 3);
   });
 
@@ -473,18 +478,18 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
     const { path, store } = await seeded(2500);
     const db = raw(path);
     db.prepare(`update audit set result = 'x' where seq = 1001`).run();
-    assert.equal((await verifyStore(store)).firstBroken?.seq, 1001);
+    assert.equal((await verifyStore(store, HEAD_KEY)).firstBroken?.seq, 1001);
     db.prepare('delete from audit where seq = 1001').run();
-    assert.equal((await verifyStore(store)).firstBroken?.seq, 1002);
+    assert.equal((await verifyStore(store, HEAD_KEY)).firstBroken?.seq, 1002);
     db.prepare(`update audit set result = 'x' where seq = 1000`).run();
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.firstBroken?.seq, 1000);
     assert.equal(v.records, 999);
   });
 
   it('an intact chain of several pages verifies with the full count', async () => {
     const { store } = await seeded(2500);
-    assert.deepEqual(await verifyStore(store), { ok: true, records: 2500 });
+    assert.deepEqual(await verifyStore(store, HEAD_KEY), { ok: true, records: 2500 });
   });
 
   // DESIGN.md: "`keyhaven audit verify` finds any edit, deletion or reordering".
@@ -492,7 +497,7 @@ describe('audit/audit-log: verify detects tampering (real SQLite file)', () => {
   it('a deletion of the last record is detected', async () => {
     const { path, store } = await seeded(COUNT);
     assert.equal(raw(path).prepare('delete from audit where seq = ?').run(COUNT).changes, 1);
-    const v = await verifyStore(store);
+    const v = await verifyStore(store, HEAD_KEY);
     assert.equal(v.ok, false, `verify reported ${JSON.stringify(v)} after the last record was deleted`);
   });
 });

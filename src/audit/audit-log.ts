@@ -1,6 +1,24 @@
+import { createHmac } from 'node:crypto';
+import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import type { AuditDraft, AuditRow, Store } from '../storage/store.js';
 import { linkRecord, verifyRecords, type VerifyResult } from './chain.js';
+
+const HEAD = 'audit_head';
+
+// The chain head (last seq and hash) is stored with an HMAC under a key
+// derived from the root key, updated in the same transaction as the records.
+// It catches what a bare hash chain cannot: records cut from the end, and
+// records appended (or a chain rewritten) by someone without the root key.
+function headMac(key: Buffer, seq: number, hash: string): string {
+  return createHmac('sha256', key).update(`keyhaven audit head v1\n${seq}\n${hash}`).digest('hex');
+}
+
+async function appendSigned(tx: Store, drafts: readonly AuditDraft[], headKey: Buffer): Promise<void> {
+  const rows = await tx.appendAudit(drafts, linkRecord);
+  const last = rows[rows.length - 1];
+  if (last) await tx.setMeta(HEAD, JSON.stringify({ seq: last.seq, hash: last.hash, mac: headMac(headKey, last.seq, last.hash) }));
+}
 
 export interface AuditEvent {
   readonly actor: string;
@@ -16,6 +34,8 @@ export interface AuditEvent {
 export interface AuditLog {
   /** Resolves once the record is durably stored; rejects (audit_failed) if it is not. */
   record(event: AuditEvent): Promise<void>;
+  /** Writes the record inside the caller's transaction: the change and its record commit together. */
+  recordIn(tx: Store, event: AuditEvent): Promise<void>;
   /** Waits for every pending record. */
   flush(): Promise<void>;
   verify(): Promise<VerifyResult>;
@@ -30,7 +50,21 @@ interface Pending {
 // Group commit: records arriving while a write is in flight are stored
 // together in the next transaction, so one fsync covers many requests and no
 // request is answered before its record is on disk.
-export function createAuditLog(store: Store, opts: { maxBatch?: number } = {}): AuditLog {
+function toDraft(event: AuditEvent): AuditDraft {
+  return {
+    time: new Date().toISOString(),
+    actor: event.actor,
+    operation: event.operation,
+    key_name: event.keyName ?? null,
+    key_version: event.keyVersion ?? null,
+    result: event.result,
+    request_id: event.requestId ?? null,
+    details: event.details ? JSON.stringify(event.details) : null,
+  };
+}
+
+export function createAuditLog(store: Store, opts: { headKey: Buffer; maxBatch?: number }): AuditLog {
+  const headKey = opts.headKey;
   const maxBatch = opts.maxBatch ?? 512;
   let queue: Pending[] = [];
   let writing: Promise<void> | undefined;
@@ -41,9 +75,12 @@ export function createAuditLog(store: Store, opts: { maxBatch?: number } = {}): 
       const batch = queue.slice(0, maxBatch);
       queue = queue.slice(batch.length);
       try {
-        await store.appendAudit(
-          batch.map((p) => p.draft),
-          linkRecord,
+        await store.transaction((tx) =>
+          appendSigned(
+            tx,
+            batch.map((p) => p.draft),
+            headKey,
+          ),
         );
         for (const p of batch) p.resolve();
       } catch (e) {
@@ -68,16 +105,7 @@ export function createAuditLog(store: Store, opts: { maxBatch?: number } = {}): 
 
   return {
     record(event) {
-      const draft: AuditDraft = {
-        time: new Date().toISOString(),
-        actor: event.actor,
-        operation: event.operation,
-        key_name: event.keyName ?? null,
-        key_version: event.keyVersion ?? null,
-        result: event.result,
-        request_id: event.requestId ?? null,
-        details: event.details ? JSON.stringify(event.details) : null,
-      };
+      const draft = toDraft(event);
       return new Promise<void>((resolve, reject) => {
         queue.push({ draft, resolve, reject });
         kick();
@@ -88,20 +116,30 @@ export function createAuditLog(store: Store, opts: { maxBatch?: number } = {}): 
         await (writing ?? new Promise((r) => setImmediate(r)));
       }
     },
+    async recordIn(tx, event) {
+      try {
+        await appendSigned(tx, [toDraft(event)], headKey);
+      } catch (e) {
+        throw new KeyhavenError('audit_failed', 'the audit record could not be written; change refused', { cause: e });
+      }
+    },
     async verify() {
-      return verifyStore(store);
+      return verifyStore(store, headKey);
     },
   };
 }
 
-/** Walks the whole chain in pages; reports the first broken record. */
-export async function verifyStore(store: Store): Promise<VerifyResult> {
+/**
+ * Walks the whole chain in pages and reports the first broken record; with
+ * the head key it also checks the signed chain head against the last record.
+ */
+export async function verifyStore(store: Store, headKey?: Buffer): Promise<VerifyResult> {
   let after = 0;
   let prev: string | undefined;
   let total = 0;
   for (;;) {
     const page: AuditRow[] = await store.readAudit(after, 1000);
-    if (page.length === 0) return { ok: true, records: total };
+    if (page.length === 0) return headKey ? checkHead(store, headKey, total, after, prev) : { ok: true, records: total };
     const res = verifyRecords(page, prev, after + 1);
     if (!res.ok) return { ok: false, records: total + res.records, firstBroken: res.firstBroken! };
     total += res.records;
@@ -109,4 +147,31 @@ export async function verifyStore(store: Store): Promise<VerifyResult> {
     after = last.seq;
     prev = last.hash;
   }
+}
+
+async function checkHead(store: Store, key: Buffer, records: number, lastSeq: number, lastHash: string | undefined): Promise<VerifyResult> {
+  const raw = await store.getMeta(HEAD);
+  if (raw === undefined) {
+    return records === 0 ? { ok: true, records } : { ok: false, records, firstBroken: { seq: 1, reason: 'the signed chain head is missing' } };
+  }
+  let head: { seq: number; hash: string; mac: string };
+  try {
+    head = JSON.parse(raw) as typeof head;
+  } catch {
+    return { ok: false, records, firstBroken: { seq: lastSeq, reason: 'the signed chain head is unreadable' } };
+  }
+  const expected = Buffer.from(headMac(key, Number(head.seq), String(head.hash)), 'hex');
+  if (!constantTimeEqual(expected, Buffer.from(String(head.mac), 'hex'))) {
+    return { ok: false, records, firstBroken: { seq: Math.min(Number(head.seq) || 1, lastSeq + 1), reason: 'the chain head signature does not verify (head edited, or written without the root key)' } };
+  }
+  if (head.seq > lastSeq) {
+    return { ok: false, records, firstBroken: { seq: lastSeq + 1, reason: `records ${lastSeq + 1} to ${head.seq} were deleted (the signed head names record ${head.seq})` } };
+  }
+  if (head.seq < lastSeq) {
+    return { ok: false, records, firstBroken: { seq: head.seq + 1, reason: `record ${head.seq + 1} onwards is not covered by the signed chain head (appended outside keyhaven)` } };
+  }
+  if (head.hash !== lastHash) {
+    return { ok: false, records, firstBroken: { seq: lastSeq, reason: 'the last record does not match the signed chain head' } };
+  }
+  return { ok: true, records };
 }

@@ -170,7 +170,7 @@ describe('config/plugin-config: wrong types and values', () => {
   const cases: Array<[string, Record<string, unknown>, RegExp]> = [
     ['socket as a number', withMinimal({ socket: 5 }), /socket: /],
     ['empty socket', withMinimal({ socket: '' }), /socket: /],
-    ['socketMode as a number', withMinimal({ socketMode: 600 }), /socketMode: .*expected string/],
+    ['socketMode as a number', withMinimal({ socketMode: 600 }), /socketMode: .*quoted octal string/],
     ['negative socketGroup', withMinimal({ socketGroup: -1 }), /socketGroup/],
     ['fractional socketGroup', withMinimal({ socketGroup: 1.5 }), /socketGroup/],
     ['empty socketGroup', withMinimal({ socketGroup: '' }), /socketGroup/],

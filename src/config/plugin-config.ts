@@ -12,7 +12,7 @@ const MAX_CONFIG_BYTES = 1024 * 1024;
 const hostPort = z
   .string()
   .regex(/^(off|(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5})$/, 'must be host:port (for example 127.0.0.1:8787) or "off"')
-  .refine((v) => v === 'off' || Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+  .refine((v) => !/:\d+$/.test(v) || Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
 
 const embeddedProvider = z.strictObject({
   type: z.literal('embedded'),
@@ -24,7 +24,7 @@ const embeddedProvider = z.strictObject({
 export const pluginConfigSchema = z.strictObject({
   socket: z.string().min(1).default('unix:///run/keyhaven/kms.sock'),
   socketMode: z
-    .string()
+    .string({ error: (iss) => (typeof iss.input === 'number' ? 'must be a quoted octal string such as "0600" (YAML reads an unquoted 0600 as the number 600)' : undefined) })
     .regex(/^0?[0-7]{3}$/, 'must be an octal mode such as "0600"')
     .default('0600')
     .transform((v) => parseInt(v, 8)),

@@ -3,6 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
 import { openBarrier } from '../barrier/barrier.js';
+import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import { createKeyFile, keyFileSeal } from '../seal/keyfile.js';
 import { openSqliteStore } from '../storage/sqlite.js';
@@ -47,9 +48,10 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
   const store = await openSqliteStore({ path: dbPath, create: opts.create });
   try {
     const barrier = await openBarrier(store, rootKey);
+    const headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
     rootKey.fill(0);
     const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-    const audit = createAuditLog(store);
+    const audit = createAuditLog(store, { headKey });
     const keys = createKeyStore({ store, barrier, audit });
     return {
       store,

@@ -679,7 +679,7 @@ describe('keys/embedded-store: two instances on one data dir (plugin and CLI)', 
         }
         return rows;
       };
-      const keys = createKeyStore({ store: interleaved, barrier, audit: createAuditLog(store) });
+      const keys = createKeyStore({ store: interleaved, barrier, audit: createAuditLog(store, { headKey: Buffer.alloc(32, 9) }) });
       await keys.refresh('k');
       assert.equal(armed, false, 'the destroy ran between the two reads');
       assert.deepEqual((await keys.decrypt(ct2)).plaintext, PT);

@@ -130,7 +130,15 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         continue;
       }
       const m = await barrier.get(store, versionPath(row.id, v.version));
-      if (!m) throw new KeyhavenError('integrity', `key "${row.name}" version ${v.version} has no stored material`);
+      if (!m) {
+        // Another process may have destroyed it since the version list was read.
+        const now = (await store.listKeyVersions(row.id)).find((x) => x.version === v.version);
+        if (now?.state === 'destroyed') {
+          destroyed.add(v.version);
+          continue;
+        }
+        throw new KeyhavenError('integrity', `key "${row.name}" version ${v.version} has no stored material`);
+      }
       material.set(v.version, m);
     }
     const entry: CachedKey = { row, ref: Buffer.from(row.id, 'hex'), material, tags, destroyed };
@@ -146,12 +154,13 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     fn: (tx: Store, row: KeyRow) => Promise<{ version?: number; details?: Record<string, string | number | boolean> }>,
   ): Promise<KeyInfo> => {
     try {
-      const { row, version, details } = await store.transaction(async (tx) => {
+      // The change and its audit record commit together, or neither does.
+      const { row } = await store.transaction(async (tx) => {
         const row = await mustFind(tx, name);
         const out = await fn(tx, row);
-        return { row, ...out };
+        await audit.recordIn(tx, { actor, operation, keyName: name, keyVersion: out.version, result: 'ok', details: out.details });
+        return { row };
       });
-      await audit.record({ actor, operation, keyName: name, keyVersion: version, result: 'ok', details });
       const fresh = await store.findKeyById(row.id);
       await load(fresh!);
       return info(fresh!);
@@ -173,12 +182,12 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
           await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now });
           await tx.insertKeyVersion({ key_id: id, version: 1, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
           await barrier.put(tx, versionPath(id, 1), generateKey());
+          await audit.recordIn(tx, { actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });
         });
       } catch (e) {
         await audit.record({ actor, operation: 'key.create', keyName: name, result: e instanceof KeyhavenError ? e.code : 'internal' }).catch(() => {});
         throw e;
       }
-      await audit.record({ actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });
       const row = (await store.findKeyById(id))!;
       await load(row);
       return info(row);

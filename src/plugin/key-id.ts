@@ -20,5 +20,7 @@ export function formatKeyId(storeId: string, keyRef: string, version: number, ta
 export function parseKeyId(keyId: string): ParsedKeyId {
   const m = KEY_ID.exec(keyId);
   if (!m) throw new KeyhavenError('unknown_key_id', `key_id ${JSON.stringify(keyId.slice(0, 80))} was not issued by keyhaven`);
-  return { storeId: m[1]!, keyRef: m[2]!, version: Number(m[3]), tag: m[4]! };
+  const version = Number(m[3]);
+  if (version > 0xffffffff) throw new KeyhavenError('unknown_key_id', `key_id ${JSON.stringify(keyId.slice(0, 80))} names a version keyhaven never issues`);
+  return { storeId: m[1]!, keyRef: m[2]!, version, tag: m[4]! };
 }

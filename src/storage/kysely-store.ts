@@ -19,6 +19,10 @@ export class KyselyStore implements Store {
     return row?.value;
   }
 
+  async setMeta(name: string, value: string): Promise<void> {
+    await this.db.insertInto('meta').values({ name, value }).onConflict((oc) => oc.column('name').doUpdateSet({ value })).execute();
+  }
+
   async setMetaIfAbsent(name: string, value: string): Promise<string> {
     await this.db.insertInto('meta').values({ name, value }).onConflict((oc) => oc.column('name').doNothing()).execute();
     return (await this.getMeta(name)) ?? value;

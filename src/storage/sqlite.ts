@@ -23,16 +23,17 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
     // Create with 0600 before SQLite does; SQLite gives -wal/-shm the same mode.
     closeSync(openSync(opts.path, 'a', 0o600));
   }
-  let raw: BetterSqlite3.Database;
+  let raw: BetterSqlite3.Database | undefined;
   try {
     raw = new BetterSqlite3(opts.path, { fileMustExist: !opts.create });
+    raw.pragma('busy_timeout = 10000');
+    raw.pragma('journal_mode = WAL');
+    raw.pragma('synchronous = FULL');
+    raw.pragma('foreign_keys = ON');
   } catch (e) {
+    raw?.close();
     throw new KeyhavenError('config_invalid', `cannot open database ${opts.path}: ${(e as Error).message}`);
   }
-  raw.pragma('journal_mode = WAL');
-  raw.pragma('synchronous = FULL');
-  raw.pragma('busy_timeout = 10000');
-  raw.pragma('foreign_keys = ON');
 
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: raw }) });
   const migrator = new Migrator({ db, provider: migrationProvider });

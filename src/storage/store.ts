@@ -13,6 +13,7 @@ export type AuditLinker = (prevHash: string, seq: number, draft: AuditDraft) => 
 
 export interface Store {
   getMeta(name: string): Promise<string | undefined>;
+  setMeta(name: string, value: string): Promise<void>;
   /** Sets the value only if absent; returns whichever value is stored. */
   setMetaIfAbsent(name: string, value: string): Promise<string>;
 

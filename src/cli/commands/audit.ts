@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
-import { verifyStore } from '../../audit/audit-log.js';
 import { openEmbeddedStore } from '../../keys/embedded-store.js';
 import { defaultDataDir } from '../data-dir.js';
 import { printJson } from '../output.js';
@@ -17,7 +16,7 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
       run(async () => {
         const es = await openEmbeddedStore({ dataDir: flags.dataDir ?? defaultDataDir(), rootKeyFile: flags.rootKeyFile, create: false });
         try {
-          const r = await verifyStore(es.store);
+          const r = await es.audit.verify();
           if (flags.output === 'json') printJson(r);
           else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records\n`);
           else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
