@@ -52,9 +52,9 @@ function counting(store: Store): { store: Store; batches: number[] } {
   const batches: number[] = [];
   const wrap = (s: Store): Store => {
     const w = Object.create(s) as Store;
-    w.appendAudit = (drafts, link) => {
+    w.appendAudit = (drafts, link, opts) => {
       batches.push(drafts.length);
-      return s.appendAudit(drafts, link);
+      return s.appendAudit(drafts, link, opts);
     };
     w.transaction = (fn) => s.transaction((tx) => fn(tx === s ? w : wrap(tx)));
     return w;

@@ -14,10 +14,8 @@ function headMac(key: Buffer, seq: number, hash: string): string {
   return createHmac('sha256', key).update(`keyhaven audit head v1\n${seq}\n${hash}`).digest('hex');
 }
 
-async function appendSigned(tx: Store, drafts: readonly AuditDraft[], headKey: Buffer): Promise<void> {
-  const rows = await tx.appendAudit(drafts, linkRecord);
-  const last = rows[rows.length - 1];
-  if (last) await tx.setMeta(HEAD, JSON.stringify({ seq: last.seq, hash: last.hash, mac: headMac(headKey, last.seq, last.hash) }));
+function headValue(key: Buffer): (last: AuditRow) => string {
+  return (last) => JSON.stringify({ seq: last.seq, hash: last.hash, mac: headMac(key, last.seq, last.hash) });
 }
 
 export interface AuditEvent {
@@ -63,8 +61,21 @@ function toDraft(event: AuditEvent): AuditDraft {
   };
 }
 
-export function createAuditLog(store: Store, opts: { headKey: Buffer; maxBatch?: number }): AuditLog {
-  const headKey = opts.headKey;
+export interface AuditLogOptions {
+  /** Key for the chain-head HMAC (derived from the root key). */
+  readonly headKey: Buffer;
+  readonly maxBatch?: number;
+  /**
+   * fsync every batch of request records (default false: records survive a
+   * process crash, and a power loss may cost the newest ones). Records written
+   * with a key change are always fsynced with it.
+   */
+  readonly fsync?: boolean;
+}
+
+export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
+  const head = headValue(opts.headKey);
+  const fsync = opts.fsync ?? false;
   const maxBatch = opts.maxBatch ?? 512;
   let queue: Pending[] = [];
   let writing: Promise<void> | undefined;
@@ -75,12 +86,10 @@ export function createAuditLog(store: Store, opts: { headKey: Buffer; maxBatch?:
       const batch = queue.slice(0, maxBatch);
       queue = queue.slice(batch.length);
       try {
-        await store.transaction((tx) =>
-          appendSigned(
-            tx,
-            batch.map((p) => p.draft),
-            headKey,
-          ),
+        await store.appendAudit(
+          batch.map((p) => p.draft),
+          linkRecord,
+          { head, fsync },
         );
         for (const p of batch) p.resolve();
       } catch (e) {
@@ -118,13 +127,13 @@ export function createAuditLog(store: Store, opts: { headKey: Buffer; maxBatch?:
     },
     async recordIn(tx, event) {
       try {
-        await appendSigned(tx, [toDraft(event)], headKey);
+        await tx.appendAudit([toDraft(event)], linkRecord, { head });
       } catch (e) {
         throw new KeyhavenError('audit_failed', 'the audit record could not be written; change refused', { cause: e });
       }
     },
     async verify() {
-      return verifyStore(store, headKey);
+      return verifyStore(store, opts.headKey);
     },
   };
 }

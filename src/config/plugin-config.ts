@@ -37,6 +37,13 @@ export const pluginConfigSchema = z.strictObject({
     })
     .prefault({}),
   health: z.strictObject({ address: hostPort.default('127.0.0.1:8787') }).prefault({}),
+  audit: z
+    .strictObject({
+      // false: a request's record is written before it is answered and survives
+      // a process crash; true: it is also fsynced (power-loss safe, slower).
+      fsync: z.boolean().default(false),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
   v1beta1: z.boolean().default(true),
 });

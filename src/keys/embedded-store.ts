@@ -28,6 +28,8 @@ export interface OpenEmbeddedOptions {
   readonly rootKeyFile?: string | undefined;
   /** Create the root key file and database when both are absent. */
   readonly create: boolean;
+  /** fsync each batch of request audit records (key changes are always fsynced). */
+  readonly auditFsync?: boolean;
 }
 
 /** Opens (or creates) the embedded key store: SQLite file + root key file. */
@@ -51,7 +53,7 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
     const headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
     rootKey.fill(0);
     const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-    const audit = createAuditLog(store, { headKey });
+    const audit = createAuditLog(store, { headKey, fsync: opts.auditFsync ?? false });
     const keys = createKeyStore({ store, barrier, audit });
     return {
       store,

@@ -21,8 +21,9 @@ export async function startHealthServer(opts: { host: string; port: number; moni
     if (req.method !== 'GET' && req.method !== 'HEAD') return send(405, 'method not allowed\n');
     if (url === '/livez') return send(200, 'ok\n');
     if (url === '/healthz' || url === '/readyz') {
+      // Unlike Status, /healthz reports a provider outage at once, grace period or not.
       opts.monitor.check().then(
-        (snap) => send(200, snap.degraded ? `ok (degraded: provider unreachable, serving last key_id ${snap.keyId})\n` : 'ok\n'),
+        (snap) => (snap.degraded ? send(503, `degraded: key provider unreachable; Status still answers the last good key_id ${snap.keyId} during the grace period\n`) : send(200, 'ok\n')),
         (e: unknown) => send(503, `unhealthy: ${e instanceof KeyhavenError ? e.message : 'internal error'}\n`),
       );
       return;

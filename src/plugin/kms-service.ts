@@ -70,6 +70,18 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     return p;
   };
 
+  // Label children are looked up once: the label hashing is measurable per call.
+  const requestCounters = new Map<string, { inc(): void }>();
+  const countRequest = (method: string, code: string) => {
+    const k = `${method} ${code}`;
+    let c = requestCounters.get(k);
+    if (!c) {
+      c = metrics.requests.labels({ method, code });
+      requestCounters.set(k, c);
+    }
+    c.inc();
+  };
+
   // Wraps a handler: timing, metrics, one log line, the error mapping.
   function unary<Req, Res>(
     method: string,
@@ -77,22 +89,22 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     body: (req: Req, uid: string, ctx: { keyName?: string; keyVersion?: number; keyId?: string }) => Promise<Res>,
     audited: boolean,
   ): Unary<Req, Res> {
+    const durationOf = metrics.duration.labels({ method });
+    const infoLevel = method === 'v2.Status' ? 'debug' : 'info';
     return (call, cb) => {
       const start = process.hrtime.bigint();
       const uid = uidOf(call.request) || randomUUID();
       const ctx: { keyName?: string; keyVersion?: number; keyId?: string } = {};
       const finish = (code: grpc.status, err?: KeyhavenError) => {
         const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-        metrics.requests.inc({ method, code: grpc.status[code] ?? String(code) });
-        metrics.duration.observe({ method }, seconds);
-        const line = { uid, method, keyId: ctx.keyId, keyVersion: ctx.keyVersion, code: grpc.status[code], ms: Math.round(seconds * 1e6) / 1e3 };
+        countRequest(method, grpc.status[code] ?? String(code));
+        durationOf.observe(seconds);
+        const line = () => ({ uid, method, keyId: ctx.keyId, keyVersion: ctx.keyVersion, code: grpc.status[code], ms: Math.round(seconds * 1e6) / 1e3 });
         if (err) {
           const level = err.code === 'internal' || err.code === 'audit_failed' ? 'error' : 'warn';
-          logger[level]({ ...line, err: { code: err.code, message: err.message } }, 'kms call failed');
-        } else if (method !== 'v2.Status') {
-          logger.info(line, 'kms call');
-        } else {
-          logger.debug(line, 'kms call');
+          logger[level]({ ...line(), err: { code: err.code, message: err.message } }, 'kms call failed');
+        } else if (logger.isLevelEnabled(infoLevel)) {
+          logger[infoLevel](line(), 'kms call');
         }
       };
       body(call.request, uid, ctx).then(

@@ -38,7 +38,7 @@ export function loadKmsProtos() {
 /** Builds the provider the config names. */
 async function buildProvider(cfg: PluginConfig): Promise<{ provider: KmsProvider; audit: AuditLog }> {
   const p = cfg.provider;
-  const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false });
+  const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false, auditFsync: cfg.audit.fsync });
   try {
     await embedded.keys.refresh(p.key);
   } catch (e) {

@@ -1,6 +1,17 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.js';
-import { GENESIS_HASH, type AuditDraft, type AuditLinker, type AuditRow, type KeyRow, type KeyVersionRow, type Store } from './store.js';
+import { GENESIS_HASH, type AppendAuditOptions, type AuditDraft, type AuditLinker, type AuditRow, type KeyRow, type KeyVersionRow, type Store } from './store.js';
+
+/**
+ * A dialect's fast path for the audit hot path (one call per request): the
+ * same rows, written with prepared statements instead of built queries.
+ */
+export interface AuditAppender {
+  /** Inside a transaction the caller already holds. */
+  inTransaction(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
+  /** As its own transaction; the caller holds the connection. */
+  standalone(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
+}
 
 /** Starts an exclusive transaction on a single connection and hands it over. */
 export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>;
@@ -12,6 +23,7 @@ export class KyselyStore implements Store {
     private readonly db: Kysely<Database>,
     private readonly runTransaction: TransactionRunner | undefined,
     private readonly onClose: () => Promise<void> = async () => {},
+    private readonly fastAudit?: AuditAppender,
   ) {}
 
   async getMeta(name: string): Promise<string | undefined> {
@@ -78,12 +90,17 @@ export class KyselyStore implements Store {
     await this.db.updateTable('key_versions').set(patch).where('key_id', '=', keyId).where('version', '=', version).execute();
   }
 
-  async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker): Promise<AuditRow[]> {
+  async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions = {}): Promise<AuditRow[]> {
     if (drafts.length === 0) return [];
-    return this.transaction(async (tx) => (tx as KyselyStore).appendAuditInTransaction(drafts, link));
+    const fast = this.fastAudit;
+    if (fast) {
+      if (!this.runTransaction) return fast.inTransaction(drafts, link, opts);
+      return this.db.connection().execute(async () => fast.standalone(drafts, link, opts));
+    }
+    return this.transaction(async (tx) => (tx as KyselyStore).appendAuditInTransaction(drafts, link, opts));
   }
 
-  private async appendAuditInTransaction(drafts: readonly AuditDraft[], link: AuditLinker): Promise<AuditRow[]> {
+  private async appendAuditInTransaction(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): Promise<AuditRow[]> {
     const last = await this.db.selectFrom('audit').select(['seq', 'hash']).orderBy('seq', 'desc').limit(1).executeTakeFirst();
     let prev = last?.hash ?? GENESIS_HASH;
     let seq = last?.seq ?? 0;
@@ -98,6 +115,8 @@ export class KyselyStore implements Store {
     for (let i = 0; i < rows.length; i += 80) {
       await this.db.insertInto('audit').values(rows.slice(i, i + 80)).execute();
     }
+    const newest = rows[rows.length - 1];
+    if (opts.head && newest) await this.setMeta('audit_head', opts.head(newest));
     return rows;
   }
 
@@ -108,7 +127,7 @@ export class KyselyStore implements Store {
   async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {
     // Already inside a transaction: join it.
     if (!this.runTransaction) return fn(this);
-    return this.runTransaction((trx) => fn(new KyselyStore(trx, undefined)));
+    return this.runTransaction((trx) => fn(new KyselyStore(trx, undefined, undefined, this.fastAudit)));
   }
 
   async close(): Promise<void> {

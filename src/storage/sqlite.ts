@@ -4,6 +4,7 @@ import BetterSqlite3 from 'better-sqlite3';
 import { Kysely, Migrator, SqliteDialect, sql } from 'kysely';
 import { KeyhavenError } from '../errors.js';
 import { KyselyStore } from './kysely-store.js';
+import { createSqliteAuditAppender } from './sqlite-audit.js';
 import { migrationProvider } from './migrations.js';
 import type { Database } from './schema.js';
 import type { Store } from './store.js';
@@ -60,5 +61,6 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
         }
       }),
     () => db.destroy(),
+    createSqliteAuditAppender(raw),
   );
 }

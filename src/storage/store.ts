@@ -11,6 +11,17 @@ export type AuditDraft = Omit<AuditRow, 'seq' | 'prev_hash' | 'hash'>;
 /** Computes a record's hash from the previous record's hash and its own fields. */
 export type AuditLinker = (prevHash: string, seq: number, draft: AuditDraft) => string;
 
+export interface AppendAuditOptions {
+  /** The chain-head value to store (meta "audit_head") with the last record. */
+  readonly head?: (last: AuditRow) => string;
+  /**
+   * true (default): on disk before the call returns. false: survives a crash
+   * of the process (kill -9) but the newest records may be lost if the
+   * machine loses power. Only honoured outside an enclosing transaction.
+   */
+  readonly fsync?: boolean;
+}
+
 export interface Store {
   getMeta(name: string): Promise<string | undefined>;
   setMeta(name: string, value: string): Promise<void>;
@@ -30,8 +41,8 @@ export interface Store {
   insertKeyVersion(row: KeyVersionRow): Promise<void>;
   updateKeyVersion(keyId: string, version: number, patch: Partial<Omit<KeyVersionRow, 'key_id' | 'version'>>): Promise<void>;
 
-  /** Appends records to the hash chain atomically; returns them as stored. */
-  appendAudit(drafts: readonly AuditDraft[], link: AuditLinker): Promise<AuditRow[]>;
+  /** Appends records to the hash chain atomically (joining an enclosing transaction); returns them as stored. */
+  appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts?: AppendAuditOptions): Promise<AuditRow[]>;
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
 
   /** Runs fn in one exclusive write transaction (across processes too). */
