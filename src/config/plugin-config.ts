@@ -19,10 +19,15 @@ const embeddedProvider = z.strictObject({
   dataDir: z.string().min(1),
   key: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"').default(DEFAULT_KEY_NAME),
   rootKeyFile: z.string().min(1).optional(),
+  // Keys Decrypt still accepts after the cluster moved to `key` (Encrypt never uses them).
+  previousKeys: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be key names')).max(16).default([]),
 });
 
 export const pluginConfigSchema = z.strictObject({
-  socket: z.string().min(1).default('unix:///run/keyhaven/kms.sock'),
+  socket: z
+    .string()
+    .regex(/^unix:\/\/\/./, 'must be unix:///absolute/path.sock or unix:///@abstract-name')
+    .default('unix:///run/keyhaven/kms.sock'),
   socketMode: z
     .string({ error: (iss) => (typeof iss.input === 'number' ? 'must be a quoted octal string such as "0600" (YAML reads an unquoted 0600 as the number 600)' : undefined) })
     .regex(/^0?[0-7]{3}$/, 'must be an octal mode such as "0600"')

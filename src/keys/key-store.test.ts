@@ -246,9 +246,9 @@ describe('keys/key-store: encrypt, decrypt, rotate (real SQLite)', () => {
     const es = await open(newDir());
     const k = await es.keys.create('k', 't');
     const enc = es.keys.encrypt('k', PT);
-    assert.deepEqual((await es.keys.decrypt(enc.ciphertext, k.versions[0]!.tag)).plaintext, PT);
+    assert.deepEqual((await es.keys.decrypt(enc.ciphertext, { expectTag: k.versions[0]!.tag })).plaintext, PT);
     for (const wrong of ['0000000000000000', '', k.versions[0]!.tag.toUpperCase()]) {
-      await assert.rejects(es.keys.decrypt(enc.ciphertext, wrong), code('unknown_key_id'), `tag ${JSON.stringify(wrong)}`);
+      await assert.rejects(es.keys.decrypt(enc.ciphertext, { expectTag: wrong }), code('unknown_key_id'), `tag ${JSON.stringify(wrong)}`);
     }
   });
 
@@ -268,7 +268,7 @@ describe('keys/key-store: encrypt, decrypt, rotate (real SQLite)', () => {
     assert.notEqual(infoA.versions[1]!.tag, infoB.versions[1]!.tag);
     const encA = a.keys.encrypt('k', PT);
     assert.equal(encA.version, 2);
-    await assert.rejects(b.keys.decrypt(encA.ciphertext, encA.versionTag), code('unknown_key_id'));
+    await assert.rejects(b.keys.decrypt(encA.ciphertext, { expectTag: encA.versionTag }), code('unknown_key_id'));
     // Version 1 is shared by both copies and keeps its tag.
     assert.equal(infoA.versions[0]!.tag, infoB.versions[0]!.tag);
   });

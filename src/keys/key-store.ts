@@ -42,6 +42,13 @@ export interface DecryptResult {
   readonly versionTag: string;
 }
 
+export interface DecryptOptions {
+  /** Refuse a version whose tag differs (a key_id from a separately rotated copy of this store). */
+  readonly expectTag?: string | undefined;
+  /** Only these keys may be used; others are refused before any crypto. */
+  readonly allowedKeys?: ReadonlySet<string> | undefined;
+}
+
 interface CachedKey {
   row: KeyRow;
   ref: Buffer;
@@ -69,7 +76,7 @@ export interface KeyStore {
    * yet. With expectTag, refuses a version whose tag differs (a key_id from a
    * copy of this store that was rotated separately).
    */
-  decrypt(ciphertext: Buffer, expectTag?: string): Promise<DecryptResult>;
+  decrypt(ciphertext: Buffer, opts?: DecryptOptions): Promise<DecryptResult>;
 }
 
 function versionPath(keyId: string, version: number): string {
@@ -260,7 +267,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       return { ciphertext: sealBlob(material, entry.ref, version, plaintext), keyName: entry.row.name, keyId: entry.row.id, version, versionTag: entry.tags.get(version)! };
     },
 
-    async decrypt(ciphertext, expectTag) {
+    async decrypt(ciphertext, opts = {}) {
+      const { expectTag, allowedKeys } = opts;
       const header = parseHeader(ciphertext);
       const id = header.keyRef.toString('hex');
       let entry = byId.get(id);
@@ -269,6 +277,9 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         const row = await store.findKeyById(id);
         if (!row) throw new KeyhavenError('unknown_key_id', 'ciphertext names a key this store does not hold');
         entry = await load(row);
+      }
+      if (allowedKeys && !allowedKeys.has(entry.row.name)) {
+        throw new KeyhavenError('permission_denied', `ciphertext was made with key "${entry.row.name}", which this plugin is not configured to use`);
       }
       if (entry.row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${entry.row.name}" is disabled`);
       if (entry.destroyed.has(header.version)) {

@@ -7,6 +7,17 @@ export const REDACT_PATHS = [
   '*.plaintext', '*.ciphertext', '*.plain', '*.cipher', '*.key', '*.rootKey', '*.material', '*.password', '*.token', '*.apiKey', '*.authorization',
 ];
 
+/**
+ * stdout, written directly. Its errors are ignored: when the reader is gone
+ * (EPIPE: a closed pipe, a stopped journal reader) logging must neither crash
+ * the plugin nor keep it from stopping. (sonic-boom, pino's async writer,
+ * retries a failed write forever while flushing at exit.)
+ */
+function stdoutDestination(): pino.DestinationStream {
+  process.stdout.on('error', () => {});
+  return process.stdout;
+}
+
 export function createLogger(opts: { level: string; name?: string; destination?: pino.DestinationStream }): Logger {
   return pino(
     {
@@ -17,7 +28,7 @@ export function createLogger(opts: { level: string; name?: string; destination?:
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       formatters: { level: (label) => ({ level: label }) },
     },
-    opts.destination ?? pino.destination({ dest: 1, sync: false }),
+    opts.destination ?? stdoutDestination(),
   );
 }
 

@@ -13,9 +13,13 @@ export function createEmbeddedProvider(deps: {
   keyName: string;
   /** How often to re-read key state written by other processes (the CLI). */
   refreshIntervalMs: number;
+  /** Keys Decrypt may also use (a cluster moved from one key to another); the configured key always. */
+  previousKeys?: readonly string[];
   close?: () => Promise<void>;
 }): KmsProvider {
   const { keys, storeId, keyName } = deps;
+  // Least privilege: a store may hold keys of several clusters; this plugin uses its own.
+  const allowedKeys: ReadonlySet<string> = new Set([keyName, ...(deps.previousKeys ?? [])]);
   // Without this, a disable or a destroyed version would only take effect on
   // the next Status poll, which the apiserver sends once a minute.
   const timer = setInterval(() => {
@@ -37,7 +41,7 @@ export function createEmbeddedProvider(deps: {
       }
       const probe = randomBytes(32);
       const enc = keys.encrypt(keyName, probe);
-      const dec = await keys.decrypt(enc.ciphertext);
+      const dec = await keys.decrypt(enc.ciphertext, { allowedKeys });
       if (!constantTimeEqual(dec.plaintext, probe)) throw new KeyhavenError('internal', 'round trip returned different bytes');
       return formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag);
     },
@@ -55,10 +59,10 @@ export function createEmbeddedProvider(deps: {
         if (header.keyRef.toString('hex') !== parsed.keyRef || header.version !== parsed.version) {
           throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
         }
-        const r = await keys.decrypt(ciphertext, parsed.tag);
+        const r = await keys.decrypt(ciphertext, { expectTag: parsed.tag, allowedKeys });
         return { plaintext: r.plaintext, keyId, keyName: r.keyName, keyVersion: r.version };
       }
-      const r = await keys.decrypt(ciphertext);
+      const r = await keys.decrypt(ciphertext, { allowedKeys });
       return { plaintext: r.plaintext, keyId: formatKeyId(storeId, r.keyId, r.version, r.versionTag), keyName: r.keyName, keyVersion: r.version };
     },
     async close() {

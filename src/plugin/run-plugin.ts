@@ -52,14 +52,23 @@ async function buildProvider(cfg: PluginConfig): Promise<{ provider: KmsProvider
     keys: embedded.keys,
     storeId: embedded.storeId,
     keyName: p.key,
+    previousKeys: p.previousKeys,
     refreshIntervalMs: Math.max(cfg.status.cacheTTL, 100),
     close: () => embedded.close(),
   });
   return { provider, audit: embedded.audit };
 }
 
+function parseSocketConfig(socket: string) {
+  try {
+    return parseEndpoint(socket);
+  } catch (e) {
+    throw e instanceof KeyhavenError ? new KeyhavenError('config_invalid', `socket: ${e.message}`) : e;
+  }
+}
+
 export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<RunningPlugin> {
-  const endpoint = parseEndpoint(cfg.socket);
+  const endpoint = parseSocketConfig(cfg.socket);
   const metrics = createPluginMetrics();
   const { provider, audit } = await buildProvider(cfg);
 
@@ -87,6 +96,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
 
   let health: HealthServer | undefined;
   let abstractListener: NetServer | undefined;
+  let bound = false;
   try {
     if (endpoint.kind === 'path') {
       const stale = await clearStaleSocket(endpoint.path);
@@ -109,6 +119,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
           else resolve();
         });
       });
+      bound = true;
     }
     if (endpoint.kind === 'path') secureSocket(endpoint.path, cfg.socketMode, cfg.socketGroup === null ? undefined : String(cfg.socketGroup));
 
@@ -125,7 +136,8 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
   } catch (e) {
     abstractListener?.close();
     server.forceShutdown();
-    if (endpoint.kind === 'path') removeSocketIfOurs(endpoint.path);
+    // Only a socket this process bound: a refused start must not take a live plugin's socket away.
+    if (endpoint.kind === 'path' && bound) removeSocketIfOurs(endpoint.path);
     await provider.close();
     throw e;
   }
