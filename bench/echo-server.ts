@@ -6,6 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { KMS_SERVER_OPTIONS } from '../src/plugin/run-plugin.js';
 
 const socketArg = process.argv[2];
 if (!socketArg) {
@@ -43,7 +44,8 @@ const handlers: grpc.UntypedServiceImplementation = {
   },
 };
 
-const server = new grpc.Server();
+// The plugin's own server options, so the ceiling is measured like for like.
+const server = new grpc.Server(KMS_SERVER_OPTIONS);
 server.addService(pkg.v2.KeyManagementService.service, handlers);
 
 function removeSocket(): void {

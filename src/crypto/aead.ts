@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { fillRandom } from './random-pool.js';
 import { KeyhavenError } from '../errors.js';
 
 // AES-256-GCM with a random 96-bit nonce per message. Random nonces are safe
@@ -15,12 +16,24 @@ export function generateKey(): Buffer {
 
 /** Returns nonce || ciphertext || tag. */
 export function aeadSeal(key: Buffer, plaintext: Buffer, aad: Buffer): Buffer {
-  const nonce = randomBytes(NONCE_BYTES);
+  return aeadSealInto(key, plaintext, aad, 0);
+}
+
+/**
+ * Like aeadSeal, with `prefix` bytes left free at the start of the returned
+ * buffer (for a header), so the whole message is one allocation.
+ */
+export function aeadSealInto(key: Buffer, plaintext: Buffer, aad: Buffer, prefix: number): Buffer {
+  const out = Buffer.allocUnsafe(prefix + NONCE_BYTES + plaintext.length + TAG_BYTES);
+  const nonce = out.subarray(prefix, prefix + NONCE_BYTES);
+  fillRandom(out, prefix, NONCE_BYTES);
   const cipher = createCipheriv('aes-256-gcm', key, nonce, { authTagLength: TAG_BYTES });
   cipher.setAAD(aad);
-  const body = cipher.update(plaintext);
-  const final = cipher.final();
-  return Buffer.concat([nonce, body, final, cipher.getAuthTag()]);
+  let at = prefix + NONCE_BYTES;
+  at += cipher.update(plaintext).copy(out, at);
+  at += cipher.final().copy(out, at);
+  cipher.getAuthTag().copy(out, at);
+  return out;
 }
 
 /** Opens nonce || ciphertext || tag; any tampering is an `integrity` error. */

@@ -1,5 +1,5 @@
 import { KeyhavenError } from '../errors.js';
-import { aeadOpen, aeadSeal, NONCE_BYTES, TAG_BYTES } from './aead.js';
+import { aeadOpen, aeadSealInto, NONCE_BYTES, TAG_BYTES } from './aead.js';
 
 // Self-describing ciphertext:
 //   format (1 byte) | key ref (8 bytes) | key version (uint32 BE) | nonce | ciphertext | tag
@@ -47,7 +47,9 @@ export function parseHeader(blob: Buffer): BlobHeader {
 export function sealBlob(key: Buffer, keyRef: Buffer, version: number, plaintext: Buffer, context?: Buffer): Buffer {
   const header = encodeHeader(keyRef, version);
   const aad = context ? Buffer.concat([header, context]) : header;
-  return Buffer.concat([header, aeadSeal(key, plaintext, aad)]);
+  const blob = aeadSealInto(key, plaintext, aad, HEADER_BYTES);
+  header.copy(blob, 0);
+  return blob;
 }
 
 export function openBlob(key: Buffer, blob: Buffer, context?: Buffer): Buffer {
