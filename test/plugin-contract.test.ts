@@ -246,4 +246,22 @@ describe('plugin lifecycle (real processes)', () => {
       removeDir(dir);
     }
   });
+
+  it('--socket-group and --socket-mode give the socket that group and mode; an unknown group is refused', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      // gid 1 (daemon on Debian) exists on any Linux; root may give the socket to it.
+      const p = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', '1', '--socket-mode', '0660'] });
+      const st = lstatSync(p.socket);
+      assert.equal(st.gid, 1);
+      assert.equal(st.mode & 0o777, 0o660);
+      assert.equal(await p.stop(), 0);
+      const bad = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', 'no-such-group-keyhaven'], waitReady: false });
+      assert.equal(await bad.exited, 78, bad.output());
+      assert.match(bad.output(), /socket group "no-such-group-keyhaven" does not exist/);
+    } finally {
+      removeDir(dir);
+    }
+  });
 });
