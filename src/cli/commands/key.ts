@@ -1,27 +1,9 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
-import { openEmbeddedStore, type EmbeddedStore } from '../../keys/embedded-store.js';
 import type { KeyInfo } from '../../keys/key-store.js';
 import { localActor } from '../actor.js';
-import { defaultDataDir } from '../data-dir.js';
 import { formatKeyTable, printJson, type OutputFormat } from '../output.js';
-
-interface StoreFlags {
-  dataDir?: string;
-  rootKeyFile?: string;
-  output: OutputFormat;
-}
-
-// Acts on the store directly: SQLite takes concurrent writers, and a running
-// plugin sees the change on its next Status poll.
-async function withStore<T>(flags: StoreFlags, fn: (es: EmbeddedStore) => Promise<T>): Promise<T> {
-  const es = await openEmbeddedStore({ dataDir: flags.dataDir ?? defaultDataDir(), rootKeyFile: flags.rootKeyFile, create: false });
-  try {
-    return await fn(es);
-  } finally {
-    await es.close();
-  }
-}
+import { storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
 function show(k: KeyInfo, output: OutputFormat, verb?: string): void {
   if (output === 'json') return printJson(k);
@@ -32,18 +14,9 @@ function show(k: KeyInfo, output: OutputFormat, verb?: string): void {
   }
 }
 
-function parseOutput(v: string): OutputFormat {
-  if (v !== 'text' && v !== 'json') throw new KeyhavenError('invalid_argument', `--output must be text or json, not ${JSON.stringify(v)}`);
-  return v;
-}
-
 export function registerKey(program: Command, run: (fn: () => Promise<number>) => void): void {
   const key = program.command('key').description('Manage keys in the embedded key store');
-  const common = (c: Command) =>
-    c
-      .option('--data-dir <dir>', 'embedded key store folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
-      .option('--root-key-file <file>', 'root key file (default <data-dir>/root.key)')
-      .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat);
+  const common = storeOptions;
 
   common(key.command('list').description('List keys and their versions')).action((flags: StoreFlags) =>
     run(() =>
