@@ -126,7 +126,7 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'after-destroy-d', key_id: e.key_id })).plaintext, fresh);
   });
 
-  it('a disabled key makes Status fail (not just unhealthy) and refuses Encrypt; enable restores', async () => {
+  it('a disabled key makes Status fail (not just unhealthy) and refuses Encrypt, still decrypts; enable restores', async () => {
     const seed = randomBytes(32);
     const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'pre-disable' });
     assert.equal(cli(['key', 'disable', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
@@ -142,6 +142,8 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     assert.match(err.details, /disabled/);
     const encErr = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-disabled' });
     assert.equal(encErr.code, grpc.status.FAILED_PRECONDITION);
+    // Data already written stays readable: disabling stops writes, not reads.
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'while-disabled-d', key_id: e.key_id })).plaintext, seed);
     const h = await httpGet(plugin.healthPort!, '/healthz');
     assert.equal(h.status, 503);
     assert.equal(cli(['key', 'enable', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
@@ -260,6 +262,59 @@ describe('plugin lifecycle (real processes)', () => {
       const bad = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', 'no-such-group-keyhaven'], waitReady: false });
       assert.equal(await bad.exited, 78, bad.output());
       assert.match(bad.output(), /socket group "no-such-group-keyhaven" does not exist/);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('Encrypt always answers the key_id Status last reported, also while a rotation is being picked up', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      // A long Status cache leaves a wide window in which the background refresh has loaded the new version.
+      const p = await startPlugin({ dataDir: dir, extraArgs: ['--status-cache-ttl', '2s'] });
+      const c = kmsClients(p.socket);
+      try {
+      const first = (await call(c.v2, 'Status', {})).key_id;
+      assert.equal(cli(['key', 'rotate', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
+      let pairs = 0;
+      let changed = false;
+      const deadline = Date.now() + 15_000;
+      while (!changed && Date.now() < deadline) {
+        const s = await call(c.v2, 'Status', {});
+        const e = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `pair-${pairs}` });
+        assert.equal(e.key_id, s.key_id, `pair ${pairs}: Encrypt's key_id differs from Status's`);
+        changed = s.key_id !== first;
+        pairs += 1;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      assert.ok(changed, 'Status picked up the rotation');
+      assert.ok(pairs > 5, 'pairs were checked inside the window before the new key_id was reported');
+      } finally {
+        c.close();
+        await p.stop('SIGKILL');
+      }
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('every call answered before kill -9 has its audit record after the restart', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      const p = await startPlugin({ dataDir: dir });
+      const c = kmsClients(p.socket);
+      const n = 300;
+      await Promise.all(Array.from({ length: n }, (_, i) => call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `acked-${i}` })));
+      c.close();
+      await p.stop('SIGKILL');
+      const ex = cli(['audit', 'export', '--data-dir', dir]);
+      assert.equal(ex.code, 0, ex.stderr);
+      const uids = new Set(ex.stdout.trim().split('\n').map((l) => JSON.parse(l).request_id));
+      for (let i = 0; i < n; i++) assert.ok(uids.has(`acked-${i}`), `record of acked-${i}`);
+      const v = cli(['audit', 'verify', '--data-dir', dir]);
+      assert.equal(v.code, 0, v.stdout);
     } finally {
       removeDir(dir);
     }

@@ -102,12 +102,12 @@ describe('secrets hygiene: no root key or plaintext in logs, CLI output, audit, 
     assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e2.ciphertext, uid: 'hyg-rot-d', key_id: e2.key_id })).plaintext, PLAINTEXTS.afterRotate);
     assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e1.ciphertext, uid: 'hyg-old-d', key_id: e1.key_id })).plaintext, PLAINTEXTS.v2);
 
-    // Disable: Status, Encrypt (with a known plaintext) and Decrypt fail; enable restores.
+    // Disable: Status and Encrypt (with a known plaintext) fail, Decrypt still works; enable restores.
     assert.equal(kh(['key', 'disable', 'kubernetes-secrets']).code, 0);
     assert.equal((await statusError()).code, grpc.status.FAILED_PRECONDITION);
     assert.equal((await callError(c.v2, 'Encrypt', { plaintext: PLAINTEXTS.whileDisabled, uid: 'hyg-disabled-e' })).code, grpc.status.FAILED_PRECONDITION);
     assert.equal((await callError(c.v1, 'Encrypt', { version: 'v1beta1', plain: PLAINTEXTS.whileDisabled })).code, grpc.status.FAILED_PRECONDITION);
-    assert.equal((await callError(c.v2, 'Decrypt', { ciphertext: e1.ciphertext, uid: 'hyg-disabled-d', key_id: e1.key_id })).code, grpc.status.FAILED_PRECONDITION);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e1.ciphertext, uid: 'hyg-disabled-d', key_id: e1.key_id })).plaintext, PLAINTEXTS.v2);
     assert.equal(kh(['key', 'enable', 'kubernetes-secrets']).code, 0);
     await waitFor(async () => call(c.v2, 'Status', {}), 'Status to recover');
     const e3 = await call(c.v2, 'Encrypt', { plaintext: PLAINTEXTS.afterEnable, uid: 'hyg-enabled' });

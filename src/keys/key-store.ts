@@ -69,8 +69,12 @@ export interface KeyStore {
   refresh(name: string): Promise<KeyInfo>;
   /** Re-reads every key held in memory: disables and destroyed versions take effect. */
   refreshCached(): Promise<void>;
-  /** Encrypts with the newest version of a key (from the cache; refresh() updates it). */
-  encrypt(name: string, plaintext: Buffer): EncryptResult;
+  /**
+   * Encrypts with the newest version of a key as cached (refresh() updates
+   * it), or with `version` when given: the plugin pins the version its last
+   * Status reported, so Encrypt and Status never disagree on the key_id.
+   */
+  encrypt(name: string, plaintext: Buffer, version?: number): EncryptResult;
   /**
    * Decrypts a self-describing ciphertext; loads versions it has not cached
    * yet. With expectTag, refuses a version whose tag differs (a key_id from a
@@ -256,12 +260,12 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       }
     },
 
-    encrypt(name, plaintext) {
+    encrypt(name, plaintext, pinned) {
       const id = idByName.get(name);
       const entry = id ? byId.get(id) : undefined;
       if (!entry) throw new KeyhavenError('not_found', `key "${name}" is not loaded`);
       if (entry.row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${name}" is disabled`);
-      const version = entry.row.current_version;
+      const version = pinned ?? entry.row.current_version;
       const material = entry.material.get(version);
       if (!material) throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is not available`);
       return { ciphertext: sealBlob(material, entry.ref, version, plaintext), keyName: entry.row.name, keyId: entry.row.id, version, versionTag: entry.tags.get(version)! };
@@ -281,7 +285,10 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       if (allowedKeys && !allowedKeys.has(entry.row.name)) {
         throw new KeyhavenError('permission_denied', `ciphertext was made with key "${entry.row.name}", which this plugin is not configured to use`);
       }
-      if (entry.row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${entry.row.name}" is disabled`);
+      // A disabled key still decrypts: disabling stops new writes (Encrypt and
+      // Status fail), while data already written stays readable, as the KMS
+      // contract asks of every key version that still exists. Destroying a
+      // version is what makes data unreadable.
       if (entry.destroyed.has(header.version)) {
         throw new KeyhavenError('key_destroyed', `key "${entry.row.name}" version ${header.version} was destroyed; this ciphertext can no longer be decrypted`);
       }

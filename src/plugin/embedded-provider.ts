@@ -28,6 +28,10 @@ export function createEmbeddedProvider(deps: {
     });
   }, deps.refreshIntervalMs);
   timer.unref();
+  // The version behind the key_id Status last reported. Encrypt uses it, not
+  // whatever the background refresh loaded since: the apiserver discards an
+  // Encrypt reply whose key_id differs from Status's.
+  let statusVersion: number | undefined;
   return {
     kind: 'embedded',
     async healthCheck() {
@@ -43,10 +47,11 @@ export function createEmbeddedProvider(deps: {
       const enc = keys.encrypt(keyName, probe);
       const dec = await keys.decrypt(enc.ciphertext, { allowedKeys });
       if (!constantTimeEqual(dec.plaintext, probe)) throw new KeyhavenError('internal', 'round trip returned different bytes');
+      statusVersion = enc.version;
       return formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag);
     },
     async encrypt(plaintext) {
-      const r = keys.encrypt(keyName, plaintext);
+      const r = keys.encrypt(keyName, plaintext, statusVersion);
       return { ciphertext: r.ciphertext, keyId: formatKeyId(storeId, r.keyId, r.version, r.versionTag), keyName: r.keyName, keyVersion: r.version };
     },
     async decrypt(ciphertext, keyId) {

@@ -11,6 +11,8 @@ export interface AuditAppender {
   inTransaction(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
   /** As its own transaction; the caller holds the connection. */
   standalone(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
+  /** True while a transaction is open on the connection (one started through kysely spans awaits). */
+  busy(): boolean;
 }
 
 /** Starts an exclusive transaction on a single connection and hands it over. */
@@ -95,6 +97,9 @@ export class KyselyStore implements Store {
     const fast = this.fastAudit;
     if (fast) {
       if (!this.runTransaction) return fast.inTransaction(drafts, link, opts);
+      // Synchronous, so nothing can interleave: unless a kysely transaction is
+      // open on the connection, write now instead of queueing for its mutex.
+      if (!fast.busy()) return fast.standalone(drafts, link, opts);
       return this.db.connection().execute(async () => fast.standalone(drafts, link, opts));
     }
     return this.transaction(async (tx) => (tx as KyselyStore).appendAuditInTransaction(drafts, link, opts));

@@ -36,6 +36,7 @@ export function createSqliteAuditAppender(raw: BetterSqlite3.Database): AuditApp
 
   return {
     inTransaction: append,
+    busy: () => raw.inTransaction,
     standalone(drafts, link, opts) {
       const relaxed = opts.fsync === false;
       // synchronous=NORMAL in WAL mode: the commit reaches the OS (it survives
