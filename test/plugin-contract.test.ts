@@ -165,7 +165,7 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Encrypt",code="OK"\} \d+/);
     assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Encrypt",code="FAILED_PRECONDITION"\} \d+/);
     assert.match(m.body, /keyhaven_plugin_grpc_requests_total\{method="v2.Status",code="FAILED_PRECONDITION"\} \d+/);
-    assert.match(m.body, /keyhaven_plugin_grpc_request_duration_seconds_bucket\{le="[^"]+",method="v2.Decrypt"\}/);
+    assert.match(m.body, /keyhaven_plugin_grpc_request_duration_seconds_bucket\{le="[^"]+",method="v2.Decrypt",code="OK"\}/);
     assert.match(m.body, /keyhaven_plugin_provider_duration_seconds_count\{operation="encrypt"\} \d+/);
     assert.ok(m.body.includes(`keyhaven_plugin_key_info{key_id="${s.key_id}",provider="embedded"} 1`), 'key_info carries the current key_id');
     assert.equal((await httpGet(plugin.healthPort!, '/nope')).status, 404);

@@ -36,18 +36,23 @@ export async function openBarrier(store: Store, rootKey: Buffer): Promise<Barrie
       await s.barrierDelete(path);
     },
   };
-  // The canary tells a wrong root key apart from a corrupted database at start-up.
-  await store.transaction(async (tx) => {
-    const existing = await tx.barrierGet(CANARY_PATH);
-    if (!existing) {
-      await barrier.put(tx, CANARY_PATH, randomBytes(16));
-      return;
-    }
+  // The canary tells a wrong root key apart from a corrupted database at
+  // start-up. Read first: only a new store takes the write lock, so a CLI
+  // command never holds up a running plugin's writes.
+  const check = async (s: Store) => {
     try {
-      await barrier.get(tx, CANARY_PATH);
+      await barrier.get(s, CANARY_PATH);
     } catch {
       throw new KeyhavenError('config_invalid', 'the root key does not match this database (wrong root key file?)');
     }
+  };
+  if (await store.barrierGet(CANARY_PATH)) {
+    await check(store);
+    return barrier;
+  }
+  await store.transaction(async (tx) => {
+    if (await tx.barrierGet(CANARY_PATH)) await check(tx);
+    else await barrier.put(tx, CANARY_PATH, randomBytes(16));
   });
   return barrier;
 }

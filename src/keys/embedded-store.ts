@@ -49,9 +49,14 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
   const rootKey = await keyFileSeal(rootKeyFile).rootKey();
   const store = await openSqliteStore({ path: dbPath, create: opts.create });
   try {
-    const barrier = await openBarrier(store, rootKey);
-    const headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
-    rootKey.fill(0);
+    let barrier;
+    let headKey;
+    try {
+      barrier = await openBarrier(store, rootKey);
+      headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
+    } finally {
+      rootKey.fill(0);
+    }
     const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
     const audit = createAuditLog(store, { headKey, fsync: opts.auditFsync ?? false });
     const keys = createKeyStore({ store, barrier, audit });

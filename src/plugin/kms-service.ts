@@ -71,15 +71,18 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
   };
 
   // Label children are looked up once: the label hashing is measurable per call.
-  const requestCounters = new Map<string, { inc(): void }>();
-  const countRequest = (method: string, code: string) => {
+  const children = new Map<string, { inc(): void; observe(v: number): void }>();
+  const countRequest = (method: string, code: string, seconds: number) => {
     const k = `${method} ${code}`;
-    let c = requestCounters.get(k);
+    let c = children.get(k);
     if (!c) {
-      c = metrics.requests.labels({ method, code });
-      requestCounters.set(k, c);
+      const counter = metrics.requests.labels({ method, code });
+      const histogram = metrics.duration.labels({ method, code });
+      c = { inc: () => counter.inc(), observe: (v) => histogram.observe(v) };
+      children.set(k, c);
     }
     c.inc();
+    c.observe(seconds);
   };
 
   // Wraps a handler: timing, metrics, one log line, the error mapping.
@@ -89,7 +92,6 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     body: (req: Req, uid: string, ctx: { keyName?: string; keyVersion?: number; keyId?: string }) => Promise<Res>,
     audited: boolean,
   ): Unary<Req, Res> {
-    const durationOf = metrics.duration.labels({ method });
     const infoLevel = method === 'v2.Status' ? 'debug' : 'info';
     return (call, cb) => {
       const start = process.hrtime.bigint();
@@ -97,8 +99,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
       const ctx: { keyName?: string; keyVersion?: number; keyId?: string } = {};
       const finish = (code: grpc.status, err?: KeyhavenError) => {
         const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-        countRequest(method, grpc.status[code] ?? String(code));
-        durationOf.observe(seconds);
+        countRequest(method, grpc.status[code] ?? String(code), seconds);
         const line = () => ({ uid, method, keyId: ctx.keyId, keyVersion: ctx.keyVersion, code: grpc.status[code], ms: Math.round(seconds * 1e6) / 1e3 });
         if (err) {
           const level = err.code === 'internal' || err.code === 'audit_failed' ? 'error' : 'warn';

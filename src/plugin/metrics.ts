@@ -5,7 +5,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 export interface PluginMetrics {
   readonly registry: Registry;
   readonly requests: Counter<'method' | 'code'>;
-  readonly duration: Histogram<'method'>;
+  readonly duration: Histogram<'method' | 'code'>;
   readonly providerDuration: Histogram<'operation'>;
   readonly keyInfo: Gauge<'key_id' | 'provider'>;
   readonly providerUp: Gauge;
@@ -17,7 +17,7 @@ export function createPluginMetrics(): PluginMetrics {
   collectDefaultMetrics({ register: registry, prefix: 'keyhaven_' });
   const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3];
   const requests = new Counter({ name: 'keyhaven_plugin_grpc_requests_total', help: 'KMS gRPC calls by method and gRPC status code', labelNames: ['method', 'code'] as const, registers: [registry] });
-  const duration = new Histogram({ name: 'keyhaven_plugin_grpc_request_duration_seconds', help: 'KMS gRPC call latency', labelNames: ['method'] as const, buckets, registers: [registry] });
+  const duration = new Histogram({ name: 'keyhaven_plugin_grpc_request_duration_seconds', help: 'KMS gRPC call latency by method and gRPC status code', labelNames: ['method', 'code'] as const, buckets, registers: [registry] });
   const providerDuration = new Histogram({ name: 'keyhaven_plugin_provider_duration_seconds', help: 'Key provider call latency', labelNames: ['operation'] as const, buckets, registers: [registry] });
   const keyInfo = new Gauge({ name: 'keyhaven_plugin_key_info', help: 'The key_id Status currently reports (value 1)', labelNames: ['key_id', 'provider'] as const, registers: [registry] });
   const providerUp = new Gauge({ name: 'keyhaven_plugin_provider_up', help: '1 if the last provider round trip succeeded, else 0', registers: [registry] });

@@ -13,7 +13,7 @@ import { startHealthServer, type HealthServer } from './health-server.js';
 import { createKmsHandlers } from './kms-service.js';
 import { createPluginMetrics } from './metrics.js';
 import type { KmsProvider } from './provider.js';
-import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket } from './socket.js';
+import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
 import { createStatusMonitor } from './status-monitor.js';
 
 export interface RunningPlugin {
@@ -101,7 +101,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
 
   let health: HealthServer | undefined;
   let abstractListener: NetServer | undefined;
-  let bound = false;
+  let bound: SocketIdentity | undefined;
   try {
     if (endpoint.kind === 'path') {
       const stale = await clearStaleSocket(endpoint.path);
@@ -124,7 +124,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
           else resolve();
         });
       });
-      bound = true;
+      if (endpoint.kind === 'path') bound = socketIdentity(endpoint.path);
     }
     if (endpoint.kind === 'path') secureSocket(endpoint.path, cfg.socketMode, cfg.socketGroup === null ? undefined : String(cfg.socketGroup));
 
@@ -142,7 +142,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
     abstractListener?.close();
     server.forceShutdown();
     // Only a socket this process bound: a refused start must not take a live plugin's socket away.
-    if (endpoint.kind === 'path' && bound) removeSocketIfOurs(endpoint.path);
+    if (endpoint.kind === 'path' && bound) removeSocketIfOurs(endpoint.path, bound);
     await provider.close();
     throw e;
   }
@@ -163,7 +163,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
             resolve();
           });
         });
-        if (endpoint.kind === 'path') removeSocketIfOurs(endpoint.path);
+        if (endpoint.kind === 'path' && bound) removeSocketIfOurs(endpoint.path, bound);
         await health?.close();
         await provider.close();
         logger.info('kms plugin stopped');

@@ -6,7 +6,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyhavenError, type ErrorCode } from '../errors.js';
-import { clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket } from './socket.js';
+import { clearStaleSocket, parseEndpoint, removeSocketIfOurs, socketIdentity, secureSocket } from './socket.js';
 
 let dir: string;
 let n = 0;
@@ -198,15 +198,20 @@ describe('plugin/socket: secureSocket and removeSocketIfOurs (real unix sockets)
     assert.throws(() => secureSocket(path, 0o660, 'no-such-group-kh-test'), fails('config_invalid', /no-such-group-kh-test/));
   });
 
-  it('removeSocketIfOurs removes a socket, leaves anything else, and ignores a missing path', async () => {
+  it('removeSocketIfOurs removes the socket it bound, and no other file at that path', async () => {
     const sock = newPath();
     await staleSocket(sock);
-    removeSocketIfOurs(sock);
+    const ours = socketIdentity(sock);
+    removeSocketIfOurs(sock, ours);
     assert.equal(existsSync(sock), false);
+    // Another process bound the same path since: a different inode, left alone.
+    await staleSocket(sock);
+    removeSocketIfOurs(sock, ours);
+    assert.equal(existsSync(sock), true);
     const file = newPath('file');
     writeFileSync(file, 'keep');
-    removeSocketIfOurs(file);
+    removeSocketIfOurs(file, socketIdentity(file));
     assert.equal(readFileSync(file, 'utf8'), 'keep');
-    assert.doesNotThrow(() => removeSocketIfOurs(newPath('missing')));
+    assert.doesNotThrow(() => removeSocketIfOurs(newPath('missing'), ours));
   });
 });

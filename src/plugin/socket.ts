@@ -75,9 +75,27 @@ export function secureSocket(path: string, mode: number, group: string | undefin
   chmodSync(path, mode);
 }
 
-export function removeSocketIfOurs(path: string): void {
+export interface SocketIdentity {
+  readonly dev: bigint;
+  readonly ino: bigint;
+  /** Inode numbers are reused once a file is unlinked; the birth time is not. */
+  readonly birth: bigint;
+}
+
+/** Identifies the socket file just bound, so shutdown removes that file and no other. */
+export function socketIdentity(path: string): SocketIdentity {
+  const st = lstatSync(path, { bigint: true });
+  return { dev: st.dev, ino: st.ino, birth: st.birthtimeNs };
+}
+
+/**
+ * Removes the socket file this process bound. A file at the same path that is
+ * not that socket (another plugin started during our drain) is left alone.
+ */
+export function removeSocketIfOurs(path: string, ours: SocketIdentity): void {
   try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
+    const st = lstatSync(path, { bigint: true });
+    if (st.isSocket() && st.dev === ours.dev && st.ino === ours.ino && st.birthtimeNs === ours.birth) unlinkSync(path);
   } catch {
     // already gone
   }

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { KEY_BYTES } from '../crypto/aead.js';
@@ -37,13 +37,23 @@ export function createKeyFile(path: string): void {
  * others, or one that is not exactly 32 bytes.
  */
 export function readKeyFile(path: string): Buffer {
-  let st;
+  let fd: number;
   try {
-    st = statSync(path);
+    fd = openSync(path, 'r');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     throw new KeyhavenError('config_invalid', code === 'ENOENT' ? `root key file ${path} does not exist (run "keyhaven init" to create one)` : `cannot read root key file ${path}: ${code ?? 'error'}`);
   }
+  try {
+    // Checks and reads go through one descriptor: the file checked is the file read.
+    return readCheckedKey(fd, path);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readCheckedKey(fd: number, path: string): Buffer {
+  const st = fstatSync(fd);
   if (!st.isFile()) throw new KeyhavenError('config_invalid', `root key file ${path} is not a regular file`);
   const mode = st.mode & 0o777;
   if ((mode & 0o077) !== 0) {
@@ -55,9 +65,10 @@ export function readKeyFile(path: string): Buffer {
   if (st.size !== KEY_BYTES) {
     throw new KeyhavenError('config_invalid', `root key file ${path} must hold exactly ${KEY_BYTES} bytes, found ${st.size}`);
   }
-  const key = readFileSync(path);
-  if (key.length !== KEY_BYTES) {
-    throw new KeyhavenError('config_invalid', `root key file ${path} must hold exactly ${KEY_BYTES} bytes, found ${key.length}`);
+  const key = Buffer.alloc(KEY_BYTES);
+  const n = readSync(fd, key, 0, KEY_BYTES, 0);
+  if (n !== KEY_BYTES) {
+    throw new KeyhavenError('config_invalid', `root key file ${path} must hold exactly ${KEY_BYTES} bytes, found ${n}`);
   }
   return key;
 }

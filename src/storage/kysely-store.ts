@@ -38,6 +38,8 @@ export class KyselyStore implements Store {
   }
 
   async setMetaIfAbsent(name: string, value: string): Promise<string> {
+    const existing = await this.getMeta(name);
+    if (existing !== undefined) return existing;
     await this.db.insertInto('meta').values({ name, value }).onConflict((oc) => oc.column('name').doNothing()).execute();
     return (await this.getMeta(name)) ?? value;
   }

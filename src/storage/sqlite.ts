@@ -27,7 +27,10 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
   let raw: BetterSqlite3.Database | undefined;
   try {
     raw = new BetterSqlite3(opts.path, { fileMustExist: !opts.create });
-    raw.pragma('busy_timeout = 10000');
+    // better-sqlite3 is synchronous: waiting for another process's write lock
+    // blocks the event loop, so wait at most 2 s (within the apiserver's 3 s
+    // deadline) and fail the write instead.
+    raw.pragma('busy_timeout = 2000');
     raw.pragma('journal_mode = WAL');
     raw.pragma('synchronous = FULL');
     raw.pragma('foreign_keys = ON');
