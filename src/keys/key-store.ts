@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.js';
 import type { Barrier } from '../barrier/barrier.js';
 import { generateKey } from '../crypto/aead.js';
-import { KEY_REF_BYTES, openBlob, parseHeader, sealBlob } from '../crypto/blob.js';
+import { BLOB_OVERHEAD, KEY_REF_BYTES, openBlob, parseHeader, sealBlob } from '../crypto/blob.js';
+import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import type { KeyRow, Store } from '../storage/store.js';
 
@@ -58,6 +59,15 @@ interface CachedKey {
   destroyed: Set<number>;
 }
 
+/** Bytes a ciphertext adds to its plaintext (header, nonce, tag). */
+export const CIPHERTEXT_OVERHEAD = BLOB_OVERHEAD;
+
+export interface CiphertextRef {
+  /** The key's id (hex), as in KeyInfo.id. */
+  readonly keyId: string;
+  readonly version: number;
+}
+
 export interface KeyStore {
   create(name: string, actor: string): Promise<KeyInfo>;
   list(): Promise<KeyInfo[]>;
@@ -65,6 +75,10 @@ export interface KeyStore {
   rotate(name: string, actor: string): Promise<KeyInfo>;
   setEnabled(name: string, enabled: boolean, actor: string): Promise<KeyInfo>;
   destroyVersion(name: string, version: number, actor: string): Promise<KeyInfo>;
+  /** Which key and version a ciphertext names, read from its header (not yet authenticated). */
+  describe(ciphertext: Buffer): CiphertextRef;
+  /** Encrypts and decrypts random bytes with the key's newest version; resolves with that version. */
+  roundTrip(name: string, allowedKeys?: ReadonlySet<string>): Promise<EncryptResult>;
   /** Re-reads a key's metadata (picks up changes made by other processes). */
   refresh(name: string): Promise<KeyInfo>;
   /** Re-reads every key held in memory: disables and destroyed versions take effect. */
@@ -250,6 +264,19 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       const row = await mustFind(store, name);
       await load(row);
       return info(row);
+    },
+
+    describe(ciphertext) {
+      const h = parseHeader(ciphertext);
+      return { keyId: h.keyRef.toString('hex'), version: h.version };
+    },
+
+    async roundTrip(name, allowedKeys) {
+      const probe = randomBytes(32);
+      const enc = this.encrypt(name, probe);
+      const dec = await this.decrypt(enc.ciphertext, { allowedKeys });
+      if (!constantTimeEqual(dec.plaintext, probe)) throw new KeyhavenError('internal', 'round trip returned different bytes');
+      return enc;
     },
 
     async refreshCached() {

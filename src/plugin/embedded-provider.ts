@@ -1,8 +1,6 @@
-import { randomBytes } from 'node:crypto';
-import { parseHeader } from '../crypto/blob.js';
-import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
-import type { KeyStore } from '../keys/key-store.js';
+import { CIPHERTEXT_OVERHEAD, type KeyStore } from '../keys/key-store.js';
+import { MAX_CIPHERTEXT_BYTES } from './limits.js';
 import { formatKeyId, parseKeyId } from './key-id.js';
 import type { KmsProvider } from './provider.js';
 
@@ -34,6 +32,7 @@ export function createEmbeddedProvider(deps: {
   let statusVersion: number | undefined;
   return {
     kind: 'embedded',
+    maxPlaintextBytes: MAX_CIPHERTEXT_BYTES - CIPHERTEXT_OVERHEAD,
     async healthCheck() {
       // Re-reading metadata picks up a rotation or a disable made by another
       // process (the CLI), and proves storage answers.
@@ -43,10 +42,7 @@ export function createEmbeddedProvider(deps: {
         if (e instanceof KeyhavenError) throw e;
         throw new KeyhavenError('unavailable', 'key store is not reachable', { cause: e });
       }
-      const probe = randomBytes(32);
-      const enc = keys.encrypt(keyName, probe);
-      const dec = await keys.decrypt(enc.ciphertext, { allowedKeys });
-      if (!constantTimeEqual(dec.plaintext, probe)) throw new KeyhavenError('internal', 'round trip returned different bytes');
+      const enc = await keys.roundTrip(keyName, allowedKeys);
       statusVersion = enc.version;
       return formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag);
     },
@@ -60,8 +56,8 @@ export function createEmbeddedProvider(deps: {
         if (parsed.storeId !== storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key store`);
         // The header is authenticated by decrypt below; checking it first
         // refuses a ciphertext paired with the wrong key_id without any crypto.
-        const header = parseHeader(ciphertext);
-        if (header.keyRef.toString('hex') !== parsed.keyRef || header.version !== parsed.version) {
+        const named = keys.describe(ciphertext);
+        if (named.keyId !== parsed.keyRef || named.version !== parsed.version) {
           throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
         }
         const r = await keys.decrypt(ciphertext, { expectTag: parsed.tag, allowedKeys });

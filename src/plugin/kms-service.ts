@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import type { AuditLog } from '../audit/audit-log.js';
-import { BLOB_OVERHEAD } from '../crypto/blob.js';
 import { asKeyhavenError, KeyhavenError } from '../errors.js';
 import { GRPC_STATUS } from '../grpc-status.js';
 import { validateAnnotations } from './annotations.js';
@@ -10,10 +9,7 @@ import type { PluginMetrics } from './metrics.js';
 import type { KmsProvider, ProviderDecryptResult } from './provider.js';
 import type { StatusMonitor } from './status-monitor.js';
 
-// Limits from the Kubernetes KMS contract.
-export const MAX_CIPHERTEXT_BYTES = 1024;
-export const MAX_KEY_ID_BYTES = 1024;
-export const MAX_PLAINTEXT_BYTES = MAX_CIPHERTEXT_BYTES - BLOB_OVERHEAD;
+import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from './limits.js';
 
 export interface KmsServiceDeps {
   readonly provider: KmsProvider;
@@ -33,10 +29,10 @@ interface V1DecryptRequest { version: string; cipher: Buffer }
 
 const ACTOR = 'kms-client';
 
-function checkPlaintext(p: Buffer): void {
+function checkPlaintext(p: Buffer, max: number): void {
   if (p.length === 0) throw new KeyhavenError('invalid_argument', 'plaintext is empty');
-  if (p.length > MAX_PLAINTEXT_BYTES) {
-    throw new KeyhavenError('invalid_argument', `plaintext is ${p.length} bytes; at most ${MAX_PLAINTEXT_BYTES} fit a ${MAX_CIPHERTEXT_BYTES}-byte ciphertext`);
+  if (p.length > max) {
+    throw new KeyhavenError('invalid_argument', `plaintext is ${p.length} bytes; at most ${max} fit a ${MAX_CIPHERTEXT_BYTES}-byte ciphertext`);
   }
 }
 
@@ -152,7 +148,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
       'v2.Encrypt',
       (r) => r.uid,
       async (req, _uid, ctx) => {
-        checkPlaintext(req.plaintext);
+        checkPlaintext(req.plaintext, provider.maxPlaintextBytes);
         const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
         const r = await provider.encrypt(req.plaintext).finally(end);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
@@ -201,7 +197,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
       () => '',
       async (req, _uid, ctx) => {
         checkV1(req.version);
-        checkPlaintext(req.plain);
+        checkPlaintext(req.plain, provider.maxPlaintextBytes);
         const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
         const r = await provider.encrypt(req.plain).finally(end);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });

@@ -22,6 +22,8 @@ export interface ProviderDecryptResult {
 
 export interface KmsProvider {
   readonly kind: string;
+  /** The largest plaintext whose ciphertext stays within the 1024 bytes the apiserver accepts. */
+  readonly maxPlaintextBytes: number;
   /** A real encrypt/decrypt round trip; resolves with the current key_id. */
   healthCheck(): Promise<string>;
   encrypt(plaintext: Buffer): Promise<ProviderEncryptResult>;

@@ -7,6 +7,7 @@ import { createStatusMonitor, type StatusMonitorOptions } from './status-monitor
 /** A provider test double: healthCheck does whatever `next` says and counts its calls. */
 class ProviderDouble implements KmsProvider {
   readonly kind = 'double';
+  readonly maxPlaintextBytes = 983;
   calls = 0;
   next: () => Promise<string> = async () => 'kid-1';
 
