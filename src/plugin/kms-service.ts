@@ -7,9 +7,8 @@ import { GRPC_STATUS } from '../grpc-status.js';
 import { validateAnnotations } from './annotations.js';
 import type { PluginMetrics } from './metrics.js';
 import type { KmsProvider, ProviderDecryptResult } from './provider.js';
-import type { StatusMonitor } from './status-monitor.js';
-
 import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from './limits.js';
+import type { StatusMonitor } from './status-monitor.js';
 
 export interface KmsServiceDeps {
   readonly provider: KmsProvider;
