@@ -1,8 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { lstatSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { call, callError, cli, grpc, httpGet, initStore, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, cli, grpc, httpGet, initStore, kmsClients, logLines, removeDir, ROOT, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
 
 // The Kubernetes KMS contract, checked over a real unix socket against a real
 // plugin process on a real SQLite store.
@@ -315,6 +317,45 @@ describe('plugin lifecycle (real processes)', () => {
       for (let i = 0; i < n; i++) assert.ok(uids.has(`acked-${i}`), `record of acked-${i}`);
       const v = cli(['audit', 'verify', '--data-dir', dir]);
       assert.equal(v.code, 0, v.stdout);
+    } finally {
+      removeDir(dir);
+    }
+  });
+
+  it('audit fails closed: while another process holds the write lock, Encrypt is refused (UNAVAILABLE), then works again', async () => {
+    const dir = tempDir();
+    try {
+      initStore(dir);
+      const p = await startPlugin({ dataDir: dir });
+      const c = kmsClients(p.socket);
+      const seed = randomBytes(32);
+      const before = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-lock' });
+      // A second process takes SQLite's write lock and holds it past the plugin's 2 s busy timeout.
+      const locker = spawn(process.execPath, ['-e', `
+        const D = require(${JSON.stringify(join(ROOT, 'node_modules', 'better-sqlite3'))});
+        const db = new D(process.argv[1]);
+        db.exec('begin immediate');
+        process.stdout.write('locked\\n');
+        process.stdin.once('data', () => { db.exec('commit'); process.stdout.write('released\\n'); process.exit(0); });
+      `, join(dir, 'keyhaven.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
+      try {
+        await new Promise<void>((resolve) => locker.stdout!.once('data', () => resolve()));
+        const err = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-locked' });
+        assert.equal(err.code, grpc.status.UNAVAILABLE);
+        assert.match(err.details, /audit record could not be written/);
+      } finally {
+        locker.stdin!.write('go\n');
+        await new Promise((r) => locker.once('exit', r));
+      }
+      const after = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'after-lock' });
+      assert.equal(after.key_id, before.key_id);
+      assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: before.ciphertext, uid: 'after-lock-d', key_id: before.key_id })).plaintext, seed);
+      const ex = cli(['audit', 'export', '--data-dir', dir]);
+      const uids = ex.stdout.trim().split('\n').map((l) => JSON.parse(l).request_id);
+      assert.ok(uids.includes('after-lock') && uids.includes('before-lock'));
+      assert.ok(!uids.includes('while-locked'), 'the refused call has no success record');
+      c.close();
+      assert.equal(await p.stop(), 0);
     } finally {
       removeDir(dir);
     }
