@@ -141,6 +141,40 @@ export async function callError(client: Record<string, Method>, method: string, 
   throw new Error(`${method} succeeded but an error was expected`);
 }
 
+/** Repeats a call until it fails (a change made by another process has been picked up); returns the error. */
+export function waitForError(client: Record<string, Method>, method: string, req: unknown, what: string): Promise<grpc.ServiceError> {
+  return waitFor(async () => {
+    try {
+      await call(client, method, req);
+      return undefined;
+    } catch (e) {
+      return e as grpc.ServiceError;
+    }
+  }, what);
+}
+
+/** Runs fn on a fresh, initialised store in a temp folder, removed afterwards. */
+export async function withStore(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = tempDir();
+  try {
+    initStore(dir);
+    await fn(dir);
+  } finally {
+    removeDir(dir);
+  }
+}
+
+/** The store's audit records, through `keyhaven audit export`. */
+export function auditRecords(dir: string): Array<Record<string, any>> {
+  const ex = cli(['audit', 'export', '--data-dir', dir]);
+  if (ex.code !== 0) throw new Error(`audit export failed (${ex.code}): ${ex.stderr}`);
+  return ex.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((l) => JSON.parse(l) as Record<string, any>);
+}
+
 export async function waitFor<T>(fn: () => Promise<T | undefined> | T | undefined, what: string, ms = 15_000): Promise<T> {
   const deadline = Date.now() + ms;
   let last: unknown;

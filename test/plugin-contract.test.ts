@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { call, callError, cli, grpc, httpGet, initStore, kmsClients, logLines, removeDir, ROOT, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { auditRecords, call, callError, cli, grpc, httpGet, initStore, kmsClients, logLines, removeDir, ROOT, startPlugin, tempDir, waitFor, waitForError, withStore, type KmsClients, type PluginProcess } from './helpers.js';
 
 // The Kubernetes KMS contract, checked over a real unix socket against a real
 // plugin process on a real SQLite store.
@@ -113,14 +113,7 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     await waitFor(async () => ((await call(c.v2, 'Status', {})).key_id !== s.key_id ? true : undefined), 'rotation');
     const r = cli(['key', 'destroy-version', 'kubernetes-secrets', String(oldVersion), '--yes', '--data-dir', dir]);
     assert.equal(r.code, 0, r.stderr);
-    const err = await waitFor(async () => {
-      try {
-        await call(c.v2, 'Decrypt', { ciphertext: old.ciphertext, uid: 'destroyed', key_id: old.key_id });
-        return undefined;
-      } catch (e) {
-        return e as grpc.ServiceError;
-      }
-    }, 'decrypt of a destroyed version to fail');
+    const err = await waitForError(c.v2, 'Decrypt', { ciphertext: old.ciphertext, uid: 'destroyed', key_id: old.key_id }, 'decrypt of a destroyed version to fail');
     assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
     assert.match(err.details, /destroyed/);
     const fresh = randomBytes(32);
@@ -132,14 +125,7 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     const seed = randomBytes(32);
     const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'pre-disable' });
     assert.equal(cli(['key', 'disable', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
-    const err = await waitFor(async () => {
-      try {
-        await call(c.v2, 'Status', {});
-        return undefined;
-      } catch (x) {
-        return x as grpc.ServiceError;
-      }
-    }, 'Status to fail');
+    const err = await waitForError(c.v2, 'Status', {}, 'Status to fail');
     assert.equal(err.code, grpc.status.FAILED_PRECONDITION);
     assert.match(err.details, /disabled/);
     const encErr = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-disabled' });
@@ -183,17 +169,15 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     const encLine = lines.find((l) => l.uid === uid);
     assert.equal(encLine?.method, 'v2.Encrypt');
     assert.equal(encLine?.keyId, e.key_id);
-    const ex = cli(['audit', 'export', '--data-dir', dir]);
-    assert.equal(ex.code, 0, ex.stderr);
-    const recs = ex.stdout.trim().split('\n').map((l) => JSON.parse(l));
-    const enc = recs.find((r) => r.request_id === uid);
+    const recs = auditRecords(dir);
+    const enc = recs.find((r) => r.request_id === uid)!;
     assert.equal(enc.operation, 'v2.Encrypt');
     assert.equal(enc.result, 'ok');
     assert.equal(enc.key_name, 'kubernetes-secrets');
     assert.equal(typeof enc.key_version, 'number');
-    const dec = recs.find((r) => r.request_id === `${uid}-d`);
+    const dec = recs.find((r) => r.request_id === `${uid}-d`)!;
     assert.equal(dec.operation, 'v2.Decrypt');
-    const bad = recs.find((r) => r.request_id === `${uid}-bad`);
+    const bad = recs.find((r) => r.request_id === `${uid}-bad`)!;
     assert.notEqual(bad.result, 'ok');
     const v = cli(['audit', 'verify', '--data-dir', dir]);
     assert.equal(v.code, 0, v.stdout + v.stderr);
@@ -203,161 +187,133 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
 
 describe('plugin lifecycle (real processes)', () => {
   it('a new process decrypts what the old one encrypted (both API versions)', async () => {
-    const dir = tempDir();
-    try {
-      initStore(dir);
-      let p = await startPlugin({ dataDir: dir });
-      let c = kmsClients(p.socket);
-      const seed = randomBytes(32);
-      const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'restart' });
-      const e1 = await call(c.v1, 'Encrypt', { version: 'v1beta1', plain: seed });
-      c.close();
-      assert.equal(await p.stop('SIGTERM'), 0);
-      p = await startPlugin({ dataDir: dir });
-      c = kmsClients(p.socket);
-      assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'restart-d', key_id: e.key_id })).plaintext, seed);
-      assert.deepEqual((await call(c.v1, 'Decrypt', { version: 'v1beta1', cipher: e1.cipher })).plain, seed);
-      assert.equal((await call(c.v2, 'Status', {})).key_id, e.key_id);
-      c.close();
-      await p.stop();
-    } finally {
-      removeDir(dir);
-    }
+    await withStore(async (dir) => {
+    let p = await startPlugin({ dataDir: dir });
+    let c = kmsClients(p.socket);
+    const seed = randomBytes(32);
+    const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'restart' });
+    const e1 = await call(c.v1, 'Encrypt', { version: 'v1beta1', plain: seed });
+    c.close();
+    assert.equal(await p.stop('SIGTERM'), 0);
+    p = await startPlugin({ dataDir: dir });
+    c = kmsClients(p.socket);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'restart-d', key_id: e.key_id })).plaintext, seed);
+    assert.deepEqual((await call(c.v1, 'Decrypt', { version: 'v1beta1', cipher: e1.cipher })).plain, seed);
+    assert.equal((await call(c.v2, 'Status', {})).key_id, e.key_id);
+    c.close();
+    await p.stop();
+    });
   });
 
   it('SIGTERM stops gracefully and removes the socket; a stale socket left by kill -9 is removed at start', async () => {
-    const dir = tempDir();
-    try {
-      initStore(dir);
-      const p = await startPlugin({ dataDir: dir });
-      const c = kmsClients(p.socket);
-      const seed = randomBytes(32);
-      const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-kill' });
-      c.close();
-      await p.stop('SIGKILL');
-      assert.ok(lstatSync(p.socket).isSocket(), 'kill -9 leaves the socket file behind');
-      const p2 = await startPlugin({ dataDir: dir });
-      assert.match(p2.output(), /removed a stale socket/);
-      const c2 = kmsClients(p2.socket);
-      // The write acknowledged before kill -9 is still there: its audit record and its key.
-      assert.deepEqual((await call(c2.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'after-kill', key_id: e.key_id })).plaintext, seed);
-      c2.close();
-      assert.equal(await p2.stop('SIGTERM'), 0);
-      assert.throws(() => lstatSync(p2.socket), /ENOENT/);
-      const ex = cli(['audit', 'export', '--data-dir', dir]);
-      assert.match(ex.stdout, /"request_id":"before-kill"/);
-    } finally {
-      removeDir(dir);
-    }
+    await withStore(async (dir) => {
+    const p = await startPlugin({ dataDir: dir });
+    const c = kmsClients(p.socket);
+    const seed = randomBytes(32);
+    const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-kill' });
+    c.close();
+    await p.stop('SIGKILL');
+    assert.ok(lstatSync(p.socket).isSocket(), 'kill -9 leaves the socket file behind');
+    const p2 = await startPlugin({ dataDir: dir });
+    assert.match(p2.output(), /removed a stale socket/);
+    const c2 = kmsClients(p2.socket);
+    // The write acknowledged before kill -9 is still there: its audit record and its key.
+    assert.deepEqual((await call(c2.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'after-kill', key_id: e.key_id })).plaintext, seed);
+    c2.close();
+    assert.equal(await p2.stop('SIGTERM'), 0);
+    assert.throws(() => lstatSync(p2.socket), /ENOENT/);
+    assert.ok(auditRecords(dir).some((r) => r.request_id === 'before-kill'));
+    });
   });
 
   it('--socket-group and --socket-mode give the socket that group and mode; an unknown group is refused', async () => {
-    const dir = tempDir();
-    try {
-      initStore(dir);
-      // gid 1 (daemon on Debian) exists on any Linux; root may give the socket to it.
-      const p = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', '1', '--socket-mode', '0660'] });
-      const st = lstatSync(p.socket);
-      assert.equal(st.gid, 1);
-      assert.equal(st.mode & 0o777, 0o660);
-      assert.equal(await p.stop(), 0);
-      const bad = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', 'no-such-group-keyhaven'], waitReady: false });
-      assert.equal(await bad.exited, 78, bad.output());
-      assert.match(bad.output(), /socket group "no-such-group-keyhaven" does not exist/);
-    } finally {
-      removeDir(dir);
-    }
+    await withStore(async (dir) => {
+    // gid 1 (daemon on Debian) exists on any Linux; root may give the socket to it.
+    const p = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', '1', '--socket-mode', '0660'] });
+    const st = lstatSync(p.socket);
+    assert.equal(st.gid, 1);
+    assert.equal(st.mode & 0o777, 0o660);
+    assert.equal(await p.stop(), 0);
+    const bad = await startPlugin({ dataDir: dir, extraArgs: ['--socket-group', 'no-such-group-keyhaven'], waitReady: false });
+    assert.equal(await bad.exited, 78, bad.output());
+    assert.match(bad.output(), /socket group "no-such-group-keyhaven" does not exist/);
+    });
   });
 
   it('Encrypt always answers the key_id Status last reported, also while a rotation is being picked up', async () => {
-    const dir = tempDir();
+    await withStore(async (dir) => {
+    // A long Status cache leaves a wide window in which the background refresh has loaded the new version.
+    const p = await startPlugin({ dataDir: dir, extraArgs: ['--status-cache-ttl', '2s'] });
+    const c = kmsClients(p.socket);
     try {
-      initStore(dir);
-      // A long Status cache leaves a wide window in which the background refresh has loaded the new version.
-      const p = await startPlugin({ dataDir: dir, extraArgs: ['--status-cache-ttl', '2s'] });
-      const c = kmsClients(p.socket);
-      try {
-      const first = (await call(c.v2, 'Status', {})).key_id;
-      assert.equal(cli(['key', 'rotate', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
-      let pairs = 0;
-      let changed = false;
-      const deadline = Date.now() + 15_000;
-      while (!changed && Date.now() < deadline) {
-        const s = await call(c.v2, 'Status', {});
-        const e = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `pair-${pairs}` });
-        assert.equal(e.key_id, s.key_id, `pair ${pairs}: Encrypt's key_id differs from Status's`);
-        changed = s.key_id !== first;
-        pairs += 1;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      assert.ok(changed, 'Status picked up the rotation');
-      assert.ok(pairs > 5, 'pairs were checked inside the window before the new key_id was reported');
-      } finally {
-        c.close();
-        await p.stop('SIGKILL');
-      }
-    } finally {
-      removeDir(dir);
+    const first = (await call(c.v2, 'Status', {})).key_id;
+    assert.equal(cli(['key', 'rotate', 'kubernetes-secrets', '--data-dir', dir]).code, 0);
+    let pairs = 0;
+    let changed = false;
+    const deadline = Date.now() + 15_000;
+    while (!changed && Date.now() < deadline) {
+      const s = await call(c.v2, 'Status', {});
+      const e = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `pair-${pairs}` });
+      assert.equal(e.key_id, s.key_id, `pair ${pairs}: Encrypt's key_id differs from Status's`);
+      changed = s.key_id !== first;
+      pairs += 1;
+      await new Promise((r) => setTimeout(r, 20));
     }
+    assert.ok(changed, 'Status picked up the rotation');
+    assert.ok(pairs > 5, 'pairs were checked inside the window before the new key_id was reported');
+    } finally {
+      c.close();
+      await p.stop('SIGKILL');
+    }
+    });
   });
 
   it('every call answered before kill -9 has its audit record after the restart', async () => {
-    const dir = tempDir();
-    try {
-      initStore(dir);
-      const p = await startPlugin({ dataDir: dir });
-      const c = kmsClients(p.socket);
-      const n = 300;
-      await Promise.all(Array.from({ length: n }, (_, i) => call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `acked-${i}` })));
-      c.close();
-      await p.stop('SIGKILL');
-      const ex = cli(['audit', 'export', '--data-dir', dir]);
-      assert.equal(ex.code, 0, ex.stderr);
-      const uids = new Set(ex.stdout.trim().split('\n').map((l) => JSON.parse(l).request_id));
-      for (let i = 0; i < n; i++) assert.ok(uids.has(`acked-${i}`), `record of acked-${i}`);
-      const v = cli(['audit', 'verify', '--data-dir', dir]);
-      assert.equal(v.code, 0, v.stdout);
-    } finally {
-      removeDir(dir);
-    }
+    await withStore(async (dir) => {
+    const p = await startPlugin({ dataDir: dir });
+    const c = kmsClients(p.socket);
+    const n = 300;
+    await Promise.all(Array.from({ length: n }, (_, i) => call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: `acked-${i}` })));
+    c.close();
+    await p.stop('SIGKILL');
+    const uids = new Set(auditRecords(dir).map((r) => r.request_id));
+    for (let i = 0; i < n; i++) assert.ok(uids.has(`acked-${i}`), `record of acked-${i}`);
+    const v = cli(['audit', 'verify', '--data-dir', dir]);
+    assert.equal(v.code, 0, v.stdout);
+    });
   });
 
   it('audit fails closed: while another process holds the write lock, Encrypt is refused (UNAVAILABLE), then works again', async () => {
-    const dir = tempDir();
+    await withStore(async (dir) => {
+    const p = await startPlugin({ dataDir: dir });
+    const c = kmsClients(p.socket);
+    const seed = randomBytes(32);
+    const before = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-lock' });
+    // A second process takes SQLite's write lock and holds it past the plugin's 2 s busy timeout.
+    const locker = spawn(process.execPath, ['-e', `
+      const D = require(${JSON.stringify(join(ROOT, 'node_modules', 'better-sqlite3'))});
+      const db = new D(process.argv[1]);
+      db.exec('begin immediate');
+      process.stdout.write('locked\\n');
+      process.stdin.once('data', () => { db.exec('commit'); process.stdout.write('released\\n'); process.exit(0); });
+    `, join(dir, 'keyhaven.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
     try {
-      initStore(dir);
-      const p = await startPlugin({ dataDir: dir });
-      const c = kmsClients(p.socket);
-      const seed = randomBytes(32);
-      const before = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'before-lock' });
-      // A second process takes SQLite's write lock and holds it past the plugin's 2 s busy timeout.
-      const locker = spawn(process.execPath, ['-e', `
-        const D = require(${JSON.stringify(join(ROOT, 'node_modules', 'better-sqlite3'))});
-        const db = new D(process.argv[1]);
-        db.exec('begin immediate');
-        process.stdout.write('locked\\n');
-        process.stdin.once('data', () => { db.exec('commit'); process.stdout.write('released\\n'); process.exit(0); });
-      `, join(dir, 'keyhaven.db')], { stdio: ['pipe', 'pipe', 'inherit'] });
-      try {
-        await new Promise<void>((resolve) => locker.stdout!.once('data', () => resolve()));
-        const err = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-locked' });
-        assert.equal(err.code, grpc.status.UNAVAILABLE);
-        assert.match(err.details, /audit record could not be written/);
-      } finally {
-        locker.stdin!.write('go\n');
-        await new Promise((r) => locker.once('exit', r));
-      }
-      const after = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'after-lock' });
-      assert.equal(after.key_id, before.key_id);
-      assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: before.ciphertext, uid: 'after-lock-d', key_id: before.key_id })).plaintext, seed);
-      const ex = cli(['audit', 'export', '--data-dir', dir]);
-      const uids = ex.stdout.trim().split('\n').map((l) => JSON.parse(l).request_id);
-      assert.ok(uids.includes('after-lock') && uids.includes('before-lock'));
-      assert.ok(!uids.includes('while-locked'), 'the refused call has no success record');
-      c.close();
-      assert.equal(await p.stop(), 0);
+      await new Promise<void>((resolve) => locker.stdout!.once('data', () => resolve()));
+      const err = await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'while-locked' });
+      assert.equal(err.code, grpc.status.UNAVAILABLE);
+      assert.match(err.details, /audit record could not be written/);
     } finally {
-      removeDir(dir);
+      locker.stdin!.write('go\n');
+      await new Promise((r) => locker.once('exit', r));
     }
+    const after = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'after-lock' });
+    assert.equal(after.key_id, before.key_id);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: before.ciphertext, uid: 'after-lock-d', key_id: before.key_id })).plaintext, seed);
+    const uids = auditRecords(dir).map((r) => r.request_id);
+    assert.ok(uids.includes('after-lock') && uids.includes('before-lock'));
+    assert.ok(!uids.includes('while-locked'), 'the refused call has no success record');
+    c.close();
+    assert.equal(await p.stop(), 0);
+    });
   });
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { call, callError, cli, grpc, httpGet, kmsClients, removeDir, startPlugin, tempDir, waitFor, type CliResult, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, cli, grpc, httpGet, kmsClients, removeDir, startPlugin, tempDir, waitFor, waitForError, type CliResult, type KmsClients, type PluginProcess } from './helpers.js';
 
 // Plant known secrets (the root key, the plaintexts), run every flow, then
 // look for them everywhere keyhaven writes: logs at trace level, CLI output,
@@ -63,15 +63,7 @@ describe('secrets hygiene: no root key or plaintext in logs, CLI output, audit, 
     return r;
   };
 
-  const statusError = () =>
-    waitFor(async () => {
-      try {
-        await call(c.v2, 'Status', {});
-        return undefined;
-      } catch (e) {
-        return e as grpc.ServiceError;
-      }
-    }, 'Status to fail');
+  const statusError = () => waitForError(c.v2, 'Status', {}, 'Status to fail');
 
   before(async () => {
     dir = tempDir('kh-hygiene-');
