@@ -183,6 +183,15 @@ describe('KMS plugin contract (real process, real unix socket)', () => {
     assert.equal(v.code, 0, v.stdout + v.stderr);
     assert.match(v.stdout, /intact/);
   });
+  it('an oversized uid is served, and logged and audited only in part', async () => {
+    const uid = `long-${'x'.repeat(10_000)}`;
+    const e = await call(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid });
+    assert.ok(e.ciphertext.length > 0);
+    const kept = `${uid.slice(0, 128)}...(${uid.length} chars)`;
+    await waitFor(() => (plugin.output().includes(kept) ? true : undefined), 'the log line');
+    assert.ok(!plugin.output().includes(uid.slice(0, 200)), 'the log holds no more than 128 characters of the uid');
+    assert.ok(auditRecords(dir).some((r) => r.request_id === kept));
+  });
 });
 
 describe('plugin lifecycle (real processes)', () => {

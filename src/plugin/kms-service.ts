@@ -27,6 +27,13 @@ interface V1EncryptRequest { version: string; plain: Buffer }
 interface V1DecryptRequest { version: string; cipher: Buffer }
 
 const ACTOR = 'kms-client';
+// kube-apiserver sends UUIDs; anything on the socket could send 100 KiB, which
+// would then be copied into every log line and audit record.
+export const MAX_UID_CHARS = 128;
+
+function boundedUid(uid: string): string {
+  return uid.length <= MAX_UID_CHARS ? uid : `${uid.slice(0, MAX_UID_CHARS)}...(${uid.length} chars)`;
+}
 
 function checkPlaintext(p: Buffer, max: number): void {
   if (p.length === 0) throw new KeyhavenError('invalid_argument', 'plaintext is empty');
@@ -90,7 +97,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     const infoLevel = method === 'v2.Status' ? 'debug' : 'info';
     return (call, cb) => {
       const start = process.hrtime.bigint();
-      const uid = uidOf(call.request) || randomUUID();
+      const uid = boundedUid(uidOf(call.request)) || randomUUID();
       const ctx: { keyName?: string; keyVersion?: number; keyId?: string } = {};
       const finish = (code: grpc.status, err?: KeyhavenError) => {
         const seconds = Number(process.hrtime.bigint() - start) / 1e9;
