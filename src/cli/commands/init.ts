@@ -6,7 +6,8 @@ import { KeyhavenError } from '../../errors.js';
 import { openEmbeddedStore } from '../../keys/embedded-store.js';
 import { localActor } from '../actor.js';
 import { defaultDataDir } from '../data-dir.js';
-import { printJson, type OutputFormat } from '../output.js';
+import { printJson } from '../output.js';
+import { storeOptions, type StoreFlags } from '../store-command.js';
 
 /** Creates the store if absent and makes sure the key exists; idempotent. */
 export async function ensureStore(dataDir: string, keyName: string, rootKeyFile?: string): Promise<{ created: boolean; keyCreated: boolean }> {
@@ -27,14 +28,9 @@ export async function ensureStore(dataDir: string, keyName: string, rootKeyFile?
 }
 
 export function registerInit(program: Command, run: (fn: () => Promise<number>) => void): void {
-  program
-    .command('init')
-    .description('Create an embedded key store: root key file (0600), database and a first key')
-    .option('--data-dir <dir>', 'folder for the store (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
-    .option('--root-key-file <file>', 'root key file (default <data-dir>/root.key)')
+  storeOptions(program.command('init').description('Create an embedded key store: root key file (0600), database and a first key'))
     .option('--key <name>', 'name of the first key', DEFAULT_KEY_NAME)
-    .option('-o, --output <format>', 'text or json', 'text')
-    .action((flags: { dataDir?: string; rootKeyFile?: string; key: string; output: OutputFormat }) =>
+    .action((flags: StoreFlags & { key: string }) =>
       run(async () => {
         const dataDir = flags.dataDir ?? defaultDataDir();
         const r = await ensureStore(dataDir, flags.key, flags.rootKeyFile);
