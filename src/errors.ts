@@ -14,7 +14,11 @@ export const ERROR_CODES = [
   'unavailable', // a dependency (storage, provider) cannot be reached now
   'audit_failed', // the audit record could not be written: fail closed
   'config_invalid', // configuration or a file it names is unusable
-  'permission_denied',
+  'unauthenticated', // no credentials, or credentials that do not verify
+  'permission_denied', // authenticated, but not allowed to do this
+  'sealed', // the server holds no root key yet: unseal it first
+  'too_large', // a request body or field above its limit
+  'too_many_attempts', // locked out after repeated failures; retry later
   'internal', // a bug or an unexpected failure
 ] as const;
 

@@ -14,6 +14,10 @@ export const GRPC_STATUS: Readonly<Record<ErrorCode, status>> = Object.freeze({
   unavailable: status.UNAVAILABLE,
   audit_failed: status.UNAVAILABLE,
   config_invalid: status.FAILED_PRECONDITION,
+  unauthenticated: status.UNAUTHENTICATED,
   permission_denied: status.PERMISSION_DENIED,
+  sealed: status.UNAVAILABLE,
+  too_large: status.RESOURCE_EXHAUSTED,
+  too_many_attempts: status.RESOURCE_EXHAUSTED,
   internal: status.INTERNAL,
 });

@@ -13,6 +13,10 @@ export const HTTP_STATUS: Readonly<Record<ErrorCode, number>> = Object.freeze({
   unavailable: 503,
   audit_failed: 503,
   config_invalid: 500,
+  unauthenticated: 401,
   permission_denied: 403,
+  sealed: 503,
+  too_large: 413,
+  too_many_attempts: 429,
   internal: 500,
 });

@@ -1,7 +1,8 @@
 import { KeyhavenError, type ErrorCode } from '../errors.js';
 
 // Exit codes: 0 ok, 1 operation failed, 2 bad usage or input, 3 not found,
-// 4 refused in the current state, 78 configuration unusable (EX_CONFIG).
+// 4 refused in the current state, 5 not authenticated or not allowed,
+// 6 sealed, 78 configuration unusable (EX_CONFIG).
 const EXIT: Partial<Record<ErrorCode, number>> = {
   invalid_argument: 2,
   not_found: 3,
@@ -11,6 +12,10 @@ const EXIT: Partial<Record<ErrorCode, number>> = {
   key_disabled: 4,
   key_destroyed: 4,
   config_invalid: 78,
+  unauthenticated: 5,
+  permission_denied: 5,
+  sealed: 6,
+  too_large: 2,
 };
 
 export function exitCodeFor(e: unknown): number {

@@ -5,6 +5,7 @@ import { generateKey } from '../crypto/aead.js';
 import { BLOB_OVERHEAD, KEY_REF_BYTES, openBlob, parseHeader, sealBlob } from '../crypto/blob.js';
 import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
+import type { KeyState } from '../storage/schema.js';
 import type { KeyRow, Store } from '../storage/store.js';
 
 const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -20,7 +21,7 @@ export interface KeyVersionInfo {
 export interface KeyInfo {
   readonly id: string;
   readonly name: string;
-  readonly state: 'enabled' | 'disabled';
+  readonly state: KeyState;
   readonly currentVersion: number;
   readonly createdAt: string;
   readonly updatedAt: string;
@@ -204,7 +205,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       try {
         await store.transaction(async (tx) => {
           if (await tx.findKeyByName(name)) throw new KeyhavenError('already_exists', `key "${name}" already exists`);
-          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now });
+          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null });
           await tx.insertKeyVersion({ key_id: id, version: 1, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
           await barrier.put(tx, versionPath(id, 1), generateKey());
           await audit.recordIn(tx, { actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });

@@ -1,6 +1,21 @@
 import { sql, type Kysely } from 'kysely';
 import type { Database } from './schema.js';
-import { GENESIS_HASH, type AppendAuditOptions, type AuditDraft, type AuditLinker, type AuditRow, type KeyRow, type KeyVersionRow, type Store } from './store.js';
+import type { PrincipalKind } from './schema.js';
+import {
+  GENESIS_HASH,
+  type AppendAuditOptions,
+  type ApprovalRow,
+  type AuditDraft,
+  type AuditLinker,
+  type AuditQuery,
+  type AuditRow,
+  type CredentialRow,
+  type GrantRow,
+  type KeyRow,
+  type KeyVersionRow,
+  type PrincipalRow,
+  type Store,
+} from './store.js';
 
 /**
  * A dialect's fast path for the audit hot path (one call per request): the
@@ -94,6 +109,91 @@ export class KyselyStore implements Store {
     await this.db.updateTable('key_versions').set(patch).where('key_id', '=', keyId).where('version', '=', version).execute();
   }
 
+  async listPrincipals(kind?: PrincipalKind): Promise<PrincipalRow[]> {
+    let q = this.db.selectFrom('principals').selectAll().orderBy('name');
+    if (kind) q = q.where('kind', '=', kind);
+    return q.execute();
+  }
+
+  async findPrincipalByName(name: string): Promise<PrincipalRow | undefined> {
+    return this.db.selectFrom('principals').selectAll().where('name', '=', name).executeTakeFirst();
+  }
+
+  async findPrincipalById(id: string): Promise<PrincipalRow | undefined> {
+    return this.db.selectFrom('principals').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async findPrincipalByCert(fingerprint: string): Promise<PrincipalRow | undefined> {
+    return this.db.selectFrom('principals').selectAll().where('cert_fingerprint', '=', fingerprint).executeTakeFirst();
+  }
+
+  async insertPrincipal(row: PrincipalRow): Promise<void> {
+    await this.db.insertInto('principals').values(row).execute();
+  }
+
+  async updatePrincipal(id: string, patch: Partial<Omit<PrincipalRow, 'id'>>): Promise<void> {
+    await this.db.updateTable('principals').set(patch).where('id', '=', id).execute();
+  }
+
+  async findCredential(id: string): Promise<CredentialRow | undefined> {
+    return this.db.selectFrom('credentials').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async listCredentials(principalId: string): Promise<CredentialRow[]> {
+    return this.db.selectFrom('credentials').selectAll().where('principal_id', '=', principalId).orderBy('created_at').execute();
+  }
+
+  async insertCredential(row: CredentialRow): Promise<void> {
+    await this.db.insertInto('credentials').values(row).execute();
+  }
+
+  async updateCredential(id: string, patch: Partial<Omit<CredentialRow, 'id'>>): Promise<void> {
+    await this.db.updateTable('credentials').set(patch).where('id', '=', id).execute();
+  }
+
+  async deleteExpiredSessions(before: string): Promise<number> {
+    const res = await this.db.deleteFrom('credentials').where('kind', '=', 'session').where('expires_at', '<', before).executeTakeFirst();
+    return Number(res.numDeletedRows);
+  }
+
+  async listGrants(filter: { principalId?: string; keyId?: string }): Promise<GrantRow[]> {
+    let q = this.db.selectFrom('grants').selectAll().orderBy('principal_id').orderBy('key_id');
+    if (filter.principalId !== undefined) q = q.where('principal_id', '=', filter.principalId);
+    if (filter.keyId !== undefined) q = q.where('key_id', '=', filter.keyId);
+    return q.execute();
+  }
+
+  async putGrant(row: GrantRow): Promise<void> {
+    await this.db
+      .insertInto('grants')
+      .values(row)
+      .onConflict((oc) => oc.columns(['principal_id', 'key_id']).doUpdateSet({ operations: row.operations, created_at: row.created_at, created_by: row.created_by }))
+      .execute();
+  }
+
+  async deleteGrant(principalId: string, keyId: string): Promise<boolean> {
+    const res = await this.db.deleteFrom('grants').where('principal_id', '=', principalId).where('key_id', '=', keyId).executeTakeFirst();
+    return Number(res.numDeletedRows) > 0;
+  }
+
+  async insertApproval(row: ApprovalRow): Promise<void> {
+    await this.db.insertInto('approvals').values(row).execute();
+  }
+
+  async findApproval(id: string): Promise<ApprovalRow | undefined> {
+    return this.db.selectFrom('approvals').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async listApprovals(state?: ApprovalRow['state']): Promise<ApprovalRow[]> {
+    let q = this.db.selectFrom('approvals').selectAll().orderBy('created_at');
+    if (state) q = q.where('state', '=', state);
+    return q.execute();
+  }
+
+  async updateApproval(id: string, patch: Partial<Omit<ApprovalRow, 'id'>>): Promise<void> {
+    await this.db.updateTable('approvals').set(patch).where('id', '=', id).execute();
+  }
+
   async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions = {}): Promise<AuditRow[]> {
     if (drafts.length === 0) return [];
     const fast = this.fastAudit;
@@ -129,6 +229,16 @@ export class KyselyStore implements Store {
 
   async readAudit(afterSeq: number, limit: number): Promise<AuditRow[]> {
     return this.db.selectFrom('audit').selectAll().where('seq', '>', afterSeq).orderBy('seq').limit(limit).execute();
+  }
+
+  async queryAudit(q: AuditQuery): Promise<AuditRow[]> {
+    let b = this.db.selectFrom('audit').selectAll().where('seq', '>', q.afterSeq ?? 0);
+    if (q.since !== undefined) b = b.where('time', '>=', q.since);
+    if (q.until !== undefined) b = b.where('time', '<=', q.until);
+    if (q.actor !== undefined) b = b.where('actor', '=', q.actor);
+    if (q.keyName !== undefined) b = b.where('key_name', '=', q.keyName);
+    if (q.operation !== undefined) b = b.where('operation', '=', q.operation);
+    return b.orderBy('seq').limit(q.limit).execute();
   }
 
   async transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T> {

@@ -1,8 +1,14 @@
 import { type Kysely, type Migration, type MigrationProvider } from 'kysely';
 
+export type SqlDialect = 'sqlite' | 'postgres';
+
 // Migrations live in code (not files) so a bundled or compiled keyhaven always
 // carries exactly the schema it expects. Append only; never edit a shipped one.
-const migrations: Record<string, Migration> = {
+// Column types differ per dialect only where SQL does (bytes, 64-bit ints).
+function migrations(dialect: SqlDialect): Record<string, Migration> {
+  const bytes = dialect === 'postgres' ? 'bytea' : 'blob';
+  const seqType = dialect === 'postgres' ? 'bigint' : 'integer';
+  return {
   '0001_initial': {
     async up(db: Kysely<any>) {
       await db.schema
@@ -13,7 +19,7 @@ const migrations: Record<string, Migration> = {
       await db.schema
         .createTable('barrier')
         .addColumn('path', 'text', (c) => c.primaryKey())
-        .addColumn('value', 'blob', (c) => c.notNull())
+        .addColumn('value', bytes, (c) => c.notNull())
         .addColumn('updated_at', 'text', (c) => c.notNull())
         .execute();
       await db.schema
@@ -37,7 +43,7 @@ const migrations: Record<string, Migration> = {
         .execute();
       await db.schema
         .createTable('audit')
-        .addColumn('seq', 'integer', (c) => c.primaryKey())
+        .addColumn('seq', seqType, (c) => c.primaryKey())
         .addColumn('time', 'text', (c) => c.notNull())
         .addColumn('actor', 'text', (c) => c.notNull())
         .addColumn('operation', 'text', (c) => c.notNull())
@@ -53,8 +59,69 @@ const migrations: Record<string, Migration> = {
       // orders records by time for range scans.
     },
   },
-};
+  '0002_server': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('keys').addColumn('rotation_period_s', 'integer').execute();
+      await db.schema.alterTable('keys').addColumn('next_rotation_at', 'text').execute();
+      await db.schema.alterTable('keys').addColumn('min_decryption_version', 'integer', (c) => c.notNull().defaultTo(1)).execute();
+      await db.schema.alterTable('keys').addColumn('destroy_at', 'text').execute();
+      await db.schema
+        .createTable('principals')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('name', 'text', (c) => c.notNull().unique())
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('roles', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('failed_logins', 'integer', (c) => c.notNull().defaultTo(0))
+        .addColumn('locked_until', 'text')
+        .addColumn('cert_fingerprint', 'text', (c) => c.unique())
+        .addColumn('description', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .execute();
+      await db.schema
+        .createTable('credentials')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('principal_id', 'text', (c) => c.notNull().references('principals.id'))
+        .addColumn('kind', 'text', (c) => c.notNull())
+        .addColumn('hash', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'text')
+        .addColumn('revoked_at', 'text')
+        .execute();
+      await db.schema.createIndex('credentials_principal').on('credentials').column('principal_id').execute();
+      await db.schema
+        .createTable('grants')
+        .addColumn('principal_id', 'text', (c) => c.notNull().references('principals.id'))
+        .addColumn('key_id', 'text', (c) => c.notNull().references('keys.id'))
+        .addColumn('operations', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('created_by', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('grants_pk', ['principal_id', 'key_id'])
+        .execute();
+      await db.schema
+        .createTable('approvals')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('operation', 'text', (c) => c.notNull())
+        .addColumn('params', 'text', (c) => c.notNull())
+        .addColumn('requester_id', 'text', (c) => c.notNull())
+        .addColumn('requester_name', 'text', (c) => c.notNull())
+        .addColumn('required', 'integer', (c) => c.notNull())
+        .addColumn('approvals', 'text', (c) => c.notNull())
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('expires_at', 'text', (c) => c.notNull())
+        .addColumn('decided_at', 'text')
+        .addColumn('result', 'text')
+        .execute();
+      // Audit queries filter by principal, key and operation.
+      await db.schema.createIndex('audit_actor').on('audit').columns(['actor', 'seq']).execute();
+      await db.schema.createIndex('audit_key').on('audit').columns(['key_name', 'seq']).execute();
+    },
+  },
+  };
+}
 
-export const migrationProvider: MigrationProvider = {
-  getMigrations: async () => migrations,
-};
+export function migrationProviderFor(dialect: SqlDialect): MigrationProvider {
+  return { getMigrations: async () => migrations(dialect) };
+}

@@ -14,13 +14,22 @@ export interface BarrierTable {
   updated_at: string;
 }
 
+export type KeyState = 'enabled' | 'disabled' | 'pending_destruction' | 'destroyed';
+
 export interface KeysTable {
   id: string; // 16 hex chars: the key ref carried in every ciphertext
   name: string;
-  state: 'enabled' | 'disabled';
+  state: KeyState;
   current_version: number;
   created_at: string;
   updated_at: string;
+  /** Automatic rotation period in seconds; null: rotate by hand only. */
+  rotation_period_s: number | null;
+  next_rotation_at: string | null;
+  /** Versions below this no longer decrypt (their material is kept). */
+  min_decryption_version: number;
+  /** When a pending destruction takes effect. */
+  destroy_at: string | null;
 }
 
 export interface KeyVersionsTable {
@@ -47,10 +56,74 @@ export interface AuditTable {
   hash: string;
 }
 
+export type PrincipalKind = 'user' | 'app';
+
+export interface PrincipalsTable {
+  id: string;
+  /** Unique across users and apps; audit records name principals as `<kind>:<name>`. */
+  name: string;
+  kind: PrincipalKind;
+  /** JSON array of role names (users only). */
+  roles: string;
+  state: 'active' | 'disabled';
+  failed_logins: number;
+  locked_until: string | null;
+  /** SHA-256 (hex) of the DER client certificate an app may present over mTLS. */
+  cert_fingerprint: string | null;
+  description: string | null;
+  created_at: string;
+  updated_at: string;
+}
+
+export interface CredentialsTable {
+  /** Public part of the token: the lookup id. */
+  id: string;
+  principal_id: string;
+  kind: 'api_key' | 'session';
+  /** SHA-256 (hex) of the token's secret part; the secret itself is never stored. */
+  hash: string;
+  created_at: string;
+  expires_at: string | null;
+  revoked_at: string | null;
+}
+
+export interface GrantsTable {
+  principal_id: string;
+  key_id: string;
+  /** JSON array of operations: encrypt, decrypt, rewrap, datakey. */
+  operations: string;
+  created_at: string;
+  created_by: string;
+}
+
+export type ApprovalState = 'pending' | 'executed' | 'failed' | 'denied' | 'expired';
+
+export interface ApprovalsTable {
+  id: string;
+  operation: string;
+  /** JSON of the operation's parameters (never secrets). */
+  params: string;
+  requester_id: string;
+  requester_name: string;
+  required: number;
+  /** JSON array of {id, name, at}. */
+  approvals: string;
+  state: ApprovalState;
+  created_at: string;
+  expires_at: string;
+  decided_at: string | null;
+  /** JSON summary of the outcome, or the error code. */
+  result: string | null;
+}
+
 export interface Database {
   meta: MetaTable;
   barrier: BarrierTable;
   keys: KeysTable;
   key_versions: KeyVersionsTable;
   audit: AuditTable;
+  principals: PrincipalsTable;
+  credentials: CredentialsTable;
+  grants: GrantsTable;
+  approvals: ApprovalsTable;
 }

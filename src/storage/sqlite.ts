@@ -5,7 +5,7 @@ import { Kysely, Migrator, SqliteDialect, sql } from 'kysely';
 import { KeyhavenError } from '../errors.js';
 import { KyselyStore } from './kysely-store.js';
 import { createSqliteAuditAppender } from './sqlite-audit.js';
-import { migrationProvider } from './migrations.js';
+import { migrationProviderFor } from './migrations.js';
 import type { Database } from './schema.js';
 import type { Store } from './store.js';
 
@@ -40,7 +40,7 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
   }
 
   const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: raw }) });
-  const migrator = new Migrator({ db, provider: migrationProvider });
+  const migrator = new Migrator({ db, provider: migrationProviderFor('sqlite') });
   const { error } = await migrator.migrateToLatest();
   if (error) {
     await db.destroy();

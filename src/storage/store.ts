@@ -1,4 +1,4 @@
-import type { AuditTable, KeysTable, KeyVersionsTable } from './schema.js';
+import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, PrincipalKind, PrincipalsTable } from './schema.js';
 
 // The small storage interface every layer above talks to. It knows rows, not
 // secrets: sealed values arrive already encrypted by the barrier.
@@ -7,6 +7,22 @@ export type KeyRow = KeysTable;
 export type KeyVersionRow = KeyVersionsTable;
 export type AuditRow = Omit<AuditTable, 'seq'> & { seq: number };
 export type AuditDraft = Omit<AuditRow, 'seq' | 'prev_hash' | 'hash'>;
+export type PrincipalRow = PrincipalsTable;
+export type CredentialRow = CredentialsTable;
+export type GrantRow = GrantsTable;
+export type ApprovalRow = ApprovalsTable;
+
+/** Filters for reading the audit log; all optional, combined with AND. */
+export interface AuditQuery {
+  readonly afterSeq?: number | undefined;
+  /** ISO timestamps, inclusive. */
+  readonly since?: string | undefined;
+  readonly until?: string | undefined;
+  readonly actor?: string | undefined;
+  readonly keyName?: string | undefined;
+  readonly operation?: string | undefined;
+  readonly limit: number;
+}
 
 /** Computes a record's hash from the previous record's hash and its own fields. */
 export type AuditLinker = (prevHash: string, seq: number, draft: AuditDraft) => string;
@@ -41,9 +57,35 @@ export interface Store {
   insertKeyVersion(row: KeyVersionRow): Promise<void>;
   updateKeyVersion(keyId: string, version: number, patch: Partial<Omit<KeyVersionRow, 'key_id' | 'version'>>): Promise<void>;
 
+  listPrincipals(kind?: PrincipalKind): Promise<PrincipalRow[]>;
+  findPrincipalByName(name: string): Promise<PrincipalRow | undefined>;
+  findPrincipalById(id: string): Promise<PrincipalRow | undefined>;
+  findPrincipalByCert(fingerprint: string): Promise<PrincipalRow | undefined>;
+  insertPrincipal(row: PrincipalRow): Promise<void>;
+  updatePrincipal(id: string, patch: Partial<Omit<PrincipalRow, 'id'>>): Promise<void>;
+
+  findCredential(id: string): Promise<CredentialRow | undefined>;
+  listCredentials(principalId: string): Promise<CredentialRow[]>;
+  insertCredential(row: CredentialRow): Promise<void>;
+  updateCredential(id: string, patch: Partial<Omit<CredentialRow, 'id'>>): Promise<void>;
+  /** Deletes sessions that expired before `before`; returns how many. */
+  deleteExpiredSessions(before: string): Promise<number>;
+
+  listGrants(filter: { principalId?: string; keyId?: string }): Promise<GrantRow[]>;
+  /** Inserts or replaces the grant for (principal, key). */
+  putGrant(row: GrantRow): Promise<void>;
+  deleteGrant(principalId: string, keyId: string): Promise<boolean>;
+
+  insertApproval(row: ApprovalRow): Promise<void>;
+  findApproval(id: string): Promise<ApprovalRow | undefined>;
+  listApprovals(state?: ApprovalRow['state']): Promise<ApprovalRow[]>;
+  updateApproval(id: string, patch: Partial<Omit<ApprovalRow, 'id'>>): Promise<void>;
+
   /** Appends records to the hash chain atomically (joining an enclosing transaction); returns them as stored. */
   appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts?: AppendAuditOptions): Promise<AuditRow[]>;
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
+  /** Filtered read in seq order (for tail and export; verify reads unfiltered). */
+  queryAudit(q: AuditQuery): Promise<AuditRow[]>;
 
   /** Runs fn in one exclusive write transaction (across processes too). */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
