@@ -37,6 +37,13 @@ export interface AuditLog {
   /** Waits for every pending record. */
   flush(): Promise<void>;
   verify(): Promise<VerifyResult>;
+  /**
+   * Sets (on unseal) or drops (on seal) the key that signs the chain head.
+   * Without it records still join the chain; the next signed write covers them.
+   */
+  setHeadKey(key: Buffer | undefined): void;
+  /** Called after each batch is stored (sinks use it to forward records promptly). */
+  onStored(listener: () => void): void;
 }
 
 interface Pending {
@@ -75,8 +82,8 @@ function toDraft(event: AuditEvent): AuditDraft {
 }
 
 export interface AuditLogOptions {
-  /** Key for the chain-head HMAC (derived from the root key). */
-  readonly headKey: Buffer;
+  /** Key for the chain-head HMAC (derived from the root key); absent while sealed. */
+  readonly headKey?: Buffer | undefined;
   readonly maxBatch?: number;
   /**
    * fsync every batch of request records (default false: records survive a
@@ -87,7 +94,12 @@ export interface AuditLogOptions {
 }
 
 export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
-  const head = headValue(opts.headKey);
+  let headKey = opts.headKey;
+  let head = headKey ? headValue(headKey) : undefined;
+  const listeners: (() => void)[] = [];
+  const notify = () => {
+    for (const l of listeners) l();
+  };
   const fsync = opts.fsync ?? false;
   const maxBatch = opts.maxBatch ?? 512;
   let queue: Pending[] = [];
@@ -105,6 +117,7 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
           { head, fsync },
         );
         for (const p of batch) p.resolve();
+        notify();
       } catch (e) {
         const err = new KeyhavenError('audit_failed', 'the audit record could not be written; request refused', { cause: e });
         for (const p of batch) p.reject(err);
@@ -141,12 +154,20 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
     async recordIn(tx, event) {
       try {
         await tx.appendAudit([toDraft(event)], linkRecord, { head });
+        setImmediate(notify);
       } catch (e) {
         throw new KeyhavenError('audit_failed', 'the audit record could not be written; change refused', { cause: e });
       }
     },
     async verify() {
-      return verifyStore(store, opts.headKey);
+      return verifyStore(store, headKey);
+    },
+    setHeadKey(key) {
+      headKey = key;
+      head = key ? headValue(key) : undefined;
+    },
+    onStored(listener) {
+      listeners.push(listener);
     },
   };
 }
@@ -190,7 +211,7 @@ async function checkHead(store: Store, key: Buffer, records: number, lastSeq: nu
     return { ok: false, records, firstBroken: { seq: lastSeq + 1, reason: `records ${lastSeq + 1} to ${head.seq} were deleted (the signed head names record ${head.seq})` } };
   }
   if (head.seq < lastSeq) {
-    return { ok: false, records, firstBroken: { seq: head.seq + 1, reason: `record ${head.seq + 1} onwards is not covered by the signed chain head (appended outside keyhaven)` } };
+    return { ok: false, records, firstBroken: { seq: head.seq + 1, reason: `record ${head.seq + 1} onwards is not covered by the signed chain head (appended outside keyhaven, or written while the server was sealed and not yet signed)` } };
   }
   if (head.hash !== lastHash) {
     return { ok: false, records, firstBroken: { seq: lastSeq, reason: 'the last record does not match the signed chain head' } };

@@ -6,6 +6,7 @@ import { registerInit } from './commands/init.js';
 import { registerK8s } from './commands/k8s.js';
 import { registerKey } from './commands/key.js';
 import { registerPlugin } from './commands/plugin.js';
+import { registerServer } from './commands/server.js';
 import { reportError } from './exit.js';
 
 /** The keyhaven command: parse, run one action, exit once with its code. */
@@ -23,6 +24,7 @@ export async function main(argv: string[]): Promise<number> {
     .showHelpAfterError('(run with --help for usage)');
   registerDev(program, run);
   registerInit(program, run);
+  registerServer(program, run);
   registerPlugin(program, run);
   registerKey(program, run);
   registerAudit(program, run);

@@ -5,7 +5,7 @@ import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
 import { openBarrier } from '../barrier/barrier.js';
 import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
-import { createKeyFile, keyFileSeal } from '../seal/keyfile.js';
+import { createKeyFile, readKeyFile } from '../seal/keyfile.js';
 import { openSqliteStore } from '../storage/sqlite.js';
 import type { Store } from '../storage/store.js';
 import { createKeyStore, type KeyStore } from './key-store.js';
@@ -46,7 +46,7 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
     if (dbExists || !opts.create) throw new KeyhavenError('config_invalid', `root key file ${rootKeyFile} does not exist`);
     createKeyFile(rootKeyFile);
   }
-  const rootKey = await keyFileSeal(rootKeyFile).rootKey();
+  const rootKey = readKeyFile(rootKeyFile);
   const store = await openSqliteStore({ path: dbPath, create: opts.create });
   try {
     let barrier;

@@ -25,7 +25,24 @@ export interface KeyInfo {
   readonly currentVersion: number;
   readonly createdAt: string;
   readonly updatedAt: string;
+  /** Automatic rotation period in seconds, or null. */
+  readonly rotationPeriodS: number | null;
+  readonly nextRotationAt: string | null;
+  readonly minDecryptionVersion: number;
+  /** When a scheduled destruction takes effect. */
+  readonly destroyAt: string | null;
   readonly versions: readonly KeyVersionInfo[];
+}
+
+export interface KeyPolicy {
+  /** Seconds; null turns automatic rotation off. */
+  readonly rotationPeriodS?: number | null | undefined;
+  readonly minDecryptionVersion?: number | undefined;
+}
+
+export interface ScheduledRun {
+  readonly rotated: readonly string[];
+  readonly destroyed: readonly string[];
 }
 
 export interface EncryptResult {
@@ -49,6 +66,8 @@ export interface DecryptOptions {
   readonly expectTag?: string | undefined;
   /** Only these keys may be used; others are refused before any crypto. */
   readonly allowedKeys?: ReadonlySet<string> | undefined;
+  /** Caller context bound as associated data at encryption. */
+  readonly context?: Buffer | undefined;
 }
 
 interface CachedKey {
@@ -70,12 +89,29 @@ export interface CiphertextRef {
 }
 
 export interface KeyStore {
-  create(name: string, actor: string): Promise<KeyInfo>;
+  create(name: string, actor: string, policy?: KeyPolicy): Promise<KeyInfo>;
   list(): Promise<KeyInfo[]>;
   get(name: string): Promise<KeyInfo>;
   rotate(name: string, actor: string): Promise<KeyInfo>;
   setEnabled(name: string, enabled: boolean, actor: string): Promise<KeyInfo>;
   destroyVersion(name: string, version: number, actor: string): Promise<KeyInfo>;
+  setPolicy(name: string, policy: KeyPolicy, actor: string): Promise<KeyInfo>;
+  /** Schedules destruction of every version after `pendingSeconds`; the key stops working at once. */
+  scheduleDestroy(name: string, pendingSeconds: number, actor: string): Promise<KeyInfo>;
+  /** Cancels a scheduled destruction; the key comes back disabled. */
+  cancelDestroy(name: string, actor: string): Promise<KeyInfo>;
+  /**
+   * Rotates keys whose rotation is due and destroys keys whose pending
+   * window has passed. Each change re-checks its condition inside an
+   * exclusive transaction, so several servers on one database act once.
+   */
+  runScheduled(now: Date, actor: string): Promise<ScheduledRun>;
+  /** Loads a key into memory if it is not yet (the server loads on first use). */
+  ensureLoaded(name: string): Promise<void>;
+  /** Overwrites and drops every cached key version (on seal). */
+  wipe(): void;
+  /** The id of a loaded key (see ensureLoaded), from memory. */
+  idOf(name: string): string | undefined;
   /** Which key and version a ciphertext names, read from its header (not yet authenticated). */
   describe(ciphertext: Buffer): CiphertextRef;
   /** Encrypts and decrypts random bytes with the key's newest version; resolves with that version. */
@@ -89,7 +125,7 @@ export interface KeyStore {
    * it), or with `version` when given: the plugin pins the version its last
    * Status reported, so Encrypt and Status never disagree on the key_id.
    */
-  encrypt(name: string, plaintext: Buffer, version?: number): EncryptResult;
+  encrypt(name: string, plaintext: Buffer, version?: number, context?: Buffer): EncryptResult;
   /**
    * Decrypts a self-describing ciphertext; loads versions it has not cached
    * yet. With expectTag, refuses a version whose tag differs (a key_id from a
@@ -112,6 +148,25 @@ function validateName(name: string): void {
   }
 }
 
+const MAX_PERIOD_S = 100 * 365 * 86400;
+
+function checkPeriod(period: number | null | undefined): number | null {
+  if (period === null || period === undefined) return null;
+  if (!Number.isInteger(period) || period < 60 || period > MAX_PERIOD_S) {
+    throw new KeyhavenError('invalid_argument', 'the rotation period must be between 1 minute and 100 years');
+  }
+  return period;
+}
+
+function nextRotation(period: number | null, fromIso: string): string | null {
+  return period === null ? null : new Date(Date.parse(fromIso) + period * 1000).toISOString();
+}
+
+function requireLive(row: KeyRow): void {
+  if (row.state === 'pending_destruction') throw new KeyhavenError('failed_precondition', `key "${row.name}" is scheduled for destruction; cancel that first`);
+  if (row.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${row.name}" has been destroyed`);
+}
+
 export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: AuditLog }): KeyStore {
   const { store, barrier, audit } = deps;
   const byId = new Map<string, CachedKey>();
@@ -126,8 +181,21 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       currentVersion: row.current_version,
       createdAt: row.created_at,
       updatedAt: row.updated_at,
+      rotationPeriodS: row.rotation_period_s,
+      nextRotationAt: row.next_rotation_at,
+      minDecryptionVersion: row.min_decryption_version,
+      destroyAt: row.destroy_at,
       versions: versions.map((v) => ({ version: v.version, tag: v.tag, state: v.state, createdAt: v.created_at, destroyedAt: v.destroyed_at })),
     };
+  };
+
+  // Adds a version inside the caller's transaction and makes it current.
+  const rotateIn = async (tx: Store, row: KeyRow, now: string): Promise<{ version: number }> => {
+    const version = row.current_version + 1;
+    await tx.insertKeyVersion({ key_id: row.id, version, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
+    await barrier.put(tx, versionPath(row.id, version), generateKey());
+    await tx.updateKey(row.id, { current_version: version, updated_at: now, next_rotation_at: nextRotation(row.rotation_period_s, now) });
+    return { version };
   };
 
   const mustFind = async (s: Store, name: string): Promise<KeyRow> => {
@@ -198,14 +266,15 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   };
 
   return {
-    async create(name, actor) {
+    async create(name, actor, policy = {}) {
       validateName(name);
+      const period = checkPeriod(policy.rotationPeriodS);
       const id = randomBytes(KEY_REF_BYTES).toString('hex');
       const now = new Date().toISOString();
       try {
         await store.transaction(async (tx) => {
           if (await tx.findKeyByName(name)) throw new KeyhavenError('already_exists', `key "${name}" already exists`);
-          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null });
+          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now, rotation_period_s: period, next_rotation_at: nextRotation(period, now), min_decryption_version: 1, destroy_at: null });
           await tx.insertKeyVersion({ key_id: id, version: 1, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
           await barrier.put(tx, versionPath(id, 1), generateKey());
           await audit.recordIn(tx, { actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });
@@ -230,20 +299,115 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
 
     rotate(name, actor) {
       return mutate('key.rotate', name, actor, async (tx, row) => {
-        const version = row.current_version + 1;
-        const now = new Date().toISOString();
-        await tx.insertKeyVersion({ key_id: row.id, version, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
-        await barrier.put(tx, versionPath(row.id, version), generateKey());
-        await tx.updateKey(row.id, { current_version: version, updated_at: now });
-        return { version };
+        requireLive(row);
+        return rotateIn(tx, row, new Date().toISOString());
       });
     },
 
     setEnabled(name, enabled, actor) {
       return mutate(enabled ? 'key.enable' : 'key.disable', name, actor, async (tx, row) => {
+        requireLive(row);
         await tx.updateKey(row.id, { state: enabled ? 'enabled' : 'disabled', updated_at: new Date().toISOString() });
         return {};
       });
+    },
+
+    setPolicy(name, policy, actor) {
+      return mutate('key.policy', name, actor, async (tx, row) => {
+        requireLive(row);
+        const now = new Date().toISOString();
+        const patch: Partial<KeyRow> = { updated_at: now };
+        const details: Record<string, string | number | boolean> = {};
+        if (policy.rotationPeriodS !== undefined) {
+          const period = checkPeriod(policy.rotationPeriodS);
+          patch.rotation_period_s = period;
+          patch.next_rotation_at = nextRotation(period, now);
+          details.rotationPeriodS = period ?? 'off';
+        }
+        if (policy.minDecryptionVersion !== undefined) {
+          const min = policy.minDecryptionVersion;
+          if (!Number.isInteger(min) || min < 1 || min > row.current_version) {
+            throw new KeyhavenError('invalid_argument', `minDecryptionVersion must be an integer from 1 to the current version (${row.current_version})`);
+          }
+          patch.min_decryption_version = min;
+          details.minDecryptionVersion = min;
+        }
+        await tx.updateKey(row.id, patch);
+        return { details };
+      });
+    },
+
+    scheduleDestroy(name, pendingSeconds, actor) {
+      return mutate('key.destroy.schedule', name, actor, async (tx, row) => {
+        requireLive(row);
+        if (!Number.isFinite(pendingSeconds) || pendingSeconds < 0) throw new KeyhavenError('invalid_argument', 'the pending window must be zero or more');
+        const now = new Date();
+        const at = new Date(now.getTime() + pendingSeconds * 1000).toISOString();
+        await tx.updateKey(row.id, { state: 'pending_destruction', destroy_at: at, updated_at: now.toISOString() });
+        return { details: { destroyAt: at } };
+      });
+    },
+
+    cancelDestroy(name, actor) {
+      return mutate('key.destroy.cancel', name, actor, async (tx, row) => {
+        if (row.state !== 'pending_destruction') throw new KeyhavenError('failed_precondition', `key "${name}" is not pending destruction`);
+        await tx.updateKey(row.id, { state: 'disabled', destroy_at: null, updated_at: new Date().toISOString() });
+        return {};
+      });
+    },
+
+    async runScheduled(now, actor) {
+      const rotated: string[] = [];
+      const destroyed: string[] = [];
+      const iso = now.toISOString();
+      for (const candidate of await store.listKeys()) {
+        const dueRotation = candidate.state === 'enabled' && candidate.next_rotation_at !== null && candidate.next_rotation_at <= iso;
+        const dueDestroy = candidate.state === 'pending_destruction' && candidate.destroy_at !== null && candidate.destroy_at <= iso;
+        if (!dueRotation && !dueDestroy) continue;
+        const done = await store.transaction(async (tx) => {
+          // Re-read under the write lock: another server may have acted already.
+          const row = await tx.findKeyById(candidate.id);
+          if (!row) return undefined;
+          if (row.state === 'enabled' && row.next_rotation_at !== null && row.next_rotation_at <= iso) {
+            const { version } = await rotateIn(tx, row, iso);
+            await audit.recordIn(tx, { actor, operation: 'key.rotate', keyName: row.name, keyVersion: version, result: 'ok', details: { scheduled: true } });
+            return 'rotated' as const;
+          }
+          if (row.state === 'pending_destruction' && row.destroy_at !== null && row.destroy_at <= iso) {
+            for (const v of await tx.listKeyVersions(row.id)) {
+              if (v.state === 'destroyed') continue;
+              await barrier.delete(tx, versionPath(row.id, v.version));
+              await tx.updateKeyVersion(row.id, v.version, { state: 'destroyed', destroyed_at: iso });
+            }
+            await tx.updateKey(row.id, { state: 'destroyed', updated_at: iso });
+            await audit.recordIn(tx, { actor, operation: 'key.destroy', keyName: row.name, result: 'ok', details: { scheduled: true } });
+            return 'destroyed' as const;
+          }
+          return undefined;
+        });
+        if (done === 'rotated') rotated.push(candidate.name);
+        if (done === 'destroyed') destroyed.push(candidate.name);
+        if (done) {
+          const fresh = await store.findKeyById(candidate.id);
+          if (fresh && byId.has(fresh.id)) await load(fresh);
+        }
+      }
+      return { rotated, destroyed };
+    },
+
+    idOf(name) {
+      return idByName.get(name);
+    },
+
+    wipe() {
+      for (const entry of byId.values()) for (const m of entry.material.values()) m.fill(0);
+      byId.clear();
+      idByName.clear();
+    },
+
+    async ensureLoaded(name) {
+      if (idByName.has(name)) return;
+      await load(await mustFind(store, name));
     },
 
     destroyVersion(name, version, actor) {
@@ -288,7 +452,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       }
     },
 
-    encrypt(name, plaintext, pinned) {
+    encrypt(name, plaintext, pinned, context) {
       const id = idByName.get(name);
       const entry = id ? byId.get(id) : undefined;
       if (!entry) throw new KeyhavenError('not_found', `key "${name}" is not loaded`);
@@ -296,7 +460,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       const version = pinned ?? entry.row.current_version;
       const material = entry.material.get(version);
       if (!material) throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is not available`);
-      return { ciphertext: sealBlob(material, entry.ref, version, plaintext), keyName: entry.row.name, keyId: entry.row.id, version, versionTag: entry.tags.get(version)! };
+      return { ciphertext: sealBlob(material, entry.ref, version, plaintext, context), keyName: entry.row.name, keyId: entry.row.id, version, versionTag: entry.tags.get(version)! };
     },
 
     async decrypt(ciphertext, opts = {}) {
@@ -317,16 +481,22 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       // Status fail), while data already written stays readable, as the KMS
       // contract asks of every key version that still exists. Destroying a
       // version is what makes data unreadable.
+      if (entry.row.state === 'pending_destruction') {
+        throw new KeyhavenError('key_disabled', `key "${entry.row.name}" is scheduled for destruction; cancel it to use the key again`);
+      }
       if (entry.destroyed.has(header.version)) {
         throw new KeyhavenError('key_destroyed', `key "${entry.row.name}" version ${header.version} was destroyed; this ciphertext can no longer be decrypted`);
       }
       const material = entry.material.get(header.version);
       if (!material) throw new KeyhavenError('unknown_key_id', `key "${entry.row.name}" has no version ${header.version}`);
+      if (header.version < entry.row.min_decryption_version) {
+        throw new KeyhavenError('key_disabled', `key "${entry.row.name}" version ${header.version} is retired (below the minimum decryption version ${entry.row.min_decryption_version})`);
+      }
       const versionTag = entry.tags.get(header.version)!;
       if (expectTag !== undefined && expectTag !== versionTag) {
         throw new KeyhavenError('unknown_key_id', `key "${entry.row.name}" version ${header.version} here is not the version this key_id names (was a copy of this store rotated separately?)`);
       }
-      return { plaintext: openBlob(material, ciphertext), keyName: entry.row.name, keyId: entry.row.id, version: header.version, versionTag };
+      return { plaintext: openBlob(material, ciphertext, opts.context), keyName: entry.row.name, keyId: entry.row.id, version: header.version, versionTag };
     },
   };
 }

@@ -153,19 +153,71 @@ describe('seal/keyfile: readKeyFile', () => {
 });
 
 describe('seal/keyfile: keyFileSeal', () => {
-  it('hands over the root key', async () => {
+  it('is an automatic seal of kind keyfile', () => {
+    const seal = keyFileSeal(freshPath());
+    assert.equal(seal.kind, 'keyfile');
+    assert.equal(seal.needsShares, false);
+  });
+
+  it('initialize creates a missing file and returns its key with a record holding nothing secret', async () => {
+    const path = freshPath();
+    const seal = keyFileSeal(path);
+    const { rootKey, record, shares } = await seal.initialize({});
+    assert.equal(rootKey.length, 32);
+    assert.deepEqual(readFileSync(path), rootKey);
+    assert.equal(statSync(path).mode & 0o777, 0o600);
+    assert.deepEqual(record, { kind: 'keyfile' });
+    assert.equal(shares, undefined);
+    assertNoLeak(JSON.stringify(record), rootKey);
+  });
+
+  it('initialize adopts an existing file without changing it', async () => {
     const path = freshPath();
     const key = randomBytes(32);
     writeKey(path, key, 0o600);
-    const seal = keyFileSeal(path);
-    assert.equal(seal.kind, 'keyfile');
-    assert.deepEqual(await seal.rootKey(), key);
+    const { rootKey } = await keyFileSeal(path).initialize({});
+    assert.deepEqual(rootKey, key);
+    assert.deepEqual(readFileSync(path), key);
   });
 
-  it('rejects with config_invalid for a bad file', async () => {
+  it('initialize refuses an existing file with a bad mode instead of using it', async () => {
     const path = freshPath();
     const key = randomBytes(32);
     writeKey(path, key, 0o644);
-    await assert.rejects(keyFileSeal(path).rootKey(), failsWith('config_invalid', path, /mode 0644/, key));
+    await assert.rejects(keyFileSeal(path).initialize({}), failsWith('config_invalid', path, /mode 0644/, key));
+  });
+
+  it('unseal returns the key initialize made, also from a new seal instance (a restart)', async () => {
+    const path = freshPath();
+    const { rootKey, record } = await keyFileSeal(path).initialize({});
+    const stored = JSON.parse(JSON.stringify(record));
+    const seal = keyFileSeal(path);
+    assert.deepEqual(await seal.unseal(stored), rootKey);
+    // Shares are ignored by automatic seals.
+    assert.deepEqual(await seal.unseal(stored, ['anything']), rootKey);
+    await seal.close();
+  });
+
+  it('unseal rejects with config_invalid for a bad file', async () => {
+    const path = freshPath();
+    const key = randomBytes(32);
+    writeKey(path, key, 0o644);
+    await assert.rejects(keyFileSeal(path).unseal({ kind: 'keyfile' }), failsWith('config_invalid', path, /mode 0644/, key));
+  });
+
+  it('unseal rejects with config_invalid when the file is gone', async () => {
+    const path = freshPath();
+    await assert.rejects(keyFileSeal(path).unseal({ kind: 'keyfile' }), failsWith('config_invalid', path, /does not exist/));
+  });
+
+  it('unseal refuses a record made by another kind of seal, without reading the file', async () => {
+    const path = freshPath();
+    await keyFileSeal(path).initialize({});
+    await assert.rejects(keyFileSeal(path).unseal({ kind: 'shamir', shares: 1, threshold: 1, digests: [] }), (e: unknown) => {
+      assert.ok(e instanceof KeyhavenError);
+      assert.equal(e.code, 'config_invalid');
+      assert.match(e.message, /kind "shamir".*configured seal is keyfile/);
+      return true;
+    });
   });
 });

@@ -3,7 +3,8 @@ import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, writeSy
 import { dirname } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { KEY_BYTES } from '../crypto/aead.js';
-import type { Seal } from './seal.js';
+import { requireKind } from './record.js';
+import type { InitResult, Seal, SealRecord } from './seal.js';
 
 /** Creates a new root key file: 32 random bytes, mode 0600, never overwrites. */
 export function createKeyFile(path: string): void {
@@ -73,11 +74,28 @@ function readCheckedKey(fd: number, path: string): Buffer {
   return key;
 }
 
+/**
+ * The root key is the content of a 0600 file. The record holds nothing: the
+ * path comes from the configuration, so moving the file is a config change.
+ */
 export function keyFileSeal(path: string): Seal {
   return {
     kind: 'keyfile',
-    async rootKey() {
+    needsShares: false,
+    async initialize(): Promise<InitResult> {
+      // An existing file is adopted rather than refused: "keyhaven init" may
+      // have created it before the store existed.
+      try {
+        createKeyFile(path);
+      } catch (e) {
+        if (!(e instanceof KeyhavenError && e.code === 'already_exists')) throw e;
+      }
+      return { rootKey: readKeyFile(path), record: { kind: 'keyfile' } };
+    },
+    async unseal(record: SealRecord): Promise<Buffer> {
+      requireKind(record, 'keyfile');
       return readKeyFile(path);
     },
+    async close(): Promise<void> {},
   };
 }

@@ -30,8 +30,12 @@ export interface AuditAppender {
   busy(): boolean;
 }
 
-/** Starts an exclusive transaction on a single connection and hands it over. */
-export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>) => Promise<T>;
+/**
+ * Starts an exclusive transaction on a single connection and hands it over.
+ * `durable: false` lets a runner commit without waiting for the disk (the
+ * appendAudit `fsync: false` option); runners may ignore it.
+ */
+export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, opts?: { durable?: boolean }) => Promise<T>;
 
 // One code path for every SQL backend: dialect differences stay in the
 // factory that builds the Kysely instance and its transaction runner.
@@ -204,7 +208,10 @@ export class KyselyStore implements Store {
       if (!fast.busy()) return fast.standalone(drafts, link, opts);
       return this.db.connection().execute(async () => fast.standalone(drafts, link, opts));
     }
-    return this.transaction(async (tx) => (tx as KyselyStore).appendAuditInTransaction(drafts, link, opts));
+    if (!this.runTransaction) return this.appendAuditInTransaction(drafts, link, opts);
+    return this.runTransaction((trx) => new KyselyStore(trx, undefined, undefined, this.fastAudit).appendAuditInTransaction(drafts, link, opts), {
+      durable: opts.fsync !== false,
+    });
   }
 
   private async appendAuditInTransaction(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): Promise<AuditRow[]> {

@@ -96,7 +96,7 @@ export interface GrantsTable {
   created_by: string;
 }
 
-export type ApprovalState = 'pending' | 'executed' | 'failed' | 'denied' | 'expired';
+export type ApprovalState = 'pending' | 'approved' | 'executed' | 'failed' | 'denied' | 'expired';
 
 export interface ApprovalsTable {
   id: string;

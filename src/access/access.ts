@@ -1,0 +1,396 @@
+import { randomBytes } from 'node:crypto';
+import type { AuditLog } from '../audit/audit-log.js';
+import type { Barrier } from '../barrier/barrier.js';
+import { KeyhavenError } from '../errors.js';
+import type { PrincipalKind } from '../storage/schema.js';
+import type { CredentialRow, PrincipalRow, Store } from '../storage/store.js';
+import { parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
+import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, validatePassword, verifyPassword } from './secrets.js';
+
+const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+
+/** Who is making a request, as authenticated. */
+export interface Principal {
+  readonly id: string;
+  readonly name: string;
+  readonly kind: PrincipalKind;
+  readonly roles: readonly Role[];
+  readonly via: 'session' | 'api_key' | 'cert' | 'system';
+}
+
+/** The audit name of a principal: `user:alice`, `app:cluster-a`. */
+export function actorName(p: Pick<Principal, 'kind' | 'name'>): string {
+  return `${p.kind}:${p.name}`;
+}
+
+/** For changes made by keyhaven itself (init, dev bootstrap, scheduler). */
+export const SYSTEM: Principal = Object.freeze({ id: 'system', name: 'keyhaven', kind: 'user', roles: [], via: 'system' });
+
+export interface PrincipalInfo {
+  readonly name: string;
+  readonly kind: PrincipalKind;
+  readonly roles: readonly Role[];
+  readonly state: 'active' | 'disabled';
+  readonly description: string | null;
+  readonly certFingerprint: string | null;
+  readonly lockedUntil: string | null;
+  readonly createdAt: string;
+  readonly grants?: readonly GrantInfo[];
+}
+
+export interface GrantInfo {
+  readonly key: string;
+  readonly operations: readonly CryptoOperation[];
+  readonly createdAt: string;
+  readonly createdBy: string;
+}
+
+export interface AccessOptions {
+  readonly sessionTtlS: number;
+  /** Failed logins in a row before the account locks. */
+  readonly maxFailedLogins: number;
+  /** First lock lasts this long, doubling with each further failure, up to lockMaxS. */
+  readonly lockBaseS: number;
+  readonly lockMaxS: number;
+  /** How long an authenticated credential is trusted before it is re-read (role and grant changes take effect within it). */
+  readonly cacheTtlMs: number;
+}
+
+export const DEFAULT_ACCESS_OPTIONS: AccessOptions = Object.freeze({
+  sessionTtlS: 8 * 3600,
+  maxFailedLogins: 5,
+  lockBaseS: 30,
+  lockMaxS: 900,
+  cacheTtlMs: 2000,
+});
+
+interface CachedAuth {
+  principal: Principal;
+  credential: CredentialRow | undefined;
+  grants: Map<string, ReadonlySet<CryptoOperation>>; // key id -> operations
+  until: number;
+}
+
+export interface Access {
+  createUser(actor: Principal, input: { name: string; password: string; roles: readonly string[] }): Promise<PrincipalInfo>;
+  setRoles(actor: Principal, name: string, roles: readonly string[]): Promise<PrincipalInfo>;
+  createApp(actor: Principal, input: { name: string; description?: string | undefined; certFingerprint?: string | undefined }): Promise<{ app: PrincipalInfo; apiKey: string }>;
+  rotateAppKey(actor: Principal, name: string): Promise<{ apiKey: string }>;
+  setGrant(actor: Principal, app: string, keyName: string, operations: readonly string[]): Promise<GrantInfo>;
+  revokeGrant(actor: Principal, app: string, keyName: string): Promise<void>;
+  list(kind: PrincipalKind): Promise<PrincipalInfo[]>;
+  get(name: string): Promise<PrincipalInfo>;
+  login(name: string, password: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
+  logout(token: string): Promise<void>;
+  /** A bearer token (session or API key) → its principal; unauthenticated otherwise. */
+  authenticate(token: string): Promise<Principal>;
+  /** A verified client certificate's SHA-256 fingerprint → the app it is registered to. */
+  authenticateCert(fingerprint: string): Promise<Principal>;
+  /** The operations a principal may perform with a key (by key id). */
+  grantedOperations(principal: Principal, keyId: string): Promise<ReadonlySet<CryptoOperation>>;
+  /** A principal's id by name (for executing approved requests). */
+  idOf(name: string): Promise<string | undefined>;
+  /** Whether any principal holds a role (bootstrap checks). */
+  hasAnyUser(): Promise<boolean>;
+  /** Drops cached credentials (after a change made elsewhere). */
+  invalidate(): void;
+  /** Deletes expired sessions; returns how many. */
+  sweep(now: Date): Promise<number>;
+}
+
+function validateName(name: string, what: string): void {
+  if (!NAME.test(name)) {
+    throw new KeyhavenError('invalid_argument', `${what} name must be 1-64 characters of lower-case letters, digits, ".", "_" or "-", starting with a letter or digit`);
+  }
+}
+
+function validateFingerprint(fp: string): string {
+  const hex = fp.replace(/:/g, '').toLowerCase();
+  if (!/^[0-9a-f]{64}$/.test(hex)) throw new KeyhavenError('invalid_argument', 'certFingerprint must be the SHA-256 of the certificate (64 hex digits, colons allowed)');
+  return hex;
+}
+
+function passwordPath(id: string): string {
+  return `principals/${id}/password`;
+}
+
+function toPrincipal(row: PrincipalRow, via: Principal['via']): Principal {
+  return { id: row.id, name: row.name, kind: row.kind, roles: JSON.parse(row.roles) as Role[], via };
+}
+
+function toInfo(row: PrincipalRow): PrincipalInfo {
+  return {
+    name: row.name,
+    kind: row.kind,
+    roles: JSON.parse(row.roles) as Role[],
+    state: row.state,
+    description: row.description,
+    certFingerprint: row.cert_fingerprint,
+    lockedUntil: row.locked_until,
+    createdAt: row.created_at,
+  };
+}
+
+export function createAccess(deps: { store: Store; barrier: Barrier; audit: AuditLog; options?: Partial<AccessOptions> }): Access {
+  const { store, barrier, audit } = deps;
+  const opts: AccessOptions = { ...DEFAULT_ACCESS_OPTIONS, ...deps.options };
+  const cache = new Map<string, CachedAuth>(); // credential id or "cert:<fp>" -> auth
+
+  const mustFind = async (s: Store, name: string, kind?: PrincipalKind): Promise<PrincipalRow> => {
+    const row = NAME.test(name) ? await s.findPrincipalByName(name) : undefined;
+    if (!row || (kind && row.kind !== kind)) throw new KeyhavenError('not_found', `${kind ?? 'principal'} "${name}" does not exist`);
+    return row;
+  };
+
+  const loadGrants = async (principalId: string): Promise<Map<string, ReadonlySet<CryptoOperation>>> => {
+    const out = new Map<string, ReadonlySet<CryptoOperation>>();
+    for (const g of await store.listGrants({ principalId })) out.set(g.key_id, new Set(JSON.parse(g.operations) as CryptoOperation[]));
+    return out;
+  };
+
+  // A change and its audit record commit together.
+  const change = async <T>(actor: Principal, operation: string, details: Record<string, string | number | boolean>, fn: (tx: Store) => Promise<T>, keyName?: string): Promise<T> => {
+    const out = await store.transaction(async (tx) => {
+      const r = await fn(tx);
+      await audit.recordIn(tx, { actor: actorName(actor), operation, keyName, result: 'ok', details });
+      return r;
+    });
+    cache.clear();
+    return out;
+  };
+
+  const newPrincipalRow = (name: string, kind: PrincipalKind, roles: readonly Role[], extra: Partial<PrincipalRow> = {}): PrincipalRow => {
+    const now = new Date().toISOString();
+    return {
+      id: randomBytes(8).toString('hex'),
+      name,
+      kind,
+      roles: JSON.stringify(roles),
+      state: 'active',
+      failed_logins: 0,
+      locked_until: null,
+      cert_fingerprint: null,
+      description: null,
+      created_at: now,
+      updated_at: now,
+      ...extra,
+    };
+  };
+
+  const ensureNameFree = async (tx: Store, name: string) => {
+    if (await tx.findPrincipalByName(name)) throw new KeyhavenError('already_exists', `a user or app named "${name}" already exists`);
+  };
+
+  const issueApiKey = async (tx: Store, principalId: string): Promise<string> => {
+    const now = new Date().toISOString();
+    for (const c of await tx.listCredentials(principalId)) {
+      if (c.kind === 'api_key' && c.revoked_at === null) await tx.updateCredential(c.id, { revoked_at: now });
+    }
+    const t = newToken('api_key');
+    await tx.insertCredential({ id: t.id, principal_id: principalId, kind: 'api_key', hash: t.hash, created_at: now, expires_at: null, revoked_at: null });
+    return t.token;
+  };
+
+  const authFromCredential = async (id: string, secretHash: string): Promise<Principal> => {
+    const now = Date.now();
+    let c = cache.get(id);
+    if (!c || c.until < now) {
+      const cred = await store.findCredential(id);
+      const row = cred ? await store.findPrincipalById(cred.principal_id) : undefined;
+      if (!cred || !row) {
+        cache.delete(id);
+        throw new KeyhavenError('unauthenticated', 'the token is not valid');
+      }
+      c = { principal: toPrincipal(row, cred.kind), credential: cred, grants: await loadGrants(row.id), until: now + opts.cacheTtlMs };
+      if (row.state !== 'active') c.credential = undefined;
+      cache.set(id, c);
+    }
+    const cred = c.credential;
+    if (!cred || !hashesEqual(cred.hash, secretHash)) throw new KeyhavenError('unauthenticated', 'the token is not valid');
+    if (cred.revoked_at !== null) throw new KeyhavenError('unauthenticated', 'the token has been revoked');
+    if (cred.expires_at !== null && Date.parse(cred.expires_at) <= now) throw new KeyhavenError('unauthenticated', 'the session has expired; log in again');
+    return c.principal;
+  };
+
+  return {
+    async createUser(actor, input) {
+      validateName(input.name, 'user');
+      validatePassword(input.password);
+      const roles = parseRoles(input.roles);
+      const hash = await hashPassword(input.password);
+      const row = newPrincipalRow(input.name, 'user', roles);
+      await change(actor, 'user.create', { user: input.name, roles: roles.join(',') }, async (tx) => {
+        await ensureNameFree(tx, input.name);
+        await tx.insertPrincipal(row);
+        await barrier.put(tx, passwordPath(row.id), Buffer.from(hash, 'utf8'));
+      });
+      return toInfo(row);
+    },
+
+    async setRoles(actor, name, rolesIn) {
+      const roles = parseRoles(rolesIn);
+      return change(actor, 'user.roles', { user: name, roles: roles.join(',') || '-' }, async (tx) => {
+        const row = await mustFind(tx, name);
+        if (row.kind !== 'user') throw new KeyhavenError('invalid_argument', `"${name}" is an app; apps hold key grants, not roles`);
+        if (row.id === actor.id) throw new KeyhavenError('permission_denied', 'nobody changes their own roles; ask another security-admin');
+        await tx.updatePrincipal(row.id, { roles: JSON.stringify(roles), updated_at: new Date().toISOString() });
+        return toInfo({ ...row, roles: JSON.stringify(roles) });
+      });
+    },
+
+    async createApp(actor, input) {
+      validateName(input.name, 'app');
+      const fp = input.certFingerprint === undefined ? null : validateFingerprint(input.certFingerprint);
+      if (input.description !== undefined && input.description.length > 256) throw new KeyhavenError('invalid_argument', 'description must be at most 256 characters');
+      const row = newPrincipalRow(input.name, 'app', [], { cert_fingerprint: fp, description: input.description ?? null });
+      const apiKey = await change(actor, 'app.create', { app: input.name }, async (tx) => {
+        await ensureNameFree(tx, input.name);
+        if (fp && (await tx.findPrincipalByCert(fp))) throw new KeyhavenError('already_exists', 'that certificate is already registered to another app');
+        await tx.insertPrincipal(row);
+        return issueApiKey(tx, row.id);
+      });
+      return { app: toInfo(row), apiKey };
+    },
+
+    async rotateAppKey(actor, name) {
+      const apiKey = await change(actor, 'app.rotate-key', { app: name }, async (tx) => {
+        const row = await mustFind(tx, name, 'app');
+        return issueApiKey(tx, row.id);
+      });
+      return { apiKey };
+    },
+
+    async setGrant(actor, app, keyName, operationsIn) {
+      const operations = parseOperations(operationsIn);
+      const createdAt = new Date().toISOString();
+      await change(
+        actor,
+        'app.grant',
+        { app, operations: operations.join(',') },
+        async (tx) => {
+          const row = await tx.findPrincipalByName(app);
+          if (row?.kind === 'user') throw new KeyhavenError('invalid_argument', `"${app}" is a user; key grants are for apps (users hold roles, so nobody manages and uses one key)`);
+          if (!row) throw new KeyhavenError('not_found', `app "${app}" does not exist`);
+          if (row.id === actor.id) throw new KeyhavenError('permission_denied', 'nobody grants access to themselves');
+          const key = await tx.findKeyByName(keyName);
+          if (!key) throw new KeyhavenError('not_found', `key "${keyName}" does not exist`);
+          await tx.putGrant({ principal_id: row.id, key_id: key.id, operations: JSON.stringify(operations), created_at: createdAt, created_by: actorName(actor) });
+        },
+        keyName,
+      );
+      return { key: keyName, operations, createdAt, createdBy: actorName(actor) };
+    },
+
+    async revokeGrant(actor, app, keyName) {
+      await change(
+        actor,
+        'app.revoke',
+        { app },
+        async (tx) => {
+          const row = await mustFind(tx, app, 'app');
+          const key = await tx.findKeyByName(keyName);
+          if (!key || !(await tx.deleteGrant(row.id, key.id))) throw new KeyhavenError('not_found', `app "${app}" has no grant on key "${keyName}"`);
+        },
+        keyName,
+      );
+    },
+
+    async list(kind) {
+      const rows = await store.listPrincipals(kind);
+      if (kind === 'user') return rows.map(toInfo);
+      const keys = new Map((await store.listKeys()).map((k) => [k.id, k.name]));
+      return Promise.all(
+        rows.map(async (r) => ({
+          ...toInfo(r),
+          grants: (await store.listGrants({ principalId: r.id })).map((g) => ({ key: keys.get(g.key_id) ?? g.key_id, operations: JSON.parse(g.operations) as CryptoOperation[], createdAt: g.created_at, createdBy: g.created_by })),
+        })),
+      );
+    },
+
+    async get(name) {
+      const row = await mustFind(store, name);
+      const [info] = (await this.list(row.kind)).filter((p) => p.name === name);
+      return info ?? toInfo(row);
+    },
+
+    async login(name, password) {
+      const row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
+      const now = new Date();
+      if (row?.locked_until && Date.parse(row.locked_until) > now.getTime()) {
+        throw new KeyhavenError('too_many_attempts', `too many failed logins; try again after ${row.locked_until}`);
+      }
+      const stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
+      // Verify against a dummy hash for unknown users, so timing does not tell which names exist.
+      const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : DUMMY_PASSWORD_HASH)) && stored !== undefined;
+      if (!row || !ok || row.state !== 'active') {
+        if (row && row.kind === 'user') {
+          const failures = row.failed_logins + 1;
+          const over = failures - opts.maxFailedLogins;
+          const lockedUntil = over >= 0 ? new Date(now.getTime() + Math.min(opts.lockMaxS, opts.lockBaseS * 2 ** over) * 1000).toISOString() : null;
+          await store.updatePrincipal(row.id, { failed_logins: failures, locked_until: lockedUntil });
+        }
+        throw new KeyhavenError('unauthenticated', 'invalid name or password');
+      }
+      const t = newToken('session');
+      const expiresAt = new Date(now.getTime() + opts.sessionTtlS * 1000).toISOString();
+      await store.transaction(async (tx) => {
+        if (row.failed_logins !== 0 || row.locked_until !== null) await tx.updatePrincipal(row.id, { failed_logins: 0, locked_until: null });
+        await tx.insertCredential({ id: t.id, principal_id: row.id, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
+      });
+      return { token: t.token, expiresAt, principal: toPrincipal(row, 'session') };
+    },
+
+    async logout(token) {
+      const parsed = parseToken(token);
+      if (!parsed || parsed.kind !== 'session') throw new KeyhavenError('invalid_argument', 'only a session can log out');
+      await authFromCredential(parsed.id, parsed.secretHash);
+      await store.updateCredential(parsed.id, { revoked_at: new Date().toISOString() });
+      cache.delete(parsed.id);
+    },
+
+    async authenticate(token) {
+      const parsed = parseToken(token);
+      if (!parsed) throw new KeyhavenError('unauthenticated', 'the token is not a keyhaven token');
+      const p = await authFromCredential(parsed.id, parsed.secretHash);
+      if ((p.via === 'api_key') !== (parsed.kind === 'api_key')) throw new KeyhavenError('unauthenticated', 'the token is not valid');
+      return p;
+    },
+
+    async authenticateCert(fingerprint) {
+      const key = `cert:${fingerprint}`;
+      const now = Date.now();
+      let c = cache.get(key);
+      if (!c || c.until < now) {
+        const row = await store.findPrincipalByCert(fingerprint);
+        if (!row || row.kind !== 'app' || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'the client certificate is not registered to an app');
+        c = { principal: toPrincipal(row, 'cert'), credential: undefined, grants: await loadGrants(row.id), until: now + opts.cacheTtlMs };
+        cache.set(key, c);
+      }
+      return c.principal;
+    },
+
+    async grantedOperations(principal, keyId) {
+      if (principal.kind !== 'app') return new Set();
+      for (const c of cache.values()) {
+        if (c.principal.id === principal.id && c.until >= Date.now()) return c.grants.get(keyId) ?? new Set();
+      }
+      return (await loadGrants(principal.id)).get(keyId) ?? new Set();
+    },
+
+    async idOf(name) {
+      return (await store.findPrincipalByName(name))?.id;
+    },
+
+    async hasAnyUser() {
+      return (await store.listPrincipals('user')).length > 0;
+    },
+
+    invalidate() {
+      cache.clear();
+    },
+
+    async sweep(now) {
+      return store.deleteExpiredSessions(now.toISOString());
+    },
+  };
+}

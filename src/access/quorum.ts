@@ -1,0 +1,225 @@
+import { randomBytes } from 'node:crypto';
+import type { AuditLog } from '../audit/audit-log.js';
+import { KeyhavenError } from '../errors.js';
+import type { ApprovalRow, Store } from '../storage/store.js';
+import { actorName, type Principal } from './access.js';
+import type { Role } from './roles.js';
+
+// Operations a quorum policy can put behind M-of-N approval, and the role an
+// approver must hold for each (the role that could perform it).
+export const GUARDED_OPERATIONS = {
+  'key.destroy': 'key-admin',
+  'key.disable': 'key-admin',
+  'key.policy': 'key-admin',
+  'app.grant': 'security-admin',
+  'admin.add': 'security-admin',
+  'admin.remove': 'security-admin',
+  'quorum.set': 'security-admin',
+} as const satisfies Record<string, Role>;
+export type GuardedOperation = keyof typeof GUARDED_OPERATIONS;
+
+export interface QuorumPolicy {
+  /** Approvals needed from admins other than the requester; 0 turns approvals off. */
+  readonly required: number;
+  readonly operations: readonly GuardedOperation[];
+  /** How long a request stays open, in seconds. */
+  readonly ttlS: number;
+}
+
+export const DEFAULT_QUORUM: QuorumPolicy = Object.freeze({ required: 0, operations: Object.keys(GUARDED_OPERATIONS) as GuardedOperation[], ttlS: 86400 });
+const META = 'quorum_policy';
+
+export interface ApprovalInfo {
+  readonly id: string;
+  readonly operation: string;
+  readonly params: Record<string, unknown>;
+  readonly requester: string;
+  readonly required: number;
+  readonly approvals: readonly { name: string; at: string }[];
+  readonly state: ApprovalRow['state'];
+  readonly createdAt: string;
+  readonly expiresAt: string;
+  readonly decidedAt: string | null;
+  readonly result: unknown;
+}
+
+export interface Quorum {
+  policy(): Promise<QuorumPolicy>;
+  /** Validates a policy; storing it goes through the guarded operation 'quorum.set'. */
+  checkPolicy(p: unknown): QuorumPolicy;
+  setPolicy(actor: Principal, p: QuorumPolicy): Promise<QuorumPolicy>;
+  /** Whether this operation needs approval now. */
+  needsApproval(operation: GuardedOperation): Promise<boolean>;
+  request(actor: Principal, operation: GuardedOperation, params: Record<string, unknown>): Promise<ApprovalInfo>;
+  /** Adds an approval; when it is the last one needed, the request becomes 'approved' and is returned for execution. */
+  approve(actor: Principal, id: string): Promise<{ info: ApprovalInfo; ready: boolean }>;
+  deny(actor: Principal, id: string): Promise<ApprovalInfo>;
+  /** Records the outcome of executing an approved request. */
+  finish(id: string, outcome: { ok: true; result: unknown } | { ok: false; code: string }): Promise<ApprovalInfo>;
+  list(state?: ApprovalRow['state']): Promise<ApprovalInfo[]>;
+  get(id: string): Promise<ApprovalInfo>;
+  /** Marks pending requests past their expiry as expired; returns how many. */
+  expire(now: Date): Promise<number>;
+}
+
+function toInfo(r: ApprovalRow): ApprovalInfo {
+  return {
+    id: r.id,
+    operation: r.operation,
+    params: JSON.parse(r.params) as Record<string, unknown>,
+    requester: r.requester_name,
+    required: r.required,
+    approvals: (JSON.parse(r.approvals) as { id: string; name: string; at: string }[]).map(({ name, at }) => ({ name, at })),
+    state: r.state,
+    createdAt: r.created_at,
+    expiresAt: r.expires_at,
+    decidedAt: r.decided_at,
+    result: r.result === null ? null : (JSON.parse(r.result) as unknown),
+  };
+}
+
+export function createQuorum(deps: { store: Store; audit: AuditLog }): Quorum {
+  const { store, audit } = deps;
+
+  const checkPolicy = (p: unknown): QuorumPolicy => {
+    const o = p as Partial<QuorumPolicy> | null;
+    if (!o || typeof o !== 'object') throw new KeyhavenError('invalid_argument', 'a quorum policy is an object {required, operations, ttlS}');
+    const required = o.required;
+    if (!Number.isInteger(required) || required! < 0 || required! > 16) throw new KeyhavenError('invalid_argument', 'required must be an integer from 0 to 16');
+    const operations = o.operations ?? DEFAULT_QUORUM.operations;
+    if (!Array.isArray(operations)) throw new KeyhavenError('invalid_argument', 'operations must be a list');
+    for (const op of operations) {
+      if (!(op in GUARDED_OPERATIONS)) throw new KeyhavenError('invalid_argument', `unknown operation ${JSON.stringify(op)} (known: ${Object.keys(GUARDED_OPERATIONS).join(', ')})`);
+    }
+    const ttlS = o.ttlS ?? DEFAULT_QUORUM.ttlS;
+    if (!Number.isInteger(ttlS) || ttlS < 60 || ttlS > 30 * 86400) throw new KeyhavenError('invalid_argument', 'ttlS must be between 60 seconds and 30 days');
+    return { required: required!, operations: [...new Set(operations)], ttlS };
+  };
+
+  const policy = async (): Promise<QuorumPolicy> => {
+    const raw = await store.getMeta(META);
+    return raw === undefined ? DEFAULT_QUORUM : checkPolicy(JSON.parse(raw));
+  };
+
+  const eligible = (actor: Principal, op: string): boolean => {
+    const role = GUARDED_OPERATIONS[op as GuardedOperation] as Role | undefined;
+    return actor.kind === 'user' && role !== undefined && actor.roles.includes(role);
+  };
+
+  const load = async (s: Store, id: string): Promise<ApprovalRow> => {
+    const row = /^[0-9a-f]{16}$/.test(id) ? await s.findApproval(id) : undefined;
+    if (!row) throw new KeyhavenError('not_found', `approval request "${id}" does not exist`);
+    return row;
+  };
+
+  const expireRow = async (s: Store, row: ApprovalRow, now: Date): Promise<boolean> => {
+    if (row.state !== 'pending' || Date.parse(row.expires_at) > now.getTime()) return false;
+    await s.updateApproval(row.id, { state: 'expired', decided_at: now.toISOString() });
+    await audit.recordIn(s, { actor: 'system:quorum', operation: 'approval.expire', result: 'ok', details: { approval: row.id, operation: row.operation } });
+    return true;
+  };
+
+  return {
+    policy,
+    checkPolicy,
+
+    async setPolicy(actor, p) {
+      const checked = checkPolicy(p);
+      await store.transaction(async (tx) => {
+        await tx.setMeta(META, JSON.stringify(checked));
+        await audit.recordIn(tx, { actor: actorName(actor), operation: 'quorum.set', result: 'ok', details: { required: checked.required, operations: checked.operations.join(','), ttlS: checked.ttlS } });
+      });
+      return checked;
+    },
+
+    async needsApproval(operation) {
+      const p = await policy();
+      return p.required > 0 && p.operations.includes(operation);
+    },
+
+    async request(actor, operation, params) {
+      const p = await policy();
+      const now = new Date();
+      const row: ApprovalRow = {
+        id: randomBytes(8).toString('hex'),
+        operation,
+        params: JSON.stringify(params),
+        requester_id: actor.id,
+        requester_name: actorName(actor),
+        required: p.required,
+        approvals: '[]',
+        state: 'pending',
+        created_at: now.toISOString(),
+        expires_at: new Date(now.getTime() + p.ttlS * 1000).toISOString(),
+        decided_at: null,
+        result: null,
+      };
+      await store.transaction(async (tx) => {
+        await tx.insertApproval(row);
+        await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.request', keyName: typeof params.key === 'string' ? params.key : undefined, result: 'ok', details: { approval: row.id, operation } });
+      });
+      return toInfo(row);
+    },
+
+    async approve(actor, id) {
+      const now = new Date();
+      let expired = false;
+      const out = await store.transaction(async (tx) => {
+        const row = await load(tx, id);
+        if (await expireRow(tx, row, now)) {
+          expired = true;
+          return undefined;
+        }
+        if (row.state !== 'pending') throw new KeyhavenError('failed_precondition', `approval request ${id} is ${row.state}, not pending`);
+        if (row.requester_id === actor.id) throw new KeyhavenError('permission_denied', 'nobody approves their own request');
+        if (!eligible(actor, row.operation)) throw new KeyhavenError('permission_denied', `approving ${row.operation} needs the ${GUARDED_OPERATIONS[row.operation as GuardedOperation]} role`);
+        const approvals = JSON.parse(row.approvals) as { id: string; name: string; at: string }[];
+        if (approvals.some((a) => a.id === actor.id)) throw new KeyhavenError('already_exists', 'you have already approved this request');
+        approvals.push({ id: actor.id, name: actorName(actor), at: now.toISOString() });
+        const ready = approvals.length >= row.required;
+        const patch: Partial<ApprovalRow> = { approvals: JSON.stringify(approvals), ...(ready ? { state: 'approved' as const, decided_at: now.toISOString() } : {}) };
+        await tx.updateApproval(id, patch);
+        await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.approve', result: 'ok', details: { approval: id, operation: row.operation, approvals: approvals.length, required: row.required } });
+        return { info: toInfo({ ...row, ...patch }), ready };
+      });
+      if (expired || !out) throw new KeyhavenError('failed_precondition', `approval request ${id} has expired`);
+      return out;
+    },
+
+    async deny(actor, id) {
+      return store.transaction(async (tx) => {
+        const row = await load(tx, id);
+        if (row.state !== 'pending') throw new KeyhavenError('failed_precondition', `approval request ${id} is ${row.state}, not pending`);
+        if (row.requester_id !== actor.id && !eligible(actor, row.operation)) throw new KeyhavenError('permission_denied', `denying ${row.operation} needs the ${GUARDED_OPERATIONS[row.operation as GuardedOperation]} role`);
+        const patch = { state: 'denied' as const, decided_at: new Date().toISOString() };
+        await tx.updateApproval(id, patch);
+        await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.deny', result: 'ok', details: { approval: id, operation: row.operation } });
+        return toInfo({ ...row, ...patch });
+      });
+    },
+
+    async finish(id, outcome) {
+      const patch: Partial<ApprovalRow> = outcome.ok ? { state: 'executed', result: JSON.stringify(outcome.result ?? null) } : { state: 'failed', result: JSON.stringify({ error: outcome.code }) };
+      await store.updateApproval(id, patch);
+      return toInfo({ ...(await load(store, id)), ...patch });
+    },
+
+    async list(state) {
+      await this.expire(new Date());
+      return (await store.listApprovals(state)).map(toInfo);
+    },
+
+    async get(id) {
+      return toInfo(await load(store, id));
+    },
+
+    async expire(now) {
+      let n = 0;
+      for (const row of await store.listApprovals('pending')) {
+        if (Date.parse(row.expires_at) > now.getTime()) continue;
+        if (await store.transaction(async (tx) => expireRow(tx, (await tx.findApproval(row.id))!, now))) n += 1;
+      }
+      return n;
+    },
+  };
+}

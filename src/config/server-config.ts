@@ -1,0 +1,131 @@
+import { resolve } from 'node:path';
+import { z } from 'zod';
+import { KeyhavenError } from '../errors.js';
+import { durationMs } from './duration.js';
+import { configError } from './format-issues.js';
+import { mergeConfig, readYamlFile } from './plugin-config.js';
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'must be host:port, for example 127.0.0.1:8200')
+  .refine((v) => Number(v.slice(v.lastIndexOf(':') + 1)) <= 65535, 'port must be 0-65535');
+
+const file = z.string().min(1);
+
+const storage = z.union([
+  z.strictObject({ sqlite: z.strictObject({ path: file }) }),
+  z.strictObject({
+    postgres: z.strictObject({
+      url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
+      poolSize: z.number().int().min(1).max(100).default(10),
+    }),
+  }),
+], { error: () => 'must be {sqlite: {path}} or {postgres: {url}}' });
+
+const seal = z.union([
+  z.strictObject({ keyfile: z.strictObject({ path: file }) }),
+  z.strictObject({ shamir: z.strictObject({}).prefault({}) }),
+  z.strictObject({
+    pkcs11: z
+      .strictObject({
+        module: file,
+        tokenLabel: z.string().min(1).optional(),
+        slot: z.number().int().nonnegative().optional(),
+        // The PIN comes from a file or an environment variable, never from the config itself.
+        pinFile: file.optional(),
+        pinEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/).optional(),
+        keyLabel: z.string().min(1).max(64).default('keyhaven-root-wrap'),
+      })
+      .refine((v) => (v.tokenLabel === undefined) !== (v.slot === undefined), 'set exactly one of tokenLabel or slot')
+      .refine((v) => (v.pinFile === undefined) !== (v.pinEnv === undefined), 'set exactly one of pinFile or pinEnv'),
+  }),
+], { error: () => 'must be {keyfile: {path}}, {shamir: {}} or {pkcs11: {module, tokenLabel, pinFile|pinEnv}}' });
+
+const sink = z.union([
+  z.strictObject({ file: z.strictObject({ path: file }) }),
+  z.strictObject({
+    syslog: z.strictObject({
+      address: hostPort,
+      facility: z.number().int().min(0).max(23).default(13),
+      tag: z.string().regex(/^[A-Za-z0-9._-]{1,48}$/).default('keyhaven'),
+    }),
+  }),
+], { error: () => 'must be {file: {path}} or {syslog: {address}}' });
+
+export const serverConfigSchema = z.strictObject({
+  listen: hostPort.default('127.0.0.1:8200'),
+  tls: z
+    .strictObject({
+      cert: file,
+      key: file,
+      // Client certificates signed by this CA may authenticate apps (mTLS).
+      clientCa: file.optional(),
+    })
+    .optional(),
+  // Plain HTTP is only served on loopback unless this is set.
+  allowInsecureHttp: z.boolean().default(false),
+  storage,
+  seal,
+  audit: z
+    .strictObject({
+      // true: each batch of records is fsynced before the answers go out.
+      fsync: z.boolean().default(true),
+      sink: sink.optional(),
+    })
+    .prefault({}),
+  auth: z
+    .strictObject({
+      sessionTTL: durationMs.prefault('8h'),
+      maxFailedLogins: z.number().int().min(1).max(100).default(5),
+      lockBase: durationMs.prefault('30s'),
+      lockMax: durationMs.prefault('15m'),
+    })
+    .prefault({}),
+  keys: z.strictObject({ destroyPending: durationMs.prefault('7d') }).prefault({}),
+  scheduler: z.strictObject({ interval: durationMs.prefault('30s') }).prefault({}),
+  http: z.strictObject({ bodyLimit: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024) }).prefault({}),
+  log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
+});
+
+export type ServerConfig = z.output<typeof serverConfigSchema>;
+export type ServerConfigInput = z.input<typeof serverConfigSchema>;
+
+function isLoopback(listen: string): boolean {
+  const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+  return host === 'localhost' || host === '::1' || /^127\./.test(host);
+}
+
+/** Parses, checks cross-field rules, resolves paths and freezes. */
+export function parseServerConfig(raw: unknown, source: string, baseDir = process.cwd()): Readonly<ServerConfig> {
+  const res = serverConfigSchema.safeParse(raw);
+  if (!res.success) throw configError(source, res.error);
+  const cfg = res.data;
+  if (!cfg.tls && !cfg.allowInsecureHttp && !isLoopback(cfg.listen)) {
+    throw new KeyhavenError('config_invalid', `invalid configuration in ${source}:\n  listen: ${cfg.listen} is not a loopback address; configure tls (cert, key) or set allowInsecureHttp: true`);
+  }
+  const abs = (p: string) => resolve(baseDir, p);
+  if ('sqlite' in cfg.storage) cfg.storage.sqlite.path = abs(cfg.storage.sqlite.path);
+  if ('keyfile' in cfg.seal) cfg.seal.keyfile.path = abs(cfg.seal.keyfile.path);
+  if ('pkcs11' in cfg.seal && cfg.seal.pkcs11.pinFile) cfg.seal.pkcs11.pinFile = abs(cfg.seal.pkcs11.pinFile);
+  if (cfg.tls) {
+    cfg.tls.cert = abs(cfg.tls.cert);
+    cfg.tls.key = abs(cfg.tls.key);
+    if (cfg.tls.clientCa) cfg.tls.clientCa = abs(cfg.tls.clientCa);
+  }
+  if (cfg.audit.sink && 'file' in cfg.audit.sink) cfg.audit.sink.file.path = abs(cfg.audit.sink.file.path);
+  return deepFreeze(cfg);
+}
+
+export function loadServerConfig(path: string, overrides: Record<string, unknown> = {}): Readonly<ServerConfig> {
+  const base = readYamlFile(path);
+  if (typeof base !== 'object' || base === null || Array.isArray(base)) throw new KeyhavenError('config_invalid', `config file ${path} must hold a YAML mapping`);
+  return parseServerConfig(mergeConfig(base, overrides), path, resolve(path, '..'));
+}
+
+function deepFreeze<T>(v: T): T {
+  if (typeof v === 'object' && v !== null) {
+    for (const x of Object.values(v)) deepFreeze(x);
+    Object.freeze(v);
+  }
+  return v;
+}

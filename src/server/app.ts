@@ -1,0 +1,223 @@
+import { randomBytes } from 'node:crypto';
+import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls';
+import fastifySwagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
+import { actorName } from '../access/access.js';
+import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { HTTP_STATUS } from '../http-status.js';
+import type { Logger } from '../log/logger.js';
+import { PACKAGE_VERSION } from '../paths.js';
+import type { AccessRule } from './context.js';
+import type { ServerCore } from './core.js';
+import type { ServerMetrics } from './metrics.js';
+import { registerApprovalRoutes } from './routes-approvals.js';
+import { registerAuditRoutes } from './routes-audit.js';
+import { registerAuthRoutes } from './routes-auth.js';
+import { registerCryptoRoutes } from './routes-crypto.js';
+import { registerKeyRoutes } from './routes-keys.js';
+import { registerPrincipalRoutes } from './routes-principals.js';
+import { registerSysRoutes } from './routes-sys.js';
+
+export interface AppOptions {
+  readonly core: ServerCore;
+  readonly logger: Logger;
+  readonly metrics: ServerMetrics;
+  readonly bodyLimit: number;
+  /** Pending window for scheduled key destruction, in seconds. */
+  readonly destroyPendingS: number;
+  /** node:https server options (cert, key, client CA). */
+  readonly https?: SecureServerOptions;
+}
+
+type SecureServerOptions = TlsOptions & SecureContextOptions;
+
+const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+// Headers a plugin sends so its calls are attributed to a cluster and an apiserver request.
+const LABEL = /^[\x21-\x7e]{1,128}$/;
+
+function errorBody(code: ErrorCode, message: string, requestId: string): string {
+  return JSON.stringify({ error: { code, message, requestId } });
+}
+
+/** Maps anything thrown in a request to our error code and a message that is safe to return. */
+function classify(err: FastifyError | Error, log: FastifyBaseLogger): { code: ErrorCode; message: string } {
+  if (err instanceof KeyhavenError) return { code: err.code, message: err.message };
+  if (hasZodFastifySchemaValidationErrors(err)) {
+    const where = (err as FastifyError).validationContext ?? 'request';
+    const issues = (err as FastifyError).validation!.slice(0, 5).map((v) => {
+      const path = (v.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
+      return `${where}${path ? `.${path}` : ''}: ${v.message ?? 'invalid'}`;
+    });
+    return { code: 'invalid_argument', message: issues.join('; ') };
+  }
+  const fe = err as FastifyError;
+  switch (fe.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { code: 'too_large', message: 'request body is larger than the server accepts' };
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return { code: 'invalid_argument', message: 'content-type must be application/json' };
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return { code: 'invalid_argument', message: 'request body is empty; send a JSON object' };
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { code: 'invalid_argument', message: 'content-length does not match the body' };
+    default:
+  }
+  if (fe.statusCode !== undefined && fe.statusCode >= 400 && fe.statusCode < 500) {
+    if (err instanceof SyntaxError || /JSON/i.test(fe.message)) return { code: 'invalid_argument', message: 'request body is not valid JSON' };
+    return { code: 'invalid_argument', message: `bad request (${fe.code ?? fe.statusCode})` };
+  }
+  log.error({ err }, 'unexpected error in request');
+  return { code: 'internal', message: 'internal error' };
+}
+
+function allowed(rule: AccessRule, req: FastifyRequest): boolean {
+  const p = req.principal;
+  if ('public' in rule) return true;
+  if (!p) return false;
+  if ('anyPrincipal' in rule) return true;
+  if ('roles' in rule && p.kind === 'user' && p.roles.some((r) => rule.roles.includes(r))) return true;
+  // Apps pass here; the handler checks the per-key grant.
+  if ('apps' in rule && p.kind === 'app') return true;
+  return false;
+}
+
+async function authenticate(core: ServerCore, req: FastifyRequest): Promise<void> {
+  const h = req.headers.authorization;
+  const services = core.services();
+  if (h !== undefined) {
+    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(h);
+    if (!m) throw new KeyhavenError('unauthenticated', 'the Authorization header must be "Bearer <token>"');
+    req.principal = await services.access.authenticate(m[1]!);
+    return;
+  }
+  const socket = req.raw.socket as TLSSocket;
+  if (typeof socket.getPeerCertificate === 'function' && socket.authorized) {
+    const cert = socket.getPeerCertificate();
+    if (cert?.fingerprint256) req.principal = await services.access.authenticateCert(cert.fingerprint256.replace(/:/g, '').toLowerCase());
+  }
+}
+
+export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
+  const { core, logger, metrics } = opts;
+  const app = Fastify({
+    loggerInstance: logger.child({ component: 'http' }) as unknown as FastifyBaseLogger,
+    disableRequestLogging: true,
+    bodyLimit: opts.bodyLimit,
+    genReqId: () => randomBytes(8).toString('hex'),
+    requestIdHeader: false,
+    return503OnClosing: true,
+    ...(opts.https ? { https: opts.https } : {}),
+  }) as unknown as FastifyInstance;
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  await app.register(fastifySwagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'keyhaven', description: 'keyhaven key server API', version: PACKAGE_VERSION },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+    transform: jsonSchemaTransform,
+  });
+
+  app.decorateRequest('principal', undefined);
+  app.decorateRequest('auditNote', undefined as never);
+  app.decorateRequest('startedAt', 0n);
+
+  app.addHook('onRequest', async (req, reply) => {
+    req.startedAt = process.hrtime.bigint();
+    req.auditNote = { details: {} };
+    reply.header('x-request-id', req.id);
+    reply.header('cache-control', 'no-store');
+    const cfg = req.routeOptions.config;
+    const rule = cfg.access;
+    if (!rule) return; // the not-found handler
+    const status = core.status();
+    const sealedOk = 'public' in rule && rule.sealedOk === true;
+    if (status.sealed && !sealedOk) core.services(); // throws `sealed`
+    if (!('public' in rule)) await authenticate(core, req);
+    if (!allowed(rule, req)) {
+      if (!req.principal) throw new KeyhavenError('unauthenticated', 'authentication required: send "Authorization: Bearer <token>"');
+      throw new KeyhavenError('permission_denied', `${actorName(req.principal)} may not ${cfg.op ?? 'do this'}`);
+    }
+  });
+
+  app.setErrorHandler((err: FastifyError, req, reply) => {
+    const { code, message } = classify(err, req.log);
+    if (req.auditNote) req.auditNote.result = code;
+    else req.auditNote = { details: {}, result: code };
+    void reply.code(HTTP_STATUS[code]).type('application/json').send(errorBody(code, message, req.id));
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    req.auditNote = req.auditNote ?? { details: {} };
+    req.auditNote.result = 'not_found';
+    void reply.code(404).type('application/json').send(errorBody('not_found', `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`, req.id));
+  });
+
+  // Fail closed: the answer leaves only after its audit record is stored.
+  app.addHook('onSend', async (req: FastifyRequest, reply: FastifyReply, payload) => {
+    const note = req.auditNote ?? { details: {} };
+    const p = req.principal;
+    const cfg = req.routeOptions.config;
+    const params = req.params as Record<string, unknown> | undefined;
+    const keyName = note.keyName ?? (typeof params?.name === 'string' && KEY_NAME.test(params.name) && req.url.startsWith('/v1/keys/') ? params.name : undefined);
+    const details: Record<string, string | number | boolean> = { ...note.details, status: reply.statusCode, source: req.ip };
+    if (p) details.role = p.kind === 'app' ? 'app' : p.roles.join(',') || 'none';
+    const cluster = req.headers['x-keyhaven-cluster'];
+    const uid = req.headers['x-keyhaven-uid'];
+    if (typeof cluster === 'string' && LABEL.test(cluster)) details.cluster = cluster;
+    if (typeof uid === 'string' && LABEL.test(uid)) details.uid = uid;
+    if (!cfg.op) details.route = `${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`;
+    const started = process.hrtime.bigint();
+    try {
+      await core.audit.record({
+        actor: p ? actorName(p) : 'anonymous',
+        operation: cfg.op ?? 'http.unknown',
+        keyName,
+        keyVersion: note.keyVersion,
+        result: note.result ?? (reply.statusCode < 400 ? 'ok' : `http_${reply.statusCode}`),
+        requestId: req.id,
+        details,
+      });
+      metrics.auditWrite.observe(Number(process.hrtime.bigint() - started) / 1e9);
+    } catch (e) {
+      req.log.error({ err: e }, 'audit record could not be written; answering 503');
+      void reply.code(503).type('application/json');
+      return errorBody('audit_failed', 'the audit record could not be written; request refused', req.id);
+    }
+    return payload;
+  });
+
+  app.addHook('onResponse', async (req, reply) => {
+    const route = req.routeOptions.url ?? 'unknown';
+    const known = req.routeOptions.config.op ? route : 'unknown';
+    metrics.requests.inc({ route: known, method: req.method, status_class: `${Math.floor(reply.statusCode / 100)}xx` });
+    metrics.duration.observe({ route: known, method: req.method }, Number(process.hrtime.bigint() - req.startedAt) / 1e9);
+  });
+
+  const deps = { core, metrics, destroyPendingS: opts.destroyPendingS };
+  registerSysRoutes(app, deps);
+  registerAuthRoutes(app, deps);
+  registerKeyRoutes(app, deps);
+  registerCryptoRoutes(app, deps);
+  registerPrincipalRoutes(app, deps);
+  registerApprovalRoutes(app, deps);
+  registerAuditRoutes(app, deps);
+
+  app.get('/v1/openapi.json', { config: { op: 'sys.openapi', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async () => app.swagger());
+  app.get('/metrics', { config: { op: 'sys.metrics', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async (_req, reply) => {
+    const s = core.status();
+    metrics.sealed.set(!s.initialized ? 2 : s.sealed ? 1 : 0);
+    void reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+  return app;
+}
+
+export interface RouteDeps {
+  readonly core: ServerCore;
+  readonly metrics: ServerMetrics;
+  readonly destroyPendingS: number;
+}

@@ -1,0 +1,86 @@
+import type { FastifyInstance } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { z } from 'zod';
+import { GUARDED_OPERATIONS, type GuardedOperation } from '../access/quorum.js';
+import { PACKAGE_VERSION } from '../paths.js';
+import type { RouteDeps } from './app.js';
+import { approvalAccepted, emptyBody, errorResponse, sealStatus } from './schemas.js';
+import { guarded } from './guard.js';
+
+const quorumPolicy = z.object({
+  required: z.number().int().min(0).max(16),
+  operations: z.array(z.enum(Object.keys(GUARDED_OPERATIONS) as [GuardedOperation, ...GuardedOperation[]])),
+  ttlS: z.number().int().min(60).max(30 * 86400),
+});
+
+export function registerSysRoutes(app: FastifyInstance, { core }: RouteDeps): void {
+  const r = app.withTypeProvider<ZodTypeProvider>();
+  const sys = { tags: ['sys'] };
+
+  r.get('/v1/sys/health', {
+    config: { op: 'sys.health', access: { public: true, sealedOk: true } },
+    schema: { ...sys, summary: 'Liveness and seal state; 200 only when unsealed', response: { 200: z.object({ initialized: z.boolean(), sealed: z.boolean(), version: z.string() }), 503: z.object({ initialized: z.boolean(), sealed: z.boolean(), version: z.string() }) } },
+  }, async (_req, reply) => {
+    const s = core.status();
+    if (s.sealed) void reply.code(503);
+    return { initialized: s.initialized, sealed: s.sealed, version: PACKAGE_VERSION };
+  });
+
+  r.get('/v1/sys/seal-status', {
+    config: { op: 'sys.seal-status', access: { public: true, sealedOk: true } },
+    schema: { ...sys, summary: 'Seal kind and unseal progress', response: { 200: sealStatus } },
+  }, async () => core.status());
+
+  r.post('/v1/sys/init', {
+    config: { op: 'sys.init', access: { public: true, sealedOk: true } },
+    schema: {
+      ...sys,
+      summary: 'Initialise a new server: makes the root key (and its shares) and the first security-admin; once only',
+      body: z.strictObject({
+        shares: z.number().int().min(1).max(16).optional(),
+        threshold: z.number().int().min(1).max(16).optional(),
+        adminName: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be a user name').optional(),
+      }).optional(),
+      response: { 200: z.object({ shares: z.array(z.string()).optional(), admin: z.object({ name: z.string(), password: z.string() }) }), 409: errorResponse },
+    },
+  }, async (req) => {
+    const body = req.body ?? {};
+    const out = await core.init(body);
+    return { ...(out.shares ? { shares: [...out.shares] } : {}), admin: out.admin };
+  });
+
+  r.post('/v1/sys/unseal', {
+    config: { op: 'sys.unseal', access: { public: true, sealedOk: true } },
+    schema: {
+      ...sys,
+      summary: 'Enter one unseal share (shamir), or retry an automatic unseal (keyfile, pkcs11)',
+      body: z.strictObject({ share: z.string().max(512).optional() }).optional(),
+      response: { 200: sealStatus, 400: errorResponse },
+    },
+  }, async (req) => core.unseal(req.body?.share));
+
+  r.post('/v1/sys/seal', {
+    config: { op: 'sys.seal', access: { roles: ['security-admin'] } },
+    schema: { ...sys, summary: 'Drop the root key from memory; the server answers 503 until unsealed', body: emptyBody, response: { 200: sealStatus } },
+  }, async () => {
+    await core.seal();
+    return core.status();
+  });
+
+  r.get('/v1/sys/quorum', {
+    config: { op: 'quorum.read', access: { roles: ['security-admin', 'key-admin', 'auditor'] } },
+    schema: { ...sys, summary: 'The quorum (M-of-N approval) policy', response: { 200: quorumPolicy } },
+  }, async () => {
+    const p = await core.services().quorum.policy();
+    return { ...p, operations: [...p.operations] };
+  });
+
+  r.put('/v1/sys/quorum', {
+    config: { op: 'quorum.set', access: { roles: ['security-admin'] } },
+    schema: { ...sys, summary: 'Change the quorum policy (itself guarded once a quorum applies)', body: quorumPolicy, response: { 200: quorumPolicy, 202: approvalAccepted } },
+  }, async (req, reply) => {
+    const s = core.services();
+    const policy = s.quorum.checkPolicy(req.body);
+    return guarded(s, req, reply, 'quorum.set', { policy }) as never;
+  });
+}

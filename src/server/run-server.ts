@@ -1,0 +1,132 @@
+import { readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import type { FastifyInstance } from 'fastify';
+import { startSinkPump, fileSink, syslogSink, type SinkPump } from '../audit/sinks.js';
+import type { ServerConfig } from '../config/server-config.js';
+import { KeyhavenError } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import { keyFileSeal } from '../seal/keyfile.js';
+import { pkcs11Seal } from '../seal/pkcs11.js';
+import type { Seal } from '../seal/seal.js';
+import { shamirSeal } from '../seal/shamir.js';
+import { openStore } from '../storage/open-store.js';
+import type { Store } from '../storage/store.js';
+import { buildApp } from './app.js';
+import { openServerCore, type ServerCore } from './core.js';
+import { createServerMetrics } from './metrics.js';
+
+export interface RunningServer {
+  readonly core: ServerCore;
+  readonly app: FastifyInstance;
+  /** Base URL, e.g. http://127.0.0.1:8200 */
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+function readPin(cfg: { pinFile?: string | undefined; pinEnv?: string | undefined }): string {
+  if (cfg.pinEnv) {
+    const v = process.env[cfg.pinEnv];
+    if (!v) throw new KeyhavenError('config_invalid', `environment variable ${cfg.pinEnv} (seal.pkcs11.pinEnv) is not set`);
+    return v;
+  }
+  try {
+    return readFileSync(cfg.pinFile!, 'utf8').trim();
+  } catch (e) {
+    throw new KeyhavenError('config_invalid', `cannot read the HSM PIN file ${cfg.pinFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+export function sealFromConfig(cfg: ServerConfig['seal']): Seal {
+  if ('keyfile' in cfg) return keyFileSeal(cfg.keyfile.path);
+  if ('shamir' in cfg) return shamirSeal();
+  const p = cfg.pkcs11;
+  return pkcs11Seal({ module: p.module, tokenLabel: p.tokenLabel, slot: p.slot, pin: readPin(p), keyLabel: p.keyLabel });
+}
+
+function readTls(cfg: NonNullable<ServerConfig['tls']>) {
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      throw new KeyhavenError('config_invalid', `cannot read the TLS ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+  };
+  return {
+    cert: read('certificate', cfg.cert),
+    key: read('key', cfg.key),
+    // Client certificates are asked for, not required: users use tokens.
+    ...(cfg.clientCa ? { ca: read('client CA', cfg.clientCa), requestCert: true, rejectUnauthorized: false } : {}),
+    minVersion: 'TLSv1.2' as const,
+  };
+}
+
+/** Opens storage and the seal, serves the API, runs the scheduler. */
+export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, extra: { store?: Store } = {}): Promise<RunningServer> {
+  const https = cfg.tls ? readTls(cfg.tls) : undefined;
+  const store =
+    extra.store ??
+    (await openStore('sqlite' in cfg.storage ? { sqlite: { path: cfg.storage.sqlite.path, create: true } } : { postgres: { url: cfg.storage.postgres.url, poolSize: cfg.storage.postgres.poolSize } }));
+  let core: ServerCore | undefined;
+  let pump: SinkPump | undefined;
+  let app: FastifyInstance | undefined;
+  try {
+    const seal = sealFromConfig(cfg.seal);
+    core = await openServerCore({
+      store,
+      seal,
+      auditFsync: cfg.audit.fsync,
+      access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
+      onScheduled: (what) => logger.info(what, 'scheduled key changes'),
+    });
+    if (cfg.audit.sink) {
+      const sink = 'file' in cfg.audit.sink ? fileSink(cfg.audit.sink.file.path) : syslogSink(cfg.audit.sink.syslog);
+      pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: (e) => logger.error({ err: String(e) }, 'audit sink write failed; will retry') });
+      core.audit.onStored(pump.kick);
+    }
+    const metrics = createServerMetrics();
+    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https });
+    const at = cfg.listen.lastIndexOf(':');
+    await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
+  } catch (e) {
+    await app?.close().catch(() => {});
+    await pump?.stop().catch(() => {});
+    await core?.close().catch(() => {});
+    await store.close();
+    if (e instanceof KeyhavenError) throw e;
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') throw new KeyhavenError('config_invalid', `cannot listen on ${cfg.listen}: ${code}`);
+    throw e;
+  }
+  const addr = app.server.address() as AddressInfo;
+  const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
+  const url = `${cfg.tls ? 'https' : 'http'}://${host}:${addr.port}`;
+  const status = core.status();
+  logger.info({ url, storage: 'sqlite' in cfg.storage ? 'sqlite' : 'postgres', seal: status.kind, initialized: status.initialized, sealed: status.sealed }, 'keyhaven server listening');
+
+  let ticking: Promise<void> | undefined;
+  const c = core;
+  const timer = setInterval(() => {
+    if (ticking) return;
+    ticking = c
+      .tick()
+      .catch((e: unknown) => logger.error({ err: String(e) }, 'scheduled work failed; will retry'))
+      .finally(() => {
+        ticking = undefined;
+      });
+  }, cfg.scheduler.interval);
+  const a = app;
+  const p = pump;
+  return {
+    core: c,
+    app: a,
+    url,
+    async close() {
+      clearInterval(timer);
+      await a.close();
+      await ticking;
+      await p?.stop();
+      await c.close();
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,194 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { stringify as toYaml } from 'yaml';
+import { BIN, ROOT, tempDir } from './helpers.js';
+
+// End-to-end helpers for the key server: a real `keyhaven server` process on
+// 127.0.0.1 (port chosen by the OS), real HTTP from node's fetch.
+
+export interface ServerProcess {
+  readonly child: ChildProcess;
+  readonly dir: string;
+  readonly configPath: string;
+  /** Base URL, e.g. http://127.0.0.1:40123 */
+  readonly url: string;
+  output(): string;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+export interface ServerStartOptions {
+  /** Folder for config and data (a new temp folder by default). */
+  dir?: string;
+  /** Config fields merged over the defaults (SQLite + key file in `dir`, listen 127.0.0.1:0, audit fsync on). */
+  config?: Record<string, unknown>;
+  env?: NodeJS.ProcessEnv;
+  /** Resolve once the "listening" log line appears (default true). */
+  waitReady?: boolean;
+}
+
+export function defaultServerConfig(dir: string): Record<string, unknown> {
+  return {
+    listen: '127.0.0.1:0',
+    storage: { sqlite: { path: join(dir, 'keyhaven.db') } },
+    seal: { keyfile: { path: join(dir, 'root.key') } },
+    audit: { fsync: true },
+    scheduler: { interval: '1s' },
+    log: { level: 'debug' },
+  };
+}
+
+export async function startServerProcess(opts: ServerStartOptions = {}): Promise<ServerProcess> {
+  const dir = opts.dir ?? tempDir('kh-srv-');
+  const configPath = join(dir, 'server.yaml');
+  writeFileSync(configPath, toYaml({ ...defaultServerConfig(dir), ...opts.config }), { mode: 0o600 });
+  const child = spawn(process.execPath, [BIN, 'server', '--config', configPath], { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code, sig) => r(code ?? (sig ? 128 : null))));
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM') => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    return exited;
+  };
+  if (opts.waitReady === false) return { child, dir, configPath, url: '', output: () => out, exited, stop };
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setInterval(() => {
+      const m = /"url":"(https?:\/\/[^"]+)"[^\n]*"msg":"keyhaven server listening"/.exec(out);
+      if (m) {
+        clearInterval(timer);
+        resolve(m[1]!);
+      } else if (child.exitCode !== null) {
+        clearInterval(timer);
+        reject(new Error(`server exited with ${child.exitCode} before listening:\n${out}`));
+      }
+    }, 25);
+    setTimeout(() => {
+      clearInterval(timer);
+      reject(new Error(`server did not start within 20 s:\n${out}`));
+    }, 20_000).unref();
+  });
+  return { child, dir, configPath, url, output: () => out, exited, stop };
+}
+
+export interface ApiResult<T = any> {
+  status: number;
+  body: T;
+  text: string;
+  headers: Headers;
+}
+
+/** One HTTP call; `body` objects are sent as JSON, strings as they are. */
+export async function api<T = any>(
+  url: string,
+  method: string,
+  path: string,
+  opts: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<ApiResult<T>> {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+  let body: string | undefined;
+  if (opts.body !== undefined) {
+    body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
+    headers['content-type'] ??= 'application/json';
+  }
+  const res = await fetch(url + path, { method, headers, body });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON (JSON lines, metrics)
+  }
+  return { status: res.status, body: parsed as T, text, headers: res.headers };
+}
+
+export async function login(url: string, name: string, password: string): Promise<string> {
+  const r = await api(url, 'POST', '/v1/auth/login', { body: { name, password } });
+  if (r.status !== 200) throw new Error(`login as ${name} failed: ${r.status} ${r.text}`);
+  return r.body.token as string;
+}
+
+export async function initServer(url: string, body: Record<string, unknown> = {}): Promise<{ admin: { name: string; password: string }; shares?: string[] }> {
+  const r = await api(url, 'POST', '/v1/sys/init', { body });
+  if (r.status !== 200) throw new Error(`init failed: ${r.status} ${r.text}`);
+  return r.body;
+}
+
+/** Everyone a test usually needs, each with a live token. */
+export interface Cast {
+  /** security-admin made by init */
+  admin: string;
+  /** a second and third security-admin */
+  admin2: string;
+  admin3: string;
+  keyAdmin: string;
+  keyAdmin2: string;
+  keyAdmin3: string;
+  auditor: string;
+  /** an app with every operation on `key`, and its API key */
+  appKey: string;
+  /** an app with no grants */
+  strangerKey: string;
+  key: string;
+  passwords: Record<string, string>;
+}
+
+async function must(r: Promise<ApiResult>, what: string): Promise<ApiResult> {
+  const res = await r;
+  if (res.status >= 300) throw new Error(`${what} failed: ${res.status} ${res.text}`);
+  return res;
+}
+
+/** Initialises a fresh server and creates users, apps and a key. */
+export async function setupCast(url: string, key = 'k1'): Promise<Cast> {
+  const init = await initServer(url);
+  const admin = await login(url, init.admin.name, init.admin.password);
+  const passwords: Record<string, string> = { [init.admin.name]: init.admin.password };
+  const users: [string, string[]][] = [
+    ['admin2', ['security-admin']],
+    ['admin3', ['security-admin']],
+    ['keyadmin', ['key-admin']],
+    ['keyadmin2', ['key-admin']],
+    ['keyadmin3', ['key-admin']],
+    ['auditor', ['auditor']],
+  ];
+  for (const [name, roles] of users) {
+    passwords[name] = `${name}-password-123`;
+    await must(api(url, 'POST', '/v1/users', { token: admin, body: { name, password: passwords[name], roles } }), `create user ${name}`);
+  }
+  const tok = async (n: string) => login(url, n, passwords[n]!);
+  const keyAdmin = await tok('keyadmin');
+  await must(api(url, 'POST', '/v1/keys', { token: keyAdmin, body: { name: key } }), 'create key');
+  const app = await must(api(url, 'POST', '/v1/apps', { token: admin, body: { name: 'app1' } }), 'create app');
+  const stranger = await must(api(url, 'POST', '/v1/apps', { token: admin, body: { name: 'stranger' } }), 'create app');
+  await must(api(url, 'PUT', `/v1/apps/app1/grants/${key}`, { token: admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant');
+  return {
+    admin,
+    admin2: await tok('admin2'),
+    admin3: await tok('admin3'),
+    keyAdmin,
+    keyAdmin2: await tok('keyadmin2'),
+    keyAdmin3: await tok('keyadmin3'),
+    auditor: await tok('auditor'),
+    appKey: app.body.apiKey,
+    strangerKey: stranger.body.apiKey,
+    key,
+    passwords,
+  };
+}
+
+/** The audit records as JSON lines, read by the auditor. */
+export async function auditRecords(url: string, auditorToken: string, query = ''): Promise<any[]> {
+  const out: any[] = [];
+  let after = 0;
+  for (;;) {
+    const r = await api(url, 'GET', `/v1/audit?after=${after}&limit=10000${query ? `&${query}` : ''}`, { token: auditorToken });
+    if (r.status !== 200) throw new Error(`audit read failed: ${r.status} ${r.text}`);
+    const rows = r.text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
+    if (rows.length === 0) return out;
+    out.push(...rows);
+    after = rows[rows.length - 1].seq;
+  }
+}
