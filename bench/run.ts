@@ -1,20 +1,26 @@
 // npm run bench: KMS v2 throughput and latency of the keyhaven plugin against
 // a bare grpc-js server measured in the same run, driven by a Go client that
-// behaves like kube-apiserver (one connection over a unix socket).
+// behaves like kube-apiserver (one connection over a unix socket); then the
+// key server's HTTP Encrypt/Decrypt against a bare node:http server
+// (bench/server-bench.ts).
 //
-//   node dist/bench/run.js [--only echo|plugin]
-//   env: BENCH_SECONDS (measured seconds per point, default 5),
+//   node dist/bench/run.js [server] [--only echo|plugin|server]
+//   env: BENCH_SECONDS (measured seconds per plugin point, default 5),
+//        BENCH_SERVER_SECONDS (measured seconds per server point, default 3),
 //        BENCH_WARMUP (unmeasured seconds before each point, default 1),
-//        BENCH_STORM_N (seeds in the restart storm, default 10000)
+//        BENCH_STORM_N (seeds in the restart storm, default 10000),
+//        BENCH_SERVER_NODE_ARGS (extra node flags for the key server, e.g. --cpu-prof)
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, unlinkSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import {
+  BenchError, envNumber, exited, fmt, interrupted, log, ratio, registerTmp, ROOT, run, shutdown, stopChild, table, track,
+} from './procs.js';
+import { runServerSection } from './server-bench.js';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const GO_CLIENT_DIR = join(ROOT, 'bench', 'go-client');
 const KMSLOAD = join(GO_CLIENT_DIR, 'bin', 'kmsload');
 const GOPATH_DIR = join(ROOT, 'bench', '.gopath');
@@ -25,7 +31,6 @@ const CONCURRENCIES = [1, 16, 64] as const;
 const OPS = ['encrypt', 'decrypt'] as const;
 const STORM_CONCURRENCIES = [64, 16] as const;
 const READY_TIMEOUT_MS = 60_000;
-const STOP_TIMEOUT_MS = 10_000;
 
 type TargetName = 'echo' | 'plugin';
 type Op = (typeof OPS)[number];
@@ -47,88 +52,6 @@ interface StatusReport {
   version: string;
   healthz: string;
   keyId: string;
-}
-
-class BenchError extends Error {}
-
-function log(msg: string): void {
-  process.stderr.write(`bench: ${msg}\n`);
-}
-
-function envNumber(name: string, fallback: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return fallback;
-  const v = Number(raw);
-  if (!Number.isFinite(v) || v <= 0) throw new BenchError(`${name} must be a positive number, got ${JSON.stringify(raw)}`);
-  return v;
-}
-
-// ---------------------------------------------------------------- processes
-
-const live = new Set<ChildProcess>();
-let tmpRoot: string | undefined;
-
-function track(child: ChildProcess): ChildProcess {
-  live.add(child);
-  child.once('exit', () => live.delete(child));
-  return child;
-}
-
-// Last-resort cleanup: runs on every exit path, synchronously.
-process.on('exit', () => {
-  for (const child of live) {
-    try {
-      child.kill('SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-  if (tmpRoot) rmSync(tmpRoot, { recursive: true, force: true });
-});
-
-let interrupted = false;
-for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-  process.on(sig, () => {
-    if (interrupted) process.exit(130);
-    interrupted = true;
-    log(`${sig}: stopping`);
-    void Promise.allSettled([...live].map((c) => stopChild(c, 2000))).then(() => process.exit(130));
-  });
-}
-
-function exited(child: ChildProcess): boolean {
-  return child.exitCode !== null || child.signalCode !== null;
-}
-
-async function stopChild(child: ChildProcess, timeoutMs = STOP_TIMEOUT_MS): Promise<void> {
-  if (exited(child)) return;
-  const done = new Promise<void>((res) => child.once('exit', () => res()));
-  child.kill('SIGTERM');
-  const timer = sleep(timeoutMs).then(() => 'timeout' as const);
-  if ((await Promise.race([done.then(() => 'done' as const), timer])) === 'timeout') {
-    log(`pid ${child.pid} ignored SIGTERM for ${timeoutMs} ms; killing`);
-    child.kill('SIGKILL');
-    await done;
-  }
-}
-
-interface Captured {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function run(cmd: string, args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Captured> {
-  return new Promise((res, rej) => {
-    const child = track(spawn(cmd, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] }));
-    let stdout = '';
-    let stderr = '';
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.once('error', rej);
-    child.once('close', (code, signal) => res({ code, signal, stdout, stderr }));
-  });
 }
 
 // ---------------------------------------------------------------- Go client
@@ -302,15 +225,6 @@ interface StormResult {
   pluginTimeOverEchoTime?: number;
 }
 
-function ratio(a: number | undefined, b: number | undefined): number | undefined {
-  if (a === undefined || b === undefined || b === 0) return undefined;
-  return Math.round((a / b) * 100) / 100;
-}
-
-function fmt(v: number | undefined, digits = 0): string {
-  return v === undefined ? '-' : v.toFixed(digits);
-}
-
 function lat(r: LoadReport | undefined): string {
   return r ? `${r.p50Ms.toFixed(2)} / ${r.p99Ms.toFixed(2)}` : '-';
 }
@@ -320,28 +234,9 @@ function faults(r: LoadReport | undefined): string {
   return r.mismatches ? `${r.errors}+${r.mismatches}mm` : String(r.errors);
 }
 
-function table(head: string[], rows: string[][]): string {
-  const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]): string =>
-    cells.map((c, i) => (i < 2 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
-  return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
-}
-
 // ---------------------------------------------------------------- main
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({
-    options: { only: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write('usage: node dist/bench/run.js [--only echo|plugin]\n  env BENCH_SECONDS, BENCH_WARMUP, BENCH_STORM_N\n');
-    return;
-  }
-  const only = values.only;
-  if (only !== undefined && only !== 'echo' && only !== 'plugin') throw new BenchError('--only takes echo or plugin');
-  const names: TargetName[] = only ? [only] : ['echo', 'plugin'];
-
+async function pluginSection(names: TargetName[], tmpRoot: string): Promise<boolean> {
   const seconds = envNumber('BENCH_SECONDS', 5);
   const warmup = envNumber('BENCH_WARMUP', 1);
   const stormN = Math.round(envNumber('BENCH_STORM_N', 10_000));
@@ -351,9 +246,6 @@ async function main(): Promise<void> {
   buildClient();
   const goVersion = spawnSync('go', ['version'], { encoding: 'utf8' }).stdout.trim();
 
-  // Short base path: unix socket paths are limited to 107 bytes.
-  const base = join(tmpdir(), 'kh-bench-').length < 60 ? tmpdir() : '/tmp';
-  tmpRoot = mkdtempSync(join(base, 'kh-bench-'));
   const echoSock = join(tmpRoot, 'echo.sock');
   const pluginSock = join(tmpRoot, 'plugin.sock');
   const dataDir = join(tmpRoot, 'plugin-data');
@@ -407,7 +299,7 @@ async function main(): Promise<void> {
     }
   }
 
-  const genFile = (t: Target): string => join(tmpRoot ?? '', `seeds-${t.name}.jsonl`);
+  const genFile = (t: Target): string => join(tmpRoot, `seeds-${t.name}.jsonl`);
   for (const t of targets) {
     log(`${t.name}: wrapping ${stormN} seeds for the restart storm`);
     const g = await kmsload(t.name, ['-socket', t.socket, '-mode', 'gen', '-n', String(stormN), '-c', '64', '-out', genFile(t)]);
@@ -480,15 +372,51 @@ async function main(): Promise<void> {
   const failed = [...points.flatMap((p) => [p.echo, p.plugin]), ...storms.flatMap((s) => [s.echo, s.plugin])].some(
     (r) => r !== undefined && (r.errors > 0 || (r.mismatches ?? 0) > 0),
   );
-  if (failed) {
-    log('some calls failed or returned a wrong plaintext (see the errors columns)');
-    process.exitCode = 1;
+  if (failed) log('some calls failed or returned a wrong plaintext (see the errors columns)');
+  return failed;
+}
+
+async function main(): Promise<void> {
+  const { values, positionals } = parseArgs({
+    options: { only: { type: 'string' }, help: { type: 'boolean', short: 'h' } },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(
+      'usage: node dist/bench/run.js [server] [--only echo|plugin|server]\n' +
+        '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N, BENCH_SERVER_NODE_ARGS\n',
+    );
+    return;
   }
+  if (positionals.length > 1 || (positionals[0] !== undefined && positionals[0] !== 'server')) {
+    throw new BenchError(`unexpected argument ${JSON.stringify(positionals.join(' '))}; the only section name is "server"`);
+  }
+  const only = positionals[0] ?? values.only;
+  if (only !== undefined && only !== 'echo' && only !== 'plugin' && only !== 'server') throw new BenchError('--only takes echo, plugin or server');
+
+  // Short base path: unix socket paths are limited to 107 bytes.
+  const base = join(tmpdir(), 'kh-bench-').length < 60 ? tmpdir() : '/tmp';
+  const tmpRoot = mkdtempSync(join(base, 'kh-bench-'));
+  registerTmp(tmpRoot);
+
+  let failed = false;
+  if (only !== 'server') {
+    failed = (await pluginSection(only ? [only] : ['echo', 'plugin'], tmpRoot)) || failed;
+  }
+  if (only === undefined || only === 'server') {
+    const r = await runServerSection({ seconds: envNumber('BENCH_SERVER_SECONDS', 3), warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot });
+    if (only === undefined) process.stdout.write('\n');
+    process.stdout.write(`${r.text}\n`);
+    if (r.failed) log('key server: some calls failed (see the errors columns)');
+    failed = r.failed || failed;
+  }
+  if (failed) process.exitCode = 1;
 }
 
 main().catch((err: unknown) => {
   const msg = err instanceof BenchError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
   log(msg);
-  // Let children get SIGTERM first; the exit handler SIGKILLs the rest and removes temp files.
-  void Promise.allSettled([...live].map((c) => stopChild(c, 2000))).then(() => process.exit(1));
+  // Children get SIGTERM first, async clean-ups run; the exit handler SIGKILLs the rest and removes temp files.
+  void shutdown(1);
 });

@@ -5,12 +5,14 @@ import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { BIN, call, cli, httpGet, kmsClients, logLines, removeDir, tempDir, waitFor, type CliResult, type KmsClients } from './helpers.js';
+import { BIN, call, callError, cli, httpGet, kmsClients, logLines, removeDir, tempDir, waitFor, type CliResult, type KmsClients } from './helpers.js';
+import { api, login } from './server-helpers.js';
 
 // `keyhaven dev` (what `npm start` runs) in a fresh folder: it creates
-// ./.keyhaven, serves ./.keyhaven/kms.sock, prints a usable
-// EncryptionConfiguration, works with the CLI run from the same folder, stops
-// cleanly on Ctrl-C and picks up its state again on the next run.
+// ./.keyhaven, starts the key server and the plugin wired to it, serves
+// ./.keyhaven/kms.sock, prints a usable EncryptionConfiguration and the dev
+// admin's credentials once, works with the CLI, stops cleanly on Ctrl-C and
+// picks up its state again on the next run.
 
 interface DevProcess {
   readonly child: ChildProcess;
@@ -28,7 +30,7 @@ function devEnv(): NodeJS.ProcessEnv {
 
 async function startDev(cwd: string): Promise<DevProcess> {
   // Never the default health address (127.0.0.1:8787): tests run side by side.
-  const child = spawn(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -47,8 +49,23 @@ async function startDev(cwd: string): Promise<DevProcess> {
   return dev;
 }
 
+let server = '';
+let token = '';
+
+/** The CLI against the dev key server, as the dev admin. */
 function kh(args: string[], cwd: string): CliResult {
-  return cli(args, { cwd, env: { KEYHAVEN_DATA_DIR: '' } });
+  return cli(args, { cwd, env: { KEYHAVEN_DATA_DIR: '', KEYHAVEN_ADDR: server, KEYHAVEN_TOKEN: token } });
+}
+
+function serverUrl(stderr: string): string {
+  const m = /key server on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr);
+  assert.ok(m, `server URL in banner:\n${stderr}`);
+  return m[1]!;
+}
+
+function keyList(stdout: string): Array<{ name: string; currentVersion: number }> {
+  const j = JSON.parse(stdout) as unknown;
+  return (Array.isArray(j) ? j : (j as { keys: [] }).keys) as Array<{ name: string; currentVersion: number }>;
 }
 
 /** The YAML document between the banner's heading and "Press Ctrl-C to stop.". */
@@ -149,21 +166,50 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     firstRun = { seed, ciphertext: e.ciphertext, keyId: e.key_id };
   });
 
-  it('`keyhaven key list` run in the same folder lists kubernetes-secrets', () => {
+  it('prints the dev admin\'s credentials once; they log in with all three admin roles', async () => {
+    const m = /admin:\s+dev-admin \/ (\S+)\s+\(shown once/.exec(dev.stderr());
+    assert.ok(m, `admin credentials in banner:\n${dev.stderr()}`);
+    server = serverUrl(dev.stderr());
+    token = await login(server, 'dev-admin', m[1]!);
+    const who = await api(server, 'GET', '/v1/auth/whoami', { token });
+    assert.deepEqual(who.body.roles, ['auditor', 'key-admin', 'security-admin']);
+    assert.doesNotMatch(dev.stdout(), new RegExp(m[1]!), 'the password is not in the log');
+    const apps = await api(server, 'GET', '/v1/apps', { token });
+    const plugin = apps.body.apps.find((a: { name: string }) => a.name === 'dev-plugin');
+    assert.deepEqual(plugin.grants.map((g: { key: string; operations: string[] }) => [g.key, g.operations]), [['kubernetes-secrets', ['decrypt', 'encrypt']]]);
+  });
+
+  it('the plugin acts as app dev-plugin: revoking its grant fails Status, granting again restores it', async () => {
+    assert.ok(c, 'the Encrypt test ran');
+    assert.equal((await api(server, 'DELETE', '/v1/apps/dev-plugin/grants/kubernetes-secrets', { token })).status, 200);
+    const err = await waitFor(async () => {
+      try {
+        await call(c!.v2, 'Status', {});
+        return undefined;
+      } catch (e) {
+        return e as { code: number; details: string };
+      }
+    }, 'Status to fail once the grant is gone', 15_000);
+    assert.match(err.details, /no longer holds encrypt and decrypt/);
+    await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'dev-revoked' });
+    assert.equal((await api(server, 'PUT', '/v1/apps/dev-plugin/grants/kubernetes-secrets', { token, body: { operations: ['encrypt', 'decrypt'] } })).status, 200);
+    await waitFor(async () => ((await call(c!.v2, 'Status', {}).catch(() => undefined))?.healthz === 'ok' ? true : undefined), 'Status ok again', 15_000);
+  });
+
+  it('`keyhaven key list` against the dev server lists kubernetes-secrets', () => {
     const r = kh(['key', 'list'], cwd);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^kubernetes-secrets\s+enabled\s+1\b/m);
+    assert.match(r.stdout, /kubernetes-secrets\s+enabled\s+1\b/m);
     const j = kh(['key', 'list', '-o', 'json'], cwd);
     assert.equal(j.code, 0, j.stderr);
-    const keys = JSON.parse(j.stdout) as Array<{ name: string; currentVersion: number }>;
-    assert.deepEqual(keys.map((k) => k.name), ['kubernetes-secrets']);
+    assert.deepEqual(keyList(j.stdout).map((k) => k.name), ['kubernetes-secrets']);
   });
 
   it('`keyhaven key rotate kubernetes-secrets` in the same folder changes the running instance\'s key_id', async () => {
     assert.ok(c && firstRun, 'the Encrypt test ran');
     const r = kh(['key', 'rotate', 'kubernetes-secrets'], cwd);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /current version 2/);
+    assert.match(r.stdout, /version 2/);
     const s = await waitFor(async () => {
       const x = await call(c!.v2, 'Status', {});
       return x.key_id !== firstRun!.keyId ? x : undefined;
@@ -187,13 +233,15 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     dev = await startDev(cwd);
     assert.match(dev.stderr(), /reused/);
     assert.doesNotMatch(dev.stderr(), /created now/);
+    assert.doesNotMatch(dev.stderr(), /shown once/, 'the password is shown only on the first run');
+    server = serverUrl(dev.stderr());
     assert.deepEqual(readFileSync(join(state, 'root.key')), rootKey, 'the root key file is the same');
     c = kmsClients(socket);
     const s = await call(c.v2, 'Status', {});
     assert.equal(s.key_id, rotatedKeyId);
     const d = await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-2-d', key_id: firstRun.keyId });
     assert.deepEqual(d.plaintext, firstRun.seed);
-    const keys = JSON.parse(kh(['key', 'list', '-o', 'json'], cwd).stdout) as Array<{ name: string; currentVersion: number }>;
+    const keys = keyList(kh(['key', 'list', '-o', 'json'], cwd).stdout);
     assert.deepEqual(keys.map((k) => [k.name, k.currentVersion]), [['kubernetes-secrets', 2]]);
     c.close();
     c = undefined;

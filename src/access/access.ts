@@ -67,7 +67,6 @@ export const DEFAULT_ACCESS_OPTIONS: AccessOptions = Object.freeze({
 interface CachedAuth {
   principal: Principal;
   credential: CredentialRow | undefined;
-  grants: Map<string, ReadonlySet<CryptoOperation>>; // key id -> operations
   until: number;
 }
 
@@ -135,6 +134,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
   const { store, barrier, audit } = deps;
   const opts: AccessOptions = { ...DEFAULT_ACCESS_OPTIONS, ...deps.options };
   const cache = new Map<string, CachedAuth>(); // credential id or "cert:<fp>" -> auth
+  const grantCache = new Map<string, { grants: Map<string, ReadonlySet<CryptoOperation>>; until: number }>(); // principal id -> grants
 
   const mustFind = async (s: Store, name: string, kind?: PrincipalKind): Promise<PrincipalRow> => {
     const row = NAME.test(name) ? await s.findPrincipalByName(name) : undefined;
@@ -156,6 +156,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       return r;
     });
     cache.clear();
+    grantCache.clear();
     return out;
   };
 
@@ -201,7 +202,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
         cache.delete(id);
         throw new KeyhavenError('unauthenticated', 'the token is not valid');
       }
-      c = { principal: toPrincipal(row, cred.kind), credential: cred, grants: await loadGrants(row.id), until: now + opts.cacheTtlMs };
+      c = { principal: toPrincipal(row, cred.kind), credential: cred, until: now + opts.cacheTtlMs };
       if (row.state !== 'active') c.credential = undefined;
       cache.set(id, c);
     }
@@ -363,7 +364,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       if (!c || c.until < now) {
         const row = await store.findPrincipalByCert(fingerprint);
         if (!row || row.kind !== 'app' || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'the client certificate is not registered to an app');
-        c = { principal: toPrincipal(row, 'cert'), credential: undefined, grants: await loadGrants(row.id), until: now + opts.cacheTtlMs };
+        c = { principal: toPrincipal(row, 'cert'), credential: undefined, until: now + opts.cacheTtlMs };
         cache.set(key, c);
       }
       return c.principal;
@@ -371,10 +372,13 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
 
     async grantedOperations(principal, keyId) {
       if (principal.kind !== 'app') return new Set();
-      for (const c of cache.values()) {
-        if (c.principal.id === principal.id && c.until >= Date.now()) return c.grants.get(keyId) ?? new Set();
+      const now = Date.now();
+      let g = grantCache.get(principal.id);
+      if (!g || g.until < now) {
+        g = { grants: await loadGrants(principal.id), until: now + opts.cacheTtlMs };
+        grantCache.set(principal.id, g);
       }
-      return (await loadGrants(principal.id)).get(keyId) ?? new Set();
+      return g.grants.get(keyId) ?? new Set();
     },
 
     async idOf(name) {
@@ -387,6 +391,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
 
     invalidate() {
       cache.clear();
+      grantCache.clear();
     },
 
     async sweep(now) {

@@ -1,12 +1,17 @@
 import { Command, CommanderError } from 'commander';
 import { PACKAGE_VERSION } from '../paths.js';
+import { registerApp } from './commands/app.js';
+import { registerApproval } from './commands/approval.js';
 import { registerAudit } from './commands/audit.js';
 import { registerDev } from './commands/dev.js';
 import { registerInit } from './commands/init.js';
 import { registerK8s } from './commands/k8s.js';
 import { registerKey } from './commands/key.js';
+import { registerLogin } from './commands/login.js';
+import { registerOperator } from './commands/operator.js';
 import { registerPlugin } from './commands/plugin.js';
 import { registerServer } from './commands/server.js';
+import { registerUser } from './commands/user.js';
 import { reportError } from './exit.js';
 
 /** The keyhaven command: parse, run one action, exit once with its code. */
@@ -26,7 +31,12 @@ export async function main(argv: string[]): Promise<number> {
   registerInit(program, run);
   registerServer(program, run);
   registerPlugin(program, run);
+  registerLogin(program, run);
+  registerOperator(program, run);
   registerKey(program, run);
+  registerApp(program, run);
+  registerUser(program, run);
+  registerApproval(program, run);
   registerAudit(program, run);
   registerK8s(program, run);
   try {

@@ -10,7 +10,7 @@ export interface StoreFlags {
   output: OutputFormat;
 }
 
-function parseOutput(v: string): OutputFormat {
+export function parseOutput(v: string): OutputFormat {
   if (v !== 'text' && v !== 'json') throw new KeyhavenError('invalid_argument', `--output must be text or json, not ${JSON.stringify(v)}`);
   return v;
 }

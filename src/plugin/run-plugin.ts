@@ -76,10 +76,14 @@ function parseSocketConfig(socket: string) {
   }
 }
 
-export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<RunningPlugin> {
+/**
+ * Serves the KMS API. `wired` hands in a provider built elsewhere (the dev
+ * command's in-process key server) instead of the one the config names.
+ */
+export async function startPlugin(cfg: PluginConfig, logger: Logger, wired?: { provider: KmsProvider; audit: AuditLog }): Promise<RunningPlugin> {
   const endpoint = parseSocketConfig(cfg.socket);
   const metrics = createPluginMetrics();
-  const { provider, audit } = await buildProvider(cfg);
+  const { provider, audit } = wired ?? (await buildProvider(cfg));
 
   const monitor = createStatusMonitor(provider, {
     cacheTtlMs: cfg.status.cacheTTL,

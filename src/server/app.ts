@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls';
 import fastifySwagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { actorName } from '../access/access.js';
 import { KeyhavenError, type ErrorCode } from '../errors.js';
@@ -102,7 +102,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const { core, logger, metrics } = opts;
   const app = Fastify({
     loggerInstance: logger.child({ component: 'http' }) as unknown as FastifyBaseLogger,
-    disableRequestLogging: true,
+    // Every request is in the audit log already; per-request log lines would double it.
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: opts.bodyLimit,
     genReqId: () => randomBytes(8).toString('hex'),
     requestIdHeader: false,

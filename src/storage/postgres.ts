@@ -15,10 +15,11 @@ export interface PostgresOptions {
   readonly onIdleError?: (err: Error) => void;
 }
 
-// Every write transaction takes this transaction-scoped advisory lock first,
-// so writers are serialised across all processes sharing the database, as
-// SQLite's `begin immediate` does: read-modify-write code (current_version + 1,
-// the audit chain's last seq/hash) needs no retry logic. ASCII "khwrite1".
+// Every transaction (and every write outside one) takes this
+// transaction-scoped advisory lock first, so writers are serialised across all
+// processes sharing the database, as SQLite's `begin immediate` does:
+// read-modify-write code (current_version + 1, the audit chain's last
+// seq/hash) needs no retry logic. ASCII "khwrite1".
 export const WRITE_LOCK_ID = 7739567292915410225n;
 // Held (session scope, on its own connection) while migrating at start-up, so
 // servers starting together migrate one at a time. ASCII "khmigrat".
@@ -88,12 +89,14 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   // A dedicated connection checks the server is there and holds the
   // migration lock; the pool is built only once that has worked.
   // Others wait here while one server migrates: allow longer than a write.
-  const admin = new pg.Client({ ...config, lock_timeout: MIGRATE_WAIT_MS });
-  admin.on('error', () => {}); // reported by the awaited call instead
+  let admin: pg.Client | undefined;
   try {
+    // The constructor parses the URL and throws on a malformed one.
+    admin = new pg.Client({ ...config, lock_timeout: MIGRATE_WAIT_MS });
+    admin.on('error', () => {}); // reported by the awaited call instead
     await admin.connect();
   } catch (e) {
-    await admin.end().catch(() => {});
+    await admin?.end().catch(() => {});
     throw new KeyhavenError('config_invalid', `cannot connect to PostgreSQL at ${target}: ${reasonOf(e, opts.url)}`);
   }
 
@@ -139,5 +142,32 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     }
   };
 
-  return new KyselyStore(db, runTransaction, () => db.destroy());
+  return new PostgresStore(db, runTransaction, () => db.destroy());
+}
+
+type Args<K extends keyof Store> = Store[K] extends (...a: infer A) => unknown ? A : never;
+
+// Writes made outside transaction() take the write lock too, so on PostgreSQL
+// as on SQLite no write lands in the middle of another process's transaction
+// (it would otherwise, between that transaction's reads and its writes).
+// Inside a transaction the plain KyselyStore runs them as they are; reads
+// never wait. Store methods that write belong in this list.
+class PostgresStore extends KyselyStore {
+  override setMeta(...a: Args<'setMeta'>) { return this.transaction((tx) => tx.setMeta(...a)); }
+  override setMetaIfAbsent(...a: Args<'setMetaIfAbsent'>) { return this.transaction((tx) => tx.setMetaIfAbsent(...a)); }
+  override barrierPut(...a: Args<'barrierPut'>) { return this.transaction((tx) => tx.barrierPut(...a)); }
+  override barrierDelete(...a: Args<'barrierDelete'>) { return this.transaction((tx) => tx.barrierDelete(...a)); }
+  override insertKey(...a: Args<'insertKey'>) { return this.transaction((tx) => tx.insertKey(...a)); }
+  override updateKey(...a: Args<'updateKey'>) { return this.transaction((tx) => tx.updateKey(...a)); }
+  override insertKeyVersion(...a: Args<'insertKeyVersion'>) { return this.transaction((tx) => tx.insertKeyVersion(...a)); }
+  override updateKeyVersion(...a: Args<'updateKeyVersion'>) { return this.transaction((tx) => tx.updateKeyVersion(...a)); }
+  override insertPrincipal(...a: Args<'insertPrincipal'>) { return this.transaction((tx) => tx.insertPrincipal(...a)); }
+  override updatePrincipal(...a: Args<'updatePrincipal'>) { return this.transaction((tx) => tx.updatePrincipal(...a)); }
+  override insertCredential(...a: Args<'insertCredential'>) { return this.transaction((tx) => tx.insertCredential(...a)); }
+  override updateCredential(...a: Args<'updateCredential'>) { return this.transaction((tx) => tx.updateCredential(...a)); }
+  override deleteExpiredSessions(...a: Args<'deleteExpiredSessions'>) { return this.transaction((tx) => tx.deleteExpiredSessions(...a)); }
+  override putGrant(...a: Args<'putGrant'>) { return this.transaction((tx) => tx.putGrant(...a)); }
+  override deleteGrant(...a: Args<'deleteGrant'>) { return this.transaction((tx) => tx.deleteGrant(...a)); }
+  override insertApproval(...a: Args<'insertApproval'>) { return this.transaction((tx) => tx.insertApproval(...a)); }
+  override updateApproval(...a: Args<'updateApproval'>) { return this.transaction((tx) => tx.updateApproval(...a)); }
 }

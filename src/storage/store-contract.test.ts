@@ -644,10 +644,15 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         await holder.next('holding');
         // The holder's record is not committed yet: appending now must wait
         // for it rather than reuse seq 1 or link to the genesis hash.
+        // Plain writes wait too (on SQLite the connection's busy timeout does this).
+        const metaWritten = store.setMeta('late', '1').then(() => Date.now());
         const [row] = await store.appendAudit([draft(1, { actor: 'late' })], linkRecord, { head });
+        const appendedAt = Date.now();
         const held = (await holder.done) as { seq: number; committedAt: number };
         assert.equal(held.seq, 1);
         assert.equal(row!.seq, 2);
+        assert.ok(appendedAt >= held.committedAt, 'the append finished after the holder committed');
+        assert.ok((await metaWritten) >= held.committedAt, 'the meta write finished after the holder committed');
         const rows = await store.readAudit(0, 10);
         assert.deepEqual(
           rows.map((r) => r.actor),

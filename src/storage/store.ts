@@ -33,7 +33,8 @@ export interface AppendAuditOptions {
   /**
    * true (default): on disk before the call returns. false: survives a crash
    * of the process (kill -9) but the newest records may be lost if the
-   * machine loses power. Only honoured outside an enclosing transaction.
+   * machine loses power (on PostgreSQL: synchronous_commit=off, so also if
+   * the database server crashes). Only honoured outside an enclosing transaction.
    */
   readonly fsync?: boolean;
 }

@@ -1,37 +1,270 @@
 import type { Command } from 'commander';
+import type { VerifyResult } from '../../audit/chain.js';
 import { KeyhavenError } from '../../errors.js';
-import { printJson } from '../output.js';
+import type { AuditQuery, AuditRow } from '../../storage/store.js';
+import { verifyDatabase, verifyExportFile } from '../audit-offline.js';
+import type { ApiClient, ConnectionFlags } from '../client.js';
+import { printJson, type OutputFormat } from '../output.js';
+import { connOptions, positiveInt, SERVER_HELP, withClient } from '../remote-command.js';
 import { storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
+// Every read of the server's audit log is itself audited: paging and polling
+// add records of their own. Export keeps them (the export must stay one
+// unbroken chain); tail hides them by request id, or following would feed on
+// itself.
+
+type AuditFlags = StoreFlags & ConnectionFlags;
+
+interface Filters {
+  after?: string;
+  since?: string;
+  until?: string;
+  principal?: string;
+  key?: string;
+  operation?: string;
+}
+
+const MODE_HELP = `
+Where an audit command reads:
+  --data-dir DIR (or --root-key-file) given   the embedded key store in DIR
+  --server URL given                          the key server (auditor role)
+  $KEYHAVEN_DATA_DIR set                      the embedded key store in that folder
+  otherwise                                   the key server
+${SERVER_HELP}`;
+
+function isLocal(flags: AuditFlags): boolean {
+  const localFlag = flags.dataDir !== undefined || flags.rootKeyFile !== undefined;
+  if (localFlag && flags.server !== undefined) throw new KeyhavenError('invalid_argument', '--server and --data-dir/--root-key-file name different targets; give one');
+  if (localFlag) return true;
+  if (flags.server !== undefined) return false;
+  return Boolean(process.env.KEYHAVEN_DATA_DIR);
+}
+
+function auditOptions(c: Command): Command {
+  return connOptions(storeOptions(c), { output: false }).addHelpText('after', MODE_HELP);
+}
+
+function filterOptions(c: Command): Command {
+  return c
+    .option('--since <time>', 'records at or after this ISO 8601 time, e.g. 2026-01-31T00:00:00Z')
+    .option('--until <time>', 'records at or before this ISO 8601 time')
+    .option('--principal <who>', 'records by this principal, e.g. user:alice or app:cluster-a')
+    .option('--key <name>', 'records about this key')
+    .option('--operation <op>', 'records of this operation, e.g. key.rotate or crypto.encrypt');
+}
+
+function afterSeq(v: string | undefined): number {
+  if (v === undefined) return 0;
+  if (!/^\d{1,15}$/.test(v)) throw new KeyhavenError('invalid_argument', `--after must be a record number, not ${JSON.stringify(v)}`);
+  return Number(v);
+}
+
+/** One page of records after `after`, oldest first, with the request id of the read itself (server). */
+type PageReader = (after: number, limit: number, filtered: boolean) => Promise<{ rows: AuditRow[]; lines: string[]; requestId?: string }>;
+
+function serverPages(c: ApiClient, f: Filters): PageReader {
+  return async (after, limit, filtered) => {
+    const query = { after, limit, ...(filtered ? { since: f.since, until: f.until, principal: f.principal, key: f.key, operation: f.operation } : {}) };
+    const r = await c.call<string>('GET', '/v1/audit', { query, text: true });
+    const lines = r.body.split('\n').filter((l) => l.length > 0);
+    return { rows: lines.map((l) => JSON.parse(l) as AuditRow), lines, requestId: r.requestId };
+  };
+}
+
+function localPages(query: (q: AuditQuery) => Promise<AuditRow[]>, f: Filters): PageReader {
+  return async (after, limit, filtered) => {
+    const rows = await query({ afterSeq: after, limit, ...(filtered ? { since: f.since, until: f.until, actor: f.principal, keyName: f.key, operation: f.operation } : {}) });
+    return { rows, lines: rows.map((r) => JSON.stringify(r)) };
+  };
+}
+
+const EXPORT_PAGE = 10_000;
+
+/** Pages through the log until a short page: records added by the export's own reads end up on a full page at most. */
+async function exportAll(read: PageReader, after: number): Promise<number> {
+  let n = 0;
+  for (;;) {
+    const page = await read(after, EXPORT_PAGE, true);
+    if (page.lines.length) process.stdout.write(page.lines.join('\n') + '\n');
+    n += page.rows.length;
+    if (page.rows.length < EXPORT_PAGE) return n;
+    after = page.rows[page.rows.length - 1]!.seq;
+  }
+}
+
+function rowText(r: AuditRow): string {
+  const key = r.key_name ? `${r.key_name}${r.key_version !== null ? `@v${r.key_version}` : ''}` : '-';
+  return `${r.seq}  ${r.time}  ${r.actor}  ${r.operation}  ${key}  ${r.result}${r.details ? `  ${r.details}` : ''}\n`;
+}
+
+/** The highest seq in the log, found with a handful of one-record reads (binary search). */
+async function lastSeq(read: PageReader, own: Set<string>): Promise<number> {
+  const exists = async (after: number) => {
+    const p = await read(after, 1, false);
+    if (p.requestId) own.add(p.requestId);
+    return p.rows.length > 0;
+  };
+  if (!(await exists(0))) return 0;
+  let lo = 0;
+  let hi = 1;
+  while (await exists(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (await exists(mid)) lo = mid;
+    else hi = mid;
+  }
+  return hi;
+}
+
+async function tail(read: PageReader, n: number, follow: boolean, output: OutputFormat): Promise<number> {
+  const own = new Set<string>();
+  const print = (rows: AuditRow[]) => {
+    for (const r of rows) {
+      if (r.request_id !== null && own.delete(r.request_id)) continue;
+      process.stdout.write(output === 'json' ? `${JSON.stringify(r)}\n` : rowText(r));
+    }
+  };
+  // Reads all matching records after `from`; returns them and the last seq seen.
+  const readFrom = async (from: number) => {
+    const rows: AuditRow[] = [];
+    let after = from;
+    for (;;) {
+      const p = await read(after, EXPORT_PAGE, true);
+      if (p.requestId) own.add(p.requestId);
+      rows.push(...p.rows);
+      if (p.rows.length) after = p.rows[p.rows.length - 1]!.seq;
+      if (p.rows.length < EXPORT_PAGE) return { rows, after };
+    }
+  };
+  const end = await lastSeq(read, own);
+  // Widens a window back from the end until it holds n matching records (filters may be sparse).
+  let span = Math.max(n * 2, 64);
+  let got: { rows: AuditRow[]; after: number };
+  for (;;) {
+    const from = Math.max(0, end - span);
+    got = await readFrom(from);
+    const mine = got.rows.filter((r) => r.request_id === null || !own.has(r.request_id));
+    if (mine.length >= n || from === 0) {
+      got.rows = mine.slice(-n);
+      break;
+    }
+    span *= 8;
+  }
+  print(got.rows);
+  let after = Math.max(got.after, end);
+  if (!follow) return 0;
+
+  let stop = false;
+  let wake: (() => void) | undefined;
+  const onSignal = () => {
+    stop = true;
+    wake?.();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  try {
+    while (!stop) {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 1000);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      if (stop) break;
+      const next = await readFrom(after);
+      print(next.rows);
+      after = next.after;
+    }
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+  return 0;
+}
+
+function reportVerify(r: VerifyResult, output: OutputFormat, extra: Record<string, unknown>, okNote: string): number {
+  if (output === 'json') printJson({ ...r, ...extra });
+  else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records ${okNote}\n`);
+  else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
+  return r.ok ? 0 : 1;
+}
+
 export function registerAudit(program: Command, run: (fn: () => Promise<number>) => void): void {
-  const audit = program.command('audit').description('Read and verify the audit log of the embedded key store');
-  storeOptions(audit.command('verify').description('Check the hash chain and its signed head; report the first edited, deleted or reordered record')).action(
-    (flags: StoreFlags) =>
-      run(() =>
-        withStore(flags, async (es) => {
-          const r = await es.audit.verify();
-          if (flags.output === 'json') printJson(r);
-          else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records\n`);
-          else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
-          return r.ok ? 0 : 1;
-        }),
-      ),
-  );
-  storeOptions(audit.command('export').description('Print audit records as JSON lines'))
-    .option('--after <seq>', 'only records after this sequence number', '0')
-    .action((flags: StoreFlags & { after: string }) =>
+  const audit = program.command('audit').description('Read, export and verify the audit log (key server, embedded store, a database copy or an export file)');
+
+  auditOptions(
+    audit
+      .command('verify')
+      .description('Check the hash chain (and its signed head where the root key is at hand); report the first edited, deleted or reordered record')
+      .option('--db <file>', 'verify a SQLite database offline, opened read-only (with --root-key-file also its signed head)')
+      .option('--file <export.jsonl>', 'verify a file written by "keyhaven audit export"'),
+  )
+    .addHelpText('after', '\nExit status 1 when verification fails; the message names the first broken record.')
+    .action((flags: AuditFlags & { db?: string; file?: string }) =>
       run(async () => {
-        if (!/^\d{1,15}$/.test(flags.after)) throw new KeyhavenError('invalid_argument', `--after must be a record number, not ${JSON.stringify(flags.after)}`);
-        return withStore(flags, async (es) => {
-          let after = Number(flags.after);
-          for (;;) {
-            const page = await es.store.readAudit(after, 1000);
-            if (page.length === 0) break;
-            process.stdout.write(page.map((r) => JSON.stringify(r)).join('\n') + '\n');
-            after = page[page.length - 1]!.seq;
-          }
-          return 0;
+        if ([flags.db, flags.file, flags.dataDir, flags.server].filter((v) => v !== undefined).length > 1) {
+          throw new KeyhavenError('invalid_argument', 'give one of --db, --file, --data-dir or --server');
+        }
+        if (flags.file !== undefined) {
+          if (flags.rootKeyFile !== undefined) throw new KeyhavenError('invalid_argument', '--root-key-file does not apply to --file: an export carries no signed head');
+          const r = await verifyExportFile(flags.file);
+          const note = `(records ${r.firstSeq} to ${r.lastSeq} of ${flags.file} link up; last hash ${r.lastHash}.\nThis checks the file against itself: compare that hash with record ${r.lastSeq} in the live log)`;
+          return reportVerify(r, flags.output, { source: 'file', checked: 'chain' }, note);
+        }
+        if (flags.db !== undefined) {
+          const r = await verifyDatabase(flags.db, flags.rootKeyFile);
+          const { headChecked, ...res } = r;
+          const note = headChecked
+            ? '(hash chain and signed head)'
+            : '(hash chain only: without --root-key-file the signed head is not checked, so records cut from the end or a chain rewritten from scratch would go unnoticed)';
+          return reportVerify(res, flags.output, { source: 'db', checked: headChecked ? 'chain+head' : 'chain' }, note);
+        }
+        if (isLocal(flags)) {
+          return withStore(flags, async (es) => {
+            const r = await es.audit.verify();
+            if (flags.output === 'json') printJson(r);
+            else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records\n`);
+            else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
+            return r.ok ? 0 : 1;
+          });
+        }
+        return withClient(flags, async (c) => {
+          const r = (await c.call<VerifyResult>('GET', '/v1/audit/verify')).body;
+          return reportVerify(r, flags.output, { source: 'server', checked: 'chain+head' }, `(hash chain and signed head, checked by ${c.connection.server})`);
         });
+      }),
+    );
+
+  filterOptions(auditOptions(audit.command('export').description('Print audit records as JSON lines, oldest first (the format audit verify --file reads)')))
+    .option('--after <seq>', 'only records after this sequence number', '0')
+    .addHelpText('after', '\nAn export without filters is one unbroken chain that "audit verify --file" can check; a filtered export is not.')
+    .action((flags: AuditFlags & Filters) =>
+      run(async () => {
+        const after = afterSeq(flags.after);
+        if (isLocal(flags)) return withStore(flags, async (es) => (await exportAll(localPages((q) => es.store.queryAudit(q), flags), after), 0));
+        return withClient(flags, async (c) => (await exportAll(serverPages(c, flags), after), 0));
+      }),
+    );
+
+  filterOptions(
+    auditOptions(
+      audit
+        .command('tail')
+        .description('Print the last records; with -f keep printing new ones (every second) until interrupted')
+        .option('-n, --lines <n>', 'how many records', '20')
+        .option('-f, --follow', 'keep polling for new records until SIGINT'),
+    ),
+  )
+    .addHelpText('after', '\nWith -o json each record is one JSON line. The reads tail makes are audited too; their records are not shown.')
+    .action((flags: AuditFlags & Filters & { lines: string; follow?: boolean }) =>
+      run(async () => {
+        const n = positiveInt('--lines', flags.lines);
+        if (isLocal(flags)) return withStore(flags, (es) => tail(localPages((q) => es.store.queryAudit(q), flags), n, flags.follow === true, flags.output));
+        return withClient(flags, (c) => tail(serverPages(c, flags), n, flags.follow === true, flags.output));
       }),
     );
 }

@@ -1,40 +1,121 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { actorName, SYSTEM } from '../../access/access.js';
+import { generatePassword } from '../../access/secrets.js';
 import { DEFAULT_KEY_NAME, parsePluginConfig } from '../../config/plugin-config.js';
+import { parseServerConfig } from '../../config/server-config.js';
+import { KeyhavenError } from '../../errors.js';
 import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
 import { createLogger } from '../../log/logger.js';
+import { createInProcessProvider } from '../../plugin/in-process-provider.js';
 import { startPlugin } from '../../plugin/run-plugin.js';
+import type { Services } from '../../server/core.js';
+import { startServer } from '../../server/run-server.js';
 import { defaultDataDir } from '../data-dir.js';
-import { ensureStore } from './init.js';
-import { runUntilSignal } from './plugin.js';
+import { serveUntilSignal } from './server.js';
+
+const DEV_ADMIN = 'dev-admin';
+const DEV_APP = 'dev-plugin';
+
+/**
+ * Makes sure the dev admin, the key and the plugin's app exist. Returns the
+ * admin password when the admin was created now (it is shown once).
+ */
+async function ensureDevState(s: Services, initPassword: string | undefined): Promise<{ password?: string; keyCreated: boolean }> {
+  let password = initPassword;
+  const users = await s.access.list('user');
+  if (!users.some((u) => u.name === DEV_ADMIN)) {
+    password = generatePassword();
+    await s.access.createUser(SYSTEM, { name: DEV_ADMIN, password, roles: [] });
+  }
+  // One person does everything in dev; production separates these roles.
+  const admin = users.find((u) => u.name === DEV_ADMIN);
+  if (!admin || admin.roles.length < 3) await s.access.setRoles(SYSTEM, DEV_ADMIN, ['security-admin', 'key-admin', 'auditor']);
+  let keyCreated = false;
+  try {
+    await s.keys.get(DEFAULT_KEY_NAME);
+  } catch (e) {
+    if (!(e instanceof KeyhavenError && e.code === 'not_found')) throw e;
+    await s.keys.create(DEFAULT_KEY_NAME, actorName(SYSTEM));
+    keyCreated = true;
+  }
+  const apps = await s.access.list('app');
+  const app = apps.find((a) => a.name === DEV_APP);
+  if (!app) await s.access.createApp(SYSTEM, { name: DEV_APP, description: 'the KMS plugin of keyhaven dev' });
+  if (!app?.grants?.some((g) => g.key === DEFAULT_KEY_NAME)) await s.access.setGrant(SYSTEM, DEV_APP, DEFAULT_KEY_NAME, ['encrypt', 'decrypt']);
+  return { ...(password ? { password } : {}), keyCreated };
+}
 
 export function registerDev(program: Command, run: (fn: () => Promise<number>) => void): void {
   program
     .command('dev')
-    .description('Create ./.keyhaven if absent and run the KMS plugin on it, printing the EncryptionConfiguration to use')
+    .description('Run the key server (SQLite, key file in ./.keyhaven) and the KMS plugin wired to it, printing the EncryptionConfiguration to use')
     .option('--data-dir <dir>', 'state folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
-    .option('--health-addr <host:port>', 'address for /healthz, /livez, /metrics', '127.0.0.1:8787')
+    .option('--listen <host:port>', 'key server address', '127.0.0.1:8200')
+    .option('--health-addr <host:port>', 'plugin address for /healthz, /livez, /metrics', '127.0.0.1:8787')
     .option('--log-level <level>', 'log level', 'info')
-    .action((flags: { dataDir?: string; healthAddr: string; logLevel: string }) =>
+    .action((flags: { dataDir?: string; listen: string; healthAddr: string; logLevel: string }) =>
       run(async () => {
         const dataDir = flags.dataDir ?? defaultDataDir();
         const socket = `unix://${join(dataDir, 'kms.sock')}`;
-        const cfg = parsePluginConfig(
+        const serverCfg = parseServerConfig(
+          {
+            listen: flags.listen,
+            storage: { sqlite: { path: join(dataDir, 'keyhaven.db') } },
+            seal: { keyfile: { path: join(dataDir, 'root.key') } },
+            log: { level: flags.logLevel },
+          },
+          'keyhaven dev',
+        );
+        const pluginCfg = parsePluginConfig(
           { socket, provider: { type: 'embedded', dataDir, key: DEFAULT_KEY_NAME }, health: { address: flags.healthAddr }, log: { level: flags.logLevel } },
           'keyhaven dev',
         );
-        const state = await ensureStore(dataDir, DEFAULT_KEY_NAME);
-        const logger = createLogger({ level: cfg.log.level });
-        const plugin = await startPlugin(cfg, logger);
+        const logger = createLogger({ level: flags.logLevel });
+        const server = await startServer(serverCfg, logger);
+        const core = server.core;
+        let plugin;
+        let state;
+        try {
+          const created = !core.status().initialized;
+          const init = created ? await core.init({ adminName: DEV_ADMIN }) : undefined;
+          state = { created, ...(await ensureDevState(core.services(), init?.admin.password)) };
+          const provider = createInProcessProvider({
+            keyName: DEFAULT_KEY_NAME,
+            refreshIntervalMs: pluginCfg.status.cacheTTL,
+            server: {
+              current: () => {
+                const s = core.services();
+                return { keys: s.keys, storeId: s.storeId };
+              },
+              authorize: async () => {
+                const s = core.services();
+                const id = await s.access.idOf(DEV_APP);
+                await s.keys.ensureLoaded(DEFAULT_KEY_NAME);
+                const ops = id ? await s.access.grantedOperations({ id, name: DEV_APP, kind: 'app', roles: [], via: 'system' }, s.keys.idOf(DEFAULT_KEY_NAME)!) : new Set();
+                if (!ops.has('encrypt') || !ops.has('decrypt')) throw new KeyhavenError('permission_denied', `app ${DEV_APP} no longer holds encrypt and decrypt on key ${DEFAULT_KEY_NAME}`);
+              },
+            },
+          });
+          plugin = await startPlugin(pluginCfg, logger, { provider, audit: core.audit });
+        } catch (e) {
+          await server.close();
+          throw e;
+        }
         const h = plugin.health;
         const where = h ? `http://${h.address.includes(':') ? `[${h.address}]` : h.address}:${h.port}` : undefined;
         const banner = [
           '',
-          `keyhaven dev: KMS plugin serving on ${socket}`,
+          `keyhaven dev: key server on ${server.url}, KMS plugin on ${socket}`,
           `  state:   ${dataDir} (${state.created ? 'created now' : 'reused'}; root.key, keyhaven.db)`,
-          `  key:     ${DEFAULT_KEY_NAME}`,
-          where ? `  health:  ${where}/healthz   liveness: ${where}/livez   metrics: ${where}/metrics` : '  health:  off',
+          `  key:     ${DEFAULT_KEY_NAME}; the plugin uses it as app "${DEV_APP}" (grants: encrypt, decrypt)`,
+          state.password
+            ? `  admin:   ${DEV_ADMIN} / ${state.password}   (shown once; roles: security-admin, key-admin, auditor)`
+            : `  admin:   ${DEV_ADMIN} (password shown on the run that created it)`,
+          `  login:   ./bin/keyhaven login --server ${server.url} --name ${DEV_ADMIN}`,
           `  manage:  ./bin/keyhaven key list | rotate ${DEFAULT_KEY_NAME} | disable ${DEFAULT_KEY_NAME} | enable ${DEFAULT_KEY_NAME}`,
+          `  api:     ${server.url}/v1/openapi.json   server metrics: ${server.url}/metrics`,
+          where ? `  plugin:  ${where}/healthz   liveness: ${where}/livez   metrics: ${where}/metrics` : '  plugin health: off',
           '',
           'EncryptionConfiguration for kube-apiserver (--encryption-provider-config):',
           '',
@@ -43,10 +124,13 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           '',
         ].join('\n');
         process.stderr.write(banner);
-        return runUntilSignal(plugin, logger).then(async (code) => {
-          await new Promise<void>((r) => logger.flush(() => r()));
-          return code;
-        });
+        const p = plugin;
+        const code = await serveUntilSignal(async () => {
+          await p.close();
+          await server.close();
+        }, logger);
+        await new Promise<void>((r) => logger.flush(() => r()));
+        return code;
       }),
     );
 }

@@ -1,0 +1,506 @@
+// The key server section of `npm run bench`: Encrypt and Decrypt calls/s over
+// HTTP with durable audit (fsync on), on SQLite and on PostgreSQL, beside a
+// bare node:http echo measured in the same run with the same client.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import pg from 'pg';
+import { request } from 'undici';
+import type { HttpLoadReport, LoadSpec } from './http-load.js';
+import { BenchError, exited, fmt, interrupted, log, onCleanup, ROOT, ratio, stopChild, table, track } from './procs.js';
+
+const CONCURRENCIES = [1, 16, 64] as const;
+const OPS = ['encrypt', 'decrypt'] as const;
+const READY_TIMEOUT_MS = 60_000;
+const PG_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
+const KEY = 'bench';
+const APP = 'bench-app';
+const KEY_ADMIN = 'bench-keys';
+const BODIES = 64;
+const AIM = { backend: 'sqlite', op: 'encrypt', concurrency: 16, ratio: 0.5 } as const;
+
+type Op = (typeof OPS)[number];
+type Backend = 'sqlite' | 'postgres';
+
+interface Measured extends HttpLoadReport {
+  /** Target process CPU over the measured window, in cores (1.00 = one core busy). */
+  targetCpu?: number;
+  /** Load client CPU over the measured window, in cores. */
+  clientCpu?: number;
+}
+
+interface ServerPoint {
+  backend: Backend;
+  op: Op;
+  concurrency: number;
+  echo?: Measured;
+  server?: Measured;
+  serverOverEcho?: number;
+}
+
+export interface ServerSectionOptions {
+  readonly seconds: number;
+  readonly warmup: number;
+  /** A folder of the caller's, removed by it. */
+  readonly tmpDir: string;
+}
+
+export interface ServerSectionResult {
+  readonly text: string;
+  readonly json: unknown;
+  readonly failed: boolean;
+}
+
+// ---------------------------------------------------------------- processes
+
+/** A child that prints its state on stdout; keeps the last lines for error messages. */
+class Child {
+  readonly proc: ChildProcess;
+  private tail: string[] = [];
+  private lineWaiters: ((line: string) => void)[] = [];
+  private partial = '';
+  spawnError: Error | undefined;
+
+  constructor(
+    readonly label: string,
+    argv: string[],
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
+    this.proc = track(spawn(process.execPath, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    // Always drain the pipes, or a chatty child blocks on a full pipe.
+    this.proc.stdout?.setEncoding('utf8').on('data', (d: string) => this.onStdout(d));
+    this.proc.stderr?.setEncoding('utf8').on('data', (d: string) => this.remember(d));
+    this.proc.once('error', (e) => (this.spawnError = e));
+  }
+
+  private onStdout(chunk: string): void {
+    const lines = (this.partial + chunk).split('\n');
+    this.partial = lines.pop() ?? '';
+    for (const line of lines) {
+      this.remember(line);
+      for (const w of this.lineWaiters) w(line);
+    }
+  }
+
+  private remember(chunk: string): void {
+    for (const line of chunk.split('\n')) {
+      if (!line.trim()) continue;
+      this.tail.push(line);
+      if (this.tail.length > 40) this.tail.shift();
+    }
+  }
+
+  onLine(fn: (line: string) => void): void {
+    this.lineWaiters.push(fn);
+  }
+
+  output(): string {
+    return this.tail.length ? `\n--- last output of ${this.label} ---\n${this.tail.join('\n')}` : '';
+  }
+
+  lastLines(): string[] {
+    return [...this.tail];
+  }
+
+  stop(): Promise<void> {
+    return stopChild(this.proc);
+  }
+}
+
+const CLK_TCK = (() => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  const v = Number(r.stdout?.trim());
+  return Number.isFinite(v) && v > 0 ? v : 100;
+})();
+
+/** User + system CPU seconds of a process so far (Linux); undefined elsewhere. */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return undefined;
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      s.close(() => (typeof addr === 'object' && addr ? res(addr.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+// ---------------------------------------------------------------- HTTP set-up
+
+interface Answer {
+  status: number;
+  text: string;
+  json: unknown;
+}
+
+async function call(base: string, method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown, token?: string): Promise<Answer> {
+  const headers: Record<string, string> = {};
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  if (token) headers.authorization = `Bearer ${token}`;
+  const res = await request(`${base}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.body.text();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: res.statusCode, text, json };
+}
+
+async function must<T>(what: string, a: Promise<Answer>): Promise<T & { bytes: number }> {
+  const r = await a;
+  if (r.status < 200 || r.status >= 300) throw new BenchError(`server set-up: ${what} answered ${r.status}: ${r.text.slice(0, 300)}`);
+  return { ...(r.json as T), bytes: Buffer.byteLength(r.text) };
+}
+
+// ---------------------------------------------------------------- targets
+
+interface Target {
+  readonly name: 'echo' | Backend;
+  readonly child: Child;
+  readonly url: string;
+  readonly headers: Record<string, string>;
+  readonly bodies: Record<Op, string[]>;
+}
+
+interface ServerTarget extends Target {
+  readonly name: Backend;
+  readonly answerBytes: Record<Op, number>;
+}
+
+/** A comma-separated subset from the environment, for focused runs (profiling). */
+function envSubset<T extends string | number>(name: string, all: readonly T[]): readonly T[] {
+  const raw = process.env[name]?.trim();
+  if (!raw) return all;
+  const picked = raw.split(',').map((v) => v.trim()).filter(Boolean);
+  const out = all.filter((v) => picked.includes(String(v)));
+  const unknown = picked.filter((v) => !all.some((a) => String(a) === v));
+  if (unknown.length || out.length === 0) throw new BenchError(`${name} takes a comma-separated subset of ${all.join(',')}, got ${JSON.stringify(raw)}`);
+  return out;
+}
+
+function serverNodeArgs(): string[] {
+  const raw = process.env.BENCH_SERVER_NODE_ARGS?.trim();
+  return raw ? raw.split(/\s+/) : [];
+}
+
+async function startServer(backend: Backend, storage: unknown, dir: string, plaintexts: string[], children: Child[]): Promise<ServerTarget> {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const port = await freePort();
+  const cfgPath = join(dir, 'server.yaml');
+  // YAML is a superset of JSON.
+  const cfg = {
+    listen: `127.0.0.1:${port}`,
+    storage,
+    seal: { keyfile: { path: join(dir, 'root.key') } },
+    audit: { fsync: true },
+    log: { level: 'warn' },
+  };
+  writeFileSync(cfgPath, `${JSON.stringify(cfg, null, 2)}\n`);
+  const cli = join(ROOT, 'bin', 'keyhaven');
+  if (!existsSync(join(ROOT, 'dist', 'src', 'cli', 'main.js'))) throw new BenchError('the server is not built yet (npm run build)');
+  const child = new Child(backend, [...serverNodeArgs(), cli, 'server', '--config', cfgPath]);
+  children.push(child);
+  const base = `http://127.0.0.1:${port}`;
+  const started = Date.now();
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  for (;;) {
+    if (interrupted) throw new BenchError('interrupted');
+    if (child.spawnError) throw new BenchError(`${backend} server: ${child.spawnError.message}`);
+    if (exited(child.proc)) throw new BenchError(`${backend} server exited (${child.proc.exitCode ?? child.proc.signalCode}) before it was ready${child.output()}`);
+    const r = await call(base, 'GET', '/v1/sys/seal-status').catch(() => undefined);
+    if (r?.status === 200) break;
+    if (Date.now() > deadline) throw new BenchError(`${backend} server not ready after ${READY_TIMEOUT_MS / 1000} s at ${base}${child.output()}`);
+    await sleep(100);
+  }
+
+  const init = await must<{ admin: { name: string; password: string } }>('POST /v1/sys/init', call(base, 'POST', '/v1/sys/init', {}));
+  const admin = await must<{ token: string }>('admin login', call(base, 'POST', '/v1/auth/login', { name: init.admin.name, password: init.admin.password }));
+  const keyAdminPassword = randomBytes(18).toString('base64url');
+  await must('POST /v1/users', call(base, 'POST', '/v1/users', { name: KEY_ADMIN, password: keyAdminPassword, roles: ['key-admin'] }, admin.token));
+  const keyAdmin = await must<{ token: string }>('key-admin login', call(base, 'POST', '/v1/auth/login', { name: KEY_ADMIN, password: keyAdminPassword }));
+  const app = await must<{ apiKey: string }>('POST /v1/apps', call(base, 'POST', '/v1/apps', { name: APP }, admin.token));
+  await must('POST /v1/keys', call(base, 'POST', '/v1/keys', { name: KEY }, keyAdmin.token));
+  await must('PUT grants', call(base, 'PUT', `/v1/apps/${APP}/grants/${KEY}`, { operations: ['encrypt', 'decrypt'] }, admin.token));
+
+  // Ciphertexts for the decrypt load, made first (concurrently, so the audit batches them); each is checked once.
+  const made = await Promise.all(
+    plaintexts.map(async (pt) => {
+      const enc = await must<{ ciphertext: string }>('encrypt', call(base, 'POST', `/v1/keys/${KEY}/encrypt`, { plaintext: pt }, app.apiKey));
+      const dec = await must<{ plaintext: string }>('decrypt', call(base, 'POST', `/v1/keys/${KEY}/decrypt`, { ciphertext: enc.ciphertext }, app.apiKey));
+      if (dec.plaintext !== pt) throw new BenchError(`${backend} server: decrypt returned a different plaintext`);
+      return { ciphertext: enc.ciphertext, encryptBytes: enc.bytes, decryptBytes: dec.bytes };
+    }),
+  );
+  const ciphertexts = made.map((m) => m.ciphertext);
+  const encryptBytes = Math.max(...made.map((m) => m.encryptBytes));
+  const decryptBytes = Math.max(...made.map((m) => m.decryptBytes));
+  log(`server: ${backend} ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  return {
+    name: backend,
+    child,
+    url: base,
+    headers: { authorization: `Bearer ${app.apiKey}` },
+    bodies: {
+      encrypt: plaintexts.map((p) => JSON.stringify({ plaintext: p })),
+      decrypt: ciphertexts.map((c) => JSON.stringify({ ciphertext: c })),
+    },
+    answerBytes: { encrypt: encryptBytes, decrypt: decryptBytes },
+  };
+}
+
+async function startEcho(like: ServerTarget, children: Child[]): Promise<Target> {
+  const child = new Child('echo', [join(ROOT, 'dist', 'bench', 'http-echo.js'), String(like.answerBytes.encrypt), String(like.answerBytes.decrypt)]);
+  children.push(child);
+  const url = await new Promise<string>((res, rej) => {
+    const timer = setTimeout(() => rej(new BenchError(`http echo not ready after 10 s${child.output()}`)), 10_000);
+    child.onLine((line) => {
+      try {
+        const u = (JSON.parse(line) as { url?: string }).url;
+        if (u) {
+          clearTimeout(timer);
+          res(u);
+        }
+      } catch {
+        // not ours
+      }
+    });
+    child.proc.once('exit', (code) => {
+      clearTimeout(timer);
+      rej(new BenchError(`http echo exited (${code}) before it was ready${child.output()}`));
+    });
+  });
+  // Same request bodies and headers as the server gets.
+  return { name: 'echo', child, url, headers: like.headers, bodies: like.bodies };
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+async function pgAdmin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
+  const c = new pg.Client({ connectionString: PG_ADMIN_URL, connectionTimeoutMillis: 3000 });
+  c.on('error', () => {});
+  await c.connect();
+  try {
+    return await fn(c);
+  } finally {
+    await c.end().catch(() => {});
+  }
+}
+
+/** A throwaway database, or the reason there is none. */
+async function pgDatabase(): Promise<{ url: string; drop(): Promise<void> } | { skip: string }> {
+  try {
+    await pgAdmin((c) => c.query('select 1'));
+  } catch (e) {
+    return { skip: `PostgreSQL unreachable at ${new URL(PG_ADMIN_URL).host} as postgres: ${e instanceof Error ? e.message : String(e)}` };
+  }
+  const name = `keyhaven_bench_${randomBytes(6).toString('hex')}`;
+  await pgAdmin((c) => c.query(`create database ${name}`));
+  let dropped = false;
+  const drop = async () => {
+    if (dropped) return;
+    dropped = true;
+    // force: ends sessions a killed server left open (PostgreSQL 13+).
+    await pgAdmin((c) => c.query(`drop database if exists ${name} with (force)`));
+  };
+  const u = new URL(PG_ADMIN_URL);
+  u.pathname = `/${name}`;
+  log(`created PostgreSQL database ${name}`);
+  return { url: u.toString(), drop };
+}
+
+// ---------------------------------------------------------------- load
+
+async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOptions, specDir: string): Promise<Measured> {
+  const spec: LoadSpec = {
+    url: t.url,
+    path: `/v1/keys/${KEY}/${op}`,
+    headers: t.headers,
+    bodies: t.bodies[op],
+    concurrency,
+    seconds: o.seconds,
+    warmup: o.warmup,
+  };
+  const specPath = join(specDir, `load-${t.name}.json`);
+  writeFileSync(specPath, JSON.stringify(spec));
+  const client = new Child(`load ${t.name}`, [join(ROOT, 'dist', 'bench', 'http-load.js'), specPath]);
+  // CPU of the target over the measured window, sampled on the client's clock marks.
+  let cpuAtStart: number | undefined;
+  let cpuAtEnd: number | undefined;
+  let markedAt = 0;
+  let window = 0;
+  client.onLine((line) => {
+    if (line === 'measure') {
+      cpuAtStart = cpuSeconds(t.child.proc.pid);
+      markedAt = performance.now();
+    } else if (line === 'done') {
+      cpuAtEnd = cpuSeconds(t.child.proc.pid);
+      window = (performance.now() - markedAt) / 1000;
+    }
+  });
+  const code = await new Promise<number | null>((res) => {
+    if (exited(client.proc)) res(client.proc.exitCode);
+    else client.proc.once('exit', (c) => res(c));
+  });
+  if (client.spawnError) throw new BenchError(`load client: ${client.spawnError.message}`);
+  const lines = client.lastLines();
+  const reportLine = [...lines].reverse().find((l) => l.startsWith('{'));
+  if (code !== 0 || !reportLine) throw new BenchError(`load client for ${t.name} ${op} c=${concurrency} exited ${code}${client.output()}`);
+  const r = JSON.parse(reportLine) as Measured & { cpuSeconds?: number };
+  if (cpuAtStart !== undefined && cpuAtEnd !== undefined && window > 0) r.targetCpu = Math.round(((cpuAtEnd - cpuAtStart) / window) * 100) / 100;
+  if (r.cpuSeconds !== undefined) r.clientCpu = Math.round((r.cpuSeconds / o.seconds) * 100) / 100;
+  delete r.cpuSeconds;
+  if (exited(t.child.proc)) throw new BenchError(`${t.name} exited during ${op} c=${concurrency}${t.child.output()}`);
+  return r;
+}
+
+// ---------------------------------------------------------------- report
+
+function lat(r: Measured | undefined): string {
+  return r ? `${r.p50Ms.toFixed(2)} / ${r.p99Ms.toFixed(2)}` : '-';
+}
+
+function cores(r: Measured | undefined): string {
+  return r?.targetCpu === undefined ? '-' : r.targetCpu.toFixed(2);
+}
+
+function errs(r: Measured | undefined): string {
+  if (!r) return '-';
+  return r.errors ? `${r.errors} !!` : '0';
+}
+
+function describeErrors(label: string, r: Measured | undefined): string[] {
+  if (!r || r.errors === 0) return [];
+  const kinds = Object.entries(r.errorKinds).map(([k, n]) => `${k}×${n}`).join(', ');
+  return [`  ${label}: ${r.errors} failed (${kinds}); first: ${r.firstError ?? '?'}`];
+}
+
+// ---------------------------------------------------------------- main
+
+export async function runServerSection(o: ServerSectionOptions): Promise<ServerSectionResult> {
+  const dir = join(o.tmpDir, 'server');
+  mkdirSync(dir, { recursive: true });
+  const plaintexts = Array.from({ length: BODIES }, () => randomBytes(32).toString('base64'));
+  const backends = envSubset<Backend>('BENCH_SERVER_BACKENDS', ['sqlite', 'postgres']);
+  const ops = envSubset<Op>('BENCH_SERVER_OPS', OPS);
+  const concurrencies = envSubset<number>('BENCH_SERVER_C', CONCURRENCIES);
+
+  const servers: ServerTarget[] = [];
+  const children: Child[] = [];
+  let pgSkip: string | undefined;
+  let pgDrop: (() => Promise<void>) | undefined;
+  let unregister: (() => void) | undefined;
+  try {
+    if (backends.includes('sqlite')) {
+      log('server: starting keyhaven server on SQLite');
+      servers.push(await startServer('sqlite', { sqlite: { path: join(dir, 'sqlite', 'keyhaven.db') } }, join(dir, 'sqlite'), plaintexts, children));
+    }
+
+    const db = backends.includes('postgres') ? await pgDatabase() : { skip: 'not selected (BENCH_SERVER_BACKENDS)' };
+    if ('skip' in db) {
+      pgSkip = db.skip;
+      log(`server: skipping PostgreSQL: ${pgSkip}`);
+    } else {
+      pgDrop = db.drop;
+      unregister = onCleanup(db.drop);
+      log('server: starting keyhaven server on PostgreSQL');
+      servers.push(await startServer('postgres', { postgres: { url: db.url } }, join(dir, 'postgres'), plaintexts, children));
+    }
+    const first = servers[0];
+    if (!first) throw new BenchError(`no key server to measure: ${pgSkip ?? 'none selected'}`);
+    for (const s of servers.slice(1)) {
+      if (s.answerBytes.encrypt !== first.answerBytes.encrypt || s.answerBytes.decrypt !== first.answerBytes.decrypt) {
+        log(`server: ${s.name} answers are ${s.answerBytes.encrypt}/${s.answerBytes.decrypt} bytes, ${first.name} ${first.answerBytes.encrypt}/${first.answerBytes.decrypt}`);
+      }
+    }
+    log(`server: starting the HTTP echo (answers of ${first.answerBytes.encrypt} and ${first.answerBytes.decrypt} bytes)`);
+    const echo = await startEcho(first, children);
+
+    // Interleave targets per point so drift on the machine hits all alike.
+    const points: ServerPoint[] = [];
+    for (const op of ops) {
+      for (const c of concurrencies) {
+        const e = await load(echo, op, c, o, dir);
+        log(`server: echo ${op} c=${c}: ${e.callsPerSec.toFixed(0)} calls/s, p50 ${e.p50Ms} ms, p99 ${e.p99Ms} ms, errors ${e.errors}`);
+        for (const s of servers) {
+          const r = await load(s, op, c, o, dir);
+          const q = ratio(r.callsPerSec, e.callsPerSec);
+          log(`server: ${s.name} ${op} c=${c}: ${r.callsPerSec.toFixed(0)} calls/s (${fmt(q, 2)}× echo), p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, cpu ${cores(r)}, errors ${r.errors}`);
+          points.push({ backend: s.name, op, concurrency: c, echo: e, server: r, serverOverEcho: q });
+        }
+      }
+    }
+
+    const out: string[] = [];
+    out.push(`keyhaven key server benchmark — ${cpus().length} CPUs, Node ${process.version}`);
+    out.push(`${o.seconds} s measured per point after ${o.warmup} s warm-up; undici Pool, one keep-alive connection per call in flight; audit fsync on`);
+    out.push(`echo: bare node:http answering ${first.answerBytes.encrypt}-byte (encrypt) and ${first.answerBytes.decrypt}-byte (decrypt) JSON bodies`);
+    if (pgSkip) out.push(`PostgreSQL skipped: ${pgSkip}`);
+    out.push('');
+    out.push(
+      table(
+        ['backend', 'op', 'c', 'echo calls/s', 'server calls/s', 'server/echo', 'echo p50/p99 ms', 'server p50/p99 ms', 'server cpu', 'client cpu', 'errors echo', 'errors server'],
+        points.map((p) => [
+          p.backend, p.op, String(p.concurrency),
+          fmt(p.echo?.callsPerSec), fmt(p.server?.callsPerSec), fmt(p.serverOverEcho, 2),
+          lat(p.echo), lat(p.server), cores(p.server), fmt(p.server?.clientCpu, 2), errs(p.echo), errs(p.server),
+        ]),
+        3,
+      ),
+    );
+    out.push('');
+    const aim = points.find((p) => p.backend === AIM.backend && p.op === AIM.op && p.concurrency === AIM.concurrency);
+    const got = aim?.serverOverEcho;
+    out.push(
+      `aim: ${AIM.backend} ${AIM.op} at c=${AIM.concurrency} ≥ ${AIM.ratio.toFixed(2)}× echo — measured ${fmt(got, 2)}× ` +
+        `(${fmt(aim?.server?.callsPerSec)} / ${fmt(aim?.echo?.callsPerSec)} calls/s): ${got !== undefined && got >= AIM.ratio ? 'met' : 'NOT MET'}`,
+    );
+    out.push('server/echo: share of the bare node:http ceiling the key server reaches (1.00 = as fast as a server doing nothing).');
+    out.push('server cpu / client cpu: cores used by the server process and by the load client over the measured window.');
+
+    const errorLines: string[] = [];
+    const seen = new Set<Measured>();
+    for (const p of points) {
+      if (p.echo && !seen.has(p.echo)) {
+        seen.add(p.echo);
+        errorLines.push(...describeErrors(`echo ${p.op} c=${p.concurrency}`, p.echo));
+      }
+      errorLines.push(...describeErrors(`${p.backend} ${p.op} c=${p.concurrency}`, p.server));
+    }
+    const failed = errorLines.length > 0;
+    if (failed) {
+      out.push('');
+      out.push('!!!!!!!! CALLS FAILED: the figures above are not valid !!!!!!!!');
+      out.push(...errorLines);
+    }
+    out.push('');
+    out.push('results (JSON):');
+    const json = { section: 'server', cpus: cpus().length, node: process.version, seconds: o.seconds, warmup: o.warmup, postgresSkipped: pgSkip ?? null, answerBytes: first.answerBytes, points };
+    out.push(JSON.stringify(json));
+    return { text: out.join('\n'), json, failed };
+  } finally {
+    await Promise.allSettled(children.map((c) => c.stop()));
+    if (pgDrop) {
+      await pgDrop().catch((e: unknown) => log(`server: dropping the PostgreSQL database failed: ${e instanceof Error ? e.message : String(e)}`));
+      unregister?.();
+    }
+  }
+}

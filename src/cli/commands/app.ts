@@ -1,0 +1,111 @@
+import type { Command } from 'commander';
+import { printJson, formatTable } from '../output.js';
+import { commaList, connOptions, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView, type RemoteFlags } from '../remote-command.js';
+
+export interface PrincipalView {
+  name: string;
+  kind: 'user' | 'app';
+  roles: string[];
+  state: string;
+  description: string | null;
+  certFingerprint: string | null;
+  lockedUntil: string | null;
+  createdAt: string;
+  grants?: Array<{ key: string; operations: string[]; createdAt: string; createdBy: string }>;
+}
+
+function printApiKey(app: string, apiKey: string): void {
+  process.stdout.write(`API key for app "${app}" (shown once; store it now, e.g. in the plugin's apiKeyFile):\n${apiKey}\n`);
+}
+
+export function registerApp(program: Command, run: (fn: () => Promise<number>) => void): void {
+  const app = program.command('app').description('Manage apps (workloads such as a cluster\'s KMS plugin) and their key grants (security-admin)').addHelpText('after', SERVER_HELP);
+
+  connOptions(
+    app
+      .command('create <name>')
+      .description('Create an app; its API key is printed once')
+      .option('--description <text>', 'what the app is, e.g. "prod cluster eu-1"')
+      .option('--cert-fingerprint <hex>', 'SHA-256 fingerprint (hex) of a client certificate the app may use instead of its API key (mTLS)'),
+  ).action((name: string, flags: RemoteFlags & { description?: string; certFingerprint?: string }) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const body = {
+          name,
+          ...(flags.description !== undefined ? { description: flags.description } : {}),
+          // Accepts the colon-separated form openssl prints.
+          ...(flags.certFingerprint !== undefined ? { certFingerprint: flags.certFingerprint.replace(/:/g, '').toLowerCase() } : {}),
+        };
+        const r = await c.call<{ app: PrincipalView; apiKey: string }>('POST', '/v1/apps', { body });
+        if (flags.output === 'json') printJson(r.body);
+        else {
+          process.stdout.write(`app "${r.body.app.name}" created\n`);
+          printApiKey(r.body.app.name, r.body.apiKey);
+        }
+        return 0;
+      }),
+    ),
+  );
+
+  connOptions(app.command('list').description('List apps and their grants')).action((flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const { apps } = (await c.call<{ apps: PrincipalView[] }>('GET', '/v1/apps')).body;
+        if (flags.output === 'json') printJson(apps);
+        else if (apps.length === 0) process.stdout.write('no apps\n');
+        else {
+          const rows = [['NAME', 'STATE', 'GRANTS', 'CERT', 'DESCRIPTION']];
+          for (const a of apps) {
+            const grants = (a.grants ?? []).map((g) => `${g.key}:${g.operations.join('+')}`).join(' ') || '-';
+            rows.push([a.name, a.state, grants, a.certFingerprint ? `${a.certFingerprint.slice(0, 16)}…` : '-', a.description ?? '']);
+          }
+          process.stdout.write(formatTable(rows));
+        }
+        return 0;
+      }),
+    ),
+  );
+
+  connOptions(
+    app
+      .command('grant <app> <key>')
+      .description('Grant an app crypto operations on a key, replacing its earlier grant on that key (may need approval)')
+      .requiredOption('--ops <list>', 'comma list of encrypt, decrypt, rewrap, datakey'),
+  ).action((appName: string, keyName: string, flags: RemoteFlags & { ops: string }) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const r = await c.call<{ key: string; operations: string[] } | { approval: ApprovalView }>('PUT', `/v1/apps/${seg(appName)}/grants/${seg(keyName)}`, {
+          body: { operations: commaList(flags.ops) },
+        });
+        if (r.status === 202) return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
+        const g = r.body as { key: string; operations: string[] };
+        if (flags.output === 'json') printJson(g);
+        else process.stdout.write(`app "${appName}" may now ${g.operations.join(', ')} with key "${g.key}"\n`);
+        return 0;
+      }),
+    ),
+  );
+
+  connOptions(app.command('revoke <app> <key>').description('Revoke an app\'s grant on a key')).action((appName: string, keyName: string, flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        await c.call('DELETE', `/v1/apps/${seg(appName)}/grants/${seg(keyName)}`);
+        if (flags.output === 'json') printJson({ app: appName, key: keyName, revoked: true });
+        else process.stdout.write(`app "${appName}" may no longer use key "${keyName}"\n`);
+        return 0;
+      }),
+    ),
+  );
+
+  connOptions(app.command('rotate-key <app>').description('Issue a new API key for an app (printed once); the old one stops working at once')).action(
+    (appName: string, flags: RemoteFlags) =>
+      run(() =>
+        withClient(flags, async (c) => {
+          const r = await c.call<{ apiKey: string }>('POST', `/v1/apps/${seg(appName)}/rotate-key`, { body: {} });
+          if (flags.output === 'json') printJson({ app: appName, apiKey: r.body.apiKey });
+          else printApiKey(appName, r.body.apiKey);
+          return 0;
+        }),
+      ),
+  );
+}

@@ -1,0 +1,141 @@
+import type { Command } from 'commander';
+import { KeyhavenError } from '../../errors.js';
+import type { ApiClient } from '../client.js';
+import { printJson, type OutputFormat } from '../output.js';
+import { canPrompt, promptSecret, readStdin } from '../prompt.js';
+import { connOptions, positiveInt, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
+
+interface SealStatus {
+  initialized: boolean;
+  sealed: boolean;
+  kind: 'keyfile' | 'shamir' | 'pkcs11';
+  threshold?: number;
+  shares?: number;
+  progress?: number;
+}
+
+function statusText(server: string, s: SealStatus): string {
+  const lines = [`server:       ${server}`, `initialized:  ${s.initialized}`, `sealed:       ${s.sealed}`, `seal:         ${s.kind}`];
+  if (s.kind === 'shamir' && s.threshold !== undefined) {
+    lines.push(`shares:       ${s.threshold} of ${s.shares} needed to unseal`);
+    if (s.sealed) lines.push(`progress:     ${s.progress ?? 0} of ${s.threshold} entered`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+function unsealText(s: SealStatus): string {
+  if (!s.sealed) return 'the server is unsealed\n';
+  return `share accepted: ${s.progress ?? 0} of ${s.threshold} entered; the server is still sealed\n`;
+}
+
+/** Posts shares one by one until the server unseals (a shamir server); the last status. */
+async function postShares(c: ApiClient, shares: readonly string[]): Promise<SealStatus> {
+  let last: SealStatus | undefined;
+  for (const share of shares) {
+    last = (await c.call<SealStatus>('POST', '/v1/sys/unseal', { body: { share }, auth: false })).body;
+    if (!last.sealed) break;
+  }
+  return last!;
+}
+
+export function registerOperator(program: Command, run: (fn: () => Promise<number>) => void): void {
+  const op = program.command('operator').description('Initialise, seal and unseal the key server').addHelpText('after', SERVER_HELP);
+
+  connOptions(
+    op
+      .command('init')
+      .description('Initialise a new key server: its root key (and unseal shares) and the first security-admin')
+      .option('--shares <n>', 'unseal shares to make (shamir seal)')
+      .option('--threshold <m>', 'shares needed to unseal (shamir seal)')
+      .option('--admin <name>', 'name of the first security-admin', 'admin'),
+  ).action((flags: RemoteFlags & { shares?: string; threshold?: string; admin: string }) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const body = {
+          ...(flags.shares !== undefined ? { shares: positiveInt('--shares', flags.shares) } : {}),
+          ...(flags.threshold !== undefined ? { threshold: positiveInt('--threshold', flags.threshold) } : {}),
+          adminName: flags.admin,
+        };
+        const r = await c.call<{ shares?: string[]; admin: { name: string; password: string } }>('POST', '/v1/sys/init', { body, auth: false });
+        if (flags.output === 'json') {
+          printJson(r.body);
+          return 0;
+        }
+        const out: string[] = [`keyhaven server at ${c.connection.server} initialised.`, ''];
+        out.push('WARNING: everything below is shown once and never again. Store each unseal share');
+        out.push('with a different person or place, and the admin password apart from the shares.');
+        out.push('');
+        const shares = r.body.shares ?? [];
+        shares.forEach((s, i) => out.push(`unseal share ${i + 1} of ${shares.length}: ${s}`));
+        if (shares.length) {
+          const st = (await c.call<SealStatus>('GET', '/v1/sys/seal-status', { auth: false })).body;
+          out.push('', `${st.threshold ?? '?'} of these ${shares.length} shares unseal the server. It starts sealed: run keyhaven operator unseal.`, '');
+        }
+        out.push(`security-admin name:     ${r.body.admin.name}`, `security-admin password: ${r.body.admin.password}`, '');
+        out.push(`log in with: keyhaven login --server ${c.connection.server} --name ${r.body.admin.name}`);
+        process.stdout.write(out.join('\n') + '\n');
+        return 0;
+      }),
+    ),
+  );
+
+  connOptions(
+    op
+      .command('unseal [share]')
+      .description('Enter an unseal share (shamir), or have a keyfile/pkcs11 server load its root key again')
+      .option('--share-stdin', 'read the share(s) from stdin, one per line'),
+  )
+    .addHelpText(
+      'after',
+      '\nPrefer the prompt or --share-stdin to a SHARE argument: arguments are visible to other users in ps.\nWithout SHARE a shamir server\'s share is read from the terminal (not echoed) or, when stdin is not a terminal, from stdin.',
+    )
+    .action((share: string | undefined, flags: RemoteFlags & { shareStdin?: boolean }) =>
+      run(() =>
+        withClient(flags, async (c) => {
+          const status = (await c.call<SealStatus>('GET', '/v1/sys/seal-status', { auth: false })).body;
+          let after: SealStatus;
+          if (!status.initialized) throw new KeyhavenError('sealed', 'the server is not initialised; run keyhaven operator init');
+          if (!status.sealed) after = status;
+          else if (status.kind !== 'shamir') {
+            // Keyfile and pkcs11 servers recover the root key themselves.
+            after = (await c.call<SealStatus>('POST', '/v1/sys/unseal', { body: {}, auth: false })).body;
+          } else {
+            let shares: string[];
+            if (share !== undefined && !flags.shareStdin) shares = [share];
+            else if (!flags.shareStdin && canPrompt()) shares = [await promptSecret(`unseal share (${(status.progress ?? 0) + 1} of ${status.threshold}): `, '')];
+            else shares = (await readStdin('unseal shares')).split(/\r?\n/).map((s) => s.trim()).filter(Boolean);
+            if (shares.length === 0 || shares.some((s) => s.length === 0)) throw new KeyhavenError('invalid_argument', 'no unseal share given');
+            after = await postShares(c, shares);
+          }
+          output(flags.output, c.connection.server, after, unsealText(after));
+          return 0;
+        }),
+      ),
+    );
+
+  connOptions(op.command('seal').description('Seal the server: it drops the root key from memory and refuses everything until unsealed (security-admin)')).action(
+    (flags: RemoteFlags) =>
+      run(() =>
+        withClient(flags, async (c) => {
+          const s = (await c.call<SealStatus>('POST', '/v1/sys/seal')).body;
+          output(flags.output, c.connection.server, s, `the server at ${c.connection.server} is sealed; unseal it with keyhaven operator unseal\n`);
+          return 0;
+        }),
+      ),
+  );
+
+  connOptions(op.command('status').description('Show whether the server is initialised and sealed, and its seal kind')).action((flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const s = (await c.call<SealStatus>('GET', '/v1/sys/seal-status', { auth: false })).body;
+        output(flags.output, c.connection.server, s, statusText(c.connection.server, s));
+        return 0;
+      }),
+    ),
+  );
+}
+
+function output(format: OutputFormat, server: string, s: SealStatus, text: string): void {
+  if (format === 'json') printJson({ server, ...s });
+  else process.stdout.write(text);
+}

@@ -1,0 +1,64 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { KeyhavenError } from '../errors.js';
+import { PACKAGE_ROOT } from '../paths.js';
+import { parseServerConfig } from './server-config.js';
+
+const base = { storage: { sqlite: { path: 'db' } }, seal: { keyfile: { path: 'root.key' } } };
+
+function refused(raw: unknown, pattern: RegExp): void {
+  assert.throws(
+    () => parseServerConfig(raw, 'server.yaml'),
+    (e: unknown) => e instanceof KeyhavenError && e.code === 'config_invalid' && pattern.test(e.message),
+  );
+}
+
+describe('server.yaml', () => {
+  it('defaults, resolved paths, frozen', () => {
+    const c = parseServerConfig(base, 'server.yaml', '/etc/keyhaven');
+    assert.equal(c.listen, '127.0.0.1:8200');
+    assert.deepEqual(c.storage, { sqlite: { path: '/etc/keyhaven/db' } });
+    assert.deepEqual(c.seal, { keyfile: { path: '/etc/keyhaven/root.key' } });
+    assert.equal(c.audit.fsync, true);
+    assert.equal(c.auth.sessionTTL, 8 * 3600_000);
+    assert.equal(c.keys.destroyPending, 7 * 86400_000);
+    assert.equal(c.http.bodyLimit, 1024 * 1024);
+    assert.ok(Object.isFrozen(c) && Object.isFrozen(c.auth));
+  });
+
+  it('plain HTTP only on loopback unless allowed', () => {
+    refused({ ...base, listen: '0.0.0.0:8200' }, /not a loopback address; configure tls/);
+    assert.equal(parseServerConfig({ ...base, listen: '0.0.0.0:8200', allowInsecureHttp: true }, 'x').listen, '0.0.0.0:8200');
+    assert.ok(parseServerConfig({ ...base, listen: '0.0.0.0:8200', tls: { cert: 'c', key: 'k' } }, 'x').tls);
+    assert.ok(parseServerConfig({ ...base, listen: '[::1]:8200' }, 'x'));
+  });
+
+  it('each problem is named by its field', () => {
+    refused({ ...base, listen: 'nope' }, /listen: must be host:port/);
+    refused({ ...base, listen: '127.0.0.1:70000' }, /port must be 0-65535/);
+    refused({ ...base, storage: { mysql: {} } }, /storage: (must be|Unrecognized key: "mysql")/);
+    refused({ ...base, storage: { postgres: { url: 'mysql://x' } } }, /storage/);
+    refused({ ...base, seal: { vault: {} } }, /seal: (must be|Unrecognized key: "vault")/);
+    refused({ ...base, seal: { pkcs11: { module: 'm', tokenLabel: 't' } } }, /seal/);
+    refused({ ...base, auth: { sessionTTL: '8 hours' } }, /auth.sessionTTL: must be a duration/);
+    refused({ ...base, surprise: 1 }, /surprise|Unrecognized/);
+    refused({ ...base, http: { bodyLimit: 10 } }, /http.bodyLimit/);
+    refused({ storage: base.storage }, /seal/);
+  });
+
+  it('pkcs11 takes the PIN from a file or the environment, never inline', () => {
+    const ok = parseServerConfig({ ...base, seal: { pkcs11: { module: '/m.so', tokenLabel: 't', pinEnv: 'PIN' } } }, 'x');
+    assert.ok('pkcs11' in ok.seal && ok.seal.pkcs11.keyLabel === 'keyhaven-root-wrap');
+    refused({ ...base, seal: { pkcs11: { module: '/m.so', tokenLabel: 't', pin: '1234' } } }, /seal/);
+    refused({ ...base, seal: { pkcs11: { module: '/m.so', tokenLabel: 't', pinEnv: 'PIN', pinFile: 'f' } } }, /seal/);
+  });
+
+  it('the example in deploy/server.yaml is valid', () => {
+    const raw = parseYaml(readFileSync(join(PACKAGE_ROOT, 'deploy', 'server.yaml'), 'utf8'));
+    const c = parseServerConfig(raw, 'deploy/server.yaml');
+    assert.ok('shamir' in c.seal);
+  });
+});
