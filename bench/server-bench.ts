@@ -8,6 +8,7 @@ import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import Database from 'better-sqlite3';
 import pg from 'pg';
 import { request } from 'undici';
 import type { HttpLoadReport, LoadSpec } from './http-load.js';
@@ -31,6 +32,8 @@ interface Measured extends HttpLoadReport {
   targetCpu?: number;
   /** Load client CPU over the measured window, in cores. */
   clientCpu?: number;
+  /** CPU used by everything else on the machine over the window, in cores: noise. */
+  otherCpu?: number;
 }
 
 interface ServerPoint {
@@ -125,6 +128,18 @@ function cpuSeconds(pid: number | undefined): number | undefined {
     // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
     const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds the whole machine has been busy (Linux); undefined elsewhere. */
+function machineBusySeconds(): number | undefined {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal
+    const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+    return busy / CLK_TCK;
   } catch {
     return undefined;
   }
@@ -327,6 +342,56 @@ async function pgDatabase(): Promise<{ url: string; drop(): Promise<void> } | { 
   return { url: u.toString(), drop };
 }
 
+// ---------------------------------------------------------------- disk probes
+
+const PROBE_MS = 1000;
+
+/** Durable commits per second of a one-row SQLite transaction (WAL, synchronous=FULL), one after another. */
+function probeSqlite(dir: string): number {
+  const db = new Database(join(dir, 'probe.db'));
+  try {
+    db.pragma('journal_mode = WAL');
+    db.pragma('synchronous = FULL');
+    db.exec('create table probe (id integer primary key, v text)');
+    const insert = db.prepare('insert into probe (v) values (?)');
+    const value = 'x'.repeat(200);
+    let n = 0;
+    const t0 = performance.now();
+    while (performance.now() - t0 < PROBE_MS) {
+      insert.run(value);
+      n += 1;
+    }
+    return Math.round(n / ((performance.now() - t0) / 1000));
+  } finally {
+    db.close();
+  }
+}
+
+/** Commits per second of one-row autocommit inserts from 16 connections. */
+async function probePostgres(url: string, concurrency = 16): Promise<number> {
+  const pool = new pg.Pool({ connectionString: url, max: concurrency });
+  pool.on('error', () => {});
+  try {
+    await pool.query('create table bench_probe (id bigserial primary key, v text)');
+    const value = 'x'.repeat(200);
+    let n = 0;
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: concurrency }, async () => {
+        while (performance.now() - t0 < PROBE_MS) {
+          await pool.query('insert into bench_probe (v) values ($1)', [value]);
+          n += 1;
+        }
+      }),
+    );
+    const rate = Math.round(n / ((performance.now() - t0) / 1000));
+    await pool.query('drop table bench_probe');
+    return rate;
+  } finally {
+    await pool.end().catch(() => {});
+  }
+}
+
 // ---------------------------------------------------------------- load
 
 async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOptions, specDir: string): Promise<Measured> {
@@ -345,14 +410,18 @@ async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOpti
   // CPU of the target over the measured window, sampled on the client's clock marks.
   let cpuAtStart: number | undefined;
   let cpuAtEnd: number | undefined;
+  let busyAtStart: number | undefined;
+  let busyAtEnd: number | undefined;
   let markedAt = 0;
   let window = 0;
   client.onLine((line) => {
     if (line === 'measure') {
       cpuAtStart = cpuSeconds(t.child.proc.pid);
+      busyAtStart = machineBusySeconds();
       markedAt = performance.now();
     } else if (line === 'done') {
       cpuAtEnd = cpuSeconds(t.child.proc.pid);
+      busyAtEnd = machineBusySeconds();
       window = (performance.now() - markedAt) / 1000;
     }
   });
@@ -367,6 +436,9 @@ async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOpti
   const r = JSON.parse(reportLine) as Measured & { cpuSeconds?: number };
   if (cpuAtStart !== undefined && cpuAtEnd !== undefined && window > 0) r.targetCpu = Math.round(((cpuAtEnd - cpuAtStart) / window) * 100) / 100;
   if (r.cpuSeconds !== undefined) r.clientCpu = Math.round((r.cpuSeconds / o.seconds) * 100) / 100;
+  if (busyAtStart !== undefined && busyAtEnd !== undefined && window > 0 && r.targetCpu !== undefined && r.clientCpu !== undefined) {
+    r.otherCpu = Math.max(0, Math.round(((busyAtEnd - busyAtStart) / window - r.targetCpu - r.clientCpu) * 100) / 100);
+  }
   delete r.cpuSeconds;
   if (exited(t.child.proc)) throw new BenchError(`${t.name} exited during ${op} c=${concurrency}${t.child.output()}`);
   return r;
@@ -379,7 +451,7 @@ function lat(r: Measured | undefined): string {
 }
 
 function cores(r: Measured | undefined): string {
-  return r?.targetCpu === undefined ? '-' : r.targetCpu.toFixed(2);
+  return fmt(r?.targetCpu, 2);
 }
 
 function errs(r: Measured | undefined): string {
@@ -407,23 +479,33 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
   const children: Child[] = [];
   let pgSkip: string | undefined;
   let pgDrop: (() => Promise<void>) | undefined;
+  let pgUrl: string | undefined;
   let unregister: (() => void) | undefined;
   try {
+    // Both servers start and set up at once (password hashing makes set-up slow).
+    const starting: Promise<ServerTarget>[] = [];
+    const begin = (p: Promise<ServerTarget>) => {
+      p.catch(() => {}); // awaited below; a failure meanwhile must not count as unhandled
+      starting.push(p);
+    };
     if (backends.includes('sqlite')) {
       log('server: starting keyhaven server on SQLite');
-      servers.push(await startServer('sqlite', { sqlite: { path: join(dir, 'sqlite', 'keyhaven.db') } }, join(dir, 'sqlite'), plaintexts, children));
+      begin(startServer('sqlite', { sqlite: { path: join(dir, 'sqlite', 'keyhaven.db') } }, join(dir, 'sqlite'), plaintexts, children));
     }
-
     const db = backends.includes('postgres') ? await pgDatabase() : { skip: 'not selected (BENCH_SERVER_BACKENDS)' };
     if ('skip' in db) {
       pgSkip = db.skip;
       log(`server: skipping PostgreSQL: ${pgSkip}`);
     } else {
       pgDrop = db.drop;
+      pgUrl = db.url;
       unregister = onCleanup(db.drop);
       log('server: starting keyhaven server on PostgreSQL');
-      servers.push(await startServer('postgres', { postgres: { url: db.url } }, join(dir, 'postgres'), plaintexts, children));
+      begin(startServer('postgres', { postgres: { url: db.url } }, join(dir, 'postgres'), plaintexts, children));
     }
+    const started = await Promise.allSettled(starting);
+    for (const r of started) if (r.status === 'rejected') throw r.reason;
+    for (const r of started) if (r.status === 'fulfilled') servers.push(r.value);
     const first = servers[0];
     if (!first) throw new BenchError(`no key server to measure: ${pgSkip ?? 'none selected'}`);
     for (const s of servers.slice(1)) {
@@ -433,6 +515,12 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
     }
     log(`server: starting the HTTP echo (answers of ${first.answerBytes.encrypt} and ${first.answerBytes.decrypt} bytes)`);
     const echo = await startEcho(first, children);
+
+    // What the disk gives right now: the server's figures follow fsync latency.
+    const probes: { sqliteCommitsPerSec?: number; postgresCommitsPerSecC16?: number } = {};
+    if (servers.some((t) => t.name === 'sqlite')) probes.sqliteCommitsPerSec = probeSqlite(dir);
+    if (pgUrl) probes.postgresCommitsPerSecC16 = await probePostgres(pgUrl);
+    log(`server: disk probe: SQLite ${probes.sqliteCommitsPerSec ?? '-'} commits/s (WAL, FULL, one at a time); PostgreSQL ${probes.postgresCommitsPerSecC16 ?? '-'} commits/s (16 connections)`);
 
     // Interleave targets per point so drift on the machine hits all alike.
     const points: ServerPoint[] = [];
@@ -453,15 +541,20 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
     out.push(`keyhaven key server benchmark — ${cpus().length} CPUs, Node ${process.version}`);
     out.push(`${o.seconds} s measured per point after ${o.warmup} s warm-up; undici Pool, one keep-alive connection per call in flight; audit fsync on`);
     out.push(`echo: bare node:http answering ${first.answerBytes.encrypt}-byte (encrypt) and ${first.answerBytes.decrypt}-byte (decrypt) JSON bodies`);
+    out.push(
+      `disk probe, same run: SQLite ${fmt(probes.sqliteCommitsPerSec)} commits/s (WAL, synchronous=FULL, one at a time); ` +
+        `PostgreSQL ${fmt(probes.postgresCommitsPerSecC16)} commits/s (16 connections)`,
+    );
     if (pgSkip) out.push(`PostgreSQL skipped: ${pgSkip}`);
     out.push('');
     out.push(
       table(
-        ['backend', 'op', 'c', 'echo calls/s', 'server calls/s', 'server/echo', 'echo p50/p99 ms', 'server p50/p99 ms', 'server cpu', 'client cpu', 'errors echo', 'errors server'],
+        ['backend', 'op', 'c', 'echo calls/s', 'server calls/s', 'server/echo', 'echo p50/p99 ms', 'server p50/p99 ms', 'cpu echo/server', 'cpu others', 'errors echo', 'errors server'],
         points.map((p) => [
           p.backend, p.op, String(p.concurrency),
           fmt(p.echo?.callsPerSec), fmt(p.server?.callsPerSec), fmt(p.serverOverEcho, 2),
-          lat(p.echo), lat(p.server), cores(p.server), fmt(p.server?.clientCpu, 2), errs(p.echo), errs(p.server),
+          lat(p.echo), lat(p.server), `${cores(p.echo)} / ${cores(p.server)}`, `${fmt(p.echo?.otherCpu, 1)} / ${fmt(p.server?.otherCpu, 1)}`,
+          errs(p.echo), errs(p.server),
         ]),
         3,
       ),
@@ -473,8 +566,14 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
       `aim: ${AIM.backend} ${AIM.op} at c=${AIM.concurrency} ≥ ${AIM.ratio.toFixed(2)}× echo — measured ${fmt(got, 2)}× ` +
         `(${fmt(aim?.server?.callsPerSec)} / ${fmt(aim?.echo?.callsPerSec)} calls/s): ${got !== undefined && got >= AIM.ratio ? 'met' : 'NOT MET'}`,
     );
+    const noise = points.flatMap((p) => [p.echo?.otherCpu, p.server?.otherCpu]).filter((v): v is number => v !== undefined);
+    const meanNoise = noise.length ? noise.reduce((a, b) => a + b, 0) / noise.length : 0;
+    if (meanNoise > 0.3) {
+      out.push(`WARNING: other processes used ${meanNoise.toFixed(1)} of ${cpus().length} cores on average during the measured windows; the figures and ratios are noisy.`);
+    }
     out.push('server/echo: share of the bare node:http ceiling the key server reaches (1.00 = as fast as a server doing nothing).');
-    out.push('server cpu / client cpu: cores used by the server process and by the load client over the measured window.');
+    out.push('cpu echo/server: cores the target process used over the measured window; cpu others: cores used meanwhile by processes other');
+    out.push('than the target and its load client (noise from the rest of the machine), during the echo and the server point.');
 
     const errorLines: string[] = [];
     const seen = new Set<Measured>();
@@ -493,7 +592,10 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
     }
     out.push('');
     out.push('results (JSON):');
-    const json = { section: 'server', cpus: cpus().length, node: process.version, seconds: o.seconds, warmup: o.warmup, postgresSkipped: pgSkip ?? null, answerBytes: first.answerBytes, points };
+    const json = {
+      section: 'server', cpus: cpus().length, node: process.version, seconds: o.seconds, warmup: o.warmup,
+      postgresSkipped: pgSkip ?? null, answerBytes: first.answerBytes, probes, meanOtherCpu: Math.round(meanNoise * 100) / 100, points,
+    };
     out.push(JSON.stringify(json));
     return { text: out.join('\n'), json, failed };
   } finally {

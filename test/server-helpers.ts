@@ -187,8 +187,9 @@ export async function auditRecords(url: string, auditorToken: string, query = ''
     const r = await api(url, 'GET', `/v1/audit?after=${after}&limit=10000${query ? `&${query}` : ''}`, { token: auditorToken });
     if (r.status !== 200) throw new Error(`audit read failed: ${r.status} ${r.text}`);
     const rows = r.text.split('\n').filter(Boolean).map((l) => JSON.parse(l));
-    if (rows.length === 0) return out;
     out.push(...rows);
+    // Each read writes a record of its own, so stop at a short page rather than an empty one.
+    if (rows.length < 10000) return out;
     after = rows[rows.length - 1].seq;
   }
 }

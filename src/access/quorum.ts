@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { AuditLog } from '../audit/audit-log.js';
+import type { Barrier } from '../barrier/barrier.js';
 import { KeyhavenError } from '../errors.js';
 import type { ApprovalRow, Store } from '../storage/store.js';
 import { actorName, type Principal } from './access.js';
@@ -12,6 +13,8 @@ export const GUARDED_OPERATIONS = {
   'key.disable': 'key-admin',
   'key.policy': 'key-admin',
   'app.grant': 'security-admin',
+  // A new API key gives crypto use of everything the app is granted.
+  'app.rotate-key': 'security-admin',
   'admin.add': 'security-admin',
   'admin.remove': 'security-admin',
   'quorum.set': 'security-admin',
@@ -54,6 +57,13 @@ export interface Quorum {
   /** Adds an approval; when it is the last one needed, the request becomes 'approved' and is returned for execution. */
   approve(actor: Principal, id: string): Promise<{ info: ApprovalInfo; ready: boolean }>;
   deny(actor: Principal, id: string): Promise<ApprovalInfo>;
+  /**
+   * Keeps a secret an approved request produced (a new API key) for its
+   * requester, sealed by the barrier, until collected once.
+   */
+  stashSecret(id: string, secret: string): Promise<void>;
+  /** Hands the requester the stashed secret and deletes it. */
+  collectSecret(actor: Principal, id: string): Promise<string>;
   /** Records the outcome of executing an approved request. */
   finish(id: string, outcome: { ok: true; result: unknown } | { ok: false; code: string }): Promise<ApprovalInfo>;
   list(state?: ApprovalRow['state']): Promise<ApprovalInfo[]>;
@@ -78,8 +88,9 @@ function toInfo(r: ApprovalRow): ApprovalInfo {
   };
 }
 
-export function createQuorum(deps: { store: Store; audit: AuditLog }): Quorum {
-  const { store, audit } = deps;
+export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Barrier }): Quorum {
+  const { store, audit, barrier } = deps;
+  const secretPath = (id: string) => `approvals/${id}/secret`;
 
   const checkPolicy = (p: unknown): QuorumPolicy => {
     const o = p as Partial<QuorumPolicy> | null;
@@ -195,6 +206,22 @@ export function createQuorum(deps: { store: Store; audit: AuditLog }): Quorum {
         await tx.updateApproval(id, patch);
         await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.deny', result: 'ok', details: { approval: id, operation: row.operation } });
         return toInfo({ ...row, ...patch });
+      });
+    },
+
+    async stashSecret(id, secret) {
+      await barrier.put(store, secretPath(id), Buffer.from(secret, 'utf8'));
+    },
+
+    async collectSecret(actor, id) {
+      return store.transaction(async (tx) => {
+        const row = await load(tx, id);
+        if (row.requester_id !== actor.id) throw new KeyhavenError('permission_denied', 'only the requester collects the result of a request');
+        const secret = await barrier.get(tx, secretPath(id));
+        if (!secret) throw new KeyhavenError('not_found', `request ${id} has nothing to collect (not executed yet, or collected already)`);
+        await barrier.delete(tx, secretPath(id));
+        await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.collect', result: 'ok', details: { approval: id, operation: row.operation } });
+        return secret.toString('utf8');
       });
     },
 

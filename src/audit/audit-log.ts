@@ -42,6 +42,13 @@ export interface AuditLog {
    * Without it records still join the chain; the next signed write covers them.
    */
   setHeadKey(key: Buffer | undefined): void;
+  /**
+   * Sets the head key after checking the stored head with it. If the head no
+   * longer matches the chain (records cut from the end, or rewritten), later
+   * records are not signed, so verify keeps reporting the damage instead of a
+   * fresh head hiding it. Resolves whether the stored head held.
+   */
+  adoptHeadKey(key: Buffer): Promise<boolean>;
   /** Called after each batch is stored (sinks use it to forward records promptly). */
   onStored(listener: () => void): void;
 }
@@ -166,55 +173,114 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
       headKey = key;
       head = key ? headValue(key) : undefined;
     },
+    async adoptHeadKey(key) {
+      const held = await storedHeadHolds(store, key);
+      headKey = key;
+      head = held ? headValue(key) : undefined;
+      return held;
+    },
     onStored(listener) {
       listeners.push(listener);
     },
   };
 }
 
+interface StoredHead {
+  seq: number;
+  hash: string;
+  mac: string;
+}
+
+async function readHead(store: Store): Promise<StoredHead | 'unreadable' | undefined> {
+  const raw = await store.getMeta(HEAD);
+  if (raw === undefined) return undefined;
+  try {
+    const h = JSON.parse(raw) as StoredHead;
+    return { seq: Number(h.seq), hash: String(h.hash), mac: String(h.mac) };
+  } catch {
+    return 'unreadable';
+  }
+}
+
+function macHolds(key: Buffer, h: StoredHead): boolean {
+  return constantTimeEqual(Buffer.from(headMac(key, h.seq, h.hash), 'hex'), Buffer.from(h.mac, 'hex'));
+}
+
+/** Whether the stored head (if any) is signed with this key and names a record still in the chain. */
+async function storedHeadHolds(store: Store, key: Buffer): Promise<boolean> {
+  const h = await readHead(store);
+  if (h === undefined) return true;
+  if (h === 'unreadable' || !macHolds(key, h)) return false;
+  // Read after the head: a head and its record commit together.
+  const [row] = await store.readAudit(h.seq - 1, 1);
+  return row !== undefined && row.seq === h.seq && row.hash === h.hash;
+}
+
 /**
  * Walks the whole chain in pages and reports the first broken record; with
- * the head key it also checks the signed chain head against the last record.
+ * the head key it also checks the signed chain head against the chain.
  */
 export async function verifyStore(store: Store, headKey?: Buffer): Promise<VerifyResult> {
+  // The head is read before the walk: records appended meanwhile (a live
+  // server, or another server on the same database) are then never taken
+  // for records deleted from the end.
+  const first = headKey ? await readHead(store) : undefined;
+  const headSeq = first !== undefined && first !== 'unreadable' ? first.seq : undefined;
+  let hashAtHead: string | undefined;
   let after = 0;
   let prev: string | undefined;
   let total = 0;
   for (;;) {
     const page: AuditRow[] = await store.readAudit(after, 1000);
-    if (page.length === 0) return headKey ? checkHead(store, headKey, total, after, prev) : { ok: true, records: total };
+    if (page.length === 0) break;
     const res = verifyRecords(page, prev, after + 1);
     if (!res.ok) return { ok: false, records: total + res.records, firstBroken: res.firstBroken! };
     total += res.records;
+    if (headSeq !== undefined) hashAtHead ??= page.find((r) => r.seq === headSeq)?.hash;
     const last = page[page.length - 1]!;
     after = last.seq;
     prev = last.hash;
   }
+  if (!headKey) return { ok: true, records: total };
+  return checkHead(store, headKey, first, hashAtHead, total, after, prev);
 }
 
-async function checkHead(store: Store, key: Buffer, records: number, lastSeq: number, lastHash: string | undefined): Promise<VerifyResult> {
-  const raw = await store.getMeta(HEAD);
-  if (raw === undefined) {
-    return records === 0 ? { ok: true, records } : { ok: false, records, firstBroken: { seq: 1, reason: 'the signed chain head is missing' } };
+async function checkHead(
+  store: Store,
+  key: Buffer,
+  first: StoredHead | 'unreadable' | undefined,
+  hashAtHead: string | undefined,
+  records: number,
+  lastSeq: number,
+  lastHash: string | undefined,
+): Promise<VerifyResult> {
+  const broken = (seq: number, reason: string): VerifyResult => ({ ok: false, records, firstBroken: { seq, reason } });
+  // No head when the walk began: the first signed write may have come since.
+  const signedDuringWalk = first === undefined;
+  let head = first ?? (await readHead(store));
+  if (head === undefined) return records === 0 ? { ok: true, records } : broken(1, 'the signed chain head is missing');
+  if (head === 'unreadable') return broken(lastSeq, 'the signed chain head is unreadable');
+  if (!macHolds(key, head)) {
+    return broken(Math.min(head.seq || 1, lastSeq + 1), 'the chain head signature does not verify (head edited, or written without the root key)');
   }
-  let head: { seq: number; hash: string; mac: string };
-  try {
-    head = JSON.parse(raw) as typeof head;
-  } catch {
-    return { ok: false, records, firstBroken: { seq: lastSeq, reason: 'the signed chain head is unreadable' } };
-  }
-  const expected = Buffer.from(headMac(key, Number(head.seq), String(head.hash)), 'hex');
-  if (!constantTimeEqual(expected, Buffer.from(String(head.mac), 'hex'))) {
-    return { ok: false, records, firstBroken: { seq: Math.min(Number(head.seq) || 1, lastSeq + 1), reason: 'the chain head signature does not verify (head edited, or written without the root key)' } };
-  }
-  if (head.seq > lastSeq) {
-    return { ok: false, records, firstBroken: { seq: lastSeq + 1, reason: `records ${lastSeq + 1} to ${head.seq} were deleted (the signed head names record ${head.seq})` } };
+  if (signedDuringWalk) {
+    if (head.seq > lastSeq) return { ok: true, records };
+  } else if (head.seq > lastSeq) {
+    return broken(lastSeq + 1, `records ${lastSeq + 1} to ${head.seq} were deleted (the signed head names record ${head.seq})`);
+  } else if (hashAtHead !== head.hash) {
+    return broken(head.seq, `record ${head.seq} is not the one the signed head names (the log was cut and rewritten from there or earlier)`);
   }
   if (head.seq < lastSeq) {
-    return { ok: false, records, firstBroken: { seq: head.seq + 1, reason: `record ${head.seq + 1} onwards is not covered by the signed chain head (appended outside keyhaven, or written while the server was sealed and not yet signed)` } };
+    // Records after the head read: signed since, or not signed at all.
+    const now = await readHead(store);
+    if (now === undefined || now === 'unreadable' || !macHolds(key, now)) return broken(head.seq + 1, 'the signed chain head changed unreadably during verification');
+    head = now;
   }
-  if (head.hash !== lastHash) {
-    return { ok: false, records, firstBroken: { seq: lastSeq, reason: 'the last record does not match the signed chain head' } };
+  if (head.seq < lastSeq) {
+    return broken(head.seq + 1, `record ${head.seq + 1} onwards is not covered by the signed chain head (appended outside keyhaven, or written while the server was sealed and not yet signed)`);
+  }
+  if (head.seq === lastSeq && head.hash !== lastHash) {
+    return broken(lastSeq, 'the last record does not match the signed chain head');
   }
   return { ok: true, records };
 }

@@ -62,11 +62,8 @@ export interface SinkPump {
  * sink is retried on the next tick from the same record, so it misses none.
  */
 export async function startSinkPump(store: Store, sink: AuditSink, opts: { intervalMs: number; onError: (e: unknown) => void }): Promise<SinkPump> {
-  let cursor = 0;
   // Start after the newest record: history is in the database and in exports.
-  for (let page = await store.readAudit(cursor, 1000); page.length > 0; page = await store.readAudit(cursor, 1000)) {
-    cursor = page[page.length - 1]!.seq;
-  }
+  let cursor = await store.lastAuditSeq();
   let running: Promise<void> | undefined;
   let again = false;
   const pump = async () => {

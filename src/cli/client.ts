@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { Agent, request } from 'undici';
+import type { Agent } from 'undici';
 import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
 import { readSession, type Session } from './session.js';
 
@@ -67,6 +67,8 @@ export interface ApiResponse<T> {
   readonly status: number;
   readonly body: T;
   readonly requestId: string | undefined;
+  /** The Date header: the server's clock. */
+  readonly date: string | undefined;
 }
 
 export interface RequestOptions {
@@ -144,15 +146,25 @@ export function createClient(conn: Connection): ApiClient {
   if (conn.token && isPlainRemote(conn.server)) {
     process.stderr.write(`keyhaven: warning: sending credentials over plain http to ${conn.server}; use https\n`);
   }
-  const agent = new Agent({ connect: { timeout: 10_000, ...(ca ? { ca } : {}) }, headersTimeout: 120_000, bodyTimeout: 120_000 });
+  // undici is loaded on the first request: commands that fail before one
+  // (bad usage, local mode) skip its load time.
+  let undici: Promise<{ agent: Agent; request: typeof import('undici').request }> | undefined;
+  const connection = () =>
+    (undici ??= import('undici').then((u) => ({
+      agent: new u.Agent({ connect: { timeout: 10_000, ...(ca ? { ca } : {}) }, headersTimeout: 120_000, bodyTimeout: 120_000 }),
+      request: u.request,
+    })));
   return {
     connection: conn,
     async call<T>(method: string, path: string, opts: RequestOptions = {}): Promise<ApiResponse<T>> {
       const headers: Record<string, string> = { accept: 'application/json' };
       if (conn.token && opts.auth !== false) headers.authorization = `Bearer ${conn.token}`;
       let body: string | undefined;
-      if (opts.body !== undefined) {
-        body = JSON.stringify(opts.body);
+      // The server reads a POST without a body as a null body and refuses it
+      // where its schema expects an optional empty object, so send {}.
+      const payload = opts.body === undefined && (method === 'POST' || method === 'PUT') ? {} : opts.body;
+      if (payload !== undefined) {
+        body = JSON.stringify(payload);
         headers['content-type'] = 'application/json';
       }
       let url = conn.server + path;
@@ -162,6 +174,7 @@ export function createClient(conn: Connection): ApiClient {
         const qs = q.toString();
         if (qs) url += `?${qs}`;
       }
+      const { agent, request } = await connection();
       let res;
       try {
         res = await request(url, { method: method as 'GET', headers, body, dispatcher: agent });
@@ -171,16 +184,19 @@ export function createClient(conn: Connection): ApiClient {
       const text = await res.body.text();
       const rid = res.headers['x-request-id'];
       const requestId = typeof rid === 'string' ? rid : undefined;
+      const date = typeof res.headers.date === 'string' ? res.headers.date : undefined;
       if (res.statusCode >= 400) throw serverError(res.statusCode, text, conn);
-      if (opts.text) return { status: res.statusCode, body: text as T, requestId };
+      if (opts.text) return { status: res.statusCode, body: text as T, requestId, date };
       let parsed: T;
       try {
         parsed = (text.length ? JSON.parse(text) : undefined) as T;
       } catch {
         throw new KeyhavenError('internal', `the server at ${conn.server} answered ${method} ${path} with something other than JSON`);
       }
-      return { status: res.statusCode, body: parsed, requestId };
+      return { status: res.statusCode, body: parsed, requestId, date };
     },
-    close: () => agent.close(),
+    close: async () => {
+      if (undici) await (await undici).agent.close();
+    },
   };
 }

@@ -1,25 +1,34 @@
 import { Command, CommanderError } from 'commander';
 import { PACKAGE_VERSION } from '../paths.js';
-import { registerApp } from './commands/app.js';
-import { registerApproval } from './commands/approval.js';
-import { registerAudit } from './commands/audit.js';
-import { registerDev } from './commands/dev.js';
-import { registerInit } from './commands/init.js';
-import { registerK8s } from './commands/k8s.js';
-import { registerKey } from './commands/key.js';
-import { registerLogin } from './commands/login.js';
-import { registerOperator } from './commands/operator.js';
-import { registerPlugin } from './commands/plugin.js';
-import { registerServer } from './commands/server.js';
-import { registerUser } from './commands/user.js';
 import { reportError } from './exit.js';
+
+type Run = (fn: () => Promise<number>) => void;
+type Register = (program: Command, run: Run) => void;
+
+// Each command's module is imported only when that command runs: the server
+// and plugin modules pull in fastify and gRPC, which a "key list" does not
+// need. Help and unknown commands load them all, in this order.
+const COMMANDS: ReadonlyArray<readonly [readonly string[], () => Promise<Register>]> = [
+  [['dev'], async () => (await import('./commands/dev.js')).registerDev],
+  [['init'], async () => (await import('./commands/init.js')).registerInit],
+  [['server'], async () => (await import('./commands/server.js')).registerServer],
+  [['plugin'], async () => (await import('./commands/plugin.js')).registerPlugin],
+  [['login', 'logout', 'whoami'], async () => (await import('./commands/login.js')).registerLogin],
+  [['operator'], async () => (await import('./commands/operator.js')).registerOperator],
+  [['key'], async () => (await import('./commands/key.js')).registerKey],
+  [['app'], async () => (await import('./commands/app.js')).registerApp],
+  [['user'], async () => (await import('./commands/user.js')).registerUser],
+  [['approval'], async () => (await import('./commands/approval.js')).registerApproval],
+  [['audit'], async () => (await import('./commands/audit.js')).registerAudit],
+  [['k8s'], async () => (await import('./commands/k8s.js')).registerK8s],
+];
 
 /** The keyhaven command: parse, run one action, exit once with its code. */
 export async function main(argv: string[]): Promise<number> {
   // Everything keyhaven creates (sockets, databases, key files) is private by default.
   process.umask(0o077);
   let action: Promise<number> | undefined;
-  const run = (fn: () => Promise<number>) => {
+  const run: Run = (fn) => {
     action = fn();
   };
   const program = new Command('keyhaven')
@@ -27,18 +36,10 @@ export async function main(argv: string[]): Promise<number> {
     .version(PACKAGE_VERSION)
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
-  registerDev(program, run);
-  registerInit(program, run);
-  registerServer(program, run);
-  registerPlugin(program, run);
-  registerLogin(program, run);
-  registerOperator(program, run);
-  registerKey(program, run);
-  registerApp(program, run);
-  registerUser(program, run);
-  registerApproval(program, run);
-  registerAudit(program, run);
-  registerK8s(program, run);
+  const name = argv[2];
+  const only = COMMANDS.filter(([names]) => name !== undefined && names.includes(name));
+  const version = name === '--version' || name === '-V';
+  if (!version) for (const [, load] of only.length ? only : COMMANDS) (await load())(program, run);
   try {
     await program.parseAsync(argv);
   } catch (e) {

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../errors.js';
-import { openEmbeddedStore, type EmbeddedStore } from '../keys/embedded-store.js';
+import type { EmbeddedStore } from '../keys/embedded-store.js';
 import { defaultDataDir } from './data-dir.js';
 import type { OutputFormat } from './output.js';
 
@@ -16,20 +16,35 @@ export function parseOutput(v: string): OutputFormat {
 }
 
 /** The options every command acting on the embedded store takes. */
-export function storeOptions(c: Command): Command {
+export function storeOptions(c: Command, help: { dataDir?: string; rootKeyFile?: string } = {}): Command {
   return c
-    .option('--data-dir <dir>', 'embedded key store folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
-    .option('--root-key-file <file>', 'root key file (default <data-dir>/root.key)')
+    .option('--data-dir <dir>', help.dataDir ?? 'embedded key store folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
+    .option('--root-key-file <file>', help.rootKeyFile ?? 'root key file (default <data-dir>/root.key)')
     .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat);
 }
 
 // Acts on the store directly: SQLite takes concurrent writers, and a running
 // plugin sees the change on its next Status poll.
 export async function withStore<T>(flags: StoreFlags, fn: (es: EmbeddedStore) => Promise<T>): Promise<T> {
+  // Loaded on use: commands that talk to the key server never open SQLite.
+  const { openEmbeddedStore } = await import('../keys/embedded-store.js');
   const es = await openEmbeddedStore({ dataDir: flags.dataDir ?? defaultDataDir(), rootKeyFile: flags.rootKeyFile, create: false });
   try {
     return await fn(es);
   } finally {
     await es.close();
   }
+}
+
+/**
+ * Whether a key or audit command acts on the embedded store rather than the
+ * key server: an explicit --data-dir/--root-key-file or --server decides, then
+ * $KEYHAVEN_DATA_DIR; the server is the default.
+ */
+export function actsLocally(flags: StoreFlags & { server?: string }): boolean {
+  const localFlag = flags.dataDir !== undefined || flags.rootKeyFile !== undefined;
+  if (localFlag && flags.server !== undefined) throw new KeyhavenError('invalid_argument', '--server and --data-dir/--root-key-file name different targets; give one');
+  if (localFlag) return true;
+  if (flags.server !== undefined) return false;
+  return Boolean(process.env.KEYHAVEN_DATA_DIR);
 }

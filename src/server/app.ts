@@ -86,7 +86,7 @@ async function authenticate(core: ServerCore, req: FastifyRequest): Promise<void
   const h = req.headers.authorization;
   const services = core.services();
   if (h !== undefined) {
-    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(h);
+    const m = /^Bearer +([\x21-\x7e]{1,512})$/i.exec(h);
     if (!m) throw new KeyhavenError('unauthenticated', 'the Authorization header must be "Bearer <token>"');
     req.principal = await services.access.authenticate(m[1]!);
     return;
@@ -108,6 +108,35 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     genReqId: () => randomBytes(8).toString('hex'),
     requestIdHeader: false,
     return503OnClosing: true,
+    // Key names have up to 128 characters; longer parameters reach validation and its message.
+    routerOptions: { maxParamLength: 1024 },
+    // Refused before routing (badly encoded URL, over-long parameter): fastify skips the hooks, so answer and audit here.
+    frameworkErrors: (err, req, res) => {
+      const reply = res as unknown as FastifyReply;
+      const message = err.code === 'FST_ERR_MAX_PARAM_LENGTH' ? 'a path parameter is too long' : 'the URL is not validly encoded';
+      void reply.header('x-request-id', req.id).header('cache-control', 'no-store').type('application/json');
+      core.audit
+        .record({ actor: 'anonymous', operation: 'http.unknown', result: 'invalid_argument', requestId: req.id, details: { status: 400, source: req.ip } })
+        .then(
+          () => reply.code(400).send(errorBody('invalid_argument', message, req.id)),
+          () => reply.code(503).send(errorBody('audit_failed', 'the audit record could not be written; request refused', req.id)),
+        );
+    },
+    // Malformed HTTP (oversized headers, garbage) never becomes a request; answer it in the error shape anyway.
+    clientErrorHandler: (err: Error & { code?: string }, socket) => {
+      if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      const [status, code, message] =
+        err.code === 'HPE_HEADER_OVERFLOW'
+          ? ['431 Request Header Fields Too Large', 'too_large', 'request headers are larger than the server accepts'] as const
+          : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? ['408 Request Timeout', 'unavailable', 'the request took too long to arrive'] as const
+            : ['400 Bad Request', 'invalid_argument', 'malformed HTTP request'] as const;
+      const id = randomBytes(8).toString('hex');
+      const body = errorBody(code, message, id);
+      const head = `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n`;
+      if (socket.writable) socket.write(head + body);
+      socket.destroy(err);
+    },
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as FastifyInstance;
   app.setValidatorCompiler(validatorCompiler);
@@ -142,6 +171,13 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       if (!req.principal) throw new KeyhavenError('unauthenticated', 'authentication required: send "Authorization: Bearer <token>"');
       throw new KeyhavenError('permission_denied', `${actorName(req.principal)} may not ${cfg.op ?? 'do this'}`);
     }
+  });
+
+  // A request sent without any body reaches validation as null, which an
+  // optional body refuses; read it as {} so a bare POST /v1/sys/seal (or
+  // rotate, enable, ...) works. An explicit JSON null is still refused.
+  app.addHook('preValidation', async (req) => {
+    if (req.body === undefined && req.routeOptions.schema?.body) req.body = {};
   });
 
   app.setErrorHandler((err: FastifyError, req, reply) => {

@@ -74,19 +74,21 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
   let unsealing: Promise<unknown> | undefined;
 
   const unsealWith = async (rootKey: Buffer): Promise<void> => {
+    let headIntact: boolean;
     try {
       const barrier = await openBarrier(store, rootKey);
-      audit.setHeadKey(deriveKey(rootKey, 'keyhaven audit head key v1'));
+      // A head that no longer matches the chain is left as it is, so verify keeps reporting it.
+      headIntact = await audit.adoptHeadKey(deriveKey(rootKey, 'keyhaven audit head key v1'));
       keys = createKeyStore({ store, barrier, audit });
       const access = createAccess({ store, barrier, audit, options: opts.access });
-      const quorum = createQuorum({ store, audit });
+      const quorum = createQuorum({ store, audit, barrier });
       const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
       services = { keys, access, quorum, storeId };
     } finally {
       rootKey.fill(0);
     }
     // Signs the head over everything written while sealed.
-    await audit.record({ actor: 'system:seal', operation: 'sys.unseal', result: 'ok', details: { kind: seal.kind } });
+    await audit.record({ actor: 'system:seal', operation: 'sys.unseal', result: 'ok', details: { kind: seal.kind, ...(headIntact ? {} : { auditHeadBroken: true }) } });
   };
 
   const status = (): SealStatus => {
@@ -137,6 +139,11 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     },
 
     async unseal(share) {
+      // Another server sharing the database may have run init since start-up.
+      if (!record && !unsealing) {
+        const found = await readRecord(store, seal.kind);
+        record ??= found;
+      }
       if (!record) throw new KeyhavenError('sealed', 'the server is not initialised; run keyhaven operator init');
       if (services) return status();
       if (unsealing) await unsealing.catch(() => {});
@@ -183,6 +190,14 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     },
 
     async tick(now = new Date()) {
+      if (!record && !unsealing) {
+        // Initialised by another server sharing the database: auto kinds unseal as at start-up.
+        const found = await readRecord(store, seal.kind);
+        if (record || unsealing || !found) return;
+        record = found;
+        if (!seal.needsShares) await core.unseal();
+        return;
+      }
       const s = services;
       if (!s) return;
       const run = await s.keys.runScheduled(now, 'system:scheduler');

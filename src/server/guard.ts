@@ -18,6 +18,7 @@ const EXECUTORS: Record<GuardedOperation, Executor> = {
   'key.policy': async (s, p, x) =>
     keyView(await s.keys.setPolicy(str(x.key), { rotationPeriodS: x.rotationPeriodS as number | null | undefined, minDecryptionVersion: x.minDecryptionVersion as number | undefined }, actorName(p))),
   'app.grant': async (s, p, x) => s.access.setGrant(p, str(x.app), str(x.key), x.operations as string[]),
+  'app.rotate-key': async (s, p, x) => s.access.rotateAppKey(p, str(x.app)),
   'admin.add': async (s, p, x) => s.access.setRoles(p, str(x.user), x.roles as string[]),
   'admin.remove': async (s, p, x) => s.access.setRoles(p, str(x.user), x.roles as string[]),
   'quorum.set': async (s, p, x) => s.quorum.setPolicy(p, x.policy as QuorumPolicy),
@@ -54,7 +55,12 @@ export async function executeApproved(services: Services, info: ApprovalInfo): P
     const role = GUARDED_OPERATIONS[op];
     if (!row.roles.includes(role)) throw new KeyhavenError('permission_denied', `the requester no longer holds the ${role} role`);
     const requester: Principal = { id: (await services.access.idOf(name))!, name, kind: 'user', roles: row.roles, via: 'system' };
-    const result = await EXECUTORS[op](services, requester, info.params);
+    let result = await EXECUTORS[op](services, requester, info.params);
+    if (op === 'app.rotate-key') {
+      // The new key goes to the requester alone, once; the request keeps no copy.
+      await services.quorum.stashSecret(info.id, (result as { apiKey: string }).apiKey);
+      result = { collect: `POST /v1/approvals/${info.id}/collect` };
+    }
     return await services.quorum.finish(info.id, { ok: true, result });
   } catch (e) {
     const code = e instanceof KeyhavenError ? e.code : 'internal';

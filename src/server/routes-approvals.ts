@@ -47,6 +47,20 @@ export function registerApprovalRoutes(app: FastifyInstance, { core }: RouteDeps
     return done as never;
   });
 
+  r.post('/v1/approvals/:id/collect', {
+    config: { op: 'approval.collect', access: admins },
+    schema: {
+      tags,
+      summary: 'The requester collects, once, the secret an executed request produced (a rotated app API key)',
+      params: idParam,
+      body: z.strictObject({}).optional(),
+      response: { 200: z.object({ apiKey: z.string() }), 403: errorResponse, 404: errorResponse },
+    },
+  }, async (req) => {
+    req.auditNote.details.approval = req.params.id;
+    return { apiKey: await core.services().quorum.collectSecret(principalOf(req), req.params.id) };
+  });
+
   r.post('/v1/approvals/:id/deny', {
     config: { op: 'approval.deny', access: admins },
     schema: { tags, summary: 'Deny a pending request (the requester may withdraw it the same way)', params: idParam, body: z.strictObject({}).optional(), response: { 200: approvalInfo, 403: errorResponse, 409: errorResponse } },

@@ -34,7 +34,7 @@ export function registerAuthRoutes(app: FastifyInstance, { core }: RouteDeps): v
     schema: { tags, summary: 'End the current session', body: emptyBody, response: { 200: z.object({ ok: z.literal(true) }) } },
   }, async (req) => {
     const h = req.headers.authorization ?? '';
-    await core.services().access.logout(h.replace(/^Bearer /, ''));
+    await core.services().access.logout(h.replace(/^Bearer +/i, ''));
     return { ok: true as const };
   });
 

@@ -87,8 +87,20 @@ export function registerPrincipalRoutes(app: FastifyInstance, { core }: RouteDep
 
   r.post('/v1/apps/:name/rotate-key', {
     config: { op: 'app.rotate-key', access: secAdmin },
-    schema: { tags: ['apps'], summary: 'Issue a new API key (shown once); the previous one stops working', params: principalNameParam, body: z.strictObject({}).optional(), response: { 200: z.object({ apiKey: z.string() }), 404: errorResponse } },
-  }, async (req) => core.services().access.rotateAppKey(principalOf(req), req.params.name));
+    schema: {
+      tags: ['apps'],
+      summary: 'Issue a new API key (shown once); the previous one stops working. Under a quorum policy the requester collects the key once approved',
+      params: principalNameParam,
+      body: z.strictObject({}).optional(),
+      response: { 200: z.object({ apiKey: z.string() }), 202: approvalAccepted, 404: errorResponse },
+    },
+  }, async (req, reply) => {
+    const s = core.services();
+    req.auditNote.details.app = req.params.name;
+    const target = await s.access.get(req.params.name);
+    if (target.kind !== 'app') throw new KeyhavenError('invalid_argument', `"${req.params.name}" is a user, not an app`);
+    return guarded(s, req, reply, 'app.rotate-key', { app: req.params.name }) as never;
+  });
 
   const grantParams = z.strictObject({ name: principalName, key: keyNameParam.shape.name });
   const grant = z.object({ key: z.string(), operations: z.array(operationEnum), createdAt: z.string(), createdBy: z.string() });

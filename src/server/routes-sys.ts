@@ -7,7 +7,7 @@ import type { RouteDeps } from './app.js';
 import { approvalAccepted, emptyBody, errorResponse, sealStatus } from './schemas.js';
 import { guarded } from './guard.js';
 
-const quorumPolicy = z.object({
+const quorumPolicy = z.strictObject({
   required: z.number().int().min(0).max(16),
   operations: z.array(z.enum(Object.keys(GUARDED_OPERATIONS) as [GuardedOperation, ...GuardedOperation[]])),
   ttlS: z.number().int().min(60).max(30 * 86400),

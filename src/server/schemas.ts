@@ -18,7 +18,9 @@ export function base64(maxBytes: number) {
   return z
     .string()
     .max(maxChars, `must encode at most ${maxBytes} bytes`)
-    .regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'must be standard base64');
+    .regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'must be standard base64')
+    // The character limit alone lets through up to 2 bytes more.
+    .refine((s) => (s.length / 4) * 3 - (s.endsWith('==') ? 2 : s.endsWith('=') ? 1 : 0) <= maxBytes, `must encode at most ${maxBytes} bytes`);
 }
 
 export const ciphertextString = z

@@ -238,6 +238,11 @@ export class KyselyStore implements Store {
     return this.db.selectFrom('audit').selectAll().where('seq', '>', afterSeq).orderBy('seq').limit(limit).execute();
   }
 
+  async lastAuditSeq(): Promise<number> {
+    const row = await this.db.selectFrom('audit').select('seq').orderBy('seq', 'desc').limit(1).executeTakeFirst();
+    return row ? Number(row.seq) : 0;
+  }
+
   async queryAudit(q: AuditQuery): Promise<AuditRow[]> {
     let b = this.db.selectFrom('audit').selectAll().where('seq', '>', q.afterSeq ?? 0);
     if (q.since !== undefined) b = b.where('time', '>=', q.since);

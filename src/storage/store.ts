@@ -85,6 +85,8 @@ export interface Store {
   /** Appends records to the hash chain atomically (joining an enclosing transaction); returns them as stored. */
   appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts?: AppendAuditOptions): Promise<AuditRow[]>;
   readAudit(afterSeq: number, limit: number): Promise<AuditRow[]>;
+  /** The newest record's seq, or 0 for an empty log. */
+  lastAuditSeq(): Promise<number>;
   /** Filtered read in seq order (for tail and export; verify reads unfiltered). */
   queryAudit(q: AuditQuery): Promise<AuditRow[]>;
 

@@ -2,11 +2,10 @@ import type { Command } from 'commander';
 import type { VerifyResult } from '../../audit/chain.js';
 import { KeyhavenError } from '../../errors.js';
 import type { AuditQuery, AuditRow } from '../../storage/store.js';
-import { verifyDatabase, verifyExportFile } from '../audit-offline.js';
 import type { ApiClient, ConnectionFlags } from '../client.js';
 import { printJson, type OutputFormat } from '../output.js';
 import { connOptions, positiveInt, SERVER_HELP, withClient } from '../remote-command.js';
-import { storeOptions, withStore, type StoreFlags } from '../store-command.js';
+import { actsLocally, storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
 // Every read of the server's audit log is itself audited: paging and polling
 // add records of their own. Export keeps them (the export must stay one
@@ -32,16 +31,9 @@ Where an audit command reads:
   otherwise                                   the key server
 ${SERVER_HELP}`;
 
-function isLocal(flags: AuditFlags): boolean {
-  const localFlag = flags.dataDir !== undefined || flags.rootKeyFile !== undefined;
-  if (localFlag && flags.server !== undefined) throw new KeyhavenError('invalid_argument', '--server and --data-dir/--root-key-file name different targets; give one');
-  if (localFlag) return true;
-  if (flags.server !== undefined) return false;
-  return Boolean(process.env.KEYHAVEN_DATA_DIR);
-}
-
 function auditOptions(c: Command): Command {
-  return connOptions(storeOptions(c), { output: false }).addHelpText('after', MODE_HELP);
+  const help = { dataDir: 'read the embedded key store in this folder instead of the key server', rootKeyFile: 'root key file (default <data-dir>/root.key)' };
+  return connOptions(storeOptions(c, help), { output: false }).addHelpText('after', MODE_HELP);
 }
 
 function filterOptions(c: Command): Command {
@@ -53,27 +45,40 @@ function filterOptions(c: Command): Command {
     .option('--operation <op>', 'records of this operation, e.g. key.rotate or crypto.encrypt');
 }
 
+function filtersOf(flags: Filters): Filters {
+  return { since: flags.since, until: flags.until, principal: flags.principal, key: flags.key, operation: flags.operation };
+}
+
 function afterSeq(v: string | undefined): number {
   if (v === undefined) return 0;
   if (!/^\d{1,15}$/.test(v)) throw new KeyhavenError('invalid_argument', `--after must be a record number, not ${JSON.stringify(v)}`);
   return Number(v);
 }
 
-/** One page of records after `after`, oldest first, with the request id of the read itself (server). */
-type PageReader = (after: number, limit: number, filtered: boolean) => Promise<{ rows: AuditRow[]; lines: string[]; requestId?: string }>;
+interface Page {
+  rows: AuditRow[];
+  lines: string[];
+  /** The request id of the read itself (server): its own record joins the log. */
+  requestId?: string;
+  /** The server's clock when it answered (the Date header). */
+  date?: string;
+}
 
-function serverPages(c: ApiClient, f: Filters): PageReader {
-  return async (after, limit, filtered) => {
-    const query = { after, limit, ...(filtered ? { since: f.since, until: f.until, principal: f.principal, key: f.key, operation: f.operation } : {}) };
+/** One page of records after `after` matching `f`, oldest first. */
+type PageReader = (after: number, limit: number, f: Filters) => Promise<Page>;
+
+function serverPages(c: ApiClient): PageReader {
+  return async (after, limit, f) => {
+    const query = { after, limit, since: f.since, until: f.until, principal: f.principal, key: f.key, operation: f.operation };
     const r = await c.call<string>('GET', '/v1/audit', { query, text: true });
     const lines = r.body.split('\n').filter((l) => l.length > 0);
-    return { rows: lines.map((l) => JSON.parse(l) as AuditRow), lines, requestId: r.requestId };
+    return { rows: lines.map((l) => JSON.parse(l) as AuditRow), lines, requestId: r.requestId, date: r.date };
   };
 }
 
-function localPages(query: (q: AuditQuery) => Promise<AuditRow[]>, f: Filters): PageReader {
-  return async (after, limit, filtered) => {
-    const rows = await query({ afterSeq: after, limit, ...(filtered ? { since: f.since, until: f.until, actor: f.principal, keyName: f.key, operation: f.operation } : {}) });
+function localPages(query: (q: AuditQuery) => Promise<AuditRow[]>): PageReader {
+  return async (after, limit, f) => {
+    const rows = await query({ afterSeq: after, limit, since: f.since, until: f.until, actor: f.principal, keyName: f.key, operation: f.operation });
     return { rows, lines: rows.map((r) => JSON.stringify(r)) };
   };
 }
@@ -81,10 +86,10 @@ function localPages(query: (q: AuditQuery) => Promise<AuditRow[]>, f: Filters): 
 const EXPORT_PAGE = 10_000;
 
 /** Pages through the log until a short page: records added by the export's own reads end up on a full page at most. */
-async function exportAll(read: PageReader, after: number): Promise<number> {
+async function exportAll(read: PageReader, after: number, f: Filters): Promise<number> {
   let n = 0;
   for (;;) {
-    const page = await read(after, EXPORT_PAGE, true);
+    const page = await read(after, EXPORT_PAGE, f);
     if (page.lines.length) process.stdout.write(page.lines.join('\n') + '\n');
     n += page.rows.length;
     if (page.rows.length < EXPORT_PAGE) return n;
@@ -97,10 +102,36 @@ function rowText(r: AuditRow): string {
   return `${r.seq}  ${r.time}  ${r.actor}  ${r.operation}  ${key}  ${r.result}${r.details ? `  ${r.details}` : ''}\n`;
 }
 
-/** The highest seq in the log, found with a handful of one-record reads (binary search). */
-async function lastSeq(read: PageReader, own: Set<string>): Promise<number> {
+/**
+ * The highest seq in a server's log, in three requests: a read's own record
+ * lands at the end of the log, and it is found by request id among the
+ * caller's recent audit.read records (the actor index makes that cheap).
+ */
+async function serverLastSeq(c: ApiClient, read: PageReader, own: Set<string>): Promise<number> {
+  const me = await c.call<{ name: string; kind: string }>('GET', '/v1/auth/whoami');
+  if (me.requestId) own.add(me.requestId);
+  const probe = await read(0, 1, {});
+  if (probe.requestId) own.add(probe.requestId);
+  if (probe.rows.length === 0) return 0;
+  if (probe.requestId && probe.date) {
+    const f: Filters = { principal: `${me.body.kind}:${me.body.name}`, operation: 'audit.read', since: new Date(Date.parse(probe.date) - 60_000).toISOString() };
+    let after = 0;
+    for (let pages = 0; pages < 10; pages++) {
+      const p = await read(after, EXPORT_PAGE, f);
+      if (p.requestId) own.add(p.requestId);
+      const mine = p.rows.find((r) => r.request_id === probe.requestId);
+      if (mine) return mine.seq;
+      if (p.rows.length < EXPORT_PAGE) break;
+      after = p.rows[p.rows.length - 1]!.seq;
+    }
+  }
+  return searchLastSeq(read, own);
+}
+
+/** The highest seq by binary search with one-record reads (the embedded store; a server without a Date header). */
+async function searchLastSeq(read: PageReader, own: Set<string>): Promise<number> {
   const exists = async (after: number) => {
-    const p = await read(after, 1, false);
+    const p = await read(after, 1, {});
     if (p.requestId) own.add(p.requestId);
     return p.rows.length > 0;
   };
@@ -119,7 +150,9 @@ async function lastSeq(read: PageReader, own: Set<string>): Promise<number> {
   return hi;
 }
 
-async function tail(read: PageReader, n: number, follow: boolean, output: OutputFormat): Promise<number> {
+type EndFinder = (read: PageReader, own: Set<string>) => Promise<number>;
+
+async function tail(read: PageReader, findEnd: EndFinder, f: Filters, n: number, follow: boolean, output: OutputFormat): Promise<number> {
   const own = new Set<string>();
   const print = (rows: AuditRow[]) => {
     for (const r of rows) {
@@ -132,14 +165,14 @@ async function tail(read: PageReader, n: number, follow: boolean, output: Output
     const rows: AuditRow[] = [];
     let after = from;
     for (;;) {
-      const p = await read(after, EXPORT_PAGE, true);
+      const p = await read(after, EXPORT_PAGE, f);
       if (p.requestId) own.add(p.requestId);
       rows.push(...p.rows);
       if (p.rows.length) after = p.rows[p.rows.length - 1]!.seq;
       if (p.rows.length < EXPORT_PAGE) return { rows, after };
     }
   };
-  const end = await lastSeq(read, own);
+  const end = await findEnd(read, own);
   // Widens a window back from the end until it holds n matching records (filters may be sparse).
   let span = Math.max(n * 2, 64);
   let got: { rows: AuditRow[]; after: number };
@@ -188,7 +221,7 @@ async function tail(read: PageReader, n: number, follow: boolean, output: Output
 
 function reportVerify(r: VerifyResult, output: OutputFormat, extra: Record<string, unknown>, okNote: string): number {
   if (output === 'json') printJson({ ...r, ...extra });
-  else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records ${okNote}\n`);
+  else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records${okNote ? ` ${okNote}` : ''}\n`);
   else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
   return r.ok ? 0 : 1;
 }
@@ -200,7 +233,7 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
     audit
       .command('verify')
       .description('Check the hash chain (and its signed head where the root key is at hand); report the first edited, deleted or reordered record')
-      .option('--db <file>', 'verify a SQLite database offline, opened read-only (with --root-key-file also its signed head)')
+      .option('--db <file>', 'verify a SQLite database offline, opened read-only; with --root-key-file (a keyfile-sealed server\'s key) also its signed head')
       .option('--file <export.jsonl>', 'verify a file written by "keyhaven audit export"'),
   )
     .addHelpText('after', '\nExit status 1 when verification fails; the message names the first broken record.')
@@ -211,11 +244,13 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
         }
         if (flags.file !== undefined) {
           if (flags.rootKeyFile !== undefined) throw new KeyhavenError('invalid_argument', '--root-key-file does not apply to --file: an export carries no signed head');
+          const { verifyExportFile } = await import('../audit-offline.js');
           const r = await verifyExportFile(flags.file);
           const note = `(records ${r.firstSeq} to ${r.lastSeq} of ${flags.file} link up; last hash ${r.lastHash}.\nThis checks the file against itself: compare that hash with record ${r.lastSeq} in the live log)`;
           return reportVerify(r, flags.output, { source: 'file', checked: 'chain' }, note);
         }
         if (flags.db !== undefined) {
+          const { verifyDatabase } = await import('../audit-offline.js');
           const r = await verifyDatabase(flags.db, flags.rootKeyFile);
           const { headChecked, ...res } = r;
           const note = headChecked
@@ -223,14 +258,8 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
             : '(hash chain only: without --root-key-file the signed head is not checked, so records cut from the end or a chain rewritten from scratch would go unnoticed)';
           return reportVerify(res, flags.output, { source: 'db', checked: headChecked ? 'chain+head' : 'chain' }, note);
         }
-        if (isLocal(flags)) {
-          return withStore(flags, async (es) => {
-            const r = await es.audit.verify();
-            if (flags.output === 'json') printJson(r);
-            else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records\n`);
-            else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
-            return r.ok ? 0 : 1;
-          });
+        if (actsLocally(flags)) {
+          return withStore(flags, async (es) => reportVerify(await es.audit.verify(), flags.output, {}, ''));
         }
         return withClient(flags, async (c) => {
           const r = (await c.call<VerifyResult>('GET', '/v1/audit/verify')).body;
@@ -245,8 +274,9 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
     .action((flags: AuditFlags & Filters) =>
       run(async () => {
         const after = afterSeq(flags.after);
-        if (isLocal(flags)) return withStore(flags, async (es) => (await exportAll(localPages((q) => es.store.queryAudit(q), flags), after), 0));
-        return withClient(flags, async (c) => (await exportAll(serverPages(c, flags), after), 0));
+        const f = filtersOf(flags);
+        if (actsLocally(flags)) return withStore(flags, async (es) => (await exportAll(localPages((q) => es.store.queryAudit(q)), after, f), 0));
+        return withClient(flags, async (c) => (await exportAll(serverPages(c), after, f), 0));
       }),
     );
 
@@ -263,8 +293,9 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
     .action((flags: AuditFlags & Filters & { lines: string; follow?: boolean }) =>
       run(async () => {
         const n = positiveInt('--lines', flags.lines);
-        if (isLocal(flags)) return withStore(flags, (es) => tail(localPages((q) => es.store.queryAudit(q), flags), n, flags.follow === true, flags.output));
-        return withClient(flags, (c) => tail(serverPages(c, flags), n, flags.follow === true, flags.output));
+        const f = filtersOf(flags);
+        if (actsLocally(flags)) return withStore(flags, (es) => tail(localPages((q) => es.store.queryAudit(q)), searchLastSeq, f, n, flags.follow === true, flags.output));
+        return withClient(flags, (c) => tail(serverPages(c), (read, own) => serverLastSeq(c, read, own), f, n, flags.follow === true, flags.output));
       }),
     );
 }

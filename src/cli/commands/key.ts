@@ -5,7 +5,7 @@ import { localActor } from '../actor.js';
 import type { ApiClient, ConnectionFlags } from '../client.js';
 import { formatKeyTable, printJson, type OutputFormat } from '../output.js';
 import { connOptions, positiveInt, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView } from '../remote-command.js';
-import { storeOptions, withStore, type StoreFlags } from '../store-command.js';
+import { actsLocally, storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
 // Two targets, one command: the key server (the default) or the plugin's
 // embedded key store folder. The embedded store has no scheduler, so
@@ -37,16 +37,8 @@ Where a key command acts:
 policy, destroy and cancel-destroy need the key server; destroy-version needs the embedded store.
 ${SERVER_HELP}`;
 
-function isLocal(flags: KeyFlags): boolean {
-  const localFlag = flags.dataDir !== undefined || flags.rootKeyFile !== undefined;
-  if (localFlag && flags.server !== undefined) throw new KeyhavenError('invalid_argument', '--server and --data-dir/--root-key-file name different targets; give one');
-  if (localFlag) return true;
-  if (flags.server !== undefined) return false;
-  return Boolean(process.env.KEYHAVEN_DATA_DIR);
-}
-
 function keyOptions(c: Command): Command {
-  return connOptions(storeOptions(c), { output: false });
+  return connOptions(storeOptions(c, { dataDir: 'act on the embedded key store in this folder instead of the key server' }), { output: false });
 }
 
 function showLocal(k: KeyInfo, output: OutputFormat, verb?: string): void {
@@ -61,7 +53,7 @@ function showLocal(k: KeyInfo, output: OutputFormat, verb?: string): void {
 function showRemote(k: KeyView, output: OutputFormat, verb?: string): void {
   if (output === 'json') return printJson(k);
   if (verb) {
-    process.stdout.write(`key "${k.name}" ${verb}: current version ${k.currentVersion}, ${k.state}${k.destroyAt ? `, destroyed at ${k.destroyAt}` : ''}\n`);
+    process.stdout.write(`key "${k.name}" ${verb}: current version ${k.currentVersion}, ${k.state}${k.destroyAt ? `, material erased at ${k.destroyAt}` : ''}\n`);
     return;
   }
   const rotation = k.rotationPeriod ? `every ${k.rotationPeriod}${k.nextRotationAt ? `, next at ${k.nextRotationAt}` : ''}` : 'manual';
@@ -71,7 +63,7 @@ function showRemote(k: KeyView, output: OutputFormat, verb?: string): void {
     `current version:         ${k.currentVersion}`,
     `min decryption version:  ${k.minDecryptionVersion}`,
     `rotation:                ${rotation}`,
-    ...(k.destroyAt ? [`destroyed at:            ${k.destroyAt}`] : []),
+    ...(k.destroyAt ? [`erased at:               ${k.destroyAt}`] : []),
     `created:                 ${k.createdAt}`,
     `updated:                 ${k.updatedAt}`,
     'versions:',
@@ -107,7 +99,7 @@ export function registerKey(program: Command, run: (fn: () => Promise<number>) =
         // commander passes the positional arguments, then the options, then the command.
         const flags = all[all.length - 2] as KeyFlags;
         const args = all.slice(0, -2) as A;
-        run(() => (isLocal(flags) ? local(flags, ...args) : withClient(flags, (c) => remote(c, flags, ...args))));
+        run(() => (actsLocally(flags) ? local(flags, ...args) : withClient(flags, (c) => remote(c, flags, ...args))));
       });
 
   both(
