@@ -58,7 +58,9 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
       rootKey.fill(0);
     }
     const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-    const audit = createAuditLog(store, { headKey, fsync: opts.auditFsync ?? false });
+    const audit = createAuditLog(store, { fsync: opts.auditFsync ?? false });
+    // A head that no longer matches the log (records cut) is not re-signed over the damage.
+    await audit.adoptHeadKey(headKey);
     const keys = createKeyStore({ store, barrier, audit });
     return {
       store,
