@@ -228,9 +228,14 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
   });
 
   it('a quorum-guarded key disable files an approval; another key-admin approves it and it runs', async () => {
-    const admin = session('boss').token;
-    const q = await api(srv.url, 'PUT', '/v1/sys/quorum', { token: admin, body: { required: 1, operations: ['key.disable', 'key.policy'], ttlS: 3600 } });
-    assert.equal(q.status, 200, q.text);
+    const set = await ok(['quorum', 'set', '--required', '1', '--operations', 'key.disable,key.policy,app.rotate-key', '--ttl', '3600'], { as: 'boss' });
+    assert.match(set.stdout, /1 approval from other admins/);
+    assert.match(set.stdout, /key\.disable\s+yes/);
+    assert.match(set.stdout, /key\.destroy\s+no/);
+    const shown = await json<{ required: number; operations: string[]; ttlS: number }>(['quorum', 'show'], { as: 'keyadmin' });
+    assert.deepEqual({ ...shown, operations: [...shown.operations].sort() }, { required: 1, operations: ['app.rotate-key', 'key.disable', 'key.policy'], ttlS: 3600 });
+    assert.equal((await kh(['quorum', 'set', '--required', 'two'], { as: 'boss' })).code, 2);
+    assert.equal((await kh(['quorum', 'set', '--required', '0'], { as: 'keyadmin' })).code, 5, 'key-admins may not change the policy');
 
     const filed = await ok(['key', 'disable', 'k1'], { as: 'keyadmin' });
     const id = /approval request ([0-9a-f]{16}) filed; needs 1 approval\b/.exec(filed.stdout)?.[1];
@@ -256,6 +261,24 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     assert.equal(denied.state, 'denied');
     assert.equal((await keyState('k1')).rotationPeriod, null);
     assert.match((await ok(['key', 'enable', 'k1'], { as: 'keyadmin' })).stdout, /key "k1" enabled: current version 2, enabled/);
+  });
+
+  it('a quorum-guarded app rotate-key: approved by another security-admin, the new key collected once by the requester', async () => {
+    const filed = await ok(['app', 'rotate-key', 'app1'], { as: 'boss' });
+    const id = /approval request ([0-9a-f]{16}) filed/.exec(filed.stdout)?.[1];
+    assert.ok(id, filed.stdout);
+    assert.match(filed.stdout, new RegExp(`collect the new key \\(once\\) with: keyhaven approval collect ${id}`));
+    const approved = await ok(['approval', 'approve', id], { as: 'admin2' });
+    assert.match(approved.stdout, new RegExp(`user:boss collects the new API key with: keyhaven approval collect ${id}`));
+    assert.doesNotMatch(approved.stdout, /kha_/);
+    const [shown, notMine] = await Promise.all([ok(['approval', 'show', id], { as: 'keyadmin' }), kh(['approval', 'collect', id], { as: 'admin2' })]);
+    assert.match(shown.stdout, /state:\s+executed/);
+    assert.equal(notMine.code, 5, notMine.stderr);
+    const got = await json(['approval', 'collect', id], { as: 'boss' });
+    assert.match(got.apiKey, /^kha_/);
+    assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token: got.apiKey })).body.name, 'app1');
+    const again = await kh(['approval', 'collect', id], { as: 'boss' });
+    assert.equal(again.code, 3, again.stderr);
   });
 
   it('operator seal makes commands exit 6; unseal without a share re-reads the key file', async () => {

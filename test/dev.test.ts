@@ -137,7 +137,7 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
   });
 
   it('the banner names the health and metrics URLs, and they answer', async () => {
-    const m = /health:\s+(http:\/\/127\.0\.0\.1:(\d+))\/healthz\b/.exec(dev.stderr());
+    const m = /plugin:\s+(http:\/\/127\.0\.0\.1:(\d+))\/healthz\b/.exec(dev.stderr());
     assert.ok(m, `health URL in banner:\n${dev.stderr()}`);
     healthBase = m[1]!;
     assert.notEqual(Number(m[2]), 8787, 'the test asked for an ephemeral port');

@@ -8,6 +8,9 @@ import { readSession, type Session } from './session.js';
 
 export const DEFAULT_SERVER = 'http://127.0.0.1:8200';
 
+// What the server accepts after "Bearer ".
+const TOKEN = /^[\x21-\x7e]{1,512}$/;
+
 export interface ConnectionFlags {
   server?: string;
   caFile?: string;
@@ -53,13 +56,18 @@ export function resolveConnection(flags: ConnectionFlags, opts: { useSessionToke
   const caFile = flags.caFile || process.env.KEYHAVEN_CACERT || (saved()?.server === server ? saved()?.caFile : undefined) || undefined;
 
   const envToken = process.env.KEYHAVEN_TOKEN;
-  if (envToken) return { server, token: envToken, caFile };
+  if (envToken) {
+    // Checked here so a stray newline gives a clear error; the value is never echoed.
+    if (!TOKEN.test(envToken)) throw new KeyhavenError('invalid_argument', 'KEYHAVEN_TOKEN does not look like a keyhaven token (printable characters only, no spaces or newlines)');
+    return { server, token: envToken, caFile };
+  }
   if (opts.useSessionToken === false) return { server, caFile };
   const s = saved();
   if (!s) return { server, caFile, noTokenReason: 'not logged in: run "keyhaven login" (or set KEYHAVEN_TOKEN)' };
   // A token goes only to the server that issued it.
   if (s.server !== server) return { server, caFile, noTokenReason: `the saved login is for ${s.server}, not ${server}: run "keyhaven login --server ${server}"` };
   if (Date.parse(s.expiresAt) <= Date.now()) return { server, caFile, noTokenReason: 'the saved session has expired: run "keyhaven login"' };
+  if (!TOKEN.test(s.token)) return { server, caFile, noTokenReason: 'the saved session is damaged: run "keyhaven login"' };
   return { server, token: s.token, caFile };
 }
 
@@ -160,8 +168,7 @@ export function createClient(conn: Connection): ApiClient {
       const headers: Record<string, string> = { accept: 'application/json' };
       if (conn.token && opts.auth !== false) headers.authorization = `Bearer ${conn.token}`;
       let body: string | undefined;
-      // The server reads a POST without a body as a null body and refuses it
-      // where its schema expects an optional empty object, so send {}.
+      // Every /v1 POST and PUT takes a JSON object; a bare one is sent as {}.
       const payload = opts.body === undefined && (method === 'POST' || method === 'PUT') ? {} : opts.body;
       if (payload !== undefined) {
         body = JSON.stringify(payload);

@@ -19,6 +19,7 @@ const COMMANDS: ReadonlyArray<readonly [readonly string[], () => Promise<Registe
   [['app'], async () => (await import('./commands/app.js')).registerApp],
   [['user'], async () => (await import('./commands/user.js')).registerUser],
   [['approval'], async () => (await import('./commands/approval.js')).registerApproval],
+  [['quorum'], async () => (await import('./commands/quorum.js')).registerQuorum],
   [['audit'], async () => (await import('./commands/audit.js')).registerAudit],
   [['k8s'], async () => (await import('./commands/k8s.js')).registerK8s],
 ];

@@ -15,7 +15,7 @@ export interface PrincipalView {
 }
 
 function printApiKey(app: string, apiKey: string): void {
-  process.stdout.write(`API key for app "${app}" (shown once; store it now, e.g. in the plugin's apiKeyFile):\n${apiKey}\n`);
+  process.stdout.write(`API key for app "${app}" (shown once; store it now):\n${apiKey}\n`);
 }
 
 export function registerApp(program: Command, run: (fn: () => Promise<number>) => void): void {
@@ -97,15 +97,25 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
     ),
   );
 
-  connOptions(app.command('rotate-key <app>').description('Issue a new API key for an app (printed once); the old one stops working at once')).action(
-    (appName: string, flags: RemoteFlags) =>
-      run(() =>
-        withClient(flags, async (c) => {
-          const r = await c.call<{ apiKey: string }>('POST', `/v1/apps/${seg(appName)}/rotate-key`, { body: {} });
-          if (flags.output === 'json') printJson({ app: appName, apiKey: r.body.apiKey });
-          else printApiKey(appName, r.body.apiKey);
+  connOptions(
+    app
+      .command('rotate-key <app>')
+      .description('Issue a new API key for an app (printed once); the old one stops working at once. Under a quorum policy you collect the key once approved'),
+  ).action((appName: string, flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const r = await c.call<{ apiKey: string } | { approval: ApprovalView }>('POST', `/v1/apps/${seg(appName)}/rotate-key`, { body: {} });
+        if (r.status === 202) {
+          const filed = r.body as { approval: ApprovalView };
+          reportApprovalFiled(filed, flags.output);
+          if (flags.output === 'text') process.stdout.write(`once approved, collect the new key (once) with: keyhaven approval collect ${filed.approval.id}\n`);
           return 0;
-        }),
-      ),
+        }
+        const { apiKey } = r.body as { apiKey: string };
+        if (flags.output === 'json') printJson({ app: appName, apiKey });
+        else printApiKey(appName, apiKey);
+        return 0;
+      }),
+    ),
   );
 }

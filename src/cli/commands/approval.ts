@@ -17,7 +17,11 @@ function report(a: ApprovalView, flags: RemoteFlags, verb: string): number {
   const errCode = (a.result as { error?: unknown } | null)?.error;
   if (flags.output === 'json') printJson(a);
   else if (a.state === 'pending') process.stdout.write(`approval request ${a.id} ${verb}: ${a.approvals.length} of ${a.required} approvals\n`);
-  else if (!failed) process.stdout.write(`approval request ${a.id} ${verb}: ${a.state} (${a.operation} ${paramsText(a.params)})\n`);
+  else if (!failed) {
+    process.stdout.write(`approval request ${a.id} ${verb}: ${a.state} (${a.operation} ${paramsText(a.params)})\n`);
+    // A rotated app key waits on the server for its requester alone.
+    if (a.state === 'executed' && (a.result as { collect?: unknown } | null)?.collect) process.stdout.write(`${a.requester} collects the new API key with: keyhaven approval collect ${a.id}\n`);
+  }
   if (!failed) return 0;
   const code: ErrorCode = typeof errCode === 'string' && (ERROR_CODES as readonly string[]).includes(errCode) ? (errCode as ErrorCode) : 'internal';
   throw new KeyhavenError(code, `approval request ${a.id} was approved but ${a.operation} failed: ${String(errCode ?? 'unknown error')}`);
@@ -44,9 +48,45 @@ export function registerApproval(program: Command, run: (fn: () => Promise<numbe
       ),
   );
 
+  connOptions(approval.command('show <id>').description('Show one approval request')).action((id: string, flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const a = (await c.call<ApprovalView>('GET', `/v1/approvals/${seg(id)}`)).body;
+        if (flags.output === 'json') printJson(a);
+        else {
+          const lines = [
+            `id:         ${a.id}`,
+            `operation:  ${a.operation} ${paramsText(a.params)}`,
+            `requester:  ${a.requester}`,
+            `state:      ${a.state}`,
+            `approvals:  ${a.approvals.length} of ${a.required}${a.approvals.length ? ` (${a.approvals.map((x) => `${x.name} at ${x.at}`).join(', ')})` : ''}`,
+            `created:    ${a.createdAt}`,
+            `expires:    ${a.expiresAt}`,
+            ...(a.decidedAt ? [`decided:    ${a.decidedAt}`] : []),
+            ...(a.result !== null && a.result !== undefined ? [`result:     ${JSON.stringify(a.result)}`] : []),
+          ];
+          process.stdout.write(lines.join('\n') + '\n');
+        }
+        return 0;
+      }),
+    ),
+  );
+
   connOptions(approval.command('approve <id>').description('Approve a request (not your own); the last approval needed carries it out')).action(
     (id: string, flags: RemoteFlags) =>
       run(() => withClient(flags, async (c) => report((await c.call<ApprovalView>('POST', `/v1/approvals/${seg(id)}/approve`, { body: {} })).body, flags, 'approved'))),
+  );
+
+  connOptions(approval.command('collect <id>').description('Collect, once, the new API key of an approved app rotate-key you requested')).action(
+    (id: string, flags: RemoteFlags) =>
+      run(() =>
+        withClient(flags, async (c) => {
+          const { apiKey } = (await c.call<{ apiKey: string }>('POST', `/v1/approvals/${seg(id)}/collect`, { body: {} })).body;
+          if (flags.output === 'json') printJson({ approval: id, apiKey });
+          else process.stdout.write(`new API key from approval request ${id} (shown once; store it now):\n${apiKey}\n`);
+          return 0;
+        }),
+      ),
   );
 
   connOptions(approval.command('deny <id>').description('Deny a pending request (its requester may withdraw it the same way)')).action((id: string, flags: RemoteFlags) =>
