@@ -59,9 +59,14 @@ process.on('exit', () => {
   for (const dir of tmpDirs) rmSync(dir, { recursive: true, force: true });
 });
 
+/** Stops every child still running (between sections). */
+export async function stopAll(): Promise<void> {
+  await Promise.allSettled([...live].map((c) => stopChild(c, 2000)));
+}
+
 /** Stops every child, runs the async clean-ups, then exits. */
 export async function shutdown(code: number): Promise<never> {
-  await Promise.allSettled([...live].map((c) => stopChild(c, 2000)));
+  await stopAll();
   for (const fn of [...cleanups]) {
     await fn().catch((e: unknown) => log(`clean-up failed: ${e instanceof Error ? e.message : String(e)}`));
   }

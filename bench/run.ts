@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
 import {
-  BenchError, envNumber, exited, fmt, interrupted, log, ratio, registerTmp, ROOT, run, shutdown, stopChild, table, track,
+  BenchError, envNumber, exited, fmt, interrupted, log, ratio, registerTmp, ROOT, run, shutdown, stopAll, stopChild, table, track,
 } from './procs.js';
 import { runServerSection } from './server-bench.js';
 
@@ -385,7 +385,8 @@ async function main(): Promise<void> {
   if (values.help) {
     process.stdout.write(
       'usage: node dist/bench/run.js [server] [--only echo|plugin|server]\n' +
-        '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N, BENCH_SERVER_NODE_ARGS\n',
+        '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N,\n' +
+        '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_NODE_ARGS (see bench/README.md)\n',
     );
     return;
   }
@@ -402,7 +403,16 @@ async function main(): Promise<void> {
 
   let failed = false;
   if (only !== 'server') {
-    failed = (await pluginSection(only ? [only] : ['echo', 'plugin'], tmpRoot)) || failed;
+    try {
+      failed = (await pluginSection(only ? [only] : ['echo', 'plugin'], tmpRoot)) || failed;
+    } catch (e) {
+      // In a full run the key server section still runs; the exit status says the run failed.
+      if (only !== undefined || interrupted || !(e instanceof BenchError)) throw e;
+      log(`plugin section failed: ${e.message}`);
+      process.stdout.write(`plugin section FAILED:\n${e.message.replace(/^/gm, '  ')}\n`);
+      await stopAll();
+      failed = true;
+    }
   }
   if (only === undefined || only === 'server') {
     const r = await runServerSection({ seconds: envNumber('BENCH_SERVER_SECONDS', 3), warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot });
@@ -415,6 +425,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
+  // An interrupt is already shutting down (its children failing is expected).
+  if (interrupted) return;
   const msg = err instanceof BenchError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err);
   log(msg);
   // Children get SIGTERM first, async clean-ups run; the exit handler SIGKILLs the rest and removes temp files.

@@ -329,13 +329,14 @@ async function pgDatabase(): Promise<{ url: string; drop(): Promise<void> } | { 
   }
   const name = `keyhaven_bench_${randomBytes(6).toString('hex')}`;
   await pgAdmin((c) => c.query(`create database ${name}`));
-  let dropped = false;
-  const drop = async () => {
-    if (dropped) return;
-    dropped = true;
-    // force: ends sessions a killed server left open (PostgreSQL 13+).
-    await pgAdmin((c) => c.query(`drop database if exists ${name} with (force)`));
-  };
+  // Every caller (normal end, error, interrupt) waits for the one drop.
+  let dropping: Promise<void> | undefined;
+  const drop = () =>
+    (dropping ??= (async () => {
+      // force: ends sessions a killed server left open (PostgreSQL 13+).
+      await pgAdmin((c) => c.query(`drop database if exists ${name} with (force)`));
+      log(`dropped PostgreSQL database ${name}`);
+    })());
   const u = new URL(PG_ADMIN_URL);
   u.pathname = `/${name}`;
   log(`created PostgreSQL database ${name}`);

@@ -150,6 +150,7 @@ describe('server bad input', () => {
     { method: 'PUT', path: '/v1/apps/scratchapp/grants/k1', token: () => cast.admin, valid: { operations: ['encrypt'] }, required: ['operations'] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/approve', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/deny', token: () => cast.keyAdmin, valid: {}, required: [] },
+    { method: 'POST', path: '/v1/approvals/0123456789abcdef/collect', token: () => cast.keyAdmin, valid: {}, required: [] },
   ];
 
   /** A value of another JSON type than `v`, carrying the marker where it is a string. */
@@ -195,7 +196,7 @@ describe('server bad input', () => {
     assert.equal(k.body.rotationPeriod, null);
     const q = await api(url, 'GET', '/v1/sys/quorum', { token: cast.admin });
     assert.equal(q.body.required, 0);
-    assert.deepEqual(q.body.operations.length, 7);
+    assert.deepEqual(q.body.operations.length, 8, "the default policy lists every guardable operation");
     assert.equal((await api(url, 'GET', '/v1/auth/whoami', { token: logoutSession })).status, 200, 'logout never ran');
     assert.equal((await api(url, 'GET', '/v1/sys/health')).status, 200, 'seal never ran');
   });
@@ -302,6 +303,7 @@ describe('server bad input', () => {
       await refused(`approval id ${id}`, await api(url, 'GET', `/v1/approvals/${id}`, { token: cast.keyAdmin }), { status: 400, code: 'invalid_argument' });
       await refused(`approve ${id}`, await api(url, 'POST', `/v1/approvals/${id}/approve`, { token: cast.keyAdmin, body: {} }), { status: 400, code: 'invalid_argument' });
       await refused(`deny ${id}`, await api(url, 'POST', `/v1/approvals/${id}/deny`, { token: cast.keyAdmin, body: {} }), { status: 400, code: 'invalid_argument' });
+      await refused(`collect ${id}`, await api(url, 'POST', `/v1/approvals/${id}/collect`, { token: cast.keyAdmin, body: {} }), { status: 400, code: 'invalid_argument' });
     }
     await refused('unknown approval', await api(url, 'GET', '/v1/approvals/0123456789abcdef', { token: cast.keyAdmin }), { status: 404, code: 'not_found' });
     await refused('approve unknown', await api(url, 'POST', '/v1/approvals/0123456789abcdef/approve', { token: cast.keyAdmin, body: {} }), { status: 404, code: 'not_found' });
