@@ -12,7 +12,7 @@ import { startPlugin } from '../../plugin/run-plugin.js';
 import type { Services } from '../../server/core.js';
 import { startServer } from '../../server/run-server.js';
 import { defaultDataDir } from '../data-dir.js';
-import { serveUntilSignal } from './server.js';
+import { serveUntilSignal } from '../signals.js';
 
 const DEV_ADMIN = 'dev-admin';
 const DEV_APP = 'dev-plugin';

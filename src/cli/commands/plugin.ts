@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
 import { loadPluginConfig, type PluginConfig } from '../../config/plugin-config.js';
 import { createLogger, type Logger } from '../../log/logger.js';
-import { startPlugin, type RunningPlugin } from '../../plugin/run-plugin.js';
+import { startPlugin } from '../../plugin/run-plugin.js';
 import { defaultDataDir } from '../data-dir.js';
+import { serveUntilSignal } from '../signals.js';
 
 interface PluginFlags {
   config?: string;
@@ -42,34 +43,9 @@ function overridesFrom(f: PluginFlags): Record<string, unknown> {
   };
 }
 
-/** Runs until SIGTERM/SIGINT, then stops gracefully; a second signal exits at once. */
-export async function runUntilSignal(plugin: RunningPlugin, logger: Logger): Promise<number> {
-  return new Promise<number>((resolve) => {
-    let stopping = false;
-    const onSignal = (sig: NodeJS.Signals) => {
-      if (stopping) {
-        logger.warn({ signal: sig }, 'second signal: exiting now');
-        logger.flush();
-        process.exit(130);
-      }
-      stopping = true;
-      logger.info({ signal: sig }, 'stopping: letting in-flight calls finish');
-      plugin.close().then(
-        () => resolve(0),
-        (e: unknown) => {
-          logger.error({ err: String(e) }, 'error while stopping');
-          resolve(1);
-        },
-      );
-    };
-    process.on('SIGTERM', onSignal);
-    process.on('SIGINT', onSignal);
-  });
-}
-
 export async function servePlugin(cfg: Readonly<PluginConfig>, logger: Logger): Promise<number> {
   const plugin = await startPlugin(cfg, logger);
-  const code = await runUntilSignal(plugin, logger);
+  const code = await serveUntilSignal(() => plugin.close(), logger);
   await new Promise<void>((r) => logger.flush(() => r()));
   return code;
 }
