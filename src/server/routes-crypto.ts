@@ -47,9 +47,9 @@ export function registerCryptoRoutes(app: FastifyInstance, { core, metrics }: Ro
   const access = { apps: 'granted' } as const;
 
   // Runs a single item or a batch; batch items fail one by one.
-  async function run<I, O>(req: FastifyRequest, name: string, op: CryptoOperation, body: I | { batch: I[] }, fn: (s: Services, keyId: string, item: I) => O & { version: number }) {
-    const s = core.services();
-    const keyId = await requireGrant(s, req, name, op);
+  async function run<I, O>(req: FastifyRequest, name: string, op: CryptoOperation, body: I | { batch: I[] }, fn: (s: Services, keyId: string, item: I) => O & { version: number }, granted?: { s: Services; keyId: string }) {
+    const s = granted?.s ?? core.services();
+    const keyId = granted?.keyId ?? (await requireGrant(s, req, name, op));
     const count = (result: string) => metrics.cryptoOps.inc({ key: name, operation: op, result });
     if (typeof body === 'object' && body !== null && 'batch' in body) {
       let failed = 0;
@@ -80,14 +80,6 @@ export function registerCryptoRoutes(app: FastifyInstance, { core, metrics }: Ro
     }
   }
 
-  // Decrypt loads versions it has not cached (another server may have rotated); do that before the synchronous part.
-  async function preload(s: Services, name: string, body: { ciphertext: string } | { batch: { ciphertext: string }[] }) {
-    const items = 'batch' in body ? body.batch : [body];
-    const versions = new Set(items.map((i) => Number(i.ciphertext.slice(4, i.ciphertext.indexOf(':', 3)))));
-    const known = await s.keys.get(name);
-    if ([...versions].some((v) => v > known.currentVersion || !known.versions.some((x) => x.version === v))) await s.keys.refresh(name);
-  }
-
   r.post('/v1/keys/:name/encrypt', {
     config: { op: 'crypto.encrypt', access },
     schema: {
@@ -105,11 +97,9 @@ export function registerCryptoRoutes(app: FastifyInstance, { core, metrics }: Ro
 
   const decryptOne = async (req: FastifyRequest, name: string, body: { ciphertext: string; context?: string | undefined } | { batch: { ciphertext: string; context?: string | undefined }[] }, op: 'decrypt' | 'rewrap') => {
     const s = core.services();
-    await requireGrant(s, req, name, op);
-    await preload(s, name, body);
-    // Decrypt is async only when versions are missing from memory; preload made that rare, so resolve items in turn.
+    const keyId = await requireGrant(s, req, name, op);
+    // Opened first: decrypt loads a version it has not cached (rotated by another server) from storage.
     const items = 'batch' in body ? body.batch : [body];
-    const keyId = s.keys.idOf(name)!;
     const opened = await Promise.all(
       items.map(async (item) => {
         try {
@@ -128,7 +118,7 @@ export function registerCryptoRoutes(app: FastifyInstance, { core, metrics }: Ro
       const out = s2.keys.encrypt(name, d.plaintext, undefined, ctx(items[i - 1]!.context));
       d.plaintext.fill(0);
       return { ciphertext: formatCiphertext(out.version, out.ciphertext), version: out.version };
-    });
+    }, { s, keyId });
   };
 
   r.post('/v1/keys/:name/decrypt', {

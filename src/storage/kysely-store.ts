@@ -28,6 +28,15 @@ export interface AuditAppender {
   standalone(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
   /** True while a transaction is open on the connection (one started through kysely spans awaits). */
   busy(): boolean;
+  /**
+   * Makes commits done so far durable without blocking the event loop (an
+   * fsync of the write-ahead log on libuv's thread pool). When present, a
+   * durable append commits relaxed and then awaits this, so other requests
+   * are served during the fsync and join the next batch.
+   */
+  syncAsync?(): Promise<void>;
+  /** Releases what it holds open. */
+  close?(): Promise<void>;
 }
 
 /**
@@ -205,7 +214,14 @@ export class KyselyStore implements Store {
       if (!this.runTransaction) return fast.inTransaction(drafts, link, opts);
       // Synchronous, so nothing can interleave: unless a kysely transaction is
       // open on the connection, write now instead of queueing for its mutex.
-      if (!fast.busy()) return fast.standalone(drafts, link, opts);
+      if (!fast.busy()) {
+        if (opts.fsync !== false && fast.syncAsync) {
+          const rows = fast.standalone(drafts, link, { ...opts, fsync: false });
+          await fast.syncAsync();
+          return rows;
+        }
+        return fast.standalone(drafts, link, opts);
+      }
       return this.db.connection().execute(async () => fast.standalone(drafts, link, opts));
     }
     if (!this.runTransaction) return this.appendAuditInTransaction(drafts, link, opts);

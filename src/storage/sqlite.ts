@@ -47,6 +47,7 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
     throw new KeyhavenError('config_invalid', `database ${opts.path} could not be migrated: ${(error as Error).message}`);
   }
 
+  const appender = createSqliteAuditAppender(raw, opts.path);
   return new KyselyStore(
     db,
     (fn) =>
@@ -63,7 +64,10 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
           throw e;
         }
       }),
-    () => db.destroy(),
-    createSqliteAuditAppender(raw),
+    async () => {
+      await appender.close?.();
+      await db.destroy();
+    },
+    appender,
   );
 }
