@@ -188,7 +188,7 @@ describe('server secrets hygiene', () => {
   it('the scan covers real output', () => {
     const out = places.get('server output')!.toString();
     assert.match(out, /keyhaven server listening/);
-    assert.match(out, /"msg":"stopping"/);
+    assert.match(out, /"msg":"stopping/);
     assert.ok(places.get('audit export')!.toString().split('\n').length > 50);
     assert.match(places.get('/metrics')!.toString(), /keyhaven_/);
     assert.ok(places.get('database file main (running)')!.length > 0);
