@@ -112,6 +112,32 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
   let queue: Pending[] = [];
   let writing: Promise<void> | undefined;
   let scheduled = false;
+  // Pipelined durability (SQLite): batches commit without waiting for the
+  // disk, and one fsync at a time covers every batch committed before it
+  // started; a request is answered only once an fsync covering its record
+  // has finished. Commits and fsyncs overlap instead of taking turns.
+  const syncLater = fsync ? store.syncLater : undefined;
+  let awaitingSync: Pending[] = [];
+  let syncing: Promise<void> | undefined;
+  const failed = (e: unknown) => new KeyhavenError('audit_failed', 'the audit record could not be written; request refused', { cause: e });
+
+  const kickSync = (): void => {
+    if (syncing || awaitingSync.length === 0 || !syncLater) return;
+    const covered = awaitingSync;
+    awaitingSync = [];
+    syncing = syncLater().then(
+      () => {
+        for (const p of covered) p.resolve();
+      },
+      (e: unknown) => {
+        const err = failed(e);
+        for (const p of covered) p.reject(err);
+      },
+    ).finally(() => {
+      syncing = undefined;
+      kickSync();
+    });
+  };
 
   const drain = async (): Promise<void> => {
     while (queue.length > 0) {
@@ -121,12 +147,17 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
         await store.appendAudit(
           batch.map((p) => p.draft),
           linkRecord,
-          { head, fsync },
+          { head, fsync: syncLater ? false : fsync },
         );
-        for (const p of batch) p.resolve();
+        if (syncLater) {
+          awaitingSync.push(...batch);
+          kickSync();
+        } else {
+          for (const p of batch) p.resolve();
+        }
         notify();
       } catch (e) {
-        const err = new KeyhavenError('audit_failed', 'the audit record could not be written; request refused', { cause: e });
+        const err = failed(e);
         for (const p of batch) p.reject(err);
       }
     }
@@ -154,8 +185,8 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
       });
     },
     async flush() {
-      while (writing || scheduled || queue.length > 0) {
-        await (writing ?? new Promise((r) => setImmediate(r)));
+      while (writing || scheduled || queue.length > 0 || syncing || awaitingSync.length > 0) {
+        await (writing ?? syncing ?? new Promise((r) => setImmediate(r)));
       }
     },
     async recordIn(tx, event) {

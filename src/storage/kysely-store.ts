@@ -49,12 +49,18 @@ export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o
 // One code path for every SQL backend: dialect differences stay in the
 // factory that builds the Kysely instance and its transaction runner.
 export class KyselyStore implements Store {
+  readonly syncLater: (() => Promise<void>) | undefined;
+
   constructor(
     private readonly db: Kysely<Database>,
     private readonly runTransaction: TransactionRunner | undefined,
     private readonly onClose: () => Promise<void> = async () => {},
     private readonly fastAudit?: AuditAppender,
-  ) {}
+  ) {
+    const sync = fastAudit?.syncAsync?.bind(fastAudit);
+    // Only the store itself, not a transaction's view of it.
+    this.syncLater = sync && runTransaction ? sync : undefined;
+  }
 
   async getMeta(name: string): Promise<string | undefined> {
     const row = await this.db.selectFrom('meta').select('value').where('name', '=', name).executeTakeFirst();

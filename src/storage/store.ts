@@ -90,6 +90,13 @@ export interface Store {
   /** Filtered read in seq order (for tail and export; verify reads unfiltered). */
   queryAudit(q: AuditQuery): Promise<AuditRow[]>;
 
+  /**
+   * Present when durability can be deferred: records appended with fsync
+   * false become durable (power-loss safe) once a later call resolves. Lets
+   * the audit log overlap commits with fsyncs.
+   */
+  readonly syncLater?: (() => Promise<void>) | undefined;
+
   /** Runs fn in one exclusive write transaction (across processes too). */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   close(): Promise<void>;
