@@ -4,7 +4,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import BetterSqlite3 from 'better-sqlite3';
-import { BIN, ROOT, initStore, removeDir, tempDir, waitFor, type CliResult } from './helpers.js';
+import { BIN, ROOT, cleanCliEnv, cliExpect, initStore, removeDir, runCli, tempDir, waitFor, type CliResult } from './helpers.js';
 import { api, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // keyhaven audit against a real key server (export, verify on the server,
@@ -20,36 +20,13 @@ let base: string;
 let dataDir: string;
 const tokens: Record<string, string> = {};
 
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k.startsWith('KEYHAVEN_') || k === 'XDG_CONFIG_HOME') delete env[k];
-  return env;
-}
-
 /** Runs bin/keyhaven asynchronously as a cast member (their token in $KEYHAVEN_TOKEN). */
 function kh(args: string[], opts: { as?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const env = { ...cleanEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, ...(opts.as ? { KEYHAVEN_TOKEN: tokens[opts.as] } : {}), ...opts.env };
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin.end(opts.input ?? '');
-  });
+  const env = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, ...(opts.as ? { KEYHAVEN_TOKEN: tokens[opts.as] } : {}), ...opts.env };
+  return runCli(args, { env, input: opts.input });
 }
 
-async function ok(args: string[], opts: Parameters<typeof kh>[1] = {}): Promise<CliResult> {
-  const r = await kh(args, opts);
-  assert.equal(r.code, 0, `keyhaven ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r;
-}
-
-async function json<T = any>(args: string[], opts: Parameters<typeof kh>[1] = {}): Promise<T> {
-  return JSON.parse((await ok([...args, '-o', 'json'], opts)).stdout) as T;
-}
+const { ok, json } = cliExpect(kh);
 
 /** A test run cut short (timeout, ^C) must not leave server processes or their files behind. */
 function guardServers(ps: ServerProcess[]): void {
@@ -156,7 +133,7 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', { timeout: 120
     assert.ok(rows[0].seq < rows[1].seq && rows[1].seq < rows[2].seq);
     assert.match(text.stdout, /^\d+\s+\S+Z\s+user:keyadmin\s+key\.rotate\s+k1@v2\s+ok/);
 
-    const env = { ...cleanEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, KEYHAVEN_TOKEN: tokens.auditor };
+    const env = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, KEYHAVEN_TOKEN: tokens.auditor };
     const child = spawn(process.execPath, [BIN, 'audit', 'tail', '-f', '-n', '1', '-o', 'json'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';

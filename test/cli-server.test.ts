@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { BIN, ROOT, removeDir, tempDir, type CliResult } from './helpers.js';
+import { cleanCliEnv, cliExpect, removeDir, runCli, tempDir, type CliResult } from './helpers.js';
 import { api, login, startServerProcess, type ServerProcess } from './server-helpers.js';
 
 // The keyhaven CLI against a real key server (SQLite, key file seal) on
@@ -19,12 +18,6 @@ const passwords: Record<string, string> = {};
 // Users who authenticate through $KEYHAVEN_TOKEN instead of a saved login.
 const tokens: Record<string, string> = {};
 
-function cleanEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const k of Object.keys(env)) if (k.startsWith('KEYHAVEN_') || k === 'XDG_CONFIG_HOME') delete env[k];
-  return env;
-}
-
 /** Config folder of a test user (their saved login lives there). */
 function home(user: string): string {
   const d = join(base, `cfg-${user}`);
@@ -34,33 +27,15 @@ function home(user: string): string {
 
 /** Runs bin/keyhaven asynchronously (the event loop stays free for servers in this process). */
 function kh(args: string[], opts: { as?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const user = opts.as ?? 'nobody';
-    const env = { ...cleanEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: home(user), ...(tokens[user] ? { KEYHAVEN_TOKEN: tokens[user] } : {}), ...opts.env };
-    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      const r = { code: code ?? -1, stdout, stderr };
-      outputs.push([args.join(' '), r]);
-      resolve(r);
-    });
-    child.stdin.end(opts.input ?? '');
+  const user = opts.as ?? 'nobody';
+  const env = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: home(user), ...(tokens[user] ? { KEYHAVEN_TOKEN: tokens[user] } : {}), ...opts.env };
+  return runCli(args, { env, input: opts.input }).then((r) => {
+    outputs.push([args.join(' '), r]);
+    return r;
   });
 }
 
-async function ok(args: string[], opts: Parameters<typeof kh>[1] = {}): Promise<CliResult> {
-  const r = await kh(args, opts);
-  assert.equal(r.code, 0, `keyhaven ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
-  return r;
-}
-
-async function json<T = any>(args: string[], opts: Parameters<typeof kh>[1] = {}): Promise<T> {
-  return JSON.parse((await ok([...args, '-o', 'json'], opts)).stdout) as T;
-}
+const { ok, json } = cliExpect(kh);
 
 function session(user: string): { server: string; token: string; expiresAt: string } {
   return JSON.parse(readFileSync(join(home(user), 'keyhaven', 'session.json'), 'utf8'));

@@ -1,3 +1,4 @@
+import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,6 +29,38 @@ export interface CliResult {
 export function cli(args: string[], opts: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): CliResult {
   const r = spawnSync(process.execPath, [BIN, ...args], { cwd: opts.cwd ?? ROOT, env: { ...process.env, ...opts.env }, encoding: 'utf8', timeout: 60_000 });
   return { code: r.status ?? -1, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The environment without any KEYHAVEN_* variable or XDG_CONFIG_HOME, so a test sets exactly what it means. */
+export function cleanCliEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith('KEYHAVEN_') || k === 'XDG_CONFIG_HOME') delete env[k];
+  return env;
+}
+
+/** Runs bin/keyhaven asynchronously (the event loop stays free for servers in this process); `input` goes to stdin. */
+export function runCli(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string }): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], { cwd: ROOT, env: opts.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+    child.stdin!.end(opts.input ?? '');
+  });
+}
+
+/** ok(): the command must exit 0; json(): the same with `-o json`, parsed. */
+export function cliExpect<O>(kh: (args: string[], opts?: O) => Promise<CliResult>) {
+  const ok = async (args: string[], opts?: O): Promise<CliResult> => {
+    const r = await kh(args, opts);
+    assert.equal(r.code, 0, `keyhaven ${args.join(' ')} exited ${r.code}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`);
+    return r;
+  };
+  const json = async <T = any>(args: string[], opts?: O): Promise<T> => JSON.parse((await ok([...args, '-o', 'json'], opts)).stdout) as T;
+  return { ok, json };
 }
 
 export interface PluginProcess {

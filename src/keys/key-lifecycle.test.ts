@@ -4,20 +4,12 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { code } from '../../test/expect-error.js';
 import { openEmbeddedStore, type EmbeddedStore } from './embedded-store.js';
 
 // Server-side key lifecycle on a real SQLite store: rotation policy and the
 // scheduler, minimum decryption version, scheduled destruction, bound context.
 
-function code(c: ErrorCode, pattern?: RegExp): (e: unknown) => true {
-  return (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, c, `expected ${c}, got ${e.code}: ${e.message}`);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  };
-}
 
 describe('key lifecycle', () => {
   let dir: string;

@@ -11,7 +11,7 @@ import { createAuditLog, verifyStore } from '../audit/audit-log.js';
 import { openBarrier } from '../barrier/barrier.js';
 import { encodeHeader, HEADER_BYTES, openBlob, parseHeader } from '../crypto/blob.js';
 import { deriveKey } from '../crypto/kdf.js';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { code } from '../../test/expect-error.js';
 import { createKeyFile, readKeyFile } from '../seal/keyfile.js';
 import { openSqliteStore } from '../storage/sqlite.js';
 import type { AuditRow, Store } from '../storage/store.js';
@@ -53,14 +53,6 @@ async function closeOne(es: EmbeddedStore): Promise<void> {
   await es.close();
 }
 
-function code(c: ErrorCode, pattern?: RegExp): (e: unknown) => true {
-  return (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, c, `expected ${c}, got ${e.code}: ${e.message}`);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  };
-}
 
 async function auditRows(es: EmbeddedStore): Promise<AuditRow[]> {
   await es.audit.flush();
