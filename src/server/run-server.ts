@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { startSinkPump, fileSink, syslogSink, type SinkPump } from '../audit/sinks.js';
@@ -30,8 +30,11 @@ function readPin(cfg: { pinFile?: string | undefined; pinEnv?: string | undefine
     return v;
   }
   try {
+    // Like the root key file: a PIN others can read is refused, not used.
+    if ((statSync(cfg.pinFile!).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the HSM PIN file ${cfg.pinFile} is readable or writable by group or others; chmod 600 it`);
     return readFileSync(cfg.pinFile!, 'utf8').trim();
   } catch (e) {
+    if (e instanceof KeyhavenError) throw e;
     throw new KeyhavenError('config_invalid', `cannot read the HSM PIN file ${cfg.pinFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
   }
 }
