@@ -204,6 +204,8 @@ describe('postgres store', () => {
         await store.insertCredential({ id: 'c1', principal_id: 'p1', kind: 'session', hash: 'h', created_at: t0, expires_at: t0, revoked_at: null });
         await store.putGrant({ principal_id: 'p1', key_id: 'k1', operations: '[]', created_at: t0, created_by: 'x' });
         const approval = { id: 'a1', operation: 'o', params: '{}', requester_id: 'p1', requester_name: 'app1', required: 1, approvals: '[]', state: 'pending' as const, created_at: t0, expires_at: t0, decided_at: null, result: null };
+        // Inserted up front: the queued writes run in no set order once the lock is released.
+        await store.insertApproval(approval);
 
         await holder.query('begin');
         await holder.query('select pg_advisory_xact_lock($1)', [WRITE_LOCK_ID.toString()]);
@@ -224,7 +226,7 @@ describe('postgres store', () => {
           deleteExpiredSessions: () => store.deleteExpiredSessions('9999'),
           putGrant: () => store.putGrant({ principal_id: 'p1', key_id: 'k1', operations: '["encrypt"]', created_at: t0, created_by: 'y' }),
           deleteGrant: () => store.deleteGrant('p1', 'none'),
-          insertApproval: () => store.insertApproval(approval),
+          insertApproval: () => store.insertApproval({ ...approval, id: 'a2' }),
           updateApproval: () => store.updateApproval('a1', { state: 'denied' }),
           appendAudit: () => store.appendAudit([draft(1)], linkRecord),
         };
