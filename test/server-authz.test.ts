@@ -125,6 +125,9 @@ describe('server authorization matrix', () => {
     { method: 'POST', route: '/v1/keys/{name}/decrypt', allow: ['app'], req: () => ({ path: '/v1/keys/k1/decrypt', body: { ciphertext: k1Ciphertext } }) },
     { method: 'POST', route: '/v1/keys/{name}/rewrap', allow: ['app'], req: () => ({ path: '/v1/keys/k1/rewrap', body: { ciphertext: k1Ciphertext } }) },
     { method: 'POST', route: '/v1/keys/{name}/datakey', allow: ['app'], req: () => ({ path: '/v1/keys/k1/datakey', body: {} }) },
+    // Apps holding the encrypt grant on the key (stranger holds none).
+    { method: 'POST', route: '/v1/keys/{name}/status', allow: ['app'], req: () => ({ path: '/v1/keys/k1/status', body: { cluster: 'matrix', node: 'cp-1' } }) },
+    { method: 'GET', route: '/v1/clusters', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
     { method: 'GET', route: '/v1/users', allow: ['secAdmin'] },
     { method: 'POST', route: '/v1/users', allow: ['secAdmin'], req: (who) => ({ body: { name: `u-${lower(who)}`, password: 'a-long-password-1', roles: [] } }) },
     { method: 'PUT', route: '/v1/users/{name}/roles', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/roles', body: { roles: ['auditor'] } }) },

@@ -143,6 +143,8 @@ describe('server bad input', () => {
     { method: 'POST', path: '/v1/keys/k1/decrypt', token: () => cast.appKey, valid: { ciphertext: ctK1, context: b64('c') }, required: ['ciphertext'] },
     { method: 'POST', path: '/v1/keys/k1/rewrap', token: () => cast.appKey, valid: { ciphertext: ctK1, context: b64('c') }, required: ['ciphertext'] },
     { method: 'POST', path: '/v1/keys/k1/datakey', token: () => cast.appKey, valid: { bytes: 32, context: b64('c'), includePlaintext: true }, required: [] },
+    // node is required only with cluster (present in `valid`).
+    { method: 'POST', path: '/v1/keys/k1/status', token: () => cast.appKey, valid: { cluster: 'prod-eu-1', node: 'cp-1.example.com', pluginVersion: 'v0.1.0', keyId: 'kh1:0123456789abcdef:0123456789abcdef:1:0123456789abcdef', lastSuccess: '2026-01-31T12:00:00Z' }, required: ['node'] },
     { method: 'POST', path: '/v1/users', token: () => cast.admin, valid: { name: 'someone', password: 'someone-password-1', roles: ['auditor'] }, required: ['name', 'password'] },
     { method: 'PUT', path: '/v1/users/scratchuser/roles', token: () => cast.admin, valid: { roles: ['auditor'] }, required: ['roles'] },
     { method: 'POST', path: '/v1/apps', token: () => cast.admin, valid: { name: 'someapp', description: 'd', certFingerprint: 'ab'.repeat(32) }, required: ['name'] },
@@ -212,6 +214,76 @@ describe('server bad input', () => {
     for (const q of [`state=${MARKER}`, 'state=', 'other=1']) {
       await refused(`GET /v1/approvals?${q}`, await api(url, 'GET', `/v1/approvals?${q}`, { token: cast.keyAdmin }), { status: 400, code: 'invalid_argument' });
     }
+  });
+
+  it('plugin status reports and the cluster list: bad names, oversized fields and filters get precise messages', async () => {
+    const status = (body: unknown) => api(url, 'POST', '/v1/keys/k1/status', { token: cast.appKey, body });
+    const message = (r: ApiResult) => r.body?.error?.message as string;
+    const badClusters: [string, RegExp][] = [
+      ['', /^body\.cluster: must have at least 1 character$/],
+      ['x'.repeat(64), /^body\.cluster: must have at most 63 characters$/],
+      [MARKER.repeat(100), /^body\.cluster: must have at most 63 characters$/],
+      ['Prod', /^body\.cluster: must be a cluster name/],
+      ['-prod', /^body\.cluster: must be a cluster name/],
+      ['prod-', /^body\.cluster: must be a cluster name/],
+      ['prod.', /^body\.cluster: must be a cluster name/],
+      ['prod_eu', /^body\.cluster: must be a cluster name/],
+      ['prod eu', /^body\.cluster: must be a cluster name/],
+      ['pröd', /^body\.cluster: must be a cluster name/],
+      ['prod\n', /^body\.cluster: must be a cluster name/],
+    ];
+    for (const [cluster, want] of badClusters) {
+      const r = await status({ cluster, node: 'cp-1' });
+      await refused(`cluster ${JSON.stringify(cluster).slice(0, 20)}`, r, { status: 400, code: 'invalid_argument' });
+      assert.match(message(r), want, JSON.stringify(cluster).slice(0, 20));
+    }
+    const fields: [Record<string, unknown>, RegExp][] = [
+      [{ cluster: 'prod' }, /^body\.node: is required when cluster is given$/],
+      [{ cluster: 'prod', node: '' }, /^body\.node: must have at least 1 character$/],
+      [{ cluster: 'prod', node: 'n'.repeat(254) }, /^body\.node: must have at most 253 characters$/],
+      [{ cluster: 'prod', node: 'cp_1' }, /^body\.node: must be a host name/],
+      [{ cluster: 'prod', node: '-cp1' }, /^body\.node: must be a host name/],
+      [{ cluster: 'prod', node: 'cp-1', pluginVersion: '' }, /^body\.pluginVersion: must have at least 1 character$/],
+      [{ cluster: 'prod', node: 'cp-1', pluginVersion: 'v'.repeat(65) }, /^body\.pluginVersion: must have at most 64 characters$/],
+      [{ cluster: 'prod', node: 'cp-1', pluginVersion: '0.1 beta' }, /^body\.pluginVersion: must be printable ASCII without spaces$/],
+      [{ cluster: 'prod', node: 'cp-1', keyId: 'k'.repeat(1025) }, /^body\.keyId: must have at most 1024 characters$/],
+      [{ cluster: 'prod', node: 'cp-1', keyId: `${MARKER}\u0000` }, /^body\.keyId: must be printable ASCII without spaces$/],
+      [{ cluster: 'prod', node: 'cp-1', lastSuccess: 'yesterday' }, /^body\.lastSuccess: must be an ISO 8601 date-time/],
+      [{ cluster: 'prod', node: 'cp-1', lastSuccess: '2026-02-30T00:00:00Z' }, /^body\.lastSuccess: must be an ISO 8601 date-time/],
+      [{ cluster: 'prod', node: 'cp-1', lastSuccess: `2026-01-01T00:00:00.${'1'.repeat(100)}Z` }, /^body\.lastSuccess: must have at most 64 characters$/],
+      [{ cluster: 'prod', node: 'cp-1', lastSuccess: 1769860800000 }, /^body\.lastSuccess: /],
+    ];
+    for (const [body, want] of fields) {
+      const r = await status(body);
+      await refused(`status ${JSON.stringify(body).slice(0, 60)}`, r, { status: 400, code: 'invalid_argument' });
+      assert.match(message(r), want, JSON.stringify(body).slice(0, 60));
+    }
+    // None of the refused reports was recorded.
+    const listed = await api(url, 'GET', '/v1/clusters', { token: cast.auditor });
+    assert.equal(listed.status, 200, listed.text);
+    assert.deepEqual(listed.body.clusters, []);
+    // A bare POST, an empty object and fields without a cluster are valid probes.
+    for (const body of [undefined, {}, { pluginVersion: '0.1.0' }]) {
+      const r = await api(url, 'POST', '/v1/keys/k1/status', { token: cast.appKey, ...(body === undefined ? {} : { body }) });
+      assert.equal(r.status, 200, `${JSON.stringify(body)}: ${r.text}`);
+    }
+
+    const list = (q: string) => api(url, 'GET', `/v1/clusters?${q}`, { token: cast.auditor });
+    for (const [q, want] of [
+      ['key=bad%20name', /^querystring\.key: must be a key name/],
+      [`key=${'x'.repeat(129)}`, /^querystring\.key: must be a key name/],
+      ['app=Admin', /^querystring\.app: must be a user or app name/],
+      [`app=${MARKER}`, /^querystring\.app: must be a user or app name/],
+      ['key=k1&key=k2', /^querystring\.key: /],
+      ['cluster=prod', /^querystring: /],
+    ] as const) {
+      const r = await list(q);
+      await refused(`GET /v1/clusters?${q.slice(0, 30)}`, r, { status: 400, code: 'invalid_argument' });
+      assert.match(message(r), want, q.slice(0, 30));
+    }
+    await refused('clusters of an unknown key', await list('key=no-such-key'), { status: 404, code: 'not_found' });
+    await refused('clusters of an unknown app', await list('app=no-such-app'), { status: 404, code: 'not_found' });
+    await refused('clusters of a user', await list('app=auditor'), { status: 404, code: 'not_found' });
   });
 
   it('crypto inputs: bad base64, limits, batches', async () => {

@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent, request } from 'undici';
 import { removeDir, tempDir } from './helpers.js';
+import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
 import { requireDependency } from './require.js';
 import { api, initServer, login, startServerProcess, type ServerProcess } from './server-helpers.js';
 
@@ -13,59 +11,7 @@ import { api, initServer, login, startServerProcess, type ServerProcess } from '
 // rotation, mTLS app authentication; and the refusal to serve plain HTTP on
 // a non-loopback address.
 
-const HAVE_OPENSSL = spawnSync('openssl', ['version']).status === 0;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-interface Pki {
-  dir: string;
-  ca: Buffer;
-  serverCert: string;
-  serverKey: string;
-  caFile: string;
-  client: { cert: Buffer; key: Buffer; fingerprint: string };
-  /** Same CA, never registered to an app. */
-  other: { cert: Buffer; key: Buffer };
-  /** Signed by a CA the server does not trust. */
-  foreign: { cert: Buffer; key: Buffer };
-}
-
-function makePki(): Pki {
-  const dir = tempDir('kh-pki-');
-  const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
-  const ext = (name: string, text: string) => {
-    writeFileSync(join(dir, name), text);
-    return name;
-  };
-  const ca = (name: string) =>
-    ssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${name}`,
-      '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign');
-  const leaf = (name: string, signer: string, extFile: string) => {
-    ssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-    ssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${signer}.crt`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', extFile);
-  };
-  ca('kh-test-ca');
-  ca('kh-foreign-ca');
-  const serverExt = ext('server.ext', 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n');
-  const clientExt = ext('client.ext', 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
-  leaf('server', 'kh-test-ca', serverExt);
-  leaf('app-mtls', 'kh-test-ca', clientExt);
-  leaf('unregistered', 'kh-test-ca', clientExt);
-  leaf('foreign', 'kh-foreign-ca', clientExt);
-  const fp = ssl('x509', '-in', 'app-mtls.crt', '-noout', '-fingerprint', '-sha256').trim();
-  const m = /=([0-9A-F:]+)$/i.exec(fp);
-  assert.ok(m, `fingerprint: ${fp}`);
-  const read = (f: string) => readFileSync(join(dir, f));
-  return {
-    dir,
-    ca: read('kh-test-ca.crt'),
-    caFile: join(dir, 'kh-test-ca.crt'),
-    serverCert: join(dir, 'server.crt'),
-    serverKey: join(dir, 'server.key'),
-    client: { cert: read('app-mtls.crt'), key: read('app-mtls.key'), fingerprint: m[1]! },
-    other: { cert: read('unregistered.crt'), key: read('unregistered.key') },
-    foreign: { cert: read('foreign.crt'), key: read('foreign.key') },
-  };
-}
 
 interface Res {
   status: number;

@@ -36,6 +36,19 @@ export interface PrincipalInfo {
   readonly lockedUntil: string | null;
   readonly createdAt: string;
   readonly grants?: readonly GrantInfo[];
+  /** Apps: what their KMS plugins last reported, one entry per cluster node. */
+  readonly clusters?: readonly AppClusterInfo[];
+}
+
+export interface AppClusterInfo {
+  readonly cluster: string;
+  readonly node: string;
+  readonly key: string;
+  readonly keyVersion: number;
+  readonly keyId: string;
+  readonly pluginVersion: string;
+  readonly lastSuccess: string | null;
+  readonly lastSeen: string;
 }
 
 export interface GrantInfo {
@@ -300,10 +313,17 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       const rows = await store.listPrincipals(kind);
       if (kind === 'user') return rows.map(toInfo);
       const keys = new Map((await store.listKeys()).map((k) => [k.id, k.name]));
+      const clusters = new Map<string, AppClusterInfo[]>();
+      for (const c of await store.listPluginReports({})) {
+        const list = clusters.get(c.app_id) ?? [];
+        list.push({ cluster: c.cluster, node: c.node, key: c.key_name, keyVersion: c.key_version, keyId: c.key_id, pluginVersion: c.plugin_version, lastSuccess: c.last_success, lastSeen: c.last_seen });
+        clusters.set(c.app_id, list);
+      }
       return Promise.all(
         rows.map(async (r) => ({
           ...toInfo(r),
           grants: (await store.listGrants({ principalId: r.id })).map((g) => ({ key: keys.get(g.key_id) ?? g.key_id, operations: JSON.parse(g.operations) as CryptoOperation[], createdAt: g.created_at, createdBy: g.created_by })),
+          clusters: clusters.get(r.id) ?? [],
         })),
       );
     },

@@ -17,6 +17,7 @@ const COMMANDS: ReadonlyArray<readonly [readonly string[], () => Promise<Registe
   [['operator'], async () => (await import('./commands/operator.js')).registerOperator],
   [['key'], async () => (await import('./commands/key.js')).registerKey],
   [['app'], async () => (await import('./commands/app.js')).registerApp],
+  [['cluster'], async () => (await import('./commands/cluster.js')).registerCluster],
   [['user'], async () => (await import('./commands/user.js')).registerUser],
   [['approval'], async () => (await import('./commands/approval.js')).registerApproval],
   [['quorum'], async () => (await import('./commands/quorum.js')).registerQuorum],

@@ -14,6 +14,7 @@ import type { ServerMetrics } from './metrics.js';
 import { registerApprovalRoutes } from './routes-approvals.js';
 import { registerAuditRoutes } from './routes-audit.js';
 import { registerAuthRoutes } from './routes-auth.js';
+import { registerClusterRoutes } from './routes-clusters.js';
 import { registerCryptoRoutes } from './routes-crypto.js';
 import { registerKeyRoutes } from './routes-keys.js';
 import { registerPrincipalRoutes } from './routes-principals.js';
@@ -250,6 +251,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   registerAuthRoutes(app, deps);
   registerKeyRoutes(app, deps);
   registerCryptoRoutes(app, deps);
+  registerClusterRoutes(app, deps);
   registerPrincipalRoutes(app, deps);
   registerApprovalRoutes(app, deps);
   registerAuditRoutes(app, deps);

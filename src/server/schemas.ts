@@ -55,6 +55,18 @@ export const keyInfo = z.object({
 export const roleEnum = z.enum(ROLES);
 export const operationEnum = z.enum(CRYPTO_OPERATIONS);
 
+/** One cluster node's KMS plugin, as it last reported (POST /v1/keys/{name}/status). */
+export const appCluster = z.object({
+  cluster: z.string(),
+  node: z.string(),
+  key: z.string(),
+  keyVersion: z.number(),
+  keyId: z.string(),
+  pluginVersion: z.string(),
+  lastSuccess: z.string().nullable(),
+  lastSeen: z.string(),
+});
+
 export const principalInfo = z.object({
   name: z.string(),
   kind: z.enum(['user', 'app']),
@@ -65,6 +77,7 @@ export const principalInfo = z.object({
   lockedUntil: z.string().nullable(),
   createdAt: z.string(),
   grants: z.array(z.object({ key: z.string(), operations: z.array(operationEnum), createdAt: z.string(), createdBy: z.string() })).optional(),
+  clusters: z.array(appCluster).optional().describe('apps: what their KMS plugins last reported, one entry per cluster node'),
 });
 
 export const approvalInfo = z.object({

@@ -13,6 +13,7 @@ import {
   type GrantRow,
   type KeyRow,
   type KeyVersionRow,
+  type PluginReportRow,
   type PrincipalRow,
   type Store,
 } from './store.js';
@@ -211,6 +212,22 @@ export class KyselyStore implements Store {
 
   async updateApproval(id: string, patch: Partial<Omit<ApprovalRow, 'id'>>): Promise<void> {
     await this.db.updateTable('approvals').set(patch).where('id', '=', id).execute();
+  }
+
+  async upsertPluginReport(row: PluginReportRow): Promise<void> {
+    const { app_id: _a, cluster: _c, node: _n, first_seen: _f, ...update } = row;
+    await this.db
+      .insertInto('plugin_clusters')
+      .values(row)
+      .onConflict((oc) => oc.columns(['app_id', 'cluster', 'node']).doUpdateSet(update))
+      .execute();
+  }
+
+  async listPluginReports(filter: { appId?: string; keyName?: string }): Promise<PluginReportRow[]> {
+    let q = this.db.selectFrom('plugin_clusters').selectAll().orderBy('app_id').orderBy('cluster').orderBy('node');
+    if (filter.appId !== undefined) q = q.where('app_id', '=', filter.appId);
+    if (filter.keyName !== undefined) q = q.where('key_name', '=', filter.keyName);
+    return q.execute();
   }
 
   async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions = {}): Promise<AuditRow[]> {

@@ -119,6 +119,27 @@ function migrations(dialect: SqlDialect): Record<string, Migration> {
       await db.schema.createIndex('audit_key').on('audit').columns(['key_name', 'seq']).execute();
     },
   },
+  '0003_plugin_clusters': {
+    async up(db: Kysely<any>) {
+      await db.schema
+        .createTable('plugin_clusters')
+        .addColumn('app_id', 'text', (c) => c.notNull().references('principals.id').onDelete('cascade'))
+        .addColumn('cluster', 'text', (c) => c.notNull())
+        .addColumn('node', 'text', (c) => c.notNull())
+        .addColumn('key_name', 'text', (c) => c.notNull())
+        .addColumn('key_id', 'text', (c) => c.notNull())
+        // A plugin may report any version a key_id can carry (up to 2^32 - 1), beyond PostgreSQL's integer.
+        .addColumn('key_version', seqType, (c) => c.notNull())
+        .addColumn('plugin_version', 'text', (c) => c.notNull())
+        .addColumn('last_success', 'text')
+        .addColumn('last_seen', 'text', (c) => c.notNull())
+        .addColumn('first_seen', 'text', (c) => c.notNull())
+        .addColumn('source', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('plugin_clusters_pk', ['app_id', 'cluster', 'node'])
+        .execute();
+      await db.schema.createIndex('plugin_clusters_key').on('plugin_clusters').column('key_name').execute();
+    },
+  },
   };
 }
 

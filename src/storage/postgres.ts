@@ -170,4 +170,5 @@ class PostgresStore extends KyselyStore {
   override deleteGrant(...a: Args<'deleteGrant'>) { return this.transaction((tx) => tx.deleteGrant(...a)); }
   override insertApproval(...a: Args<'insertApproval'>) { return this.transaction((tx) => tx.insertApproval(...a)); }
   override updateApproval(...a: Args<'updateApproval'>) { return this.transaction((tx) => tx.updateApproval(...a)); }
+  override upsertPluginReport(...a: Args<'upsertPluginReport'>) { return this.transaction((tx) => tx.upsertPluginReport(...a)); }
 }

@@ -116,6 +116,26 @@ export interface ApprovalsTable {
   result: string | null;
 }
 
+/** What a KMS plugin last reported about one node of a cluster (POST /v1/keys/{name}/status). */
+export interface PluginClustersTable {
+  /** The reporting app (principals.id); the row goes with the app. */
+  app_id: string;
+  cluster: string;
+  /** The plugin host's name: one row per control-plane node. */
+  node: string;
+  key_name: string;
+  /** The key_id the plugin reports to its apiserver. */
+  key_id: string;
+  key_version: number;
+  plugin_version: string;
+  /** ISO-8601: the plugin's last successful Status, as it reports it. */
+  last_success: string | null;
+  last_seen: string;
+  first_seen: string;
+  /** The client address the report came from. */
+  source: string;
+}
+
 export interface Database {
   meta: MetaTable;
   barrier: BarrierTable;
@@ -126,4 +146,5 @@ export interface Database {
   credentials: CredentialsTable;
   grants: GrantsTable;
   approvals: ApprovalsTable;
+  plugin_clusters: PluginClustersTable;
 }

@@ -10,7 +10,7 @@ import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
 import { requireDependency } from '../../test/require.js';
 import { openStore, type StoreConfig } from './open-store.js';
-import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, PrincipalRow, Store } from './store.js';
+import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, PluginReportRow, PrincipalRow, Store } from './store.js';
 
 // One suite, run against every backend: whatever passes here on SQLite must
 // pass on PostgreSQL too. Concurrency cases run their second and third store
@@ -410,6 +410,71 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         await store.updateApproval('ap1', patch);
         assert.deepEqual(await store.findApproval('ap1'), { ...a1, ...patch });
         assert.deepEqual(await store.listApprovals('pending'), []);
+      }));
+
+    it('plugin reports: upsert keeps first_seen and updates the rest; filters by app and key; ordered', (t) =>
+      withStore(t, async ({ store }) => {
+        const a = principalRow('app-a', { kind: 'app', roles: '[]' });
+        const b = principalRow('app-b', { kind: 'app', roles: '[]' });
+        for (const x of [a, b]) await store.insertPrincipal(x);
+        const report = (app: PrincipalRow, cluster: string, node: string, over: Partial<PluginReportRow> = {}): PluginReportRow => ({
+          app_id: app.id,
+          cluster,
+          node,
+          key_name: 'k1',
+          key_id: `kh1:${hex(8)}:${hex(8)}:1:${hex(8)}`,
+          key_version: 1,
+          plugin_version: '0.1.0',
+          last_success: null,
+          last_seen: '2025-01-01T00:00:00.000Z',
+          first_seen: '2025-01-01T00:00:00.000Z',
+          source: '10.0.0.1',
+          ...over,
+        });
+        const first = report(a, 'prod', 'cp-2');
+        await store.upsertPluginReport(first);
+        assert.deepEqual(await store.listPluginReports({}), [first]);
+        // Every column but first_seen follows the newest report.
+        const second = report(a, 'prod', 'cp-2', {
+          key_name: 'k2',
+          key_id: 'other-provider-key-id',
+          key_version: 4_294_967_295,
+          plugin_version: '0.2.0',
+          last_success: '2025-01-01T00:59:00.000Z',
+          last_seen: '2025-01-01T01:00:00.000Z',
+          first_seen: '2025-01-01T01:00:00.000Z',
+          source: '10.0.0.2',
+        });
+        await store.upsertPluginReport(second);
+        const [stored] = await store.listPluginReports({});
+        assert.deepEqual(stored, { ...second, first_seen: first.first_seen });
+        assert.equal(typeof stored!.key_version, 'number');
+        // The last success may go back to unknown.
+        await store.upsertPluginReport({ ...second, last_success: null, last_seen: '2025-01-01T02:00:00.000Z' });
+        assert.equal((await store.listPluginReports({}))[0]!.last_success, null);
+
+        const others = [report(b, 'edge', 'n1', { key_name: 'k1' }), report(a, 'prod', 'cp-1', { key_name: 'k1' }), report(a, 'dev', 'cp-1', { key_name: 'k2' })];
+        for (const r of others) await store.upsertPluginReport(r);
+        const keys = (rows: PluginReportRow[]) => rows.map((r) => `${r.app_id === a.id ? 'a' : 'b'}/${r.cluster}/${r.node}`);
+        const aFirst = a.id < b.id;
+        const aRows = ['a/dev/cp-1', 'a/prod/cp-1', 'a/prod/cp-2'];
+        assert.deepEqual(keys(await store.listPluginReports({})), aFirst ? [...aRows, 'b/edge/n1'] : ['b/edge/n1', ...aRows]);
+        assert.deepEqual(keys(await store.listPluginReports({ appId: a.id })), aRows);
+        assert.deepEqual(keys(await store.listPluginReports({ keyName: 'k1' })), aFirst ? ['a/prod/cp-1', 'b/edge/n1'] : ['b/edge/n1', 'a/prod/cp-1']);
+        assert.deepEqual(keys(await store.listPluginReports({ appId: a.id, keyName: 'k2' })), ['a/dev/cp-1', 'a/prod/cp-2']);
+        assert.deepEqual(await store.listPluginReports({ appId: b.id, keyName: 'k2' }), []);
+        assert.deepEqual(await store.listPluginReports({ appId: 'ffffffffffffffff' }), []);
+        await assert.rejects(store.upsertPluginReport(report(principalRow('ghost'), 'prod', 'cp-1')), 'a report names an existing principal');
+
+        // Inside a transaction that fails, nothing is written.
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            await tx.upsertPluginReport(report(b, 'lost', 'n1'));
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        assert.deepEqual(keys(await store.listPluginReports({ appId: b.id })), ['b/edge/n1']);
       }));
 
     it('appendAudit: links records, continues the chain, writes the head', (t) =>

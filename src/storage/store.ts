@@ -1,4 +1,4 @@
-import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, PrincipalKind, PrincipalsTable } from './schema.js';
+import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, PluginClustersTable, PrincipalKind, PrincipalsTable } from './schema.js';
 
 // The small storage interface every layer above talks to. It knows rows, not
 // secrets: sealed values arrive already encrypted by the barrier.
@@ -11,6 +11,7 @@ export type PrincipalRow = PrincipalsTable;
 export type CredentialRow = CredentialsTable;
 export type GrantRow = GrantsTable;
 export type ApprovalRow = ApprovalsTable;
+export type PluginReportRow = PluginClustersTable;
 
 /** Filters for reading the audit log; all optional, combined with AND. */
 export interface AuditQuery {
@@ -81,6 +82,11 @@ export interface Store {
   findApproval(id: string): Promise<ApprovalRow | undefined>;
   listApprovals(state?: ApprovalRow['state']): Promise<ApprovalRow[]>;
   updateApproval(id: string, patch: Partial<Omit<ApprovalRow, 'id'>>): Promise<void>;
+
+  /** Inserts the report for (app, cluster, node), or updates every column but first_seen. */
+  upsertPluginReport(row: PluginReportRow): Promise<void>;
+  /** Ordered by app id, cluster, node. */
+  listPluginReports(filter: { appId?: string; keyName?: string }): Promise<PluginReportRow[]>;
 
   /** Appends records to the hash chain atomically (joining an enclosing transaction); returns them as stored. */
   appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts?: AppendAuditOptions): Promise<AuditRow[]>;

@@ -12,6 +12,7 @@ export interface PrincipalView {
   lockedUntil: string | null;
   createdAt: string;
   grants?: Array<{ key: string; operations: string[]; createdAt: string; createdBy: string }>;
+  clusters?: Array<{ cluster: string; node: string; key: string; keyVersion: number; keyId: string; pluginVersion: string; lastSuccess: string | null; lastSeen: string }>;
 }
 
 function printApiKey(app: string, apiKey: string): void {
@@ -47,7 +48,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
     ),
   );
 
-  connOptions(app.command('list').description('List apps and their grants')).action((flags: RemoteFlags) =>
+  connOptions(app.command('list').description('List apps, their grants, and the cluster nodes their KMS plugins reported from')).action((flags: RemoteFlags) =>
     run(() =>
       withClient(flags, async (c) => {
         const { apps } = (await c.call<{ apps: PrincipalView[] }>('GET', '/v1/apps')).body;
@@ -59,7 +60,14 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
             const grants = (a.grants ?? []).map((g) => `${g.key}:${g.operations.join('+')}`).join(' ') || '-';
             rows.push([a.name, a.state, grants, a.certFingerprint ? `${a.certFingerprint.slice(0, 16)}…` : '-', a.description ?? '']);
           }
-          process.stdout.write(formatTable(rows));
+          // Each app's line, then one indented line per cluster node its plugins reported from.
+          const lines = formatTable(rows).split('\n');
+          const out = [lines[0]!];
+          apps.forEach((a, i) => {
+            out.push(lines[i + 1]!);
+            for (const c of a.clusters ?? []) out.push(`    cluster ${c.cluster}  node ${c.node}  key ${c.key} v${c.keyVersion}  last seen ${c.lastSeen}`);
+          });
+          process.stdout.write(`${out.join('\n')}\n`);
         }
         return 0;
       }),
