@@ -84,7 +84,7 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
   let c: KmsClients | undefined;
   let socket: string;
   let healthBase: string;
-  let firstRun: { seed: Buffer; ciphertext: Buffer; keyId: string } | undefined;
+  let firstRun: { seed: Buffer; ciphertext: Buffer; keyId: string; annotations: Record<string, Buffer> } | undefined;
   let rotatedKeyId: string | undefined;
   let rootKey: Buffer;
 
@@ -161,9 +161,9 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     const seed = randomBytes(32);
     const e = await call(c.v2, 'Encrypt', { plaintext: seed, uid: 'dev-1' });
     assert.equal(e.key_id, s.key_id);
-    const d = await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'dev-1-d', key_id: e.key_id });
+    const d = await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: 'dev-1-d', key_id: e.key_id, annotations: e.annotations });
     assert.deepEqual(d.plaintext, seed);
-    firstRun = { seed, ciphertext: e.ciphertext, keyId: e.key_id };
+    firstRun = { seed, ciphertext: e.ciphertext, keyId: e.key_id, annotations: e.annotations };
   });
 
   it('prints the dev admin\'s credentials once; they log in with all three admin roles', async () => {
@@ -190,7 +190,7 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
         return e as { code: number; details: string };
       }
     }, 'Status to fail once the grant is gone', 15_000);
-    assert.match(err.details, /no longer holds encrypt and decrypt/);
+    assert.match(err.details, /no encrypt grant on key "kubernetes-secrets"/);
     await callError(c.v2, 'Encrypt', { plaintext: randomBytes(32), uid: 'dev-revoked' });
     assert.equal((await api(server, 'PUT', '/v1/apps/dev-plugin/grants/kubernetes-secrets', { token, body: { operations: ['encrypt', 'decrypt'] } })).status, 200);
     await waitFor(async () => ((await call(c!.v2, 'Status', {}).catch(() => undefined))?.healthz === 'ok' ? true : undefined), 'Status ok again', 15_000);
@@ -216,7 +216,7 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     }, 'the rotated key_id', 30_000);
     assert.match(s.key_id, /:2:[0-9a-f]{16}$/);
     rotatedKeyId = s.key_id;
-    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-old', key_id: firstRun.keyId })).plaintext, firstRun.seed);
+    assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-old', key_id: firstRun.keyId, annotations: firstRun.annotations })).plaintext, firstRun.seed);
   });
 
   it('SIGINT stops it with exit 0 and removes the socket', async () => {
@@ -239,7 +239,7 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     c = kmsClients(socket);
     const s = await call(c.v2, 'Status', {});
     assert.equal(s.key_id, rotatedKeyId);
-    const d = await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-2-d', key_id: firstRun.keyId });
+    const d = await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-2-d', key_id: firstRun.keyId, annotations: firstRun.annotations });
     assert.deepEqual(d.plaintext, firstRun.seed);
     const keys = keyList(kh(['key', 'list', '-o', 'json'], cwd).stdout);
     assert.deepEqual(keys.map((k) => [k.name, k.currentVersion]), [['kubernetes-secrets', 2]]);

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { KeyhavenError } from '../errors.js';
 import { DEFAULT_KEY_NAME, loadPluginConfig, mergeConfig, parsePluginConfig, readYamlFile } from './plugin-config.js';
 
@@ -22,6 +23,12 @@ function yamlFile(text: string): string {
   const p = join(dir, `plugin-${n}.yaml`);
   writeFileSync(p, text);
   return p;
+}
+
+/** The embedded provider's settings (the test fails if the provider is another kind). */
+function embedded(cfg: { provider: { type: string } }) {
+  assert.equal(cfg.provider.type, 'embedded');
+  return cfg.provider as Extract<ReturnType<typeof parsePluginConfig>['provider'], { type: 'embedded' }>;
 }
 
 const minimal = { provider: { type: 'embedded', dataDir: '/var/lib/keyhaven' } };
@@ -54,8 +61,8 @@ describe('config/plugin-config: defaults', () => {
     assert.equal(cfg.provider.type, 'embedded');
     assert.equal(cfg.provider.key, DEFAULT_KEY_NAME);
     assert.equal(cfg.provider.key, 'kubernetes-secrets');
-    assert.equal(cfg.provider.dataDir, '/var/lib/keyhaven');
-    assert.equal(cfg.provider.rootKeyFile, '/var/lib/keyhaven/root.key');
+    assert.equal(embedded(cfg).dataDir, '/var/lib/keyhaven');
+    assert.equal(embedded(cfg).rootKeyFile, '/var/lib/keyhaven/root.key');
   });
 
   it('fills the nested defaults when only part of a section is given', () => {
@@ -66,8 +73,8 @@ describe('config/plugin-config: defaults', () => {
 
   it('resolves a relative dataDir and rootKeyFile to absolute paths', () => {
     const cfg = parsePluginConfig({ provider: { type: 'embedded', dataDir: 'rel/data', rootKeyFile: 'keys/root.key' } }, 'test');
-    assert.equal(cfg.provider.dataDir, resolve('rel/data'));
-    assert.equal(cfg.provider.rootKeyFile, resolve('keys/root.key'));
+    assert.equal(embedded(cfg).dataDir, resolve('rel/data'));
+    assert.equal(embedded(cfg).rootKeyFile, resolve('keys/root.key'));
   });
 
   it('keeps explicit values', () => {
@@ -88,7 +95,7 @@ describe('config/plugin-config: defaults', () => {
     assert.equal(cfg.socketMode, 0o660);
     assert.equal(cfg.socketGroup, 'kube');
     assert.equal(cfg.provider.key, 'my.key_1-a');
-    assert.equal(cfg.provider.rootKeyFile, '/k/root.key');
+    assert.equal(embedded(cfg).rootKeyFile, '/k/root.key');
     assert.equal(cfg.status.cacheTTL, 250);
     assert.equal(cfg.status.gracePeriod, 7_200_000);
     assert.equal(cfg.health.address, 'off');
@@ -287,7 +294,7 @@ describe('config/plugin-config: loadPluginConfig from files', () => {
     const file = yamlFile(['socket: unix:///file.sock', 'provider:', '  type: embedded', '  dataDir: /file', '  key: file-key', 'status:', '  cacheTTL: 2s', ''].join('\n'));
     const cfg = loadPluginConfig(file, { socket: 'unix:///flag.sock', provider: { dataDir: '/flag' }, status: { cacheTTL: undefined } });
     assert.equal(cfg.socket, 'unix:///flag.sock');
-    assert.equal(cfg.provider.dataDir, '/flag');
+    assert.equal(embedded(cfg).dataDir, '/flag');
     assert.equal(cfg.provider.key, 'file-key');
     assert.equal(cfg.status.cacheTTL, 2000);
     assert.ok(Object.isFrozen(cfg));
@@ -295,7 +302,7 @@ describe('config/plugin-config: loadPluginConfig from files', () => {
 
   it('loads from flags alone when no file is given, and names the flags as the source', () => {
     const cfg = loadPluginConfig(undefined, { provider: { type: 'embedded', dataDir: '/flags' } });
-    assert.equal(cfg.provider.dataDir, '/flags');
+    assert.equal(embedded(cfg).dataDir, '/flags');
     assert.throws(() => loadPluginConfig(undefined, {}), invalid(/command-line flags/, /provider/));
   });
 
@@ -335,7 +342,7 @@ describe('config/plugin-config: loadPluginConfig from files', () => {
     const file = yamlFile('');
     assert.deepEqual(readYamlFile(file), {});
     assert.throws(() => loadPluginConfig(file, {}), invalid(/provider: /));
-    assert.equal(loadPluginConfig(file, { provider: { type: 'embedded', dataDir: '/x' } }).provider.dataDir, '/x');
+    assert.equal(embedded(loadPluginConfig(file, { provider: { type: 'embedded', dataDir: '/x' } })).dataDir, '/x');
   });
 
   it('refuses an unquoted octal socketMode (YAML reads it as a number)', () => {
@@ -370,6 +377,89 @@ describe('config/plugin-config: loadPluginConfig from files', () => {
     const text = head + '#' + 'x'.repeat(1024 * 1024 - head.length - 2) + '\n';
     assert.equal(Buffer.byteLength(text), 1024 * 1024);
     const file = yamlFile(text);
-    assert.equal(loadPluginConfig(file, {}).provider.dataDir, '/d');
+    assert.equal(embedded(loadPluginConfig(file, {})).dataDir, '/d');
   });
+});
+
+describe('config/plugin-config: provider keyhaven', () => {
+  const remote = (p: Record<string, unknown> = {}) => ({ provider: { type: 'keyhaven', servers: ['https://keys-a.example:8200'], cluster: 'prod-eu-1', apiKeyFile: 'app.key', ...p } });
+  const keyhaven = (raw: unknown) => {
+    const cfg = parsePluginConfig(raw, 'test');
+    assert.equal(cfg.provider.type, 'keyhaven');
+    return cfg.provider as Extract<ReturnType<typeof parsePluginConfig>['provider'], { type: 'keyhaven' }>;
+  };
+
+  it('fills defaults: deadline 2 s, 1 s per server, local KEK on, report every 60 s; paths resolved', () => {
+    const p = keyhaven(remote({ tls: { ca: 'ca.pem' } }));
+    assert.deepEqual(p.servers, ['https://keys-a.example:8200']);
+    assert.equal(p.key, DEFAULT_KEY_NAME);
+    assert.equal(p.timeout, 2000);
+    assert.equal(p.attemptTimeout, 1000);
+    assert.deepEqual(p.backoff, { min: 250, max: 10_000 });
+    assert.deepEqual(p.localKek, { enabled: true, maxUses: 1_000_000, maxAge: 86_400_000, cacheSize: 1024 });
+    assert.equal(p.reportInterval, 60_000);
+    assert.equal(p.apiKeyFile, resolve('app.key'));
+    assert.equal(p.tls.ca, resolve('ca.pem'));
+  });
+
+  it('normalises server URLs to their origin and pins to lower-case hex', () => {
+    const p = keyhaven(remote({ servers: ['https://KEYS-A.example:8200/', 'https://keys-b.example'], tls: { pinSha256: ['AB:'.repeat(31) + 'AB'] } }));
+    assert.deepEqual(p.servers, ['https://keys-a.example:8200', 'https://keys-b.example']);
+    assert.deepEqual(p.tls.pinSha256, ['ab'.repeat(32)]);
+  });
+
+  it('takes the API key from a file or an environment variable, exactly one', () => {
+    assert.equal(keyhaven(remote({ apiKeyFile: undefined, apiKeyEnv: 'KH_KEY' })).apiKeyEnv, 'KH_KEY');
+    assert.throws(() => parsePluginConfig(remote({ apiKeyFile: undefined }), 'test'), invalid(/exactly one of apiKeyFile and apiKeyEnv/));
+    assert.throws(() => parsePluginConfig(remote({ apiKeyEnv: 'KH_KEY' }), 'test'), invalid(/exactly one of apiKeyFile and apiKeyEnv/));
+    assert.throws(() => parsePluginConfig(remote({ apiKey: 'kha_x' }), 'test'), invalid(/apiKey/));
+    assert.throws(() => parsePluginConfig(remote({ apiKeyFile: undefined, apiKeyEnv: '1BAD' }), 'test'), invalid(/apiKeyEnv/, /environment variable name/));
+  });
+
+  it('refuses bad server lists with the field and the reason', () => {
+    assert.throws(() => parsePluginConfig(remote({ servers: [] }), 'test'), invalid(/provider\.servers/));
+    assert.throws(() => parsePluginConfig(remote({ servers: ['ftp://x'] }), 'test'), invalid(/provider\.servers\.0/, /http\(s\)/));
+    assert.throws(() => parsePluginConfig(remote({ servers: ['https://user:pw@keys.example'] }), 'test'), invalid(/without a path, query or credentials/));
+    assert.throws(() => parsePluginConfig(remote({ servers: ['https://keys.example/v1'] }), 'test'), invalid(/without a path/));
+    assert.throws(() => parsePluginConfig(remote({ servers: ['https://a.example', 'https://a.example/'] }), 'test'), invalid(/lists a server twice/));
+    assert.throws(() => parsePluginConfig(remote({ servers: Array.from({ length: 9 }, (_, i) => `https://k${i}.example`) }), 'test'), invalid(/provider\.servers/));
+  });
+
+  it('plain HTTP only to loopback unless allowInsecureHttp', () => {
+    assert.deepEqual(keyhaven(remote({ servers: ['http://127.0.0.1:8200', 'http://localhost:1'] })).servers, ['http://127.0.0.1:8200', 'http://localhost:1']);
+    assert.throws(() => parsePluginConfig(remote({ servers: ['http://keys.example:8200'] }), 'test'), invalid(/not loopback/, /allowInsecureHttp/));
+    assert.equal(keyhaven(remote({ servers: ['http://keys.example:8200'], allowInsecureHttp: true })).servers[0], 'http://keys.example:8200');
+  });
+
+  it('keeps the deadline inside the apiserver\'s 3 s and the attempt inside the deadline', () => {
+    assert.throws(() => parsePluginConfig(remote({ timeout: '3s' }), 'test'), invalid(/below the apiserver's 3 s/));
+    assert.throws(() => parsePluginConfig(remote({ timeout: '1s', attemptTimeout: '2s' }), 'test'), invalid(/attemptTimeout/));
+    assert.throws(() => parsePluginConfig(remote({ backoff: { min: '5s', max: '1s' } }), 'test'), invalid(/backoff/));
+  });
+
+  it('refuses a cluster name that is not DNS-like, a client cert without its key, and unknown fields', () => {
+    assert.throws(() => parsePluginConfig(remote({ cluster: 'Prod_EU' }), 'test'), invalid(/provider\.cluster/, /lower-case/));
+    assert.throws(() => parsePluginConfig(remote({ cluster: undefined }), 'test'), invalid(/provider\.cluster/));
+    assert.throws(() => parsePluginConfig(remote({ tls: { clientCert: 'c.pem' } }), 'test'), invalid(/clientCert and clientKey go together/));
+    assert.throws(() => parsePluginConfig(remote({ tls: { pinSha256: ['abc'] } }), 'test'), invalid(/SHA-256 fingerprint/));
+    assert.throws(() => parsePluginConfig(remote({ dataDir: '/d' }), 'test'), invalid(/dataDir/));
+    assert.throws(() => parsePluginConfig(remote({ localKek: { maxUses: 0 } }), 'test'), invalid(/localKek\.maxUses/));
+  });
+
+  it('a --key flag overrides the key of a keyhaven provider from the file', () => {
+    const file = yamlFile('provider:\n  type: keyhaven\n  servers: [https://k.example]\n  cluster: c1\n  apiKeyEnv: KH\n');
+    const cfg = loadPluginConfig(file, { provider: { key: 'other' } });
+    assert.equal(cfg.provider.type, 'keyhaven');
+    assert.equal(cfg.provider.key, 'other');
+  });
+});
+
+describe('config/plugin-config: the shipped examples', () => {
+  for (const name of ['plugin.yaml', 'plugin-remote.yaml']) {
+    it(`deploy/${name} parses`, () => {
+      const file = join(fileURLToPath(new URL('../../../deploy/', import.meta.url)), name);
+      const cfg = loadPluginConfig(file, {});
+      assert.equal(cfg.socket, 'unix:///run/keyhaven/kms.sock');
+    });
+  }
 });

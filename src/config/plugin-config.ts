@@ -23,6 +23,66 @@ const embeddedProvider = z.strictObject({
   previousKeys: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be key names')).max(16).default([]),
 });
 
+const keyName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"');
+
+const serverUrl = z
+  .string()
+  .max(2048)
+  .refine((v) => {
+    try {
+      const u = new URL(v);
+      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && (u.pathname === '/' || u.pathname === '') && !u.search && !u.hash;
+    } catch {
+      return false;
+    }
+  }, 'must be an http(s)://host[:port] URL without a path, query or credentials')
+  .transform((v) => new URL(v).origin);
+
+/** SHA-256 certificate fingerprint, as openssl prints it (AB:CD:...) or plain hex. */
+const fingerprint = z
+  .string()
+  .transform((v) => v.replace(/:/g, '').toLowerCase())
+  .refine((v) => /^[0-9a-f]{64}$/.test(v), 'must be a SHA-256 fingerprint: 64 hex digits, optionally colon-separated');
+
+const keyhavenProvider = z.strictObject({
+  type: z.literal('keyhaven'),
+  // Tried in order, healthy ones first; one per site is typical.
+  servers: z.array(serverUrl).min(1).max(8),
+  key: keyName.default(DEFAULT_KEY_NAME),
+  // How the central team will recognise this cluster (`keyhaven cluster list`).
+  cluster: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be 1-63 lower-case letters, digits, "." or "-" (for example prod-eu-1)'),
+  // The app's API key: from a file (mode 0600) or an environment variable, never a flag.
+  apiKeyFile: z.string().min(1).optional(),
+  apiKeyEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be an environment variable name').optional(),
+  tls: z
+    .strictObject({
+      ca: z.string().min(1).optional(),
+      pinSha256: z.array(fingerprint).min(1).max(8).optional(),
+      clientCert: z.string().min(1).optional(),
+      clientKey: z.string().min(1).optional(),
+      serverName: z.string().min(1).max(253).optional(),
+    })
+    .prefault({}),
+  allowInsecureHttp: z.boolean().default(false),
+  // Deadline of one plugin call across every server tried: well inside the apiserver's 3 s.
+  timeout: durationMs.prefault('2s'),
+  // One server gets at most this much of the deadline before the next is tried.
+  attemptTimeout: durationMs.prefault('1s'),
+  backoff: z.strictObject({ min: durationMs.prefault('250ms'), max: durationMs.prefault('10s') }).prefault({}),
+  localKek: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      // Seeds wrapped by one local KEK before a new one is made (at the next Status).
+      maxUses: z.number().int().min(1).max(2 ** 32).default(1_000_000),
+      maxAge: durationMs.prefault('24h'),
+      // Unwrapped KEKs kept for Decrypt (least recently used go first).
+      cacheSize: z.number().int().min(1).max(1_000_000).default(1024),
+    })
+    .prefault({}),
+  // How often the plugin reports its cluster, version and key_id to the server (and on every key_id change).
+  reportInterval: durationMs.prefault('60s'),
+});
+
 export const pluginConfigSchema = z.strictObject({
   socket: z
     .string()
@@ -34,7 +94,7 @@ export const pluginConfigSchema = z.strictObject({
     .default('0600')
     .transform((v) => parseInt(v, 8)),
   socketGroup: z.union([z.string().min(1), z.number().int().nonnegative()]).nullable().default(null),
-  provider: z.discriminatedUnion('type', [embeddedProvider]),
+  provider: z.discriminatedUnion('type', [embeddedProvider, keyhavenProvider]),
   status: z
     .strictObject({
       cacheTTL: durationMs.prefault('5s'),
@@ -96,7 +156,33 @@ export function parsePluginConfig(raw: unknown, source: string): Readonly<Plugin
     cfg.provider.dataDir = resolve(cfg.provider.dataDir);
     cfg.provider.rootKeyFile = resolve(cfg.provider.rootKeyFile ?? join(cfg.provider.dataDir, 'root.key'));
   }
+  if (cfg.provider.type === 'keyhaven') checkKeyhavenProvider(cfg.provider, source);
   return deepFreeze(cfg);
+}
+
+type KeyhavenProviderConfig = z.output<typeof keyhavenProvider>;
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
+function checkKeyhavenProvider(p: KeyhavenProviderConfig, source: string): void {
+  const problems: string[] = [];
+  if ((p.apiKeyFile === undefined) === (p.apiKeyEnv === undefined)) problems.push('provider: set exactly one of apiKeyFile and apiKeyEnv (the app\'s API key)');
+  if ((p.tls.clientCert === undefined) !== (p.tls.clientKey === undefined)) problems.push('provider.tls: clientCert and clientKey go together');
+  if (p.attemptTimeout > p.timeout) problems.push(`provider.attemptTimeout (${p.attemptTimeout} ms) must not exceed provider.timeout (${p.timeout} ms)`);
+  if (p.timeout >= 3000) problems.push(`provider.timeout (${p.timeout} ms) must stay below the apiserver's 3 s deadline`);
+  if (p.backoff.min > p.backoff.max) problems.push('provider.backoff: min must not exceed max');
+  if (new Set(p.servers).size !== p.servers.length) problems.push('provider.servers: lists a server twice');
+  for (const s of p.servers) {
+    const u = new URL(s);
+    if (u.protocol === 'http:' && !p.allowInsecureHttp && !isLoopbackHost(u.hostname)) {
+      problems.push(`provider.servers: ${s} is plain HTTP to a host that is not loopback; use https (the API key would cross the network in clear) or set allowInsecureHttp: true`);
+    }
+  }
+  if (problems.length) throw new KeyhavenError('config_invalid', `invalid configuration in ${source}:\n  ${problems.join('\n  ')}`);
+  if (p.apiKeyFile) p.apiKeyFile = resolve(p.apiKeyFile);
+  for (const f of ['ca', 'clientCert', 'clientKey'] as const) if (p.tls[f]) p.tls[f] = resolve(p.tls[f]);
 }
 
 export function loadPluginConfig(file: string | undefined, overrides: Record<string, unknown>): Readonly<PluginConfig> {

@@ -1,7 +1,7 @@
 import { KeyhavenError } from '../errors.js';
 import { CIPHERTEXT_OVERHEAD, type KeyStore } from '../keys/key-store.js';
 import { MAX_CIPHERTEXT_BYTES } from './limits.js';
-import { formatKeyId, parseKeyId } from './key-id.js';
+import { formatKeyId, parseKeyId } from '../keys/key-id.js';
 import type { KmsProvider } from './provider.js';
 
 /** The provider backed by the embedded key store (SQLite + root key file). */

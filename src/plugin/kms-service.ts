@@ -15,7 +15,8 @@ export interface KmsServiceDeps {
   readonly monitor: StatusMonitor;
   readonly metrics: PluginMetrics;
   readonly logger: Logger;
-  readonly audit: AuditLog;
+  /** The embedded store's audit log; a remote provider's calls are audited by the key server, and logged here. */
+  readonly audit?: Pick<AuditLog, 'record'>;
   readonly runtimeVersion: string;
 }
 
@@ -58,12 +59,12 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
   // Identical Decrypts in flight (an apiserver restart sends duplicates) share one provider call.
   const decrypting = new Map<string, Promise<ProviderDecryptResult>>();
 
-  const decryptOnce = (ciphertext: Buffer, keyId: string | undefined, annotations: Record<string, Buffer>): Promise<ProviderDecryptResult> => {
+  const decryptOnce = (ciphertext: Buffer, keyId: string | undefined, annotations: Record<string, Buffer>, uid: string): Promise<ProviderDecryptResult> => {
     const k = `${keyId ?? ''}\u0000${ciphertext.toString('base64')}`;
     let p = decrypting.get(k);
     if (!p) {
       const end = metrics.providerDuration.startTimer({ operation: 'decrypt' });
-      p = provider.decrypt(ciphertext, keyId, annotations).finally(() => {
+      p = provider.decrypt(ciphertext, keyId, annotations, { uid }).finally(() => {
         end();
         decrypting.delete(k);
       });
@@ -112,7 +113,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
       };
       body(call.request, uid, ctx).then(
         async (res) => {
-          if (audited) {
+          if (audited && audit) {
             try {
               await audit.record({ actor: ACTOR, operation: method, keyName: ctx.keyName, keyVersion: ctx.keyVersion, result: 'ok', requestId: uid, details: ctx.keyId ? { keyId: ctx.keyId } : undefined });
             } catch (e) {
@@ -128,7 +129,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
         async (e: unknown) => {
           const err = asKeyhavenError(e);
           if (err.code === 'internal' && err.cause) logger.error({ uid, method, cause: String((err.cause as Error)?.stack ?? err.cause) }, 'internal error');
-          if (audited) {
+          if (audited && audit) {
             // A refused request is audited too; if even that fails the answer is already an error.
             await audit.record({ actor: ACTOR, operation: method, keyName: ctx.keyName, keyVersion: ctx.keyVersion, result: err.code, requestId: uid, details: ctx.keyId ? { keyId: ctx.keyId } : undefined }).catch(() => {});
           }
@@ -153,10 +154,10 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     Encrypt: unary<V2EncryptRequest, { ciphertext: Buffer; key_id: string; annotations: Record<string, Buffer> }>(
       'v2.Encrypt',
       (r) => r.uid,
-      async (req, _uid, ctx) => {
+      async (req, uid, ctx) => {
         checkPlaintext(req.plaintext, provider.maxPlaintextBytes);
         const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
-        const r = await provider.encrypt(req.plaintext).finally(end);
+        const r = await provider.encrypt(req.plaintext, { uid, annotations: true }).finally(end);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
         checkKeyIdReply(r.keyId);
         if (r.ciphertext.length === 0 || r.ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'provider returned a ciphertext outside 1..1024 bytes');
@@ -169,14 +170,14 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     Decrypt: unary<V2DecryptRequest, { plaintext: Buffer }>(
       'v2.Decrypt',
       (r) => r.uid,
-      async (req, _uid, ctx) => {
+      async (req, uid, ctx) => {
         checkCiphertext(req.ciphertext);
         const keyIdBytes = Buffer.byteLength(req.key_id);
         if (keyIdBytes === 0) throw new KeyhavenError('invalid_argument', 'key_id is empty');
         if (keyIdBytes > MAX_KEY_ID_BYTES) throw new KeyhavenError('invalid_argument', `key_id is ${keyIdBytes} bytes; at most ${MAX_KEY_ID_BYTES}`);
         ctx.keyId = req.key_id;
         validateAnnotations(req.annotations, 'request');
-        const r = await decryptOnce(req.ciphertext, req.key_id, req.annotations ?? {});
+        const r = await decryptOnce(req.ciphertext, req.key_id, req.annotations ?? {}, uid);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion });
         return { plaintext: r.plaintext };
       },
@@ -201,11 +202,11 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     Encrypt: unary<V1EncryptRequest, { cipher: Buffer }>(
       'v1beta1.Encrypt',
       () => '',
-      async (req, _uid, ctx) => {
+      async (req, uid, ctx) => {
         checkV1(req.version);
         checkPlaintext(req.plain, provider.maxPlaintextBytes);
         const end = metrics.providerDuration.startTimer({ operation: 'encrypt' });
-        const r = await provider.encrypt(req.plain).finally(end);
+        const r = await provider.encrypt(req.plain, { uid, annotations: false }).finally(end);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
         if (r.annotations && Object.keys(r.annotations).length > 0) throw new KeyhavenError('internal', 'provider needs annotations, which v1beta1 cannot carry');
         return { cipher: r.ciphertext };
@@ -215,10 +216,10 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
     Decrypt: unary<V1DecryptRequest, { plain: Buffer }>(
       'v1beta1.Decrypt',
       () => '',
-      async (req, _uid, ctx) => {
+      async (req, uid, ctx) => {
         checkV1(req.version);
         checkCiphertext(req.cipher);
-        const r = await decryptOnce(req.cipher, undefined, {});
+        const r = await decryptOnce(req.cipher, undefined, {}, uid);
         Object.assign(ctx, { keyName: r.keyName, keyVersion: r.keyVersion, keyId: r.keyId });
         return { plain: r.plaintext };
       },

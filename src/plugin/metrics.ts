@@ -9,6 +9,11 @@ export interface PluginMetrics {
   readonly providerDuration: Histogram<'operation'>;
   readonly keyInfo: Gauge<'key_id' | 'provider'>;
   readonly providerUp: Gauge;
+  /** Calls to key servers by server URL (from the config: bounded), operation and result code. */
+  readonly serverCalls: Counter<'server' | 'operation' | 'result'>;
+  readonly serverUp: Gauge<'server'>;
+  readonly kekLookups: Counter<'result'>;
+  readonly kekCacheEntries: Gauge;
   setKeyId(keyId: string | undefined, provider: string): void;
 }
 
@@ -21,6 +26,10 @@ export function createPluginMetrics(): PluginMetrics {
   const providerDuration = new Histogram({ name: 'keyhaven_plugin_provider_duration_seconds', help: 'Key provider call latency', labelNames: ['operation'] as const, buckets, registers: [registry] });
   const keyInfo = new Gauge({ name: 'keyhaven_plugin_key_info', help: 'The key_id Status currently reports (value 1)', labelNames: ['key_id', 'provider'] as const, registers: [registry] });
   const providerUp = new Gauge({ name: 'keyhaven_plugin_provider_up', help: '1 if the last provider round trip succeeded, else 0', registers: [registry] });
+  const serverCalls = new Counter({ name: 'keyhaven_plugin_key_server_calls_total', help: 'Calls to key servers by server, operation and result (ok or an error code)', labelNames: ['server', 'operation', 'result'] as const, registers: [registry] });
+  const serverUp = new Gauge({ name: 'keyhaven_plugin_key_server_up', help: '1 while a key server answers, 0 while its circuit breaker keeps it out', labelNames: ['server'] as const, registers: [registry] });
+  const kekLookups = new Counter({ name: 'keyhaven_plugin_kek_cache_lookups_total', help: 'Decrypt lookups of a local KEK: hit (no server call) or miss', labelNames: ['result'] as const, registers: [registry] });
+  const kekCacheEntries = new Gauge({ name: 'keyhaven_plugin_kek_cache_entries', help: 'Unwrapped local KEKs held in memory', registers: [registry] });
   let current: string | undefined;
   return {
     registry,
@@ -29,6 +38,10 @@ export function createPluginMetrics(): PluginMetrics {
     providerDuration,
     keyInfo,
     providerUp,
+    serverCalls,
+    serverUp,
+    kekLookups,
+    kekCacheEntries,
     setKeyId(keyId, provider) {
       if (keyId === current) return;
       keyInfo.reset();

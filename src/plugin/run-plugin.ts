@@ -1,4 +1,6 @@
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
+import { readFileSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -11,7 +13,9 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { createEmbeddedProvider } from './embedded-provider.js';
 import { startHealthServer, type HealthServer } from './health-server.js';
 import { createKmsHandlers } from './kms-service.js';
-import { createPluginMetrics } from './metrics.js';
+import { createKeyServerClient, apiKeySource } from './key-server-client.js';
+import { createPluginMetrics, type PluginMetrics } from './metrics.js';
+import { createRemoteProvider } from './remote-provider.js';
 import type { KmsProvider } from './provider.js';
 import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
 import { createStatusMonitor } from './status-monitor.js';
@@ -44,9 +48,71 @@ export function loadKmsProtos() {
   return pkg;
 }
 
+/** This host's name as the server accepts it (letters, digits, "." and "-"). */
+function nodeName(): string {
+  const n = hostname().replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 253).replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '');
+  return n || 'unknown';
+}
+
+type Built = { provider: KmsProvider; audit?: AuditLog };
+
+function readConfigFile(path: string, what: string, secret: boolean): Buffer {
+  try {
+    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
+    return readFileSync(path);
+  } catch (e) {
+    if (e instanceof KeyhavenError) throw e;
+    throw new KeyhavenError('config_invalid', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+/** The provider that talks to keyhaven key servers over HTTPS. */
+function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provider'], { type: 'keyhaven' }>, logger: Logger, metrics: PluginMetrics): Built {
+  const apiKey = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
+  apiKey(false);
+  const tls = {
+    ...(p.tls.ca ? { ca: readConfigFile(p.tls.ca, 'CA bundle', false) } : {}),
+    ...(p.tls.pinSha256 ? { pinSha256: p.tls.pinSha256 } : {}),
+    ...(p.tls.clientCert ? { clientCert: readConfigFile(p.tls.clientCert, 'client certificate', false), clientKey: readConfigFile(p.tls.clientKey!, 'client key', true) } : {}),
+    ...(p.tls.serverName ? { serverName: p.tls.serverName } : {}),
+  };
+  for (const s of p.servers) metrics.serverUp.set({ server: s }, 1);
+  const client = createKeyServerClient({
+    servers: p.servers,
+    tls,
+    apiKey,
+    cluster: p.cluster,
+    timeoutMs: p.timeout,
+    attemptTimeoutMs: p.attemptTimeout,
+    backoffMinMs: p.backoff.min,
+    backoffMaxMs: p.backoff.max,
+    onAttempt: (server, operation, result) => metrics.serverCalls.inc({ server, operation, result }),
+    onServerState: (server, up, reason) => {
+      metrics.serverUp.set({ server }, up ? 1 : 0);
+      if (up) logger.info({ server }, 'key server answers again');
+      else logger.warn({ server, reason }, 'key server failing; trying the others first');
+    },
+  });
+  const provider = createRemoteProvider({
+    client,
+    keyName: p.key,
+    cluster: p.cluster,
+    node: nodeName(),
+    pluginVersion: PACKAGE_VERSION,
+    localKek: { enabled: p.localKek.enabled, maxUses: p.localKek.maxUses, maxAgeMs: p.localKek.maxAge, cacheSize: p.localKek.cacheSize },
+    reportIntervalMs: p.reportInterval,
+    staleAfterMs: cfg.status.gracePeriod,
+    onKekLookup: (result) => metrics.kekLookups.inc({ result }),
+    onKekCacheSize: (n) => metrics.kekCacheEntries.set(n),
+    onKekRotated: ({ keyId, reason }) => logger.info({ keyId, reason }, 'new local KEK wrapped by the key server'),
+  });
+  return { provider };
+}
+
 /** Builds the provider the config names. */
-async function buildProvider(cfg: PluginConfig): Promise<{ provider: KmsProvider; audit: AuditLog }> {
+async function buildProvider(cfg: PluginConfig, logger: Logger, metrics: PluginMetrics): Promise<Built> {
   const p = cfg.provider;
+  if (p.type === 'keyhaven') return buildRemoteProvider(cfg, p, logger, metrics);
   const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false, auditFsync: cfg.audit.fsync });
   try {
     await embedded.keys.refresh(p.key);
@@ -76,14 +142,11 @@ function parseSocketConfig(socket: string) {
   }
 }
 
-/**
- * Serves the KMS API. `wired` hands in a provider built elsewhere (the dev
- * command's in-process key server) instead of the one the config names.
- */
-export async function startPlugin(cfg: PluginConfig, logger: Logger, wired?: { provider: KmsProvider; audit: AuditLog }): Promise<RunningPlugin> {
+/** Serves the KMS API with the provider the config names. */
+export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<RunningPlugin> {
   const endpoint = parseSocketConfig(cfg.socket);
   const metrics = createPluginMetrics();
-  const { provider, audit } = wired ?? (await buildProvider(cfg));
+  const { provider, audit } = await buildProvider(cfg, logger, metrics);
 
   const monitor = createStatusMonitor(provider, {
     cacheTtlMs: cfg.status.cacheTTL,
@@ -98,7 +161,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger, wired?: { p
   });
 
   const protos = loadKmsProtos();
-  const handlers = createKmsHandlers({ provider, monitor, metrics, logger, audit, runtimeVersion: PACKAGE_VERSION });
+  const handlers = createKmsHandlers({ provider, monitor, metrics, logger, ...(audit ? { audit } : {}), runtimeVersion: PACKAGE_VERSION });
   const server = new grpc.Server(KMS_SERVER_OPTIONS);
   server.addService(protos.v2.KeyManagementService.service, handlers.v2 as unknown as grpc.UntypedServiceImplementation);
   if (cfg.v1beta1) server.addService(protos.v1beta1.KeyManagementService.service, handlers.v1beta1 as unknown as grpc.UntypedServiceImplementation);

@@ -1,3 +1,4 @@
+import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { actorName, SYSTEM } from '../../access/access.js';
@@ -7,7 +8,6 @@ import { parseServerConfig } from '../../config/server-config.js';
 import { KeyhavenError } from '../../errors.js';
 import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
 import { createLogger } from '../../log/logger.js';
-import { createInProcessProvider } from '../../plugin/in-process-provider.js';
 import { startPlugin } from '../../plugin/run-plugin.js';
 import type { Services } from '../../server/core.js';
 import { startServer } from '../../server/run-server.js';
@@ -17,11 +17,27 @@ import { serveUntilSignal } from '../signals.js';
 const DEV_ADMIN = 'dev-admin';
 const DEV_APP = 'dev-plugin';
 
+function writeApiKey(file: string, apiKey: string): void {
+  writeFileSync(file, `${apiKey}\n`, { mode: 0o600 });
+  chmodSync(file, 0o600);
+}
+
+/** The plugin's saved API key still authenticates (a rotation or a deleted file makes a new one). */
+async function apiKeyStillValid(s: Services, file: string): Promise<boolean> {
+  if (!existsSync(file)) return false;
+  try {
+    const p = await s.access.authenticate(readFileSync(file, 'utf8').trim());
+    return p.kind === 'app' && p.name === DEV_APP;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Makes sure the dev admin, the key and the plugin's app exist. Returns the
  * admin password when the admin was created now (it is shown once).
  */
-async function ensureDevState(s: Services, initPassword: string | undefined): Promise<{ password?: string; keyCreated: boolean }> {
+async function ensureDevState(s: Services, initPassword: string | undefined, apiKeyFile: string): Promise<{ password?: string; keyCreated: boolean }> {
   let password = initPassword;
   const users = await s.access.list('user');
   if (!users.some((u) => u.name === DEV_ADMIN)) {
@@ -41,7 +57,12 @@ async function ensureDevState(s: Services, initPassword: string | undefined): Pr
   }
   const apps = await s.access.list('app');
   const app = apps.find((a) => a.name === DEV_APP);
-  if (!app) await s.access.createApp(SYSTEM, { name: DEV_APP, description: 'the KMS plugin of keyhaven dev' });
+  if (!app) {
+    const created = await s.access.createApp(SYSTEM, { name: DEV_APP, description: 'the KMS plugin of keyhaven dev' });
+    writeApiKey(apiKeyFile, created.apiKey);
+  } else if (!(await apiKeyStillValid(s, apiKeyFile))) {
+    writeApiKey(apiKeyFile, (await s.access.rotateAppKey(SYSTEM, DEV_APP)).apiKey);
+  }
   if (!app?.grants?.some((g) => g.key === DEFAULT_KEY_NAME)) await s.access.setGrant(SYSTEM, DEV_APP, DEFAULT_KEY_NAME, ['encrypt', 'decrypt']);
   return { ...(password ? { password } : {}), keyCreated };
 }
@@ -49,7 +70,7 @@ async function ensureDevState(s: Services, initPassword: string | undefined): Pr
 export function registerDev(program: Command, run: (fn: () => Promise<number>) => void): void {
   program
     .command('dev')
-    .description('Run the key server (SQLite, key file in ./.keyhaven) and the KMS plugin wired to it, printing the EncryptionConfiguration to use')
+    .description('Run the key server (SQLite, key file in ./.keyhaven) and the KMS plugin using it over HTTP as app dev-plugin, printing the EncryptionConfiguration to use')
     .option('--data-dir <dir>', 'state folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
     .option('--listen <host:port>', 'key server address', '127.0.0.1:8200')
     .option('--health-addr <host:port>', 'plugin address for /healthz, /livez, /metrics', '127.0.0.1:8787')
@@ -67,10 +88,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           },
           'keyhaven dev',
         );
-        const pluginCfg = parsePluginConfig(
-          { socket, provider: { type: 'embedded', dataDir, key: DEFAULT_KEY_NAME }, health: { address: flags.healthAddr }, log: { level: flags.logLevel } },
-          'keyhaven dev',
-        );
+        const apiKeyFile = join(dataDir, `${DEV_APP}.apikey`);
         const logger = createLogger({ level: flags.logLevel });
         const server = await startServer(serverCfg, logger);
         const core = server.core;
@@ -79,25 +97,18 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
         try {
           const created = !core.status().initialized;
           const init = created ? await core.init({ adminName: DEV_ADMIN }) : undefined;
-          state = { created, ...(await ensureDevState(core.services(), init?.admin.password)) };
-          const provider = createInProcessProvider({
-            keyName: DEFAULT_KEY_NAME,
-            refreshIntervalMs: pluginCfg.status.cacheTTL,
-            server: {
-              current: () => {
-                const s = core.services();
-                return { keys: s.keys, storeId: s.storeId };
-              },
-              authorize: async () => {
-                const s = core.services();
-                const id = await s.access.idOf(DEV_APP);
-                await s.keys.ensureLoaded(DEFAULT_KEY_NAME);
-                const ops = id ? await s.access.grantedOperations({ id, name: DEV_APP, kind: 'app', roles: [], via: 'system' }, s.keys.idOf(DEFAULT_KEY_NAME)!) : new Set();
-                if (!ops.has('encrypt') || !ops.has('decrypt')) throw new KeyhavenError('permission_denied', `app ${DEV_APP} no longer holds encrypt and decrypt on key ${DEFAULT_KEY_NAME}`);
-              },
+          state = { created, ...(await ensureDevState(core.services(), init?.admin.password, apiKeyFile)) };
+          // The production path: the plugin reaches the server over HTTP as app dev-plugin.
+          const pluginCfg = parsePluginConfig(
+            {
+              socket,
+              provider: { type: 'keyhaven', servers: [server.url], key: DEFAULT_KEY_NAME, cluster: 'dev', apiKeyFile },
+              health: { address: flags.healthAddr },
+              log: { level: flags.logLevel },
             },
-          });
-          plugin = await startPlugin(pluginCfg, logger, { provider, audit: core.audit });
+            'keyhaven dev',
+          );
+          plugin = await startPlugin(pluginCfg, logger);
         } catch (e) {
           await server.close();
           throw e;
@@ -108,7 +119,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           '',
           `keyhaven dev: key server on ${server.url}, KMS plugin on ${socket}`,
           `  state:   ${dataDir} (${state.created ? 'created now' : 'reused'}; root.key, keyhaven.db)`,
-          `  key:     ${DEFAULT_KEY_NAME}; the plugin uses it as app "${DEV_APP}" (grants: encrypt, decrypt)`,
+          `  key:     ${DEFAULT_KEY_NAME}; the plugin uses it over HTTP as app "${DEV_APP}" (grants: encrypt, decrypt; API key in ${apiKeyFile})`,
           state.password
             ? `  admin:   ${DEV_ADMIN} / ${state.password}   (shown once; roles: security-admin, key-admin, auditor)`
             : `  admin:   ${DEV_ADMIN} (password shown on the run that created it)`,

@@ -28,7 +28,8 @@ function overridesFrom(f: PluginFlags): Record<string, unknown> {
   if (!f.config) {
     provider.type = 'embedded';
     provider.dataDir ??= defaultDataDir();
-  } else if (Object.keys(provider).length > 0) {
+  } else if (f.dataDir !== undefined || f.rootKeyFile !== undefined) {
+    // Embedded-only flags; --key alone applies to whichever provider the file names.
     provider.type = 'embedded';
   }
   return {
@@ -54,6 +55,12 @@ export function registerPlugin(program: Command, run: (fn: () => Promise<number>
   program
     .command('plugin')
     .description('Serve the Kubernetes KMS API (v2 and v1beta1) on a unix socket')
+    .addHelpText(
+      'after',
+      '\nProviders: with --data-dir (or no --config) the embedded key store; to use keyhaven key servers, name them in\n' +
+        'plugin.yaml (provider: {type: keyhaven, servers: [...], cluster: ..., apiKeyFile: ...}); see docs/plugin-remote.md.\n' +
+        'The API key is read from a file or an environment variable, never from a flag.',
+    )
     .option('-c, --config <file>', 'plugin.yaml (flags override its fields)')
     .option('--socket <endpoint>', 'unix:///path/to.sock or unix:///@abstract-name (default unix:///run/keyhaven/kms.sock)')
     .option('--socket-mode <mode>', 'octal mode of the socket file (default 0600)')

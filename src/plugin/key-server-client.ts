@@ -1,0 +1,302 @@
+import { readFileSync } from 'node:fs';
+import type { TLSSocket } from 'node:tls';
+import { buildConnector, Pool } from 'undici';
+import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
+
+/**
+ * The plugin's HTTP client to one or more key servers: undici keep-alive
+ * pools, servers tried in order with healthy ones first, a circuit breaker
+ * per server so a dead one does not eat the deadline, and one deadline per
+ * call across every server tried.
+ */
+
+export interface TlsOptions {
+  /** PEM CA bundle to trust instead of the system's. */
+  readonly ca?: Buffer;
+  /** SHA-256 fingerprints (lower-case hex) of accepted server certificates; replaces CA checks. */
+  readonly pinSha256?: readonly string[];
+  readonly clientCert?: Buffer;
+  readonly clientKey?: Buffer;
+  readonly serverName?: string;
+}
+
+export interface KeyServerClientOptions {
+  readonly servers: readonly string[];
+  readonly tls: TlsOptions;
+  /** The app's API key; called again after a 401 in case the file was rotated. */
+  readonly apiKey: (reload: boolean) => string;
+  readonly cluster: string;
+  readonly timeoutMs: number;
+  readonly attemptTimeoutMs: number;
+  readonly backoffMinMs: number;
+  readonly backoffMaxMs: number;
+  readonly now?: () => number;
+  /** Called once per attempt: the server, the operation, and "ok" or an error code. */
+  readonly onAttempt?: (server: string, operation: string, result: string) => void;
+  /** Called when a server goes down (with why) or comes back. */
+  readonly onServerState?: (server: string, up: boolean, reason?: string) => void;
+}
+
+export interface ServerState {
+  readonly url: string;
+  readonly up: boolean;
+  readonly consecutiveFailures: number;
+  /** Epoch ms before which the breaker keeps this server out; 0 when closed. */
+  readonly retryAt: number;
+  readonly lastError?: string;
+}
+
+export interface CallOptions {
+  /** The apiserver's request uid, for the server's audit record. */
+  readonly uid?: string;
+}
+
+export interface KeyServerClient {
+  post<T>(operation: string, path: string, body: unknown, opts?: CallOptions): Promise<T>;
+  servers(): ServerState[];
+  close(): Promise<void>;
+}
+
+const MAX_RESPONSE_BYTES = 1024 * 1024;
+const KNOWN_CODES: ReadonlySet<string> = new Set(ERROR_CODES);
+// Answers that say "this server cannot serve now": another one may.
+const RETRY_ELSEWHERE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['unavailable', 'sealed', 'audit_failed', 'internal']);
+const UID = /^[\x21-\x7e]{1,128}$/;
+
+interface Endpoint {
+  readonly url: string;
+  readonly pool: Pool;
+  failures: number;
+  retryAt: number;
+  backoffMs: number;
+  lastError?: string;
+}
+
+/** A failure of one attempt; `elsewhere` says whether another server may succeed. */
+class AttemptError extends Error {
+  constructor(
+    readonly error: KeyhavenError,
+    readonly elsewhere: boolean,
+  ) {
+    super(error.message);
+  }
+}
+
+function tlsReason(e: NodeJS.ErrnoException): string | undefined {
+  const code = e.code ?? '';
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') return 'the server certificate does not name this host (check the URL or provider.tls.serverName)';
+  if (code === 'CERT_HAS_EXPIRED') return 'the server certificate has expired';
+  if (/CERT|SIGNATURE|ISSUER|SELF_SIGNED|UNABLE_TO/.test(code)) return `the server certificate is not trusted (${code}; check provider.tls.ca)`;
+  if (code === 'KH_PIN_MISMATCH') return e.message;
+  if (/alert|handshake|certificate/i.test(e.message)) return `the TLS handshake failed (${e.message.slice(0, 160)}; check provider.tls)`;
+  return undefined;
+}
+
+function transportError(url: string, e: unknown, deadline: boolean): KeyhavenError {
+  const err = e as NodeJS.ErrnoException;
+  const name = err?.name ?? '';
+  if (deadline || name === 'AbortError' || name === 'TimeoutError' || err?.code === 'UND_ERR_HEADERS_TIMEOUT' || err?.code === 'UND_ERR_BODY_TIMEOUT' || err?.code === 'UND_ERR_CONNECT_TIMEOUT') {
+    return new KeyhavenError('unavailable', `key server ${url} did not answer in time`);
+  }
+  const tls = tlsReason(err);
+  if (tls) return new KeyhavenError('unavailable', `key server ${url}: ${tls}`);
+  const code = err?.code ? ` (${err.code})` : '';
+  return new KeyhavenError('unavailable', `key server ${url} is unreachable${code}`);
+}
+
+export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerClient {
+  const now = opts.now ?? Date.now;
+  const pins = opts.tls.pinSha256 ? new Set(opts.tls.pinSha256) : undefined;
+  const baseConnect = buildConnector({
+    ...(opts.tls.ca ? { ca: opts.tls.ca } : {}),
+    ...(opts.tls.clientCert ? { cert: opts.tls.clientCert, key: opts.tls.clientKey } : {}),
+    ...(opts.tls.serverName ? { servername: opts.tls.serverName } : {}),
+    // A pinned certificate replaces chain and name checks; it is checked below instead.
+    rejectUnauthorized: !pins,
+    // A resumed TLS session carries no peer certificate, so the pin could not be checked: no resumption when pinning.
+    ...(pins ? { maxCachedSessions: 0 } : {}),
+    timeout: opts.attemptTimeoutMs,
+  });
+  const connect: buildConnector.connector = (o, cb) =>
+    baseConnect(o, (err, socket) => {
+      if (err || !pins || o.protocol !== 'https:') return cb(err as Error, socket as never);
+      const fp = (socket as TLSSocket).getPeerCertificate().fingerprint256?.replace(/:/g, '').toLowerCase();
+      if (fp && pins.has(fp)) return cb(null, socket);
+      socket.destroy();
+      const e = new Error('the server certificate matches none of provider.tls.pinSha256') as NodeJS.ErrnoException;
+      e.code = 'KH_PIN_MISMATCH';
+      cb(e, null);
+    });
+
+  const endpoints: Endpoint[] = opts.servers.map((url) => ({
+    url,
+    pool: new Pool(url, { connections: 16, pipelining: 1, keepAliveTimeout: 30_000, connect }),
+    failures: 0,
+    retryAt: 0,
+    backoffMs: opts.backoffMinMs,
+  }));
+
+  const succeeded = (ep: Endpoint) => {
+    if (ep.failures > 0) opts.onServerState?.(ep.url, true);
+    ep.failures = 0;
+    ep.retryAt = 0;
+    ep.backoffMs = opts.backoffMinMs;
+    delete ep.lastError;
+  };
+  const failed = (ep: Endpoint, reason: string) => {
+    // Open the breaker; each failure in a row doubles the wait, with jitter so plugins do not retry in step.
+    ep.failures += 1;
+    const wait = Math.min(ep.backoffMs, opts.backoffMaxMs);
+    ep.retryAt = now() + Math.round(wait * (0.75 + Math.random() * 0.5));
+    ep.backoffMs = Math.min(ep.backoffMs * 2, opts.backoffMaxMs);
+    if (ep.failures === 1 || ep.lastError !== reason) opts.onServerState?.(ep.url, false, reason);
+    ep.lastError = reason;
+  };
+
+  /** Healthy servers in configured order, then those whose back-off is over, soonest first. */
+  const candidates = (): Endpoint[] => {
+    const t = now();
+    const healthy = endpoints.filter((e) => e.failures === 0);
+    const due = endpoints.filter((e) => e.failures > 0 && e.retryAt <= t).sort((a, b) => a.retryAt - b.retryAt);
+    return [...healthy, ...due];
+  };
+
+  let apiKey = opts.apiKey(false);
+  let reloadedAt = 0;
+
+  async function attempt<T>(ep: Endpoint, operation: string, path: string, payload: string, uid: string | undefined, deadline: number): Promise<T> {
+    const budget = Math.min(opts.attemptTimeoutMs, deadline - now());
+    const signal = AbortSignal.timeout(Math.max(budget, 1));
+    const headers: Record<string, string> = {
+      'content-type': 'application/json',
+      authorization: `Bearer ${apiKey}`,
+      'x-keyhaven-cluster': opts.cluster,
+    };
+    if (uid && UID.test(uid)) headers['x-keyhaven-uid'] = uid;
+    let status: number;
+    let text: string;
+    try {
+      const res = await ep.pool.request({ method: 'POST', path, headers, body: payload, signal, headersTimeout: budget, bodyTimeout: budget });
+      status = res.statusCode;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > MAX_RESPONSE_BYTES) {
+          res.body.destroy();
+          throw new AttemptError(new KeyhavenError('unavailable', `key server ${ep.url} answered more than ${MAX_RESPONSE_BYTES} bytes`), true);
+        }
+        chunks.push(chunk);
+      }
+      text = Buffer.concat(chunks).toString('utf8');
+    } catch (e) {
+      if (e instanceof AttemptError) throw e;
+      throw new AttemptError(transportError(ep.url, e, signal.aborted), true);
+    }
+    let body: unknown;
+    try {
+      body = JSON.parse(text);
+    } catch {
+      throw new AttemptError(new KeyhavenError('unavailable', `key server ${ep.url} answered HTTP ${status} with a body that is not JSON`), true);
+    }
+    if (status >= 200 && status < 300) return body as T;
+    const errBody = (body as { error?: { code?: unknown; message?: unknown; requestId?: unknown } })?.error;
+    const code: ErrorCode = typeof errBody?.code === 'string' && KNOWN_CODES.has(errBody.code) ? (errBody.code as ErrorCode) : status >= 500 ? 'unavailable' : 'invalid_argument';
+    const message = typeof errBody?.message === 'string' ? errBody.message.slice(0, 300) : `HTTP ${status}`;
+    const requestId = typeof errBody?.requestId === 'string' ? ` [request ${errBody.requestId.slice(0, 64)}]` : '';
+    const err = new KeyhavenError(code, `key server ${ep.url} refused ${operation}: ${message}${requestId}`);
+    throw new AttemptError(err, status >= 500 && RETRY_ELSEWHERE.has(code));
+  }
+
+  return {
+    async post<T>(operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
+      const deadline = now() + opts.timeoutMs;
+      const payload = JSON.stringify(body);
+      const tried = candidates();
+      if (tried.length === 0) {
+        const next = Math.min(...endpoints.map((e) => e.retryAt)) - now();
+        const last = endpoints.map((e) => `${e.url}: ${e.lastError ?? 'failing'}`).join('; ');
+        throw new KeyhavenError('unavailable', `every key server is failing; next attempt in ${Math.max(0, Math.ceil(next / 100) / 10)} s (${last})`);
+      }
+      let lastError: KeyhavenError | undefined;
+      let reauthenticated = false;
+      for (let i = 0; i < tried.length; i++) {
+        const ep = tried[i]!;
+        if (now() >= deadline) break;
+        try {
+          const out = await attempt<T>(ep, operation, path, payload, callOpts.uid, deadline);
+          succeeded(ep);
+          opts.onAttempt?.(ep.url, operation, 'ok');
+          return out;
+        } catch (e) {
+          if (!(e instanceof AttemptError)) throw e;
+          opts.onAttempt?.(ep.url, operation, e.error.code);
+          lastError = e.error;
+          if (e.elsewhere) {
+            failed(ep, e.error.message);
+            continue;
+          }
+          // The server answered: it is up, and the answer stands.
+          succeeded(ep);
+          // A rotated API key: read the file again, at most every 2 s, and try once more.
+          if (e.error.code === 'unauthenticated' && !reauthenticated && now() - reloadedAt > 2000) {
+            reauthenticated = true;
+            reloadedAt = now();
+            const fresh = opts.apiKey(true);
+            if (fresh !== apiKey) {
+              apiKey = fresh;
+              i -= 1;
+              continue;
+            }
+          }
+          throw e.error;
+        }
+      }
+      throw lastError ?? new KeyhavenError('unavailable', 'the deadline passed before any key server could be tried');
+    },
+    servers() {
+      return endpoints.map((e) => ({ url: e.url, up: e.failures === 0, consecutiveFailures: e.failures, retryAt: e.retryAt, ...(e.lastError ? { lastError: e.lastError } : {}) }));
+    },
+    async close() {
+      await Promise.all(endpoints.map((e) => e.pool.close().catch(() => {})));
+    },
+  };
+}
+
+/**
+ * Reads the API key from a file that only its owner may read, or from an
+ * environment variable. Errors name the source, never the key.
+ */
+export function apiKeySource(src: { file?: string; env?: string }, readFile: (p: string) => Buffer = readFileSync): (reload: boolean) => string {
+  let cached: string | undefined;
+  const read = (): string => {
+    let text: string;
+    if (src.file) {
+      try {
+        text = readFile(src.file).toString('utf8');
+      } catch (e) {
+        throw new KeyhavenError('config_invalid', `cannot read the API key file ${src.file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+      }
+    } else {
+      const v = process.env[src.env!];
+      if (v === undefined || v === '') throw new KeyhavenError('config_invalid', `environment variable ${src.env} (provider.apiKeyEnv) is not set`);
+      text = v;
+    }
+    const key = text.trim();
+    const where = src.file ? `API key file ${src.file}` : `environment variable ${src.env}`;
+    if (!/^[\x21-\x7e]{1,512}$/.test(key)) throw new KeyhavenError('config_invalid', `${where} does not hold an API key (one line of printable characters)`);
+    return key;
+  };
+  return (reload) => {
+    if (cached === undefined || reload) {
+      try {
+        cached = read();
+      } catch (e) {
+        // On reload keep the key in use: a half-written file must not take the plugin down.
+        if (cached !== undefined && reload) return cached;
+        throw e;
+      }
+    }
+    return cached;
+  };
+}

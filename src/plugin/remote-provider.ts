@@ -1,0 +1,237 @@
+import { randomBytes } from 'node:crypto';
+import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { parseKeyId, type ParsedKeyId } from '../keys/key-id.js';
+import { KekCache } from './kek-cache.js';
+import type { KeyServerClient } from './key-server-client.js';
+import { MAX_CIPHERTEXT_BYTES } from './limits.js';
+import type { KmsProvider } from './provider.js';
+import { KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
+
+export interface RemoteProviderOptions {
+  readonly client: KeyServerClient;
+  readonly keyName: string;
+  readonly cluster: string;
+  readonly node: string;
+  readonly pluginVersion: string;
+  readonly localKek: { readonly enabled: boolean; readonly maxUses: number; readonly maxAgeMs: number; readonly cacheSize: number };
+  readonly reportIntervalMs: number;
+  /** Encrypt is refused when the server has not confirmed the key for this long (the Status grace period). */
+  readonly staleAfterMs: number;
+  readonly now?: () => number;
+  readonly onKekLookup?: (result: 'hit' | 'miss') => void;
+  readonly onKekCacheSize?: (entries: number) => void;
+  readonly onKekRotated?: (event: { keyId: string; reason: string }) => void;
+}
+
+interface Probe {
+  readonly keyId: string;
+  readonly parsed: ParsedKeyId;
+  readonly version: number;
+  readonly minDecryptionVersion: number;
+}
+
+interface LocalKek {
+  readonly kek: Buffer;
+  readonly wrapped: Buffer;
+  readonly keyId: string;
+  readonly version: number;
+  readonly createdAt: number;
+  uses: number;
+}
+
+// Refusals that mean this app may no longer use the key: cached KEKs go too.
+const REVOKED: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['permission_denied', 'unauthenticated', 'not_found', 'key_destroyed']);
+// Failures another attempt may not repeat: the grace period covers them.
+const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['unavailable', 'sealed', 'audit_failed', 'internal', 'too_many_attempts']);
+// The largest seed that still fits the apiserver's 1024 bytes in every form.
+const MAX_PLAINTEXT = 512;
+
+/**
+ * The key provider backed by keyhaven key servers. With the local KEK on, the
+ * server wraps a random KEK once and the plugin seals the apiserver's seeds
+ * with it; Decrypt asks the server only for KEKs it has not seen.
+ */
+export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
+  const { client, keyName } = opts;
+  const now = opts.now ?? Date.now;
+  const base = `/v1/keys/${encodeURIComponent(keyName)}`;
+  const cache = new KekCache(opts.localKek.cacheSize);
+  const unwrapping = new Map<string, Promise<{ kek: Buffer; version: number }>>();
+
+  let probe: Probe | undefined;
+  let blocked: KeyhavenError | undefined;
+  let lastSuccessAt: number | undefined;
+  let lastReportAt = -Infinity;
+  let reportedKeyId: string | undefined;
+  let current: LocalKek | undefined;
+  // What Status last reported, and so what Encrypt must use (the apiserver drops a reply with another key_id).
+  let statusKeyId: string | undefined;
+
+  const cacheSize = () => opts.onKekCacheSize?.(cache.size);
+
+  const readProbe = (res: unknown): Probe => {
+    const r = res as { keyId?: unknown; version?: unknown; minDecryptionVersion?: unknown };
+    if (typeof r?.keyId !== 'string' || !Number.isInteger(r.version) || !Number.isInteger(r.minDecryptionVersion)) {
+      throw new KeyhavenError('unavailable', 'the key server answered the status probe with an unexpected shape');
+    }
+    const parsed = parseKeyId(r.keyId);
+    return { keyId: r.keyId, parsed, version: r.version as number, minDecryptionVersion: r.minDecryptionVersion as number };
+  };
+
+  const report = () => ({
+    cluster: opts.cluster,
+    node: opts.node,
+    pluginVersion: opts.pluginVersion,
+    ...(statusKeyId ? { keyId: statusKeyId } : {}),
+    ...(lastSuccessAt !== undefined ? { lastSuccess: new Date(lastSuccessAt).toISOString() } : {}),
+  });
+
+  async function callProbe(withReport: boolean): Promise<Probe> {
+    const p = readProbe(await client.post('status', `${base}/status`, withReport ? report() : {}));
+    if (withReport) {
+      lastReportAt = now();
+      reportedKeyId = statusKeyId;
+    }
+    return p;
+  }
+
+  const forget = (reason: KeyhavenError) => {
+    blocked = reason;
+    if (REVOKED.has(reason.code)) {
+      cache.drop();
+      current?.kek.fill(0);
+      current = undefined;
+      cacheSize();
+    }
+  };
+
+  /** The key_id of `version`: the probe's, or a fresh probe's if the server rotated in between. */
+  async function keyIdOf(version: number, p: Probe): Promise<string> {
+    if (version === p.version) return p.keyId;
+    const again = await callProbe(false);
+    probe = again;
+    if (again.version !== version) throw new KeyhavenError('unavailable', `the key server rotated key "${keyName}" twice during one call; retrying at the next Status`);
+    return again.keyId;
+  }
+
+  async function newKek(p: Probe, reason: string): Promise<LocalKek> {
+    const kek = randomBytes(32);
+    const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') });
+    if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
+    const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
+    if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
+    const keyId = await keyIdOf(wrapped.version, p);
+    cache.set(wrapped.text, { kek: Buffer.from(kek), version: wrapped.version });
+    cacheSize();
+    opts.onKekRotated?.({ keyId, reason });
+    return { kek, wrapped: Buffer.from(wrapped.text, 'latin1'), keyId, version: wrapped.version, createdAt: now(), uses: 0 };
+  }
+
+  const kekDue = (p: Probe): string | undefined => {
+    if (!current) return 'first';
+    if (current.version !== p.version) return 'key rotated on the server';
+    if (current.uses >= opts.localKek.maxUses) return 'maxUses reached';
+    if (now() - current.createdAt >= opts.localKek.maxAgeMs) return 'maxAge reached';
+    return undefined;
+  };
+
+  async function unwrap(text: string, uid: string | undefined): Promise<{ kek: Buffer; version: number }> {
+    let p = unwrapping.get(text);
+    if (!p) {
+      p = (async () => {
+        const res = await client.post<{ plaintext?: unknown; version?: unknown }>('unwrap', `${base}/decrypt`, { ciphertext: text, context: KEK_CONTEXT.toString('base64') }, uid ? { uid } : {});
+        const kek = typeof res?.plaintext === 'string' ? Buffer.from(res.plaintext, 'base64') : Buffer.alloc(0);
+        if (kek.length !== 32 || !Number.isInteger(res.version)) throw new KeyhavenError('integrity', 'the key server returned something that is not a local KEK');
+        const entry = { kek, version: res.version as number };
+        cache.set(text, entry);
+        cacheSize();
+        return entry;
+      })().finally(() => unwrapping.delete(text));
+      unwrapping.set(text, p);
+    }
+    return p;
+  }
+
+  const checkKeyId = (keyId: string | undefined, version: number, keyRef: string): void => {
+    if (keyId === undefined) return;
+    const k = parseKeyId(keyId);
+    if (probe && k.storeId !== probe.parsed.storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key server`);
+    if (k.version !== version || k.keyRef !== keyRef) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
+  };
+
+  const keyIdForLog = (version: number) => (probe && probe.version === version ? probe.keyId : `${keyName}@v${version}`);
+
+  return {
+    kind: 'keyhaven',
+    maxPlaintextBytes: MAX_PLAINTEXT,
+    async healthCheck() {
+      const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
+      let p: Probe;
+      try {
+        p = await callProbe(reportDue);
+        if (opts.localKek.enabled) {
+          const why = kekDue(p);
+          if (why) {
+            const next = await newKek(p, why);
+            current?.kek.fill(0);
+            current = next;
+          }
+        }
+      } catch (e) {
+        if (e instanceof KeyhavenError && !TRANSIENT.has(e.code)) forget(e);
+        throw e;
+      }
+      blocked = undefined;
+      probe = p;
+      // Retired versions can no longer decrypt on the server; their KEKs go as well.
+      if (cache.drop((e) => e.version < p.minDecryptionVersion)) cacheSize();
+      const previous = statusKeyId;
+      statusKeyId = opts.localKek.enabled ? current!.keyId : p.keyId;
+      lastSuccessAt = now();
+      // Tell the central team at once when this cluster moves to a new key version.
+      if (previous !== undefined && previous !== statusKeyId) void callProbe(true).catch(() => {});
+      return statusKeyId;
+    },
+    async encrypt(plaintext, ctx) {
+      if (blocked) throw blocked;
+      if (lastSuccessAt === undefined || now() - lastSuccessAt > opts.staleAfterMs) {
+        throw new KeyhavenError('unavailable', 'the key server has not confirmed the key within the Status grace period');
+      }
+      if (opts.localKek.enabled) {
+        const k = current;
+        if (!k) throw new KeyhavenError('unavailable', 'no local KEK yet: the key server has not answered a Status check');
+        k.uses += 1;
+        const ciphertext = sealWithKek(k.kek, k.wrapped, plaintext, !ctx.annotations);
+        if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'sealed seed exceeds 1024 bytes');
+        return { ciphertext, keyId: k.keyId, keyName, keyVersion: k.version, ...(ctx.annotations ? { annotations: { [KEK_ANNOTATION]: k.wrapped } } : {}) };
+      }
+      const p = probe!;
+      const res = await client.post<{ ciphertext?: unknown }>('encrypt', `${base}/encrypt`, { plaintext: plaintext.toString('base64') }, { uid: ctx.uid });
+      if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
+      const c = parseServerCiphertext(res.ciphertext, 'the key server\'s ciphertext');
+      const keyId = await keyIdOf(c.version, p);
+      return { ciphertext: Buffer.from(c.text, 'latin1'), keyId, keyName, keyVersion: c.version };
+    },
+    async decrypt(ciphertext, keyId, annotations, ctx) {
+      const env = parseEnvelope(ciphertext, annotations);
+      if (env.form === 0x6b) {
+        checkKeyId(keyId, env.server.version, env.server.keyRef);
+        const res = await client.post<{ plaintext?: unknown }>('decrypt', `${base}/decrypt`, { ciphertext: env.server.text }, { uid: ctx.uid });
+        if (typeof res?.plaintext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered decrypt with an unexpected shape');
+        return { plaintext: Buffer.from(res.plaintext, 'base64'), keyId: keyId ?? keyIdForLog(env.server.version), keyName, keyVersion: env.server.version };
+      }
+      checkKeyId(keyId, env.wrapped.version, env.wrapped.keyRef);
+      let entry = cache.get(env.wrapped.text);
+      opts.onKekLookup?.(entry ? 'hit' : 'miss');
+      entry ??= await unwrap(env.wrapped.text, ctx.uid);
+      if (entry.version !== env.wrapped.version) throw new KeyhavenError('integrity', 'the wrapped KEK\'s version does not match the server\'s answer');
+      return { plaintext: openWithKek(entry.kek, env), keyId: keyId ?? keyIdForLog(entry.version), keyName, keyVersion: entry.version };
+    },
+    async close() {
+      cache.drop();
+      current?.kek.fill(0);
+      current = undefined;
+      await client.close();
+    },
+  };
+}
