@@ -244,6 +244,21 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     }
   });
 
+  it('mTLS: a presented certificate that does not verify is refused even beside a valid token', async (t) => {
+    if (!requireDependency(t, HAVE_OPENSSL, 'openssl')) return;
+    const token = await as('admin');
+    const expired = new Agent({ connect: { ca: pki.ca, cert: pki.expiredClient.cert, key: pki.expiredClient.key } });
+    const foreign = new Agent({ connect: { ca: pki.ca, cert: pki.foreign.cert, key: pki.foreign.key } });
+    agents.push(expired, foreign);
+    for (const [agent, reason] of [[expired, 'CERT_HAS_EXPIRED'], [foreign, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']] as const) {
+      const r = await call('GET', '/v1/auth/whoami', { agent, token });
+      assert.equal(r.status, 401, r.text);
+      assert.equal(r.body.error.code, 'unauthenticated');
+      assert.match(r.body.error.message, new RegExp(`client certificate was refused \\(${reason}`));
+    }
+    assert.equal((await call('GET', '/v1/auth/whoami', { token })).status, 200, 'the same token without a certificate works');
+  });
+
   it('refuses to serve plain HTTP on a non-loopback address', async () => {
     const dir = tempDir('kh-refuse-');
     try {

@@ -153,12 +153,15 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     ep.lastError = reason;
   };
 
-  /** Healthy servers in configured order, then those whose back-off is over, soonest first. */
+  /**
+   * Servers in configured order, leaving out those still in their back-off.
+   * A server whose back-off is over takes its place again (a probe): put after
+   * the healthy ones it would never be tried while a later server answers, and
+   * a recovered first server would never be preferred again.
+   */
   const candidates = (): Endpoint[] => {
     const t = now();
-    const healthy = endpoints.filter((e) => e.failures === 0);
-    const due = endpoints.filter((e) => e.failures > 0 && e.retryAt <= t).sort((a, b) => a.retryAt - b.retryAt);
-    return [...healthy, ...due];
+    return endpoints.filter((e) => e.failures === 0 || e.retryAt <= t);
   };
 
   let apiKey = opts.apiKey(false);
@@ -223,6 +226,8 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       for (let i = 0; i < tried.length; i++) {
         const ep = tried[i]!;
         if (now() >= deadline) break;
+        // One call at a time probes a failing server: the others keep it out until the probe has answered.
+        if (ep.failures > 0) ep.retryAt = deadline;
         try {
           const out = await attempt<T>(ep, operation, path, payload, callOpts.uid, deadline);
           succeeded(ep);
@@ -275,6 +280,8 @@ export function apiKeySource(src: { file?: string; env?: string }, readFile: (p:
       try {
         text = readFile(src.file).toString('utf8');
       } catch (e) {
+        // readFile may refuse with its own precise reason (a file others can read): keep it.
+        if (e instanceof KeyhavenError) throw e;
         throw new KeyhavenError('config_invalid', `cannot read the API key file ${src.file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
       }
     } else {

@@ -9,6 +9,7 @@ const DEFINITIVE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'not_found',
   'unknown_key_id',
   'permission_denied',
+  'unauthenticated',
   'integrity',
   'config_invalid',
   'invalid_argument',

@@ -95,6 +95,13 @@ function allowed(rule: AccessRule, req: FastifyRequest): boolean {
 async function authenticate(core: ServerCore, req: FastifyRequest): Promise<void> {
   const h = req.headers.authorization;
   const services = core.services();
+  const tls = req.raw.socket as TLSSocket;
+  // A client certificate that was presented but does not verify (expired, unknown CA) is refused
+  // outright, with or without a token: otherwise a broken mTLS set-up would go unnoticed.
+  if (typeof tls.getPeerCertificate === 'function' && !tls.authorized && Object.keys(tls.getPeerCertificate() ?? {}).length > 0) {
+    const why = String(tls.authorizationError ?? 'not trusted');
+    throw new KeyhavenError('unauthenticated', `the client certificate was refused (${why.slice(0, 80)}); present a valid certificate from the configured client CA, or none`);
+  }
   if (h !== undefined) {
     const m = /^Bearer +([\x21-\x7e]{1,512})$/i.exec(h);
     if (!m) throw new KeyhavenError('unauthenticated', 'the Authorization header must be "Bearer <token>"');
