@@ -1,7 +1,8 @@
 // Shared by the benchmark sections: child processes that are always stopped,
 // temporary folders that are always removed, and table formatting.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { dirname, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -116,6 +117,116 @@ export function run(cmd: string, args: string[], opts: { cwd?: string; env?: Nod
     child.once('error', rej);
     child.once('close', (code, signal) => res({ code, signal, stdout, stderr }));
   });
+}
+
+/** A child that prints its state on stdout; keeps the last lines for error messages. */
+export class Child {
+  readonly proc: ChildProcess;
+  private tail: string[] = [];
+  private lineWaiters: ((line: string) => void)[] = [];
+  private partial = '';
+  spawnError: Error | undefined;
+
+  constructor(
+    readonly label: string,
+    argv: string[],
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
+    this.proc = track(spawn(process.execPath, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    // Always drain the pipes, or a chatty child blocks on a full pipe.
+    this.proc.stdout?.setEncoding('utf8').on('data', (d: string) => this.onStdout(d));
+    this.proc.stderr?.setEncoding('utf8').on('data', (d: string) => this.remember(d));
+    this.proc.once('error', (e) => (this.spawnError = e));
+  }
+
+  private onStdout(chunk: string): void {
+    const lines = (this.partial + chunk).split('\n');
+    this.partial = lines.pop() ?? '';
+    for (const line of lines) {
+      this.remember(line);
+      for (const w of this.lineWaiters) w(line);
+    }
+  }
+
+  private remember(chunk: string): void {
+    for (const line of chunk.split('\n')) {
+      if (!line.trim()) continue;
+      this.tail.push(line);
+      if (this.tail.length > 40) this.tail.shift();
+    }
+  }
+
+  onLine(fn: (line: string) => void): void {
+    this.lineWaiters.push(fn);
+  }
+
+  output(): string {
+    return this.tail.length ? `\n--- last output of ${this.label} ---\n${this.tail.join('\n')}` : '';
+  }
+
+  lastLines(): string[] {
+    return [...this.tail];
+  }
+
+  stop(): Promise<void> {
+    return stopChild(this.proc);
+  }
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.once('error', rej);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      s.close(() => (typeof addr === 'object' && addr ? res(addr.port) : rej(new Error('no port'))));
+    });
+  });
+}
+
+// ---------------------------------------------------------------- CPU (Linux /proc)
+
+const CLK_TCK = (() => {
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
+  const v = Number(r.stdout?.trim());
+  return Number.isFinite(v) && v > 0 ? v : 100;
+})();
+
+/** Fields of /proc/PID/stat after the parenthesised command name (index 0 = field 3). */
+function statFields(pid: number | 'self'): string[] | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return undefined;
+  }
+}
+
+/** User + system CPU seconds of a process so far (Linux); undefined elsewhere. */
+export function cpuSeconds(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  // utime and stime are fields 14 and 15.
+  const f = statFields(pid);
+  return f ? (Number(f[11]) + Number(f[12])) / CLK_TCK : undefined;
+}
+
+/** CPU seconds of this process plus its children that have exited and been reaped (Linux). */
+export function selfAndReapedCpuSeconds(): number | undefined {
+  // utime, stime, cutime, cstime are fields 14-17.
+  const f = statFields('self');
+  return f ? (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLK_TCK : undefined;
+}
+
+/** CPU seconds the whole machine has been busy (Linux); undefined elsewhere. */
+export function machineBusySeconds(): number | undefined {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal
+    const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
+    return busy / CLK_TCK;
+  } catch {
+    return undefined;
+  }
 }
 
 // ---------------------------------------------------------------- report

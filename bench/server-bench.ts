@@ -1,10 +1,8 @@
 // The key server section of `npm run bench`: Encrypt and Decrypt calls/s over
 // HTTP with durable audit (fsync on), on SQLite and on PostgreSQL, beside a
 // bare node:http echo measured in the same run with the same client.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -12,7 +10,9 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import { request } from 'undici';
 import type { HttpLoadReport, LoadSpec } from './http-load.js';
-import { BenchError, exited, fmt, interrupted, log, onCleanup, ROOT, ratio, stopChild, table, track } from './procs.js';
+import {
+  BenchError, Child, cpuSeconds, exited, fmt, freePort, interrupted, log, machineBusySeconds, onCleanup, ROOT, ratio, table,
+} from './procs.js';
 
 const CONCURRENCIES = [1, 16, 64] as const;
 const OPS = ['encrypt', 'decrypt'] as const;
@@ -56,104 +56,6 @@ export interface ServerSectionResult {
   readonly text: string;
   readonly json: unknown;
   readonly failed: boolean;
-}
-
-// ---------------------------------------------------------------- processes
-
-/** A child that prints its state on stdout; keeps the last lines for error messages. */
-class Child {
-  readonly proc: ChildProcess;
-  private tail: string[] = [];
-  private lineWaiters: ((line: string) => void)[] = [];
-  private partial = '';
-  spawnError: Error | undefined;
-
-  constructor(
-    readonly label: string,
-    argv: string[],
-    env: NodeJS.ProcessEnv = process.env,
-  ) {
-    this.proc = track(spawn(process.execPath, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }));
-    // Always drain the pipes, or a chatty child blocks on a full pipe.
-    this.proc.stdout?.setEncoding('utf8').on('data', (d: string) => this.onStdout(d));
-    this.proc.stderr?.setEncoding('utf8').on('data', (d: string) => this.remember(d));
-    this.proc.once('error', (e) => (this.spawnError = e));
-  }
-
-  private onStdout(chunk: string): void {
-    const lines = (this.partial + chunk).split('\n');
-    this.partial = lines.pop() ?? '';
-    for (const line of lines) {
-      this.remember(line);
-      for (const w of this.lineWaiters) w(line);
-    }
-  }
-
-  private remember(chunk: string): void {
-    for (const line of chunk.split('\n')) {
-      if (!line.trim()) continue;
-      this.tail.push(line);
-      if (this.tail.length > 40) this.tail.shift();
-    }
-  }
-
-  onLine(fn: (line: string) => void): void {
-    this.lineWaiters.push(fn);
-  }
-
-  output(): string {
-    return this.tail.length ? `\n--- last output of ${this.label} ---\n${this.tail.join('\n')}` : '';
-  }
-
-  lastLines(): string[] {
-    return [...this.tail];
-  }
-
-  stop(): Promise<void> {
-    return stopChild(this.proc);
-  }
-}
-
-const CLK_TCK = (() => {
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' });
-  const v = Number(r.stdout?.trim());
-  return Number.isFinite(v) && v > 0 ? v : 100;
-})();
-
-/** User + system CPU seconds of a process so far (Linux); undefined elsewhere. */
-function cpuSeconds(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
-  } catch {
-    return undefined;
-  }
-}
-
-/** CPU seconds the whole machine has been busy (Linux); undefined elsewhere. */
-function machineBusySeconds(): number | undefined {
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
-    // user nice system idle iowait irq softirq steal
-    const busy = (f[0] ?? 0) + (f[1] ?? 0) + (f[2] ?? 0) + (f[5] ?? 0) + (f[6] ?? 0) + (f[7] ?? 0);
-    return busy / CLK_TCK;
-  } catch {
-    return undefined;
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.once('error', rej);
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === 'object' && addr ? res(addr.port) : rej(new Error('no port'))));
-    });
-  });
 }
 
 // ---------------------------------------------------------------- HTTP set-up
@@ -216,22 +118,52 @@ function serverNodeArgs(): string[] {
   return raw ? raw.split(/\s+/) : [];
 }
 
-async function startServer(backend: Backend, storage: unknown, dir: string, plaintexts: string[], children: Child[]): Promise<ServerTarget> {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+export interface KeyServerOptions {
+  /** Shown in progress lines and error messages. */
+  readonly label: string;
+  /** The `storage` block of server.yaml. */
+  readonly storage: unknown;
+  /** Config, root key and (for SQLite) data go here. */
+  readonly dir: string;
+  /** The key to create. */
+  readonly key: string;
+  /** The app granted encrypt and decrypt on `key`. */
+  readonly app: string;
+  readonly nodeArgs?: readonly string[];
+}
+
+export interface KeyServer {
+  readonly child: Child;
+  /** http://127.0.0.1:PORT */
+  readonly url: string;
+  /** The app's API key (kha_...). */
+  readonly apiKey: string;
+  /** Seconds from spawn to the end of set-up. */
+  readonly setupSeconds: number;
+}
+
+/**
+ * Starts `keyhaven server` on a free loopback port (keyfile seal, audit fsync
+ * on, log level warn) and sets it up over the API: init, log in as the admin,
+ * a key-admin user, the app, the key (as the key-admin), the app's encrypt and
+ * decrypt grant.
+ */
+export async function startKeyServer(o: KeyServerOptions, children: Child[]): Promise<KeyServer> {
+  mkdirSync(o.dir, { recursive: true, mode: 0o700 });
   const port = await freePort();
-  const cfgPath = join(dir, 'server.yaml');
+  const cfgPath = join(o.dir, 'server.yaml');
   // YAML is a superset of JSON.
   const cfg = {
     listen: `127.0.0.1:${port}`,
-    storage,
-    seal: { keyfile: { path: join(dir, 'root.key') } },
+    storage: o.storage,
+    seal: { keyfile: { path: join(o.dir, 'root.key') } },
     audit: { fsync: true },
     log: { level: 'warn' },
   };
-  writeFileSync(cfgPath, `${JSON.stringify(cfg, null, 2)}\n`);
+  writeFileSync(cfgPath, `${JSON.stringify(cfg, null, 2)}\n`, { mode: 0o600 });
   const cli = join(ROOT, 'bin', 'keyhaven');
   if (!existsSync(join(ROOT, 'dist', 'src', 'cli', 'main.js'))) throw new BenchError('the server is not built yet (npm run build)');
-  const child = new Child(backend, [...serverNodeArgs(), cli, 'server', '--config', cfgPath]);
+  const child = new Child(o.label, [...(o.nodeArgs ?? []), cli, 'server', '--config', cfgPath]);
   children.push(child);
   const base = `http://127.0.0.1:${port}`;
   const started = Date.now();
@@ -239,11 +171,11 @@ async function startServer(backend: Backend, storage: unknown, dir: string, plai
   const deadline = Date.now() + READY_TIMEOUT_MS;
   for (;;) {
     if (interrupted) throw new BenchError('interrupted');
-    if (child.spawnError) throw new BenchError(`${backend} server: ${child.spawnError.message}`);
-    if (exited(child.proc)) throw new BenchError(`${backend} server exited (${child.proc.exitCode ?? child.proc.signalCode}) before it was ready${child.output()}`);
+    if (child.spawnError) throw new BenchError(`${o.label} server: ${child.spawnError.message}`);
+    if (exited(child.proc)) throw new BenchError(`${o.label} server exited (${child.proc.exitCode ?? child.proc.signalCode}) before it was ready${child.output()}`);
     const r = await call(base, 'GET', '/v1/sys/seal-status').catch(() => undefined);
     if (r?.status === 200) break;
-    if (Date.now() > deadline) throw new BenchError(`${backend} server not ready after ${READY_TIMEOUT_MS / 1000} s at ${base}${child.output()}`);
+    if (Date.now() > deadline) throw new BenchError(`${o.label} server not ready after ${READY_TIMEOUT_MS / 1000} s at ${base}${child.output()}`);
     await sleep(100);
   }
 
@@ -252,9 +184,16 @@ async function startServer(backend: Backend, storage: unknown, dir: string, plai
   const keyAdminPassword = randomBytes(18).toString('base64url');
   await must('POST /v1/users', call(base, 'POST', '/v1/users', { name: KEY_ADMIN, password: keyAdminPassword, roles: ['key-admin'] }, admin.token));
   const keyAdmin = await must<{ token: string }>('key-admin login', call(base, 'POST', '/v1/auth/login', { name: KEY_ADMIN, password: keyAdminPassword }));
-  const app = await must<{ apiKey: string }>('POST /v1/apps', call(base, 'POST', '/v1/apps', { name: APP }, admin.token));
-  await must('POST /v1/keys', call(base, 'POST', '/v1/keys', { name: KEY }, keyAdmin.token));
-  await must('PUT grants', call(base, 'PUT', `/v1/apps/${APP}/grants/${KEY}`, { operations: ['encrypt', 'decrypt'] }, admin.token));
+  const app = await must<{ apiKey: string }>('POST /v1/apps', call(base, 'POST', '/v1/apps', { name: o.app }, admin.token));
+  await must('POST /v1/keys', call(base, 'POST', '/v1/keys', { name: o.key }, keyAdmin.token));
+  await must('PUT grants', call(base, 'PUT', `/v1/apps/${o.app}/grants/${o.key}`, { operations: ['encrypt', 'decrypt'] }, admin.token));
+  return { child, url: base, apiKey: app.apiKey, setupSeconds: (Date.now() - started) / 1000 };
+}
+
+async function startServer(backend: Backend, storage: unknown, dir: string, plaintexts: string[], children: Child[]): Promise<ServerTarget> {
+  const started = Date.now();
+  const { child, url: base, apiKey } = await startKeyServer({ label: backend, storage, dir, key: KEY, app: APP, nodeArgs: serverNodeArgs() }, children);
+  const app = { apiKey };
 
   // Ciphertexts for the decrypt load, made first (concurrently, so the audit batches them); each is checked once.
   const made = await Promise.all(

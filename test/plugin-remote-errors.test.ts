@@ -10,6 +10,7 @@ import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
 import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
 import { api, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { byteForms } from './secret-forms.js';
 
 // The KMS plugin's remote provider when things go wrong, end to end: a real
 // `keyhaven server` on HTTPS (the test PKI), real plugin processes on unix
@@ -33,17 +34,6 @@ interface EncryptReply {
   annotations: Record<string, Buffer>;
 }
 
-/** The forms a byte string could leak in. */
-function byteForms(b: Buffer): Record<string, Buffer> {
-  return {
-    raw: b,
-    hex: Buffer.from(b.toString('hex')),
-    HEX: Buffer.from(b.toString('hex').toUpperCase()),
-    base64: Buffer.from(b.toString('base64')),
-    base64NoPad: Buffer.from(b.toString('base64').replace(/=+$/, '')),
-    base64url: Buffer.from(b.toString('base64url')),
-  };
-}
 
 describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIRE_ALL !== '1' ? 'openssl is not installed' : false }, () => {
   let pki: Pki;

@@ -3,6 +3,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { call, callError, cli, grpc, httpGet, kmsClients, removeDir, startPlugin, tempDir, waitFor, waitForError, type CliResult, type KmsClients, type PluginProcess } from './helpers.js';
+import { byteForms as forms } from './secret-forms.js';
 
 // Plant known secrets (the root key, the plaintexts), run every flow, then
 // look for them everywhere keyhaven writes: logs at trace level, CLI output,
@@ -28,17 +29,6 @@ const PLAINTEXTS = {
 };
 const SECRETS: Record<string, Buffer> = { rootKey: ROOT_KEY, ...Object.fromEntries(Object.entries(PLAINTEXTS).map(([k, v]) => [`plaintext.${k}`, v])) };
 
-/** The forms a secret could leak in. */
-function forms(secret: Buffer): Record<string, Buffer> {
-  return {
-    raw: secret,
-    hex: Buffer.from(secret.toString('hex')),
-    HEX: Buffer.from(secret.toString('hex').toUpperCase()),
-    base64: Buffer.from(secret.toString('base64')),
-    base64NoPad: Buffer.from(secret.toString('base64').replace(/=+$/, '')),
-    base64url: Buffer.from(secret.toString('base64url')),
-  };
-}
 
 function assertNoSecrets(where: string, haystack: Buffer | string): void {
   const hay = typeof haystack === 'string' ? Buffer.from(haystack) : haystack;

@@ -6,6 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { removeDir } from './helpers.js';
 import { api, login, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { byteForms } from './secret-forms.js';
 
 // Plant known secrets in a key server running at log level trace (passwords,
 // API keys, session tokens, plaintexts, data keys, the root key), run the
@@ -18,17 +19,6 @@ function marker(label: string): Buffer {
   return Buffer.concat([Buffer.from(`KH-SECRET-${label}-`.padEnd(32, 'Q').slice(0, 32)), randomBytes(16)]);
 }
 
-/** The forms a byte string could leak in. */
-function byteForms(b: Buffer): Record<string, Buffer> {
-  return {
-    raw: b,
-    hex: Buffer.from(b.toString('hex')),
-    HEX: Buffer.from(b.toString('hex').toUpperCase()),
-    base64: Buffer.from(b.toString('base64')),
-    base64NoPad: Buffer.from(b.toString('base64').replace(/=+$/, '')),
-    base64url: Buffer.from(b.toString('base64url')),
-  };
-}
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 

@@ -1,16 +1,9 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { KeyhavenError } from '../errors.js';
 import { isFqdn, MAX_ANNOTATIONS_BYTES, validateAnnotations } from './annotations.js';
+import { code as fails } from '../../test/expect-error.js';
 
-function fails(code: ErrorCode, pattern?: RegExp): (e: unknown) => true {
-  return (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  };
-}
 
 /** A valid FQDN of exactly `length` characters made of labels of at most 63 characters. */
 function fqdnOfLength(length: number): string {

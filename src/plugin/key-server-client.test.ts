@@ -5,8 +5,9 @@ import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'nod
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { KeyhavenError } from '../errors.js';
 import { apiKeySource, createKeyServerClient, type KeyServerClientOptions } from './key-server-client.js';
+import { code as fails } from '../../test/expect-error.js';
 
 // Every test talks to real HTTP servers on 127.0.0.1. Tests never depend on
 // timing: breaker windows are driven by an injected clock, and where real time
@@ -128,14 +129,6 @@ function makeClient(t: TestContext, servers: string[], over: Partial<KeyServerCl
   return { client, attempts, states };
 }
 
-function fails(code: ErrorCode, pattern?: RegExp): (e: unknown) => true {
-  return (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  };
-}
 
 async function caught(p: Promise<unknown>): Promise<KeyhavenError> {
   try {

@@ -13,6 +13,7 @@ import type { Services } from '../server/core.js';
 import { startServer, type RunningServer } from '../server/run-server.js';
 import { createKeyServerClient } from './key-server-client.js';
 import type { KmsProvider } from './provider.js';
+import { code } from '../../test/expect-error.js';
 import { createRemoteProvider, type RemoteProviderOptions } from './remote-provider.js';
 import { FORM_DIRECT, FORM_KEK_ANNOTATED, FORM_KEK_EMBEDDED, KEK_ANNOTATION } from './remote-envelope.js';
 
@@ -23,11 +24,6 @@ const V2 = { uid: 'uid-v2', annotations: true };
 const V1 = { uid: 'uid-v1', annotations: false };
 const DEC = { uid: 'uid-dec' };
 const KEY = 'cluster-key';
-const code = (c: string) => (e: unknown) => {
-  assert.ok(e instanceof KeyhavenError, String(e));
-  assert.equal(e.code, c, e.message);
-  return true;
-};
 
 describe('remote provider (real key server over HTTP)', () => {
   let dir: string;

@@ -5,8 +5,8 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, st
 import { createConnection, createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
 import { clearStaleSocket, parseEndpoint, removeSocketIfOurs, socketIdentity, secureSocket } from './socket.js';
+import { code as fails } from '../../test/expect-error.js';
 
 let dir: string;
 let n = 0;
@@ -31,14 +31,6 @@ function newPath(name = 'kms.sock'): string {
   return join(d, name);
 }
 
-function fails(code: ErrorCode, pattern?: RegExp): (e: unknown) => true {
-  return (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code, e.message);
-    if (pattern) assert.match(e.message, pattern);
-    return true;
-  };
-}
 
 /** Leaves a real socket file nobody listens on: a child binds it and is killed with SIGKILL. */
 async function staleSocket(path: string): Promise<void> {
