@@ -130,7 +130,8 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
 
   const endpoints: Endpoint[] = opts.servers.map((url) => ({
     url,
-    pool: new Pool(url, { connections: 16, pipelining: 1, keepAliveTimeout: 30_000, connect }),
+    // As many connections as the apiserver's concurrency at a restart storm needs: a queued request's deadline runs too.
+    pool: new Pool(url, { connections: 64, pipelining: 1, keepAliveTimeout: 30_000, connect }),
     failures: 0,
     retryAt: 0,
     backoffMs: opts.backoffMinMs,

@@ -28,7 +28,7 @@ export function createPluginMetrics(): PluginMetrics {
   const providerUp = new Gauge({ name: 'keyhaven_plugin_provider_up', help: '1 if the last provider round trip succeeded, else 0', registers: [registry] });
   const serverCalls = new Counter({ name: 'keyhaven_plugin_key_server_calls_total', help: 'Calls to key servers by server, operation and result (ok or an error code)', labelNames: ['server', 'operation', 'result'] as const, registers: [registry] });
   const serverUp = new Gauge({ name: 'keyhaven_plugin_key_server_up', help: '1 while a key server answers, 0 while its circuit breaker keeps it out', labelNames: ['server'] as const, registers: [registry] });
-  const kekLookups = new Counter({ name: 'keyhaven_plugin_kek_cache_lookups_total', help: 'Decrypt lookups of a local KEK: hit (no server call) or miss', labelNames: ['result'] as const, registers: [registry] });
+  const kekLookups = new Counter({ name: 'keyhaven_plugin_kek_cache_lookups_total', help: 'Decrypt lookups of a local KEK: hit (cached), miss (asked the key server), joined (waited for a call already in flight)', labelNames: ['result'] as const, registers: [registry] });
   const kekCacheEntries = new Gauge({ name: 'keyhaven_plugin_kek_cache_entries', help: 'Unwrapped local KEKs held in memory', registers: [registry] });
   let current: string | undefined;
   return {

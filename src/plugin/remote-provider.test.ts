@@ -233,6 +233,14 @@ describe('remote provider (real key server over HTTP)', () => {
     }
   });
 
+  it('while checks succeed, Encrypt never goes stale between polls (the apiserver polls once a minute)', async () => {
+    let t = Date.now();
+    const { p } = provider({ now: () => t });
+    await p.healthCheck();
+    t += 10 * 60_000;
+    await p.encrypt(randomBytes(32), V1);
+  });
+
   it('during an outage: cached KEKs decrypt, Encrypt works until the grace period ends (runs last: stops the server)', async () => {
     let t = Date.now();
     const { p } = provider({ now: () => t });

@@ -18,7 +18,8 @@ export interface RemoteProviderOptions {
   /** Encrypt is refused when the server has not confirmed the key for this long (the Status grace period). */
   readonly staleAfterMs: number;
   readonly now?: () => number;
-  readonly onKekLookup?: (result: 'hit' | 'miss') => void;
+  /** hit: cached; miss: asked the server; joined: waited for a server call already in flight. */
+  readonly onKekLookup?: (result: 'hit' | 'miss' | 'joined') => void;
   readonly onKekCacheSize?: (entries: number) => void;
   readonly onKekRotated?: (event: { keyId: string; reason: string }) => void;
 }
@@ -61,6 +62,8 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   let probe: Probe | undefined;
   let blocked: KeyhavenError | undefined;
   let lastSuccessAt: number | undefined;
+  // True from a failed check until the next good one: only then does the grace period run out for Encrypt.
+  let failing = false;
   let lastReportAt = -Infinity;
   let reportedKeyId: string | undefined;
   let current: LocalKek | undefined;
@@ -165,6 +168,8 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     kind: 'keyhaven',
     maxPlaintextBytes: MAX_PLAINTEXT,
     async healthCheck() {
+      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
+      const started = now();
       const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
       let p: Probe;
       try {
@@ -179,23 +184,26 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
         }
       } catch (e) {
         if (e instanceof KeyhavenError && !TRANSIENT.has(e.code)) forget(e);
+        else failing = true;
         throw e;
       }
       blocked = undefined;
+      failing = false;
       probe = p;
       // Retired versions can no longer decrypt on the server; their KEKs go as well.
       if (cache.drop((e) => e.version < p.minDecryptionVersion)) cacheSize();
       const previous = statusKeyId;
       statusKeyId = opts.localKek.enabled ? current!.keyId : p.keyId;
-      lastSuccessAt = now();
+      lastSuccessAt = started;
       // Tell the central team at once when this cluster moves to a new key version.
       if (previous !== undefined && previous !== statusKeyId) void callProbe(true).catch(() => {});
       return statusKeyId;
     },
     async encrypt(plaintext, ctx) {
       if (blocked) throw blocked;
-      if (lastSuccessAt === undefined || now() - lastSuccessAt > opts.staleAfterMs) {
-        throw new KeyhavenError('unavailable', 'the key server has not confirmed the key within the Status grace period');
+      if (lastSuccessAt === undefined) throw new KeyhavenError('unavailable', 'the key server has not confirmed the key yet');
+      if (failing && now() - lastSuccessAt > opts.staleAfterMs) {
+        throw new KeyhavenError('unavailable', 'no key server has confirmed the key within the Status grace period');
       }
       if (opts.localKek.enabled) {
         const k = current;
@@ -222,8 +230,11 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       }
       checkKeyId(keyId, env.wrapped.version, env.wrapped.keyRef);
       let entry = cache.get(env.wrapped.text);
-      opts.onKekLookup?.(entry ? 'hit' : 'miss');
-      entry ??= await unwrap(env.wrapped.text, ctx.uid);
+      if (entry) opts.onKekLookup?.('hit');
+      else {
+        opts.onKekLookup?.(unwrapping.has(env.wrapped.text) ? 'joined' : 'miss');
+        entry = await unwrap(env.wrapped.text, ctx.uid);
+      }
       if (entry.version !== env.wrapped.version) throw new KeyhavenError('integrity', 'the wrapped KEK\'s version does not match the server\'s answer');
       return { plaintext: openWithKek(entry.kek, env), keyId: keyId ?? keyIdForLog(entry.version), keyName, keyVersion: entry.version };
     },
