@@ -127,7 +127,7 @@ describe('postgres store', () => {
         const done = await query<{ name: string }>(url, 'select name from kysely_migration order by name');
         assert.deepEqual(
           done.map((r) => r.name),
-          ['0001_initial', '0002_server'],
+          ['0001_initial', '0002_server', '0003_plugin_clusters'],
         );
         await stores[0]!.setMeta('x', '1');
         for (const s of stores) assert.equal(await s.getMeta('x'), '1');
@@ -229,6 +229,7 @@ describe('postgres store', () => {
           insertApproval: () => store.insertApproval({ ...approval, id: 'a2' }),
           updateApproval: () => store.updateApproval('a1', { state: 'denied' }),
           appendAudit: () => store.appendAudit([draft(1)], linkRecord),
+          upsertPluginReport: () => store.upsertPluginReport({ app_id: 'p1', cluster: 'c', node: 'n', key_name: 'k1', key_id: 'x', key_version: 1, plugin_version: 'v', last_success: null, last_seen: t0, first_seen: t0, source: '127.0.0.1' }),
         };
         // Every writing method of the store is in the list above.
         const readers = /^(constructor|get|find|list|read|query|lastAuditSeq$|barrierGet$|transaction$|close$|appendAuditInTransaction$)/;
