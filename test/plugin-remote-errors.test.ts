@@ -271,6 +271,26 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     assert.equal((await encrypt(p, seed('dis after'))).key_id, keyId);
   });
 
+  it('KMS v1beta1 only (no Status ever): a disabled key reaches Encrypt through the background check', async () => {
+    const { apiKeyFile } = await newApp('app-v1', 'k-v1');
+    const p = await start('v1-only', { key: 'k-v1', apiKeyFile }, { extra: { status: { recheckInterval: '200ms' } } });
+    const v1Encrypt = () => call<{ cipher: Buffer }>(p.kms.v1, 'Encrypt', { version: 'v1beta1', plain: seed('v1 only') });
+    const sealed = await v1Encrypt();
+    await ok(api(url, 'POST', '/v1/keys/k-v1/disable', { token: cast.keyAdmin, body: {} }), 'disable');
+    const refusedErr = await waitFor(async () => {
+      try {
+        await v1Encrypt();
+        return undefined;
+      } catch (e) {
+        return e as grpc.ServiceError;
+      }
+    }, 'v1beta1 Encrypt to be refused without any Status call');
+    assert.equal(refusedErr.code, grpc.status.FAILED_PRECONDITION, refusedErr.details);
+    assert.ok((await call<{ plain: Buffer }>(p.kms.v1, 'Decrypt', { version: 'v1beta1', cipher: sealed.cipher })).plain.length === 32, 'Decrypt still works');
+    await ok(api(url, 'POST', '/v1/keys/k-v1/enable', { token: cast.keyAdmin, body: {} }), 'enable');
+    await waitFor(async () => ((await v1Encrypt().catch(() => undefined)) ? true : undefined), 'v1beta1 Encrypt to work again');
+  });
+
   it('TLS trust: a foreign CA fails Status (not trusted, check provider.tls.ca) without exiting; the right CA and a right pin work; a wrong pin fails', async () => {
     const [foreign, right, pinned, wrongPin] = await Promise.all([
       start('tls-foreign', { key: 'k1', apiKeyFile: join(work, 'app1.key'), tls: { ca: pki.foreignCaFile } }),

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseKeyId } from '../src/keys/key-id.js';
-import { cleanCliEnv, cliExpect, removeDir, runCli, tempDir, type CliResult } from './helpers.js';
+import { cleanCliEnv, cliExpect, removeDir, runCli, tempDir, waitFor, type CliResult } from './helpers.js';
 import { api, auditRecords, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 
 // The KMS plugin's remote provider on a real `keyhaven server`: the per-key
@@ -39,7 +39,7 @@ describe('plugin status probes and cluster reports', () => {
     const app2 = await mustOk(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'app2' } }), 'create app2');
     app2Key = app2.body.apiKey;
     await mustOk(api(url, 'PUT', '/v1/apps/app2/grants/k2', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app2 k2');
-    await mustOk(api(url, 'PUT', '/v1/apps/app1/grants/k3', { token: cast.admin, body: { operations: ['encrypt'] } }), 'grant app1 k3');
+    await mustOk(api(url, 'PUT', '/v1/apps/app1/grants/k3', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app1 k3');
   });
 
   after(async () => {
@@ -50,7 +50,8 @@ describe('plugin status probes and cluster reports', () => {
 
   it('a probe self-tests the current version; its key_id changes with a rotation, the store id does not', async () => {
     const first = await mustOk(probe(cast.appKey, 'k1', {}), 'probe');
-    assert.deepEqual(Object.keys(first.body).sort(), ['keyId', 'minDecryptionVersion', 'name', 'state', 'version']);
+    assert.deepEqual(Object.keys(first.body).sort(), ['keyId', 'liveKeyIds', 'minDecryptionVersion', 'name', 'state', 'version']);
+    assert.deepEqual(first.body.liveKeyIds, [first.body.keyId]);
     assert.equal(first.body.name, 'k1');
     assert.equal(first.body.version, 1);
     assert.equal(first.body.minDecryptionVersion, 1);
@@ -71,10 +72,13 @@ describe('plugin status probes and cluster reports', () => {
     assert.equal(p2.storeId, p1.storeId, 'the store id is stable across rotations');
     assert.equal(p2.keyRef, p1.keyRef, 'same key');
     assert.notEqual(p2.tag, p1.tag, 'each version has its own tag');
+    assert.deepEqual(second.body.liveKeyIds, [first.body.keyId, second.body.keyId], 'both versions still decrypt');
 
     // The minimum decryption version is the key's policy.
     await mustOk(api(url, 'PUT', '/v1/keys/k1/policy', { token: cast.keyAdmin, body: { minDecryptionVersion: 2 } }), 'policy');
-    assert.equal((await mustOk(probe(cast.appKey, 'k1', {}), 'probe')).body.minDecryptionVersion, 2);
+    const retired = (await mustOk(probe(cast.appKey, 'k1', {}), 'probe')).body;
+    assert.equal(retired.minDecryptionVersion, 2);
+    assert.deepEqual(retired.liveKeyIds, [second.body.keyId], 'a retired version\'s key_id is no longer live');
     await mustOk(api(url, 'PUT', '/v1/keys/k1/policy', { token: cast.keyAdmin, body: { minDecryptionVersion: 1 } }), 'policy back');
     assert.deepEqual(await clusters(), [], 'probes without a cluster record nothing');
   });
@@ -183,11 +187,18 @@ describe('plugin status probes and cluster reports', () => {
     assert.equal(r.body.error.code, 'key_destroyed');
   });
 
-  it('only apps holding the encrypt grant may probe: revoked, decrypt-only, no grant, missing key, users', async () => {
+  it('only apps holding the encrypt and decrypt grants may probe: revoked, encrypt-only, decrypt-only, no grant, missing key, users', async () => {
     const made = await mustOk(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'probe-app' } }), 'create app');
     const token = made.body.apiKey as string;
-    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } }), 'grant');
+    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant');
     await mustOk(probe(token, 'k1', {}), 'probe with the grant');
+    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } }), 'encrypt-only grant');
+    // Grants are cached for up to 2 s.
+    const encryptOnly = await waitFor(async () => {
+      const r = await probe(token, 'k1', {});
+      return r.status === 403 ? r : undefined;
+    }, 'a probe without the decrypt grant to be refused');
+    assert.match(encryptOnly.body.error.message, /no decrypt grant on key "k1"/);
     await mustOk(api(url, 'DELETE', '/v1/apps/probe-app/grants/k1', { token: cast.admin }), 'revoke');
     const revoked = await probe(token, 'k1', { cluster: 'revoked', node: 'n1' });
     assert.equal(revoked.status, 403, revoked.text);

@@ -55,6 +55,7 @@ describe('config/plugin-config: defaults', () => {
     assert.equal(cfg.socketGroup, null);
     assert.equal(cfg.status.cacheTTL, 5000);
     assert.equal(cfg.status.gracePeriod, 300000);
+    assert.equal(cfg.status.recheckInterval, 30000);
     assert.equal(cfg.health.address, '127.0.0.1:8787');
     assert.equal(cfg.log.level, 'info');
     assert.equal(cfg.v1beta1, true);

@@ -99,6 +99,8 @@ export const pluginConfigSchema = z.strictObject({
     .strictObject({
       cacheTTL: durationMs.prefault('5s'),
       gracePeriod: durationMs.prefault('5m'),
+      // The provider is also checked this often without a Status call: v1beta1 never sends one.
+      recheckInterval: durationMs.prefault('30s'),
     })
     .prefault({}),
   health: z.strictObject({ address: hostPort.default('127.0.0.1:8787') }).prefault({}),

@@ -112,6 +112,8 @@ export interface KeyStore {
   wipe(): void;
   /** The id of a loaded key (see ensureLoaded), from memory. */
   idOf(name: string): string | undefined;
+  /** A loaded key's versions that can still decrypt (not destroyed, not below minDecryptionVersion), with their tags. */
+  liveVersionTags(name: string): ReadonlyMap<number, string>;
   /** Which key and version a ciphertext names, read from its header (not yet authenticated). */
   describe(ciphertext: Buffer): CiphertextRef;
   /** Encrypts and decrypts random bytes with the key's newest version; resolves with that version. */
@@ -397,6 +399,15 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
 
     idOf(name) {
       return idByName.get(name);
+    },
+
+    liveVersionTags(name) {
+      const id = idByName.get(name);
+      const entry = id === undefined ? undefined : byId.get(id);
+      const out = new Map<number, string>();
+      if (!entry) return out;
+      for (const [v, tag] of entry.tags) if (!entry.destroyed.has(v) && v >= entry.row.min_decryption_version) out.set(v, tag);
+      return out;
     },
 
     wipe() {

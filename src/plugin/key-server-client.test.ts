@@ -782,3 +782,52 @@ describe('plugin/key-server-client: apiKeySource', () => {
     );
   });
 });
+
+describe('key server client: breaker and deadline accounting', () => {
+  it('many requests failing together open the breaker once, not once each', async (t) => {
+    const clock = manualClock();
+    let release: () => void = () => {};
+    const gate = new Promise<void>((r) => (release = r));
+    const a = await startServer(t, (_seen, res) => void gate.then(() => json(res, 503, { error: { code: 'sealed', message: 'sealed' } })));
+    const b = await startServer(t, ok);
+    const { client } = makeClient(t, [a.url, b.url], { now: clock.now });
+    const calls = Array.from({ length: 20 }, () => client.post('encrypt', '/x', {}));
+    await new Promise<void>((r) => {
+      const wait = () => (a.seen.length >= 20 ? r() : setTimeout(wait, 5));
+      wait();
+    });
+    release();
+    await Promise.all(calls);
+    const st = client.servers()[0]!;
+    assert.equal(st.up, false);
+    assert.equal(st.consecutiveFailures, 1, 'one outage, one failure');
+    assert.ok(st.retryAt - clock.t <= 63, `back-off stays at its minimum: ${st.retryAt - clock.t} ms`);
+  });
+
+  it('an attempt cut short by the call\'s own deadline does not blame the server', async (t) => {
+    const slow = await startServer(t, (seen, res) => void setTimeout(() => ok(seen, res), 300));
+    const dead = await startServer(t, hang);
+    const { client } = makeClient(t, [dead.url, slow.url], { timeoutMs: 600, attemptTimeoutMs: 500, backoffMinMs: 10_000, backoffMaxMs: 10_000 });
+    await assert.rejects(client.post('encrypt', '/x', {}), fails('unavailable', /did not answer in time/));
+    const [d, s] = client.servers();
+    assert.equal(d!.up, false, 'the hanging server used its whole attempt');
+    assert.equal(s!.up, true, 'the slow server only had what was left of the deadline');
+    assert.deepEqual(await client.post('encrypt', '/x', {}).then(() => 'ok'), 'ok');
+  });
+
+  it('a 401 for a request sent with a key another call has replaced is retried with the current key', async (t) => {
+    let current = 'kha_old';
+    const srv = await startServer(t, (seen, res) => {
+      if (seen.headers.authorization === `Bearer ${current}`) json(res, 200, { ok: true });
+      else json(res, 401, { error: { code: 'unauthenticated', message: 'bad key' } });
+    });
+    let fileKey = 'kha_old';
+    const { client } = makeClient(t, [srv.url], { apiKey: () => fileKey });
+    await client.post('encrypt', '/x', {});
+    current = 'kha_new';
+    fileKey = 'kha_new';
+    // Both go out with the old key; the first to come back reloads, the second must not fail.
+    const both = await Promise.all([client.post('encrypt', '/x', {}), client.post('encrypt', '/x', {})]);
+    assert.equal(both.length, 2);
+  });
+});

@@ -49,6 +49,8 @@ export interface ServerState {
 export interface CallOptions {
   /** The apiserver's request uid, for the server's audit record. */
   readonly uid?: string;
+  /** Epoch ms by which the call must end, when that is sooner than `timeoutMs` from now (several calls sharing one budget). */
+  readonly deadlineAt?: number;
 }
 
 export interface KeyServerClient {
@@ -68,12 +70,16 @@ interface Endpoint {
   readonly pool: Pool;
   failures: number;
   retryAt: number;
+  /** When the breaker last opened or widened: failures of requests sent before it are the same outage. */
+  openedAt: number;
   backoffMs: number;
   lastError?: string;
 }
 
 /** A failure of one attempt; `elsewhere` says whether another server may succeed. */
 class AttemptError extends Error {
+  /** The attempt timed out on what was left of the call's deadline, not on attemptTimeout: the server is not to blame. */
+  cutShort = false;
   constructor(
     readonly error: KeyhavenError,
     readonly elsewhere: boolean,
@@ -81,6 +87,9 @@ class AttemptError extends Error {
     super(error.message);
   }
 }
+
+// Less than this left of the deadline is not worth an attempt.
+const MIN_ATTEMPT_MS = 25;
 
 function tlsReason(e: NodeJS.ErrnoException): string | undefined {
   const code = e.code ?? '';
@@ -134,6 +143,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     pool: new Pool(url, { connections: 64, pipelining: 1, keepAliveTimeout: 30_000, connect }),
     failures: 0,
     retryAt: 0,
+    openedAt: 0,
     backoffMs: opts.backoffMinMs,
   }));
 
@@ -141,12 +151,16 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     if (ep.failures > 0) opts.onServerState?.(ep.url, true);
     ep.failures = 0;
     ep.retryAt = 0;
+    ep.openedAt = 0;
     ep.backoffMs = opts.backoffMinMs;
     delete ep.lastError;
   };
-  const failed = (ep: Endpoint, reason: string) => {
+  const failed = (ep: Endpoint, reason: string, sentAt: number) => {
+    // Requests already in flight when the breaker opened fail with it: one blip, not fifty.
+    if (ep.failures > 0 && sentAt <= ep.openedAt) return;
     // Open the breaker; each failure in a row doubles the wait, with jitter so plugins do not retry in step.
     ep.failures += 1;
+    ep.openedAt = now();
     const wait = Math.min(ep.backoffMs, opts.backoffMaxMs);
     ep.retryAt = now() + Math.round(wait * (0.75 + Math.random() * 0.5));
     ep.backoffMs = Math.min(ep.backoffMs * 2, opts.backoffMaxMs);
@@ -168,12 +182,13 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
   let apiKey = opts.apiKey(false);
   let reloadedAt = 0;
 
-  async function attempt<T>(ep: Endpoint, operation: string, path: string, payload: string, uid: string | undefined, deadline: number): Promise<T> {
-    const budget = Math.min(opts.attemptTimeoutMs, deadline - now());
+  async function attempt<T>(ep: Endpoint, operation: string, path: string, payload: string, uid: string | undefined, deadline: number, key: string): Promise<T> {
+    const left = deadline - now();
+    const budget = Math.min(opts.attemptTimeoutMs, left);
     const signal = AbortSignal.timeout(Math.max(budget, 1));
     const headers: Record<string, string> = {
       'content-type': 'application/json',
-      authorization: `Bearer ${apiKey}`,
+      authorization: `Bearer ${key}`,
       'x-keyhaven-cluster': opts.cluster,
     };
     if (uid && UID.test(uid)) headers['x-keyhaven-uid'] = uid;
@@ -195,7 +210,9 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       text = Buffer.concat(chunks).toString('utf8');
     } catch (e) {
       if (e instanceof AttemptError) throw e;
-      throw new AttemptError(transportError(ep.url, e, signal.aborted), true);
+      const err = new AttemptError(transportError(ep.url, e, signal.aborted), true);
+      err.cutShort = signal.aborted && left < opts.attemptTimeoutMs;
+      throw err;
     }
     let body: unknown;
     try {
@@ -214,7 +231,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
 
   return {
     async post<T>(operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
-      const deadline = now() + opts.timeoutMs;
+      const deadline = Math.min(now() + opts.timeoutMs, callOpts.deadlineAt ?? Infinity);
       const payload = JSON.stringify(body);
       const tried = candidates();
       if (tried.length === 0) {
@@ -223,14 +240,19 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
         throw new KeyhavenError('unavailable', `every key server is failing; next attempt in ${Math.max(0, Math.ceil(next / 100) / 10)} s (${last})`);
       }
       let lastError: KeyhavenError | undefined;
-      let reauthenticated = false;
+      let authRetries = 0;
       for (let i = 0; i < tried.length; i++) {
         const ep = tried[i]!;
-        if (now() >= deadline) break;
+        if (deadline - now() < MIN_ATTEMPT_MS) break;
+        // Its breaker may have opened while this call was trying the servers before it.
+        if (ep.failures > 0 && ep.retryAt > now()) continue;
         // One call at a time probes a failing server: the others keep it out until the probe has answered.
-        if (ep.failures > 0) ep.retryAt = deadline;
+        const probing = ep.failures > 0;
+        if (probing) ep.retryAt = deadline;
+        const sentAt = now();
+        const key = apiKey;
         try {
-          const out = await attempt<T>(ep, operation, path, payload, callOpts.uid, deadline);
+          const out = await attempt<T>(ep, operation, path, payload, callOpts.uid, deadline, key);
           succeeded(ep);
           opts.onAttempt?.(ep.url, operation, 'ok');
           return out;
@@ -238,21 +260,33 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
           if (!(e instanceof AttemptError)) throw e;
           opts.onAttempt?.(ep.url, operation, e.error.code);
           lastError = e.error;
+          if (e.cutShort) {
+            // Our deadline ran out, not the server's time: no blame, and the next call may probe it.
+            if (probing) ep.retryAt = now();
+            continue;
+          }
           if (e.elsewhere) {
-            failed(ep, e.error.message);
+            failed(ep, e.error.message, sentAt);
             continue;
           }
           // The server answered: it is up, and the answer stands.
           succeeded(ep);
-          // A rotated API key: read the file again, at most every 2 s, and try once more.
-          if (e.error.code === 'unauthenticated' && !reauthenticated && now() - reloadedAt > 2000) {
-            reauthenticated = true;
-            reloadedAt = now();
-            const fresh = opts.apiKey(true);
-            if (fresh !== apiKey) {
-              apiKey = fresh;
+          if (e.error.code === 'unauthenticated' && authRetries < 2) {
+            authRetries += 1;
+            // Sent with a key another call has replaced since: try again with the current one.
+            if (key !== apiKey) {
               i -= 1;
               continue;
+            }
+            // A rotated API key: read the file again, at most every 2 s, and try once more.
+            if (now() - reloadedAt > 2000) {
+              reloadedAt = now();
+              const fresh = opts.apiKey(true);
+              if (fresh !== apiKey) {
+                apiKey = fresh;
+                i -= 1;
+                continue;
+              }
             }
           }
           throw e.error;

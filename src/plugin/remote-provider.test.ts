@@ -75,6 +75,7 @@ describe('remote provider (real key server over HTTP)', () => {
       localKek: { enabled: over.kek ?? true, maxUses: over.maxUses ?? 1000, maxAgeMs: 3_600_000, cacheSize: 16 },
       reportIntervalMs: 60_000,
       staleAfterMs: 60_000,
+      checkTimeoutMs: 2000,
       ...over,
     });
     open.push(p);
@@ -119,7 +120,8 @@ describe('remote provider (real key server over HTTP)', () => {
     const b = provider();
     const plain = await Promise.all(out.map((e) => b.p.decrypt(e.ciphertext, e.keyId, e.annotations!, DEC)));
     assert.deepEqual(plain.map((x) => x.plaintext), seeds);
-    assert.deepEqual(b.calls, { unwrap: 1 });
+    // One status probe learns which key_ids are live (this plugin had not checked yet); one unwrap for all.
+    assert.deepEqual(b.calls, { status: 1, unwrap: 1 });
   });
 
   it('with the local KEK off, every call is a server call and the ciphertext is the server\'s', async () => {
@@ -166,6 +168,34 @@ describe('remote provider (real key server over HTTP)', () => {
     await assert.rejects(p.decrypt(Buffer.from([FORM_KEK_EMBEDDED, 0xff, 0xff, 1]), undefined, {}, DEC), code('integrity'));
     // After all that the provider still decrypts.
     assert.equal((await p.decrypt(e.ciphertext, e.keyId, ann, DEC)).keyVersion, 1);
+  });
+
+  it('refuses a key_id no live version has: a forged tag, a retired version; learns a newer version from the server', async () => {
+    const { p, calls } = provider();
+    await p.healthCheck();
+    const e = await p.encrypt(randomBytes(32), V2);
+    const id = parseKeyId(e.keyId);
+    const forged = e.keyId.replace(new RegExp(`${id.tag}$`), '0'.repeat(16));
+    await assert.rejects(p.decrypt(e.ciphertext, forged, e.annotations!, DEC), code('unknown_key_id', /not a version of key "cluster-key" that can still decrypt/));
+    // Another node's plugin saw a rotation first: its key_id is newer than this plugin's last check.
+    const other = provider();
+    await s.keys.rotate(KEY, actorName(SYSTEM));
+    const newer = await other.p.healthCheck();
+    const fresh = await other.p.encrypt(randomBytes(32), V2);
+    const before = calls.status ?? 0;
+    assert.equal((await p.decrypt(fresh.ciphertext, newer, fresh.annotations!, DEC)).keyVersion, parseKeyId(newer).version);
+    assert.equal(calls.status, before + 1, 'one re-probe');
+  });
+
+  it('KMS v2 Encrypt with the local KEK off refuses a version Status did not report; v1beta1 takes it', async () => {
+    const { p } = provider({ kek: false });
+    await p.healthCheck();
+    await s.keys.rotate(KEY, actorName(SYSTEM));
+    await assert.rejects(p.encrypt(randomBytes(32), V2), code('unavailable', /rotated on the server since the last Status/));
+    const v1 = await p.encrypt(randomBytes(32), V1);
+    assert.equal(parseKeyId(v1.keyId).version, v1.keyVersion);
+    const keyId = await p.healthCheck();
+    assert.equal((await p.encrypt(randomBytes(32), V2)).keyId, keyId);
   });
 
   it('follows a rotation: new key_id and KEK at the next health check, old ciphertexts still decrypt', async () => {
@@ -239,6 +269,24 @@ describe('remote provider (real key server over HTTP)', () => {
     await p.healthCheck();
     t += 10 * 60_000;
     await p.encrypt(randomBytes(32), V1);
+  });
+
+  it('losing only the decrypt grant fails the health check too, and drops the cached KEKs', async () => {
+    const { p } = provider();
+    await p.healthCheck();
+    const e = await p.encrypt(randomBytes(32), V2);
+    await s.access.setGrant(SYSTEM, 'plugin-app', KEY, ['encrypt']);
+    try {
+      let refused: unknown;
+      for (let i = 0; i < 60 && !refused; i++) {
+        refused = await p.healthCheck().then(() => undefined, (err: unknown) => err);
+        if (!refused) await new Promise((r) => setTimeout(r, 100));
+      }
+      code('permission_denied', /no decrypt grant/)(refused);
+      await assert.rejects(p.decrypt(e.ciphertext, e.keyId, e.annotations!, DEC), code('permission_denied'));
+    } finally {
+      await s.access.setGrant(SYSTEM, 'plugin-app', KEY, ['encrypt', 'decrypt']);
+    }
   });
 
   it('during an outage: cached KEKs decrypt, Encrypt works until the grace period ends (runs last: stops the server)', async () => {

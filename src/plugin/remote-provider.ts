@@ -5,6 +5,7 @@ import { KekCache } from './kek-cache.js';
 import type { KeyServerClient } from './key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES } from './limits.js';
 import type { KmsProvider } from './provider.js';
+import { isTransient } from './status-monitor.js';
 import { KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
 
 export interface RemoteProviderOptions {
@@ -17,6 +18,8 @@ export interface RemoteProviderOptions {
   readonly reportIntervalMs: number;
   /** Encrypt is refused when the server has not confirmed the key for this long (the Status grace period). */
   readonly staleAfterMs: number;
+  /** One health check (probe, KEK wrap, re-probe) ends within this, so Status answers inside the apiserver's deadline. */
+  readonly checkTimeoutMs: number;
   readonly now?: () => number;
   /** hit: cached; miss: asked the server; joined: waited for a server call already in flight. */
   readonly onKekLookup?: (result: 'hit' | 'miss' | 'joined') => void;
@@ -29,6 +32,8 @@ interface Probe {
   readonly parsed: ParsedKeyId;
   readonly version: number;
   readonly minDecryptionVersion: number;
+  /** Every key_id that can still decrypt. */
+  readonly live: ReadonlySet<string>;
 }
 
 interface LocalKek {
@@ -42,8 +47,6 @@ interface LocalKek {
 
 // Refusals that mean this app may no longer use the key: cached KEKs go too.
 const REVOKED: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['permission_denied', 'unauthenticated', 'not_found', 'key_destroyed']);
-// Failures another attempt may not repeat: the grace period covers them.
-const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['unavailable', 'sealed', 'audit_failed', 'internal', 'too_many_attempts']);
 // The largest seed that still fits the apiserver's 1024 bytes in every form.
 const MAX_PLAINTEXT = 512;
 
@@ -73,12 +76,12 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   const cacheSize = () => opts.onKekCacheSize?.(cache.size);
 
   const readProbe = (res: unknown): Probe => {
-    const r = res as { keyId?: unknown; version?: unknown; minDecryptionVersion?: unknown };
-    if (typeof r?.keyId !== 'string' || !Number.isInteger(r.version) || !Number.isInteger(r.minDecryptionVersion)) {
+    const r = res as { keyId?: unknown; version?: unknown; minDecryptionVersion?: unknown; liveKeyIds?: unknown };
+    if (typeof r?.keyId !== 'string' || !Number.isInteger(r.version) || !Number.isInteger(r.minDecryptionVersion) || !Array.isArray(r.liveKeyIds) || !r.liveKeyIds.every((k) => typeof k === 'string')) {
       throw new KeyhavenError('unavailable', 'the key server answered the status probe with an unexpected shape');
     }
     const parsed = parseKeyId(r.keyId);
-    return { keyId: r.keyId, parsed, version: r.version as number, minDecryptionVersion: r.minDecryptionVersion as number };
+    return { keyId: r.keyId, parsed, version: r.version as number, minDecryptionVersion: r.minDecryptionVersion as number, live: new Set(r.liveKeyIds as string[]) };
   };
 
   const report = () => ({
@@ -89,8 +92,8 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     ...(lastSuccessAt !== undefined ? { lastSuccess: new Date(lastSuccessAt).toISOString() } : {}),
   });
 
-  async function callProbe(withReport: boolean): Promise<Probe> {
-    const p = readProbe(await client.post('status', `${base}/status`, withReport ? report() : {}));
+  async function callProbe(withReport: boolean, deadlineAt?: number): Promise<Probe> {
+    const p = readProbe(await client.post('status', `${base}/status`, withReport ? report() : {}, deadlineAt ? { deadlineAt } : {}));
     if (withReport) {
       lastReportAt = now();
       reportedKeyId = statusKeyId;
@@ -98,9 +101,13 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     return p;
   }
 
+  // Bumped when cached KEKs are dropped, so an unwrap still in flight does not put one back.
+  let generation = 0;
+
   const forget = (reason: KeyhavenError) => {
     blocked = reason;
     if (REVOKED.has(reason.code)) {
+      generation += 1;
       cache.drop();
       current?.kek.fill(0);
       current = undefined;
@@ -109,25 +116,29 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   };
 
   /** The key_id of `version`: the probe's, or a fresh probe's if the server rotated in between. */
-  async function keyIdOf(version: number, p: Probe): Promise<string> {
+  async function keyIdOf(version: number, p: Probe, deadlineAt?: number): Promise<string> {
     if (version === p.version) return p.keyId;
-    const again = await callProbe(false);
-    probe = again;
+    const again = await callProbe(false, deadlineAt);
     if (again.version !== version) throw new KeyhavenError('unavailable', `the key server rotated key "${keyName}" twice during one call; retrying at the next Status`);
     return again.keyId;
   }
 
-  async function newKek(p: Probe, reason: string): Promise<LocalKek> {
+  async function newKek(p: Probe, reason: string, deadlineAt: number): Promise<LocalKek> {
     const kek = randomBytes(32);
-    const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') });
-    if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
-    const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
-    if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
-    const keyId = await keyIdOf(wrapped.version, p);
-    cache.set(wrapped.text, { kek: Buffer.from(kek), version: wrapped.version });
-    cacheSize();
-    opts.onKekRotated?.({ keyId, reason });
-    return { kek, wrapped: Buffer.from(wrapped.text, 'latin1'), keyId, version: wrapped.version, createdAt: now(), uses: 0 };
+    try {
+      const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') }, { deadlineAt });
+      if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
+      const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
+      if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
+      const keyId = await keyIdOf(wrapped.version, p, deadlineAt);
+      cache.set(wrapped.text, { kek: Buffer.from(kek), version: wrapped.version });
+      cacheSize();
+      opts.onKekRotated?.({ keyId, reason });
+      return { kek, wrapped: Buffer.from(wrapped.text, 'latin1'), keyId, version: wrapped.version, createdAt: now(), uses: 0 };
+    } catch (e) {
+      kek.fill(0);
+      throw e;
+    }
   }
 
   const kekDue = (p: Probe): string | undefined => {
@@ -141,13 +152,17 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   async function unwrap(text: string, uid: string | undefined): Promise<{ kek: Buffer; version: number }> {
     let p = unwrapping.get(text);
     if (!p) {
+      const gen = generation;
       p = (async () => {
         const res = await client.post<{ plaintext?: unknown; version?: unknown }>('unwrap', `${base}/decrypt`, { ciphertext: text, context: KEK_CONTEXT.toString('base64') }, uid ? { uid } : {});
         const kek = typeof res?.plaintext === 'string' ? Buffer.from(res.plaintext, 'base64') : Buffer.alloc(0);
         if (kek.length !== 32 || !Number.isInteger(res.version)) throw new KeyhavenError('integrity', 'the key server returned something that is not a local KEK');
         const entry = { kek, version: res.version as number };
-        cache.set(text, entry);
-        cacheSize();
+        // Revoked (or closed) meanwhile: answer this call, keep nothing.
+        if (gen === generation) {
+          cache.set(text, entry);
+          cacheSize();
+        }
         return entry;
       })().finally(() => unwrapping.delete(text));
       unwrapping.set(text, p);
@@ -155,11 +170,26 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     return p;
   }
 
-  const checkKeyId = (keyId: string | undefined, version: number, keyRef: string): void => {
+  // One re-probe at a time, for a key_id newer than this plugin's last check (another node saw the rotation first).
+  let reprobing: Promise<void> | undefined;
+  const reprobe = (): Promise<void> =>
+    (reprobing ??= callProbe(false)
+      .then((p) => {
+        probe = p;
+      })
+      .finally(() => {
+        reprobing = undefined;
+      }));
+
+  const checkKeyId = async (keyId: string | undefined, version: number, keyRef: string): Promise<void> => {
     if (keyId === undefined) return;
     const k = parseKeyId(keyId);
-    if (probe && k.storeId !== probe.parsed.storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key server`);
     if (k.version !== version || k.keyRef !== keyRef) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
+    if (!probe || (!probe.live.has(keyId) && k.version > probe.version)) await reprobe().catch(() => {});
+    // Without any answer from a server there is nothing to check against; the server refuses what it must.
+    if (!probe || probe.live.has(keyId)) return;
+    if (k.storeId !== probe.parsed.storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key server`);
+    throw new KeyhavenError('unknown_key_id', `key_id ${keyId} is not a version of key "${keyName}" that can still decrypt (unknown, retired or destroyed)`);
   };
 
   const keyIdForLog = (version: number) => (probe && probe.version === version ? probe.keyId : `${keyName}@v${version}`);
@@ -170,20 +200,21 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     async healthCheck() {
       // Stamped at the start, as the Status monitor does, so both grace clocks agree.
       const started = now();
+      const deadlineAt = started + opts.checkTimeoutMs;
       const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
       let p: Probe;
       try {
-        p = await callProbe(reportDue);
+        p = await callProbe(reportDue, deadlineAt);
         if (opts.localKek.enabled) {
           const why = kekDue(p);
           if (why) {
-            const next = await newKek(p, why);
+            const next = await newKek(p, why, deadlineAt);
             current?.kek.fill(0);
             current = next;
           }
         }
       } catch (e) {
-        if (e instanceof KeyhavenError && !TRANSIENT.has(e.code)) forget(e);
+        if (e instanceof KeyhavenError && !isTransient(e.code)) forget(e);
         else failing = true;
         throw e;
       }
@@ -217,18 +248,22 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       const res = await client.post<{ ciphertext?: unknown }>('encrypt', `${base}/encrypt`, { plaintext: plaintext.toString('base64') }, { uid: ctx.uid });
       if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
       const c = parseServerCiphertext(res.ciphertext, 'the key server\'s ciphertext');
+      if (ctx.annotations && c.version !== p.version) {
+        // KMS v2 drops a reply whose key_id is not Status's; the next Status reports the new version.
+        throw new KeyhavenError('unavailable', `key "${keyName}" was rotated on the server since the last Status; the apiserver retries after its next Status`);
+      }
       const keyId = await keyIdOf(c.version, p);
       return { ciphertext: Buffer.from(c.text, 'latin1'), keyId, keyName, keyVersion: c.version };
     },
     async decrypt(ciphertext, keyId, annotations, ctx) {
       const env = parseEnvelope(ciphertext, annotations);
       if (env.form === 0x6b) {
-        checkKeyId(keyId, env.server.version, env.server.keyRef);
+        await checkKeyId(keyId, env.server.version, env.server.keyRef);
         const res = await client.post<{ plaintext?: unknown }>('decrypt', `${base}/decrypt`, { ciphertext: env.server.text }, { uid: ctx.uid });
         if (typeof res?.plaintext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered decrypt with an unexpected shape');
         return { plaintext: Buffer.from(res.plaintext, 'base64'), keyId: keyId ?? keyIdForLog(env.server.version), keyName, keyVersion: env.server.version };
       }
-      checkKeyId(keyId, env.wrapped.version, env.wrapped.keyRef);
+      await checkKeyId(keyId, env.wrapped.version, env.wrapped.keyRef);
       let entry = cache.get(env.wrapped.text);
       if (entry) opts.onKekLookup?.('hit');
       else {
@@ -239,6 +274,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       return { plaintext: openWithKek(entry.kek, env), keyId: keyId ?? keyIdForLog(entry.version), keyName, keyVersion: entry.version };
     },
     async close() {
+      generation += 1;
       cache.drop();
       current?.kek.fill(0);
       current = undefined;

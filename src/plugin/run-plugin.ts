@@ -102,6 +102,7 @@ function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provide
     localKek: { enabled: p.localKek.enabled, maxUses: p.localKek.maxUses, maxAgeMs: p.localKek.maxAge, cacheSize: p.localKek.cacheSize },
     reportIntervalMs: p.reportInterval,
     staleAfterMs: cfg.status.gracePeriod,
+    checkTimeoutMs: p.timeout,
     onKekLookup: (result) => metrics.kekLookups.inc({ result }),
     onKekCacheSize: (n) => metrics.kekCacheEntries.set(n),
     onKekRotated: ({ keyId, reason }) => logger.info({ keyId, reason }, 'new local KEK wrapped by the key server'),
@@ -160,6 +161,11 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
     },
   });
 
+  // Checked on a timer too, not only when the apiserver asks: v1beta1 never sends
+  // Status, and a revoked grant or a rotation must still reach Encrypt.
+  const recheck = setInterval(() => void monitor.check().catch(() => {}), Math.max(cfg.status.recheckInterval, 100));
+  recheck.unref();
+
   const protos = loadKmsProtos();
   const handlers = createKmsHandlers({ provider, monitor, metrics, logger, ...(audit ? { audit } : {}), runtimeVersion: PACKAGE_VERSION });
   const server = new grpc.Server(KMS_SERVER_OPTIONS);
@@ -206,6 +212,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
       logger.info({ address: health.address, port: health.port }, 'health listening');
     }
   } catch (e) {
+    clearInterval(recheck);
     abstractListener?.close();
     server.forceShutdown();
     // Only a socket this process bound: a refused start must not take a live plugin's socket away.
@@ -221,6 +228,7 @@ export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<Ru
     health,
     close() {
       closing ??= (async () => {
+        clearInterval(recheck);
         abstractListener?.close();
         await new Promise<void>((resolve) => {
           // In-flight calls finish; after 10 s the rest are cut off.

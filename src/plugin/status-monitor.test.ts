@@ -72,7 +72,7 @@ function rejectsWith(c: ErrorCode): (e: unknown) => true {
   };
 }
 
-const DEFINITIVE: ErrorCode[] = ['key_disabled', 'key_destroyed', 'not_found', 'unknown_key_id', 'permission_denied', 'integrity', 'config_invalid', 'invalid_argument'];
+const DEFINITIVE: ErrorCode[] = ['key_disabled', 'key_destroyed', 'not_found', 'unknown_key_id', 'permission_denied', 'unauthenticated', 'integrity', 'config_invalid', 'invalid_argument', 'failed_precondition', 'too_large', 'already_exists'];
 
 describe('plugin/status-monitor with a provider double: caching', () => {
   it('answers the provider key_id, not degraded', async () => {

@@ -1,19 +1,15 @@
 import { KeyhavenError, type ErrorCode } from '../errors.js';
 import type { KmsProvider } from './provider.js';
 
-// Failures that mean "do not write with this key", answered at once: a
-// Status that returns a key_id keeps the apiserver writing for minutes.
-const DEFINITIVE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'key_disabled',
-  'key_destroyed',
-  'not_found',
-  'unknown_key_id',
-  'permission_denied',
-  'unauthenticated',
-  'integrity',
-  'config_invalid',
-  'invalid_argument',
-]);
+// Failures that mean "the provider cannot answer now": Status rides them out
+// with the last good key_id for the grace period. Every other failure means
+// "do not write with this key" and fails Status at once: a Status that returns
+// a key_id keeps the apiserver writing for minutes.
+const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['unavailable', 'sealed', 'audit_failed', 'internal', 'too_many_attempts']);
+
+export function isTransient(code: ErrorCode): boolean {
+  return TRANSIENT.has(code);
+}
 
 export interface StatusSnapshot {
   readonly keyId: string;
@@ -53,7 +49,7 @@ export function createStatusMonitor(provider: KmsProvider, opts: StatusMonitorOp
       return snap;
     } catch (e) {
       const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'key provider did not answer', { cause: e });
-      if (DEFINITIVE.has(err.code)) {
+      if (!isTransient(err.code)) {
         lastGood = undefined;
       } else if (lastGood && t - lastGood.at <= opts.graceMs) {
         const snap = { keyId: lastGood.keyId, degraded: true };

@@ -37,6 +37,7 @@ const statusAnswer = z.object({
   version: z.number(),
   minDecryptionVersion: z.number(),
   state: z.literal('enabled'),
+  liveKeyIds: z.array(z.string()).describe('the key_ids of every version that can still decrypt (not destroyed, not below minDecryptionVersion)'),
 });
 
 const clusterInfo = z.object({
@@ -60,7 +61,7 @@ export function registerClusterRoutes(app: FastifyInstance, { core }: RouteDeps)
     config: { op: 'plugin.status', access: { apps: 'granted' } },
     schema: {
       tags: ['crypto'],
-      summary: 'Self-test the key\'s current version (encrypt and decrypt) for a KMS plugin holding the encrypt grant, and record its cluster report',
+      summary: 'Self-test the key\'s current version (encrypt and decrypt) for a KMS plugin holding the encrypt and decrypt grants, and record its cluster report',
       params: keyNameParam,
       body: statusBody,
       response: { 200: statusAnswer, 403: errorResponse, 409: errorResponse, 410: errorResponse },
@@ -68,7 +69,9 @@ export function registerClusterRoutes(app: FastifyInstance, { core }: RouteDeps)
   }, async (req) => {
     const s = core.services();
     const name = req.params.name;
+    // A plugin needs both: without decrypt its Status must fail, not keep serving cached KEKs.
     await requireGrant(s, req, name, 'encrypt');
+    await requireGrant(s, req, name, 'decrypt');
     // Read from storage, not the cache: another server sharing the database
     // may have disabled or rotated the key, and the plugin must hear it now.
     const info = await s.keys.refresh(name);
@@ -106,7 +109,9 @@ export function registerClusterRoutes(app: FastifyInstance, { core }: RouteDeps)
       });
       req.auditNote.details.reported = true;
     }
-    return { keyId, name, version: rt.version, minDecryptionVersion: info.minDecryptionVersion, state: 'enabled' as const };
+    // Every key_id Decrypt may still be given, so a plugin can refuse any other at once.
+    const liveKeyIds = [...s.keys.liveVersionTags(name)].map(([v, tag]) => formatKeyId(s.storeId, rt.keyId, v, tag));
+    return { keyId, name, version: rt.version, minDecryptionVersion: info.minDecryptionVersion, state: 'enabled' as const, liveKeyIds };
   });
 
   r.get('/v1/clusters', {
