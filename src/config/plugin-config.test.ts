@@ -95,7 +95,7 @@ describe('config/plugin-config: defaults', () => {
     assert.equal(cfg.socket, 'unix:///tmp/x.sock');
     assert.equal(cfg.socketMode, 0o660);
     assert.equal(cfg.socketGroup, 'kube');
-    assert.equal(cfg.provider.key, 'my.key_1-a');
+    assert.equal(embedded(cfg).key, 'my.key_1-a');
     assert.equal(embedded(cfg).rootKeyFile, '/k/root.key');
     assert.equal(cfg.status.cacheTTL, 250);
     assert.equal(cfg.status.gracePeriod, 7_200_000);
@@ -216,7 +216,7 @@ describe('config/plugin-config: wrong types and values', () => {
   });
 
   it('accepts a 128-character key name', () => {
-    assert.equal(parsePluginConfig({ provider: { type: 'embedded', dataDir: '/d', key: 'k'.repeat(128) } }, 't').provider.key.length, 128);
+    assert.equal(embedded(parsePluginConfig({ provider: { type: 'embedded', dataDir: '/d', key: 'k'.repeat(128) } }, 't')).key.length, 128);
   });
 });
 
@@ -296,7 +296,7 @@ describe('config/plugin-config: loadPluginConfig from files', () => {
     const cfg = loadPluginConfig(file, { socket: 'unix:///flag.sock', provider: { dataDir: '/flag' }, status: { cacheTTL: undefined } });
     assert.equal(cfg.socket, 'unix:///flag.sock');
     assert.equal(embedded(cfg).dataDir, '/flag');
-    assert.equal(cfg.provider.key, 'file-key');
+    assert.equal(embedded(cfg).key, 'file-key');
     assert.equal(cfg.status.cacheTTL, 2000);
     assert.ok(Object.isFrozen(cfg));
   });

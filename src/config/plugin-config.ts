@@ -5,6 +5,10 @@ import { z } from 'zod';
 import { KeyhavenError } from '../errors.js';
 import { durationMs } from './duration.js';
 import { configError } from './format-issues.js';
+import { awsKmsProviderSchema, checkAwsKmsProvider } from './providers/aws-kms.js';
+import { checkFortanixDsmProvider, fortanixDsmProviderSchema } from './providers/fortanix-dsm.js';
+import { checkPkcs11Provider, pkcs11ProviderSchema } from './providers/pkcs11.js';
+import { checkVaultProvider, vaultProviderSchema } from './providers/vault.js';
 
 export const DEFAULT_KEY_NAME = 'kubernetes-secrets';
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -94,7 +98,7 @@ export const pluginConfigSchema = z.strictObject({
     .default('0600')
     .transform((v) => parseInt(v, 8)),
   socketGroup: z.union([z.string().min(1), z.number().int().nonnegative()]).nullable().default(null),
-  provider: z.discriminatedUnion('type', [embeddedProvider, keyhavenProvider]),
+  provider: z.discriminatedUnion('type', [embeddedProvider, keyhavenProvider, vaultProviderSchema, fortanixDsmProviderSchema, awsKmsProviderSchema, pkcs11ProviderSchema]),
   status: z
     .strictObject({
       cacheTTL: durationMs.prefault('5s'),
@@ -159,6 +163,13 @@ export function parsePluginConfig(raw: unknown, source: string): Readonly<Plugin
     cfg.provider.rootKeyFile = resolve(cfg.provider.rootKeyFile ?? join(cfg.provider.dataDir, 'root.key'));
   }
   if (cfg.provider.type === 'keyhaven') checkKeyhavenProvider(cfg.provider, source);
+  const problems =
+    cfg.provider.type === 'vault' ? checkVaultProvider(cfg.provider)
+    : cfg.provider.type === 'fortanix-dsm' ? checkFortanixDsmProvider(cfg.provider)
+    : cfg.provider.type === 'aws-kms' ? checkAwsKmsProvider(cfg.provider)
+    : cfg.provider.type === 'pkcs11' ? checkPkcs11Provider(cfg.provider)
+    : [];
+  if (problems.length) throw new KeyhavenError('config_invalid', `invalid configuration in ${source}:\n  ${problems.join('\n  ')}`);
   return deepFreeze(cfg);
 }
 

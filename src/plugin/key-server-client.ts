@@ -35,6 +35,13 @@ export interface KeyServerClientOptions {
   readonly onAttempt?: (server: string, operation: string, result: string) => void;
   /** Called when a server goes down (with why) or comes back. */
   readonly onServerState?: (server: string, up: boolean, reason?: string) => void;
+  /**
+   * For other HTTP key services (Vault, DSM): the headers that carry the
+   * credential, instead of keyhaven's Bearer and cluster headers.
+   */
+  readonly headers?: (credential: string) => Record<string, string>;
+  /** For other HTTP key services: reads an error answer (JSON, or text when not JSON) into a code and message. */
+  readonly errorOf?: (status: number, body: unknown, text: string) => { code: ErrorCode; message: string };
 }
 
 export interface ServerState {
@@ -53,8 +60,12 @@ export interface CallOptions {
   readonly deadlineAt?: number;
 }
 
+export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'DELETE' | 'LIST';
+
 export interface KeyServerClient {
   post<T>(operation: string, path: string, body: unknown, opts?: CallOptions): Promise<T>;
+  /** Any method; `body` undefined sends none. */
+  request<T>(method: HttpMethod, operation: string, path: string, body: unknown, opts?: CallOptions): Promise<T>;
   servers(): ServerState[];
   close(): Promise<void>;
 }
@@ -182,20 +193,19 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
   let apiKey = opts.apiKey(false);
   let reloadedAt = 0;
 
-  async function attempt<T>(ep: Endpoint, operation: string, path: string, payload: string, uid: string | undefined, deadline: number, key: string): Promise<T> {
+  async function attempt<T>(ep: Endpoint, method: HttpMethod, operation: string, path: string, payload: string | undefined, uid: string | undefined, deadline: number, key: string): Promise<T> {
     const left = deadline - now();
     const budget = Math.min(opts.attemptTimeoutMs, left);
     const signal = AbortSignal.timeout(Math.max(budget, 1));
-    const headers: Record<string, string> = {
-      'content-type': 'application/json',
-      authorization: `Bearer ${key}`,
-      'x-keyhaven-cluster': opts.cluster,
-    };
+    const headers: Record<string, string> = opts.headers
+      ? { ...opts.headers(key) }
+      : { authorization: `Bearer ${key}`, 'x-keyhaven-cluster': opts.cluster };
+    if (payload !== undefined) headers['content-type'] = 'application/json';
     if (uid && UID.test(uid)) headers['x-keyhaven-uid'] = uid;
     let status: number;
     let text: string;
     try {
-      const res = await ep.pool.request({ method: 'POST', path, headers, body: payload, signal, headersTimeout: budget, bodyTimeout: budget });
+      const res = await ep.pool.request({ method: method as 'POST', path, headers, ...(payload !== undefined ? { body: payload } : {}), signal, headersTimeout: budget, bodyTimeout: budget });
       status = res.statusCode;
       const chunks: Buffer[] = [];
       let size = 0;
@@ -216,23 +226,33 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     }
     let body: unknown;
     try {
-      body = JSON.parse(text);
+      body = text === '' && status === 204 ? {} : JSON.parse(text);
     } catch {
-      throw new AttemptError(new KeyhavenError('unavailable', `key server ${ep.url} answered HTTP ${status} with a body that is not JSON`), true);
+      // Some services (DSM) answer errors as plain text.
+      if (!(opts.errorOf && status >= 400)) {
+        throw new AttemptError(new KeyhavenError('unavailable', `key server ${ep.url} answered HTTP ${status} with a body that is not JSON`), true);
+      }
     }
     if (status >= 200 && status < 300) return body as T;
-    const errBody = (body as { error?: { code?: unknown; message?: unknown; requestId?: unknown } })?.error;
-    const code: ErrorCode = typeof errBody?.code === 'string' && KNOWN_CODES.has(errBody.code) ? (errBody.code as ErrorCode) : status >= 500 ? 'unavailable' : 'invalid_argument';
-    const message = typeof errBody?.message === 'string' ? errBody.message.slice(0, 300) : `HTTP ${status}`;
-    const requestId = typeof errBody?.requestId === 'string' ? ` [request ${errBody.requestId.slice(0, 64)}]` : '';
-    const err = new KeyhavenError(code, `key server ${ep.url} refused ${operation}: ${message}${requestId}`);
+    let code: ErrorCode;
+    let detail: string;
+    if (opts.errorOf) {
+      ({ code, message: detail } = opts.errorOf(status, body, text));
+      detail = detail.slice(0, 300);
+    } else {
+      const errBody = (body as { error?: { code?: unknown; message?: unknown; requestId?: unknown } })?.error;
+      code = typeof errBody?.code === 'string' && KNOWN_CODES.has(errBody.code) ? (errBody.code as ErrorCode) : status >= 500 ? 'unavailable' : 'invalid_argument';
+      const message = typeof errBody?.message === 'string' ? errBody.message.slice(0, 300) : `HTTP ${status}`;
+      const requestId = typeof errBody?.requestId === 'string' ? ` [request ${errBody.requestId.slice(0, 64)}]` : '';
+      detail = `${message}${requestId}`;
+    }
+    const err = new KeyhavenError(code, `key server ${ep.url} refused ${operation}: ${detail}`);
     throw new AttemptError(err, status >= 500 && RETRY_ELSEWHERE.has(code));
   }
 
-  return {
-    async post<T>(operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
+  async function request<T>(method: HttpMethod, operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
       const deadline = Math.min(now() + opts.timeoutMs, callOpts.deadlineAt ?? Infinity);
-      const payload = JSON.stringify(body);
+      const payload = body === undefined ? undefined : JSON.stringify(body);
       const tried = candidates();
       if (tried.length === 0) {
         const next = Math.min(...endpoints.map((e) => e.retryAt)) - now();
@@ -252,7 +272,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
         const sentAt = now();
         const key = apiKey;
         try {
-          const out = await attempt<T>(ep, operation, path, payload, callOpts.uid, deadline, key);
+          const out = await attempt<T>(ep, method, operation, path, payload, callOpts.uid, deadline, key);
           succeeded(ep);
           opts.onAttempt?.(ep.url, operation, 'ok');
           return out;
@@ -293,7 +313,11 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
         }
       }
       throw lastError ?? new KeyhavenError('unavailable', 'the deadline passed before any key server could be tried');
-    },
+  }
+
+  return {
+    post: <T>(operation: string, path: string, body: unknown, callOpts?: CallOptions) => request<T>('POST', operation, path, body, callOpts),
+    request,
     servers() {
       return endpoints.map((e) => ({ url: e.url, up: e.failures === 0, consecutiveFailures: e.failures, retryAt: e.retryAt, ...(e.lastError ? { lastError: e.lastError } : {}) }));
     },

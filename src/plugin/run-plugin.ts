@@ -15,6 +15,10 @@ import { startHealthServer, type HealthServer } from './health-server.js';
 import { createKmsHandlers } from './kms-service.js';
 import { createKeyServerClient, apiKeySource } from './key-server-client.js';
 import { createPluginMetrics, type PluginMetrics } from './metrics.js';
+import { buildAwsKmsProvider } from './providers/aws-kms.js';
+import { buildFortanixDsmProvider } from './providers/fortanix-dsm.js';
+import { buildPkcs11Provider } from './providers/pkcs11.js';
+import { buildVaultProvider } from './providers/vault.js';
 import { createRemoteProvider } from './remote-provider.js';
 import type { KmsProvider } from './provider.js';
 import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
@@ -114,6 +118,11 @@ function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provide
 async function buildProvider(cfg: PluginConfig, logger: Logger, metrics: PluginMetrics): Promise<Built> {
   const p = cfg.provider;
   if (p.type === 'keyhaven') return buildRemoteProvider(cfg, p, logger, metrics);
+  const ctx = { cfg, logger, metrics };
+  if (p.type === 'vault') return { provider: await buildVaultProvider(p, ctx) };
+  if (p.type === 'fortanix-dsm') return { provider: await buildFortanixDsmProvider(p, ctx) };
+  if (p.type === 'aws-kms') return { provider: await buildAwsKmsProvider(p, ctx) };
+  if (p.type === 'pkcs11') return { provider: await buildPkcs11Provider(p, ctx) };
   const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false, auditFsync: cfg.audit.fsync });
   try {
     await embedded.keys.refresh(p.key);
