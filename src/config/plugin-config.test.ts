@@ -193,7 +193,7 @@ describe('config/plugin-config: wrong types and values', () => {
     ['key name with a slash', { provider: { type: 'embedded', dataDir: '/d', key: 'a/b' } }, /provider\.key: must be 1-128/],
     ['key name starting with a dot', { provider: { type: 'embedded', dataDir: '/d', key: '.k' } }, /provider\.key/],
     ['key name of 129 characters', { provider: { type: 'embedded', dataDir: '/d', key: 'k'.repeat(129) } }, /provider\.key/],
-    ['provider type unknown', { provider: { type: 'aws-kms', dataDir: '/d' } }, /provider\.type/],
+    ['provider type unknown', { provider: { type: 'azure-keyvault', dataDir: '/d' } }, /provider\.type/],
     ['provider type missing', { provider: { dataDir: '/d' } }, /provider\.type/],
   ];
   for (const [name, raw, pattern] of cases) {
