@@ -1,10 +1,22 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { resolve } from 'node:path';
 import type * as P from 'pkcs11js';
 import { KeyhavenError } from '../errors.js';
 import { KEY_BYTES } from '../crypto/aead.js';
+import {
+  acquireModule,
+  aesGcm,
+  attrBool as bool,
+  attrUlong as ulong,
+  ckr,
+  findSecretKeys,
+  findToken,
+  loginBlocked,
+  loginUser,
+  openSession,
+  releaseModule,
+  safely,
+  type LoadedModule as Loaded,
+} from './pkcs11-token.js';
 import { requireKind } from './record.js';
 import type { InitResult, Seal, SealRecord } from './seal.js';
 
@@ -41,96 +53,6 @@ const AAD = Buffer.from('keyhaven root key v1');
 const IV_BYTES = 12;
 const TAG_BYTES = 16;
 const WRAPPED_BYTES = KEY_BYTES + TAG_BYTES;
-
-type Api = typeof P;
-
-// C_Initialize is per process and per module, so seals sharing a module share
-// one loaded instance; the last one to close finalizes it.
-interface Loaded {
-  readonly api: Api;
-  readonly lib: P.PKCS11;
-  users: number;
-  readonly finalizeOnRelease: boolean;
-}
-const modules = new Map<string, Loaded>();
-
-function loadApi(): Api {
-  try {
-    return createRequire(import.meta.url)('pkcs11js') as Api;
-  } catch (e) {
-    throw new KeyhavenError('config_invalid', `the pkcs11 seal needs the pkcs11js package, which failed to load: ${(e as Error).message}`);
-  }
-}
-
-function acquire(modulePath: string): Loaded {
-  const key = resolve(modulePath);
-  const have = modules.get(key);
-  if (have) {
-    have.users += 1;
-    return have;
-  }
-  if (!existsSync(key)) throw new KeyhavenError('config_invalid', `PKCS#11 module ${modulePath} does not exist`);
-  const api = loadApi();
-  const lib = new api.PKCS11();
-  try {
-    lib.load(key);
-  } catch (e) {
-    throw new KeyhavenError('config_invalid', `cannot load PKCS#11 module ${modulePath}: ${(e as Error).message}`);
-  }
-  let finalizeOnRelease = true;
-  try {
-    lib.C_Initialize();
-  } catch (e) {
-    if (ckr(e) === 'CKR_CRYPTOKI_ALREADY_INITIALIZED') {
-      // Someone else in this process owns the initialization.
-      finalizeOnRelease = false;
-    } else {
-      safely(() => lib.close());
-      throw new KeyhavenError('config_invalid', `PKCS#11 module ${modulePath} failed to initialize (${ckr(e) ?? 'error'}): check its configuration`);
-    }
-  }
-  const loaded: Loaded = { api, lib, users: 1, finalizeOnRelease };
-  modules.set(key, loaded);
-  return loaded;
-}
-
-function release(modulePath: string, loaded: Loaded): void {
-  loaded.users -= 1;
-  if (loaded.users > 0) return;
-  modules.delete(resolve(modulePath));
-  if (loaded.finalizeOnRelease) safely(() => loaded.lib.C_Finalize());
-  safely(() => loaded.lib.close());
-}
-
-/** The CKR_* name of a PKCS#11 error (never carries caller data), if it is one. */
-function ckr(e: unknown): string | undefined {
-  const m = e instanceof Error ? /^(CKR_[A-Z0-9_]+)/.exec(e.message) : null;
-  return m?.[1];
-}
-
-function safely(fn: () => void): void {
-  try {
-    fn();
-  } catch {
-    // Cleanup must not hide the error that led here.
-  }
-}
-
-function ulong(b: Buffer | undefined): number {
-  return b && b.length > 0 ? b.readUIntLE(0, Math.min(b.length, 6)) : -1;
-}
-
-function bool(b: Buffer | undefined): boolean {
-  return !!b && b.length > 0 && b[0] !== 0;
-}
-
-function slotNumber(h: Buffer): bigint {
-  return h.length >= 8 ? h.readBigUInt64LE(0) : BigInt(h.readUInt32LE(0));
-}
-
-function label(s: string): string {
-  return s.replace(/[ \0]+$/, '');
-}
 
 /** Strict base64: a value that does not re-encode to itself was altered. */
 function base64Field(value: unknown, name: string, bytes: number): Buffer {
@@ -183,34 +105,6 @@ export function pkcs11Seal(opts: Pkcs11SealOptions): Seal {
   // every later call is refused without calling C_Login.
   let pinRefused: string | undefined;
 
-  function findSlot(loaded: Loaded): { slot: Buffer; token: string; flags: number } {
-    const { api, lib } = loaded;
-    const tokens = lib.C_GetSlotList(true).map((slot) => {
-      const info = lib.C_GetTokenInfo(slot);
-      return { slot, token: label(info.label), flags: info.flags, initialized: (info.flags & api.CKF_TOKEN_INITIALIZED) !== 0 };
-    });
-    const seen = tokens.filter((t) => t.initialized).map((t) => `"${t.token}" (slot ${slotNumber(t.slot)})`);
-    const seenText = seen.length > 0 ? seen.join(', ') : 'none';
-    if (opts.slot !== undefined) {
-      const t = tokens.find((x) => slotNumber(x.slot) === BigInt(opts.slot as number));
-      if (!t || !t.initialized) {
-        throw new KeyhavenError('config_invalid', `PKCS#11 module ${opts.module} has no initialized token in slot ${opts.slot} (tokens found: ${seenText})`);
-      }
-      if (opts.tokenLabel && t.token !== opts.tokenLabel) {
-        throw new KeyhavenError('config_invalid', `the token in slot ${opts.slot} is labelled "${t.token}", not "${opts.tokenLabel}" as configured`);
-      }
-      return t;
-    }
-    const matches = tokens.filter((x) => x.initialized && x.token === opts.tokenLabel);
-    if (matches.length === 0) {
-      throw new KeyhavenError('config_invalid', `no token labelled "${opts.tokenLabel}" in PKCS#11 module ${opts.module} (tokens found: ${seenText})`);
-    }
-    if (matches.length > 1) {
-      throw new KeyhavenError('config_invalid', `${matches.length} tokens are labelled "${opts.tokenLabel}" in PKCS#11 module ${opts.module}: name the token by slot number`);
-    }
-    return matches[0]!;
-  }
-
   function refusePin(token: string, why: string): KeyhavenError {
     pinRefused = token;
     return new KeyhavenError('config_invalid', `the HSM refused the PIN for token ${token} (${why}; not retried, to avoid locking the token): fix the PIN in the configuration and restart`);
@@ -223,40 +117,22 @@ export function pkcs11Seal(opts: Pkcs11SealOptions): Seal {
     }
     if (open && (open.rw || !rw)) return open;
     disconnect();
-    const loaded = acquire(opts.module);
+    const loaded = acquireModule(opts.module, 'the pkcs11 seal');
     let session: Buffer | undefined;
     try {
-      const { api, lib } = loaded;
-      const { slot, token: found, flags } = findSlot(loaded);
+      const { slot, label: found, flags } = findToken(loaded, opts);
       const token = `"${found}"`;
-      if ((flags & api.CKF_USER_PIN_INITIALIZED) === 0) {
-        throw new KeyhavenError('config_invalid', `token ${token} has no user PIN set: initialize it first`);
-      }
-      if ((flags & api.CKF_USER_PIN_LOCKED) !== 0) {
-        throw refusePin(token, 'the user PIN is locked; unlock it with the security officer PIN');
-      }
-      try {
-        session = lib.C_OpenSession(slot, api.CKF_SERIAL_SESSION | (rw ? api.CKF_RW_SESSION : 0));
-      } catch (e) {
-        throw new KeyhavenError('unavailable', `cannot open a session on token ${token} (${ckr(e) ?? 'error'})`);
-      }
-      try {
-        lib.C_Login(session, api.CKU_USER, opts.pin);
-      } catch (e) {
-        const code = ckr(e);
-        // Login state is per process: another session may have logged in already.
-        if (code !== 'CKR_USER_ALREADY_LOGGED_IN') {
-          if (code === 'CKR_PIN_INCORRECT') throw refusePin(token, 'wrong PIN');
-          if (code === 'CKR_PIN_LOCKED') throw refusePin(token, 'the user PIN is locked');
-          if (code === 'CKR_PIN_LEN_RANGE' || code === 'CKR_PIN_INVALID' || code === 'CKR_PIN_EXPIRED') throw refusePin(token, code);
-          throw new KeyhavenError('unavailable', `cannot log in to token ${token} (${code ?? 'error'})`);
-        }
-      }
+      const blocked = loginBlocked(loaded, flags);
+      if (blocked && 'noPin' in blocked) throw new KeyhavenError('config_invalid', `token ${token} has no user PIN set: initialize it first`);
+      if (blocked) throw refusePin(token, blocked.refused);
+      session = openSession(loaded, slot, rw, token);
+      const refused = loginUser(loaded, session, opts.pin, token);
+      if (refused !== undefined) throw refusePin(token, refused);
       open = { loaded, session, rw, token };
       return open;
     } catch (e) {
       if (session) safely(() => loaded.lib.C_CloseSession(session as Buffer));
-      release(opts.module, loaded);
+      releaseModule(loaded);
       throw e;
     }
   }
@@ -266,7 +142,7 @@ export function pkcs11Seal(opts: Pkcs11SealOptions): Seal {
     open = undefined;
     if (!o) return;
     safely(() => o.loaded.lib.C_CloseSession(o.session));
-    release(opts.module, o.loaded);
+    releaseModule(o.loaded);
   }
 
   /** Runs fn on a logged-in session; any failure drops the session so the next call starts clean. */
@@ -281,18 +157,7 @@ export function pkcs11Seal(opts: Pkcs11SealOptions): Seal {
   }
 
   function findKey(o: Open): Buffer | null {
-    const { api, lib } = o.loaded;
-    lib.C_FindObjectsInit(o.session, [
-      { type: api.CKA_CLASS, value: api.CKO_SECRET_KEY },
-      { type: api.CKA_TOKEN, value: true },
-      { type: api.CKA_LABEL, value: keyLabel },
-    ]);
-    let found: Buffer[];
-    try {
-      found = lib.C_FindObjects(o.session, 2);
-    } finally {
-      lib.C_FindObjectsFinal(o.session);
-    }
+    const found = findSecretKeys(o.loaded, o.session, keyLabel);
     if (found.length > 1) {
       throw new KeyhavenError('config_invalid', `several keys on token ${o.token} are labelled "${keyLabel}"; refusing to guess which one wraps the root key`);
     }
@@ -346,9 +211,7 @@ export function pkcs11Seal(opts: Pkcs11SealOptions): Seal {
   }
 
   function gcm(o: Open, iv: Buffer): P.Mechanism {
-    const { api } = o.loaded;
-    // The PKCS#11 v2.40 CK_GCM_PARAMS layout (with ulIvBits), which SoftHSM2 and current HSMs use.
-    return { mechanism: api.CKM_AES_GCM, parameter: { type: api.CK_PARAMS_AES_GCM_v240, iv, ivBits: IV_BYTES * 8, aad: AAD, tagBits: TAG_BYTES * 8 } as P.AesGCM };
+    return aesGcm(o.loaded, iv, AAD, TAG_BYTES);
   }
 
   function decrypt(o: Open, key: Buffer, iv: Buffer, wrapped: Buffer): Buffer {
