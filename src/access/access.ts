@@ -94,6 +94,8 @@ export interface Access {
   get(name: string): Promise<PrincipalInfo>;
   login(name: string, password: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
   logout(token: string): Promise<void>;
+  /** A session for a principal already authenticated another way (an app's API key, for compatibility APIs); login's TTL. */
+  openSession(principal: Principal): Promise<{ token: string; expiresAt: string }>;
   /** A bearer token (session or API key) → its principal; unauthenticated otherwise. */
   authenticate(token: string): Promise<Principal>;
   /** A verified client certificate's SHA-256 fingerprint → the app it is registered to. */
@@ -367,6 +369,16 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       await authFromCredential(parsed.id, parsed.secretHash);
       await store.updateCredential(parsed.id, { revoked_at: new Date().toISOString() });
       cache.delete(parsed.id);
+    },
+
+    async openSession(principal) {
+      const row = await store.findPrincipalById(principal.id);
+      if (!row || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'the credentials are not valid');
+      const t = newToken('session');
+      const now = new Date();
+      const expiresAt = new Date(now.getTime() + opts.sessionTtlS * 1000).toISOString();
+      await store.insertCredential({ id: t.id, principal_id: row.id, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
+      return { token: t.token, expiresAt };
     },
 
     async authenticate(token) {

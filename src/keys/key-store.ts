@@ -31,6 +31,10 @@ export interface KeyInfo {
   readonly minDecryptionVersion: number;
   /** When a scheduled destruction takes effect. */
   readonly destroyAt: string | null;
+  /** Lowest version an encryption may name (Vault Transit); 0: any version up to the current one. */
+  readonly minEncryptionVersion: number;
+  /** Whether delete() may remove the key (Vault Transit deletion_allowed). */
+  readonly deletionAllowed: boolean;
   readonly versions: readonly KeyVersionInfo[];
 }
 
@@ -38,6 +42,9 @@ export interface KeyPolicy {
   /** Seconds; null turns automatic rotation off. */
   readonly rotationPeriodS?: number | null | undefined;
   readonly minDecryptionVersion?: number | undefined;
+  /** 0, or from minDecryptionVersion to the current version (Vault Transit min_encryption_version). */
+  readonly minEncryptionVersion?: number | undefined;
+  readonly deletionAllowed?: boolean | undefined;
 }
 
 export interface ScheduledRun {
@@ -101,6 +108,17 @@ export interface KeyStore {
   /** Cancels a scheduled destruction; the key comes back disabled. */
   cancelDestroy(name: string, actor: string): Promise<KeyInfo>;
   /**
+   * Destroys every version below `minAvailableVersion` (Vault Transit trim),
+   * which may be at most the minimum decryption version and the minimum
+   * encryption version (which must be set), and never goes down.
+   */
+  trim(name: string, minAvailableVersion: number, actor: string): Promise<KeyInfo>;
+  /**
+   * Deletes a key outright, if its deletionAllowed is set: wipes its material,
+   * removes its versions and grants, frees its name. Audited as key.delete.
+   */
+  delete(name: string, actor: string): Promise<void>;
+  /**
    * Rotates keys whose rotation is due and destroys keys whose pending
    * window has passed. Each change re-checks its condition inside an
    * exclusive transaction, so several servers on one database act once.
@@ -134,6 +152,15 @@ export interface KeyStore {
    * copy of this store that was rotated separately).
    */
   decrypt(ciphertext: Buffer, opts?: DecryptOptions): Promise<DecryptResult>;
+  /**
+   * Lends a version's material to `fn` for the duration of one synchronous
+   * call (compatibility APIs doing raw AES); the material is never returned.
+   * `version` undefined means the current one. For `encrypt` the key must be
+   * enabled and the version not below the minimum encryption version; for both uses the version must exist, not be destroyed and not
+   * be below the minimum decryption version, and the key must not be
+   * pending destruction — the same rules as encrypt() and decrypt().
+   */
+  withVersionMaterial<T>(name: string, version: number | undefined, use: 'encrypt' | 'decrypt', fn: (material: Buffer, version: number) => T): Promise<T>;
 }
 
 function versionPath(keyId: string, version: number): string {
@@ -187,6 +214,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       nextRotationAt: row.next_rotation_at,
       minDecryptionVersion: row.min_decryption_version,
       destroyAt: row.destroy_at,
+      minEncryptionVersion: row.min_encryption_version,
+      deletionAllowed: row.deletion_allowed === 1,
       versions: versions.map((v) => ({ version: v.version, tag: v.tag, state: v.state, createdAt: v.created_at, destroyedAt: v.destroyed_at })),
     };
   };
@@ -267,6 +296,26 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     }
   };
 
+  // The lowest version not destroyed along with every version below it
+  // (Vault's min_available_version): 0 while version 1 still exists.
+  const minAvailable = async (s: Store, keyId: string): Promise<number> => {
+    let first = 0;
+    for (const v of await s.listKeyVersions(keyId)) {
+      if (v.state !== 'destroyed') break;
+      first = v.version + 1;
+    }
+    return first;
+  };
+
+  // Drops a deleted key from memory, overwriting its material.
+  const forget = (keyId: string): void => {
+    const entry = byId.get(keyId);
+    if (!entry) return;
+    for (const m of entry.material.values()) m.fill(0);
+    byId.delete(keyId);
+    if (idByName.get(entry.row.name) === keyId) idByName.delete(entry.row.name);
+  };
+
   return {
     async create(name, actor, policy = {}) {
       validateName(name);
@@ -276,7 +325,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       try {
         await store.transaction(async (tx) => {
           if (await tx.findKeyByName(name)) throw new KeyhavenError('already_exists', `key "${name}" already exists`);
-          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now, rotation_period_s: period, next_rotation_at: nextRotation(period, now), min_decryption_version: 1, destroy_at: null });
+          await tx.insertKey({ id, name, state: 'enabled', current_version: 1, created_at: now, updated_at: now, rotation_period_s: period, next_rotation_at: nextRotation(period, now), min_decryption_version: 1, destroy_at: null, min_encryption_version: 0, deletion_allowed: 0 });
           await tx.insertKeyVersion({ key_id: id, version: 1, tag: newTag(), state: 'active', created_at: now, destroyed_at: null });
           await barrier.put(tx, versionPath(id, 1), generateKey());
           await audit.recordIn(tx, { actor, operation: 'key.create', keyName: name, keyVersion: 1, result: 'ok' });
@@ -334,6 +383,28 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
           patch.min_decryption_version = min;
           details.minDecryptionVersion = min;
         }
+        if (policy.minEncryptionVersion !== undefined) {
+          const min = policy.minEncryptionVersion;
+          if (!Number.isInteger(min) || min < 0 || min > row.current_version) {
+            throw new KeyhavenError('invalid_argument', `minEncryptionVersion must be 0 or an integer up to the current version (${row.current_version})`);
+          }
+          patch.min_encryption_version = min;
+          details.minEncryptionVersion = min;
+        }
+        // Checked on the result, whichever side changed: an encryption version
+        // below the decryption floor would make ciphertexts nobody can open.
+        const minEnc = patch.min_encryption_version ?? row.min_encryption_version;
+        const minDec = patch.min_decryption_version ?? row.min_decryption_version;
+        if (minEnc > 0 && minEnc < minDec) {
+          throw new KeyhavenError('invalid_argument', `the minimum encryption version (${minEnc}) must be 0 or at least the minimum decryption version (${minDec})`);
+        }
+        const trimmed = await minAvailable(tx, row.id);
+        if (minEnc > 0 && minEnc < trimmed) throw new KeyhavenError('invalid_argument', `the minimum encryption version (${minEnc}) may not be below the trimmed versions (${trimmed})`);
+        if (minDec < trimmed) throw new KeyhavenError('invalid_argument', `the minimum decryption version (${minDec}) may not be below the trimmed versions (${trimmed})`);
+        if (policy.deletionAllowed !== undefined) {
+          patch.deletion_allowed = policy.deletionAllowed ? 1 : 0;
+          details.deletionAllowed = policy.deletionAllowed;
+        }
         await tx.updateKey(row.id, patch);
         return { details };
       });
@@ -356,6 +427,48 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         await tx.updateKey(row.id, { state: 'disabled', destroy_at: null, updated_at: new Date().toISOString() });
         return {};
       });
+    },
+
+    trim(name, minAvailableVersion, actor) {
+      return mutate('key.trim', name, actor, async (tx, row) => {
+        requireLive(row);
+        const min = minAvailableVersion;
+        const current = await minAvailable(tx, row.id);
+        if (!Number.isInteger(min) || min < 1) throw new KeyhavenError('invalid_argument', 'the minimum available version must be a positive integer');
+        if (min < current) throw new KeyhavenError('invalid_argument', `the minimum available version cannot go down (it is ${current})`);
+        if (row.min_encryption_version === 0) throw new KeyhavenError('invalid_argument', 'set a minimum encryption version before trimming');
+        if (min > row.min_encryption_version) throw new KeyhavenError('invalid_argument', `the minimum available version cannot be above the minimum encryption version (${row.min_encryption_version})`);
+        if (min > row.min_decryption_version) throw new KeyhavenError('invalid_argument', `the minimum available version cannot be above the minimum decryption version (${row.min_decryption_version})`);
+        const at = new Date().toISOString();
+        let destroyed = 0;
+        for (const v of await tx.listKeyVersions(row.id)) {
+          if (v.version >= min || v.state === 'destroyed') continue;
+          await barrier.delete(tx, versionPath(row.id, v.version));
+          await tx.updateKeyVersion(row.id, v.version, { state: 'destroyed', destroyed_at: at });
+          destroyed += 1;
+        }
+        await tx.updateKey(row.id, { updated_at: at });
+        return { details: { minAvailableVersion: min, destroyed } };
+      });
+    },
+
+    async delete(name, actor) {
+      let id: string | undefined;
+      try {
+        await store.transaction(async (tx) => {
+          const row = await mustFind(tx, name);
+          if (row.deletion_allowed !== 1) throw new KeyhavenError('failed_precondition', `deletion is not allowed for key "${name}"; allow it in the key's configuration first`);
+          for (const v of await tx.listKeyVersions(row.id)) if (v.state !== 'destroyed') await barrier.delete(tx, versionPath(row.id, v.version));
+          await tx.deleteKey(row.id);
+          await audit.recordIn(tx, { actor, operation: 'key.delete', keyName: name, keyVersion: row.current_version, result: 'ok' });
+          id = row.id;
+        });
+      } catch (e) {
+        const code = e instanceof KeyhavenError ? e.code : 'internal';
+        await audit.record({ actor, operation: 'key.delete', keyName: KEY_NAME.test(name) ? name : undefined, result: code }).catch(() => {});
+        throw e;
+      }
+      forget(id!);
     },
 
     async runScheduled(now, actor) {
@@ -459,7 +572,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       for (const id of [...byId.keys()]) {
         const row = await store.findKeyById(id);
         if (row) await load(row);
-        else byId.delete(id);
+        else forget(id); // deleted by another process
       }
     },
 
@@ -508,6 +621,29 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         throw new KeyhavenError('unknown_key_id', `key "${entry.row.name}" version ${header.version} here is not the version this key_id names (was a copy of this store rotated separately?)`);
       }
       return { plaintext: openBlob(material, ciphertext, opts.context), keyName: entry.row.name, keyId: entry.row.id, version: header.version, versionTag };
+    },
+
+    async withVersionMaterial(name, pinned, use, fn) {
+      const id = idByName.get(name);
+      let entry = id === undefined ? undefined : byId.get(id);
+      // Not cached (or a version rotated in by another process): read it.
+      if (!entry || (pinned !== undefined && !entry.tags.has(pinned))) entry = await load(await mustFind(store, name));
+      const row = entry.row;
+      if (row.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${name}" has been destroyed`);
+      if (row.state === 'pending_destruction') throw new KeyhavenError('key_disabled', `key "${name}" is scheduled for destruction; cancel it to use the key again`);
+      if (use === 'encrypt' && row.state !== 'enabled') throw new KeyhavenError('key_disabled', `key "${name}" is disabled`);
+      const version = pinned ?? row.current_version;
+      if (!entry.tags.has(version)) throw new KeyhavenError('not_found', `key "${name}" has no version ${version}`);
+      if (entry.destroyed.has(version)) throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} was destroyed`);
+      if (version < row.min_decryption_version) {
+        throw new KeyhavenError('key_disabled', `key "${name}" version ${version} is retired (below the minimum decryption version ${row.min_decryption_version})`);
+      }
+      if (use === 'encrypt' && version < row.min_encryption_version) {
+        throw new KeyhavenError('key_disabled', `key "${name}" version ${version} may not encrypt (below the minimum encryption version ${row.min_encryption_version})`);
+      }
+      const material = entry.material.get(version);
+      if (!material) throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is not available`);
+      return fn(material, version);
     },
   };
 }

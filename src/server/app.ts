@@ -8,6 +8,10 @@ import { KeyhavenError, type ErrorCode } from '../errors.js';
 import { HTTP_STATUS } from '../http-status.js';
 import type { Logger } from '../log/logger.js';
 import { PACKAGE_VERSION } from '../paths.js';
+import { dsmBasicPrincipal, isDsmPath, registerDsmRoutes, sendDsmError } from './compat-dsm.js';
+import { registerVaultRoutes } from './compat-vault.js';
+import { answerVaultList } from './compat-vault-list.js';
+import { isVaultPath, sendVaultError, sendVaultNoRoute, vaultErrorPayload, vaultToken } from './compat-vault-envelope.js';
 import type { AccessRule } from './context.js';
 import type { ServerCore } from './core.js';
 import type { ServerMetrics } from './metrics.js';
@@ -45,6 +49,8 @@ function nextRequestId(): string {
 const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 // Headers a plugin sends so its calls are attributed to a cluster and an apiserver request.
 const LABEL = /^[\x21-\x7e]{1,128}$/;
+
+const AUDIT_FAILED = 'the audit record could not be written; request refused';
 
 function errorBody(code: ErrorCode, message: string, requestId: string): string {
   return JSON.stringify({ error: { code, message, requestId } });
@@ -102,7 +108,17 @@ async function authenticate(core: ServerCore, req: FastifyRequest): Promise<void
     const why = String(tls.authorizationError ?? 'not trusted');
     throw new KeyhavenError('unauthenticated', `the client certificate was refused (${why.slice(0, 80)}); present a valid certificate from the configured client CA, or none`);
   }
+  const vault = vaultToken(req);
+  if (vault !== undefined) {
+    req.principal = await services.access.authenticate(vault);
+    return;
+  }
   if (h !== undefined) {
+    // DSM clients send an app's API key as HTTP Basic on every call.
+    if (/^Basic /i.test(h) && isDsmPath(req.url)) {
+      req.principal = await dsmBasicPrincipal(services.access, h);
+      return;
+    }
     const m = /^Bearer +([\x21-\x7e]{1,512})$/i.exec(h);
     if (!m) throw new KeyhavenError('unauthenticated', 'the Authorization header must be "Bearer <token>"');
     req.principal = await services.access.authenticate(m[1]!);
@@ -137,13 +153,15 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       core.audit
         .record({ actor: 'anonymous', operation: 'http.unknown', result: 'invalid_argument', requestId: req.id, details: { status: 400, source: req.ip } })
         .then(
-          () => reply.code(400).send(errorBody('invalid_argument', message, req.id)),
-          () => reply.code(503).send(errorBody('audit_failed', 'the audit record could not be written; request refused', req.id)),
+          () => sendDsmError(req.url ?? '', reply, 400, message) || sendVaultError(req.url ?? '', reply, 'invalid_argument', message) || reply.code(400).send(errorBody('invalid_argument', message, req.id)),
+          () => sendDsmError(req.url ?? '', reply, 503, AUDIT_FAILED) || sendVaultError(req.url ?? '', reply, 'audit_failed', AUDIT_FAILED) || reply.code(503).send(errorBody('audit_failed', AUDIT_FAILED, req.id)),
         );
     },
     // Malformed HTTP (oversized headers, garbage) never becomes a request; answer it in the error shape anyway.
-    clientErrorHandler: (err: Error & { code?: string }, socket) => {
+    clientErrorHandler: (err: Error & { code?: string; rawPacket?: unknown }, socket) => {
       if (err.code === 'ECONNRESET' || socket.destroyed) return;
+      // Vault's LIST method is not one node's parser knows (compat-vault-list.ts).
+      if (err.code === 'HPE_INVALID_METHOD' && answerVaultList(app, Buffer.isBuffer(err.rawPacket) ? err.rawPacket : undefined, socket)) return;
       const [status, code, message] =
         err.code === 'HPE_HEADER_OVERFLOW'
           ? ['431 Request Header Fields Too Large', 'too_large', 'request headers are larger than the server accepts'] as const
@@ -203,12 +221,17 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     const { code, message } = classify(err, req.log);
     if (req.auditNote) req.auditNote.result = code;
     else req.auditNote = { details: {}, result: code };
+    // Compatibility APIs answer errors in their own shape.
+    if (sendDsmError(req.url, reply, HTTP_STATUS[code], message)) return;
+    if (sendVaultError(req.url, reply, code, message)) return;
     void reply.code(HTTP_STATUS[code]).type('application/json').send(errorBody(code, message, req.id));
   });
 
   app.setNotFoundHandler((req, reply) => {
     req.auditNote = req.auditNote ?? { details: {} };
     req.auditNote.result = 'not_found';
+    if (sendVaultNoRoute(req, reply)) return;
+    if (sendDsmError(req.url, reply, 404, `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`)) return;
     void reply.code(404).type('application/json').send(errorBody('not_found', `no route ${req.method} ${req.url.split('?')[0]!.slice(0, 200)}`, req.id));
   });
 
@@ -240,8 +263,17 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       metrics.auditWrite.observe(Number(process.hrtime.bigint() - started) / 1e9);
     } catch (e) {
       req.log.error({ err: e }, 'audit record could not be written; answering 503');
+      if (isDsmPath(req.url)) {
+        void reply.code(503).type('text/plain; charset=utf-8');
+        return AUDIT_FAILED;
+      }
+      if (isVaultPath(req.url)) {
+        const v = vaultErrorPayload('audit_failed', AUDIT_FAILED);
+        void reply.code(v.status).type('application/json');
+        return v.body;
+      }
       void reply.code(503).type('application/json');
-      return errorBody('audit_failed', 'the audit record could not be written; request refused', req.id);
+      return errorBody('audit_failed', AUDIT_FAILED, req.id);
     }
     return payload;
   });
@@ -262,6 +294,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   registerPrincipalRoutes(app, deps);
   registerApprovalRoutes(app, deps);
   registerAuditRoutes(app, deps);
+  registerDsmRoutes(app, deps);
+  registerVaultRoutes(app, deps);
 
   app.get('/v1/openapi.json', { config: { op: 'sys.openapi', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async () => app.swagger());
   app.get('/metrics', { config: { op: 'sys.metrics', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async (_req, reply) => {

@@ -129,6 +129,18 @@ export class KyselyStore implements Store {
     await this.db.updateTable('key_versions').set(patch).where('key_id', '=', keyId).where('version', '=', version).execute();
   }
 
+  async deleteKey(id: string): Promise<boolean> {
+    // One transaction (joined if already inside one), so no half-deleted key is ever seen.
+    return this.transaction(async (tx) => {
+      const { db } = tx as KyselyStore;
+      // Children first: grants and versions reference the key row.
+      await db.deleteFrom('grants').where('key_id', '=', id).execute();
+      await db.deleteFrom('key_versions').where('key_id', '=', id).execute();
+      const res = await db.deleteFrom('keys').where('id', '=', id).executeTakeFirst();
+      return Number(res.numDeletedRows) > 0;
+    });
+  }
+
   async listPrincipals(kind?: PrincipalKind): Promise<PrincipalRow[]> {
     let q = this.db.selectFrom('principals').selectAll().orderBy('name');
     if (kind) q = q.where('kind', '=', kind);

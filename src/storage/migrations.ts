@@ -140,6 +140,14 @@ function migrations(dialect: SqlDialect): Record<string, Migration> {
       await db.schema.createIndex('plugin_clusters_key').on('plugin_clusters').column('key_name').execute();
     },
   },
+  '0004_vault_compat': {
+    async up(db: Kysely<any>) {
+      // Vault Transit key settings. 0 = any version up to the latest (Vault's default).
+      await db.schema.alterTable('keys').addColumn('min_encryption_version', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      // 0/1 rather than boolean: SQLite has no boolean type and both dialects then read a number.
+      await db.schema.alterTable('keys').addColumn('deletion_allowed', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+    },
+  },
   };
 }
 

@@ -127,7 +127,7 @@ describe('postgres store', () => {
         const done = await query<{ name: string }>(url, 'select name from kysely_migration order by name');
         assert.deepEqual(
           done.map((r) => r.name),
-          ['0001_initial', '0002_server', '0003_plugin_clusters'],
+          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat'],
         );
         await stores[0]!.setMeta('x', '1');
         for (const s of stores) assert.equal(await s.getMeta('x'), '1');
@@ -191,13 +191,14 @@ describe('postgres store', () => {
 
   it('writes outside a transaction wait for the write lock; reads do not', (t) =>
     withDatabase(t, async (url) => {
-      const store = await openPostgresStore({ url, poolSize: 20 });
+      // More connections than queued writes (one each), so the reads below find one free.
+      const store = await openPostgresStore({ url, poolSize: 30 });
       const holder = new pg.Client({ connectionString: url });
       await holder.connect();
       try {
         const t0 = new Date().toISOString();
         const principal = { id: 'p1', name: 'app1', kind: 'app' as const, roles: '[]', state: 'active' as const, failed_logins: 0, locked_until: null, cert_fingerprint: null, description: null, created_at: t0, updated_at: t0 };
-        const key = { id: 'k1', name: 'k1', state: 'enabled' as const, current_version: 1, created_at: t0, updated_at: t0, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null };
+        const key = { id: 'k1', name: 'k1', state: 'enabled' as const, current_version: 1, created_at: t0, updated_at: t0, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null, min_encryption_version: 0, deletion_allowed: 0 };
         await store.insertPrincipal(principal);
         await store.insertKey(key);
         await store.insertKeyVersion({ key_id: 'k1', version: 1, tag: 't', state: 'active', created_at: t0, destroyed_at: null });
@@ -229,6 +230,8 @@ describe('postgres store', () => {
           insertApproval: () => store.insertApproval({ ...approval, id: 'a2' }),
           updateApproval: () => store.updateApproval('a1', { state: 'denied' }),
           appendAudit: () => store.appendAudit([draft(1)], linkRecord),
+          // A key that does not exist: the lock is what is under test.
+          deleteKey: () => store.deleteKey('none'),
           upsertPluginReport: () => store.upsertPluginReport({ app_id: 'p1', cluster: 'c', node: 'n', key_name: 'k1', key_id: 'x', key_version: 1, plugin_version: 'v', last_success: null, last_seen: t0, first_seen: t0, source: '127.0.0.1' }),
         };
         // Every writing method of the store is in the list above.

@@ -161,6 +161,7 @@ class PostgresStore extends KyselyStore {
   override updateKey(...a: Args<'updateKey'>) { return this.transaction((tx) => tx.updateKey(...a)); }
   override insertKeyVersion(...a: Args<'insertKeyVersion'>) { return this.transaction((tx) => tx.insertKeyVersion(...a)); }
   override updateKeyVersion(...a: Args<'updateKeyVersion'>) { return this.transaction((tx) => tx.updateKeyVersion(...a)); }
+  override deleteKey(...a: Args<'deleteKey'>) { return this.transaction((tx) => tx.deleteKey(...a)); }
   override insertPrincipal(...a: Args<'insertPrincipal'>) { return this.transaction((tx) => tx.insertPrincipal(...a)); }
   override updatePrincipal(...a: Args<'updatePrincipal'>) { return this.transaction((tx) => tx.updatePrincipal(...a)); }
   override insertCredential(...a: Args<'insertCredential'>) { return this.transaction((tx) => tx.insertCredential(...a)); }

@@ -30,6 +30,10 @@ export interface KeysTable {
   min_decryption_version: number;
   /** When a pending destruction takes effect. */
   destroy_at: string | null;
+  /** Lowest version an encryption may name (Vault Transit); 0: any version up to the latest. */
+  min_encryption_version: number;
+  /** 1: the key may be deleted outright (Vault Transit DELETE); 0 (default): refused. */
+  deletion_allowed: number;
 }
 
 export interface KeyVersionsTable {

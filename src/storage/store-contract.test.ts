@@ -48,6 +48,8 @@ function keyRow(name: string, over: Partial<KeyRow> = {}): KeyRow {
     next_rotation_at: null,
     min_decryption_version: 1,
     destroy_at: null,
+    min_encryption_version: 0,
+    deletion_allowed: 0,
     ...over,
   };
 }
@@ -286,6 +288,62 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         assert.deepEqual(await store.listKeyVersions(a.id), [{ ...v1, state: 'destroyed', destroyed_at: '2025-04-01T00:00:00.000Z' }, v2]);
         assert.equal((await store.listKeyVersions(b.id))[0]!.state, 'active');
         assert.deepEqual(await store.listKeyVersions('ffffffffffffffff'), []);
+      }));
+
+    it('keys: Vault settings columns default to 0 and round-trip as numbers', (t) =>
+      withStore(t, async ({ store }) => {
+        const k = keyRow('vaulted');
+        await store.insertKey(k);
+        const stored = await store.findKeyById(k.id);
+        assert.equal(stored!.min_encryption_version, 0);
+        assert.equal(stored!.deletion_allowed, 0);
+        await store.updateKey(k.id, { min_encryption_version: 4_000_000, deletion_allowed: 1 });
+        const updated = await store.findKeyByName('vaulted');
+        assert.deepEqual(updated, { ...k, min_encryption_version: 4_000_000, deletion_allowed: 1 });
+        assert.equal(typeof updated!.min_encryption_version, 'number');
+        assert.equal(typeof updated!.deletion_allowed, 'number');
+      }));
+
+    it('deleteKey: removes the key, its versions and grants, nothing else; atomic inside a failing transaction', (t) =>
+      withStore(t, async ({ store }) => {
+        const gone = keyRow('gone');
+        const kept = keyRow('kept');
+        for (const k of [gone, kept]) await store.insertKey(k);
+        const app = principalRow('deleter-app', { kind: 'app', roles: '[]' });
+        await store.insertPrincipal(app);
+        for (const k of [gone, kept]) {
+          for (const version of [1, 2]) await store.insertKeyVersion({ key_id: k.id, version, tag: hex(4), state: 'active', created_at: now(), destroyed_at: null });
+          await store.putGrant({ principal_id: app.id, key_id: k.id, operations: '["encrypt"]', created_at: now(), created_by: 'user:x' });
+        }
+        await store.barrierPut(`keys/${gone.id}/versions/1`, Buffer.from('sealed'));
+
+        // A failed transaction leaves everything in place.
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            assert.equal(await tx.deleteKey(gone.id), true);
+            assert.equal(await tx.findKeyById(gone.id), undefined, 'gone inside the transaction');
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        assert.deepEqual(await store.findKeyById(gone.id), gone);
+        assert.equal((await store.listKeyVersions(gone.id)).length, 2);
+        assert.equal((await store.listGrants({ keyId: gone.id })).length, 1);
+
+        assert.equal(await store.deleteKey(gone.id), true);
+        assert.equal(await store.findKeyById(gone.id), undefined);
+        assert.equal(await store.findKeyByName('gone'), undefined);
+        assert.deepEqual(await store.listKeyVersions(gone.id), []);
+        assert.deepEqual(await store.listGrants({ keyId: gone.id }), []);
+        // Barrier rows are the caller's: deleteKey leaves them.
+        assert.ok(await store.barrierGet(`keys/${gone.id}/versions/1`));
+        assert.deepEqual(await store.findKeyById(kept.id), kept);
+        assert.equal((await store.listKeyVersions(kept.id)).length, 2);
+        assert.equal((await store.listGrants({ keyId: kept.id })).length, 1);
+        assert.equal(await store.deleteKey(gone.id), false, 'deleting twice finds nothing');
+        // The name is free again.
+        await store.insertKey(keyRow('gone'));
+        assert.equal((await store.listKeys()).map((k) => k.name).join(','), 'gone,kept');
       }));
 
     it('principals: unique names across kinds, lookup by certificate', (t) =>

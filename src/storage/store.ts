@@ -58,6 +58,11 @@ export interface Store {
   listKeyVersions(keyId: string): Promise<KeyVersionRow[]>;
   insertKeyVersion(row: KeyVersionRow): Promise<void>;
   updateKeyVersion(keyId: string, version: number, patch: Partial<Omit<KeyVersionRow, 'key_id' | 'version'>>): Promise<void>;
+  /**
+   * Deletes a key's row, its version rows and the grants on it; false if no
+   * such key. Its sealed material (barrier rows) is the caller's to delete first.
+   */
+  deleteKey(id: string): Promise<boolean>;
 
   listPrincipals(kind?: PrincipalKind): Promise<PrincipalRow[]>;
   findPrincipalByName(name: string): Promise<PrincipalRow | undefined>;
