@@ -5,8 +5,9 @@ export interface CachedKek {
   readonly version: number;
 }
 
-export class KekCache {
-  private readonly map = new Map<string, CachedKek>();
+/** E: what a provider keeps beside each KEK (the aws-kms provider adds the key ARN). */
+export class KekCache<E extends CachedKek = CachedKek> {
+  private readonly map = new Map<string, E>();
 
   constructor(private readonly capacity: number) {}
 
@@ -14,7 +15,7 @@ export class KekCache {
     return this.map.size;
   }
 
-  get(wrapped: string): CachedKek | undefined {
+  get(wrapped: string): E | undefined {
     const hit = this.map.get(wrapped);
     if (hit) {
       // Map keeps insertion order: re-inserting marks it most recently used.
@@ -24,20 +25,20 @@ export class KekCache {
     return hit;
   }
 
-  set(wrapped: string, entry: CachedKek): void {
+  set(wrapped: string, entry: E): void {
     const old = this.map.get(wrapped);
     if (old && old.kek !== entry.kek) old.kek.fill(0);
     this.map.delete(wrapped);
     this.map.set(wrapped, entry);
     while (this.map.size > this.capacity) {
-      const [k, v] = this.map.entries().next().value as [string, CachedKek];
+      const [k, v] = this.map.entries().next().value as [string, E];
       this.map.delete(k);
       v.kek.fill(0);
     }
   }
 
   /** Drops (and zeroes) every entry the predicate selects, or all. */
-  drop(which: (e: CachedKek) => boolean = () => true, keep?: Buffer): number {
+  drop(which: (e: E) => boolean = () => true, keep?: Buffer): number {
     let n = 0;
     for (const [k, v] of this.map) {
       if (!which(v)) continue;

@@ -1,8 +1,248 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
 import { KeyhavenError } from '../../errors.js';
 import type { FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
+import { apiKeySource } from '../key-server-client.js';
 import type { KmsProvider } from '../provider.js';
+import { isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
+import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
+import { DSM_AD, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
 
-export async function buildFortanixDsmProvider(_p: FortanixDsmProviderConfig, _ctx: ProviderBuildContext): Promise<KmsProvider> {
-  throw new KeyhavenError('config_invalid', 'provider type fortanix-dsm is not available yet');
+export interface DsmProviderOptions {
+  readonly client: DsmClient;
+  /** The security object: by name (the current object of that name: follows rekeys) or by kid (pinned). */
+  readonly key: { readonly name: string } | { readonly kid: string };
+  /** One health check (key read, encrypt, decrypt) ends within this, so Status answers inside the apiserver's deadline. */
+  readonly checkTimeoutMs: number;
+  /** Encrypt is refused when DSM has not confirmed the key for this long while checks fail (the Status grace period). */
+  readonly staleAfterMs: number;
+  readonly now?: () => number;
+  /** The object in use changed (a rekey when following a name), or the pinned one was rekeyed. */
+  readonly onKeyEvent?: (event: { kind: 'current' | 'pinned-replaced'; kid: string; previousKid?: string; replacement?: string }) => void;
+}
+
+interface Sobject {
+  readonly kid: string;
+  readonly name?: string;
+  readonly obj_type?: string;
+  readonly key_size?: number;
+  readonly enabled?: boolean;
+  readonly state?: string;
+  readonly key_ops?: readonly string[];
+  readonly links?: { readonly replacement?: string; readonly replaced?: string };
+}
+
+// A seed is 32 bytes; 512 keeps every ciphertext far inside the apiserver's 1024 (GCM adds 34 + the IV).
+const MAX_PLAINTEXT = 512;
+
+const b64 = (v: unknown, what: string): Buffer => {
+  if (typeof v !== 'string' || !/^[A-Za-z0-9+/]*={0,2}$/.test(v)) throw new KeyhavenError('unavailable', `DSM answered without a base64 ${what}`);
+  return Buffer.from(v, 'base64');
+};
+
+function readSobject(v: unknown): Sobject {
+  const o = v as Record<string, unknown> | null;
+  if (!o || typeof o !== 'object' || typeof o.kid !== 'string') throw new KeyhavenError('unavailable', 'DSM answered a key read with an unexpected shape (no kid)');
+  kidToBytes(o.kid);
+  return { ...(o as unknown as Sobject), kid: o.kid.toLowerCase() };
+}
+
+/** Refuses a security object the plugin must not write with; the reason says what to fix in DSM. */
+function checkSobject(o: Sobject, label: string): void {
+  if (o.obj_type !== undefined && o.obj_type !== 'AES') throw new KeyhavenError('failed_precondition', `${label} is a ${String(o.obj_type).slice(0, 20)} object; the plugin needs an AES-256 key`);
+  if (o.key_size !== undefined && o.key_size !== 256) throw new KeyhavenError('failed_precondition', `${label} is AES-${Number(o.key_size)}; the plugin needs an AES-256 key`);
+  if (o.enabled === false) throw new KeyhavenError('key_disabled', `${label} is disabled in DSM`);
+  if (typeof o.state === 'string' && o.state !== 'Active') throw new KeyhavenError('key_disabled', `${label} is in state ${o.state.slice(0, 20)}, not Active`);
+  if (Array.isArray(o.key_ops)) {
+    const missing = ['ENCRYPT', 'DECRYPT'].filter((op) => !o.key_ops!.includes(op));
+    if (missing.length) throw new KeyhavenError('failed_precondition', `${label} does not allow ${missing.join(' and ')} (its key_ops)`);
+  }
+}
+
+/**
+ * The key provider backed by Fortanix DSM: each seed is encrypted by DSM with
+ * AES-256-GCM under the configured security object; the key_id is `dsm:<kid>`.
+ */
+export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider {
+  const { client } = opts;
+  const now = opts.now ?? Date.now;
+  const byName = 'name' in opts.key ? opts.key.name : undefined;
+  const pinned = 'kid' in opts.key ? opts.key.kid.toLowerCase() : undefined;
+  const label = byName !== undefined ? `DSM key "${byName}"` : `DSM key ${pinned}`;
+  const keyName = byName ?? pinned!;
+  const ad = DSM_AD.toString('base64');
+
+  // The kid Status last reported: Encrypt uses it (the apiserver drops a reply with another key_id).
+  let statusKid: string | undefined;
+  let lastSuccessAt: number | undefined;
+  let failing = false;
+  let blocked: KeyhavenError | undefined;
+  let warnedReplacement: string | undefined;
+
+  async function currentObject(deadlineAt: number): Promise<Sobject> {
+    if (pinned !== undefined) {
+      const o = readSobject(await client.request('GET', 'key-read', `/crypto/v1/keys/${pinned}`, undefined, { deadlineAt }));
+      if (o.kid !== pinned) throw new KeyhavenError('unavailable', 'DSM answered a key read with another kid');
+      return o;
+    }
+    // DSM keeps names unique in an account; a rekey renames the old object and gives the name to the new one.
+    const res = await client.request<unknown>('GET', 'key-read', `/crypto/v1/keys?name=${encodeURIComponent(byName!)}`, undefined, { deadlineAt });
+    const list = Array.isArray(res) ? res : Array.isArray((res as { items?: unknown })?.items) ? (res as { items: unknown[] }).items : undefined;
+    if (!list) throw new KeyhavenError('unavailable', 'DSM answered the key listing with an unexpected shape');
+    const matches = list.map(readSobject).filter((o) => o.name === byName);
+    if (matches.length === 0) throw new KeyhavenError('not_found', `${label} does not exist, or this app's groups do not hold it`);
+    if (matches.length > 1) throw new KeyhavenError('failed_precondition', `${matches.length} DSM objects are named "${byName}"; configure provider.kid instead`);
+    return matches[0]!;
+  }
+
+  async function encryptWith(kid: string, plaintext: Buffer, callOpts: { uid?: string; deadlineAt?: number }): Promise<Buffer> {
+    const res = await client.request<Record<string, unknown>>(
+      'POST',
+      'encrypt',
+      `/crypto/v1/keys/${kid}/encrypt`,
+      { alg: 'AES', mode: 'GCM', plain: plaintext.toString('base64'), ad, tag_len: 128 },
+      callOpts,
+    );
+    if (typeof res?.kid === 'string' && res.kid.toLowerCase() !== kid) throw new KeyhavenError('integrity', `DSM encrypted with ${res.kid.slice(0, 40)} when ${kid} was asked for`);
+    const cipher = b64(res?.cipher, 'cipher');
+    if (cipher.length !== plaintext.length) throw new KeyhavenError('unavailable', 'DSM answered encrypt with a cipher that is not GCM of the plaintext');
+    return packDsmCiphertext({ kid, iv: b64(res?.iv, 'iv'), tag: b64(res?.tag, 'tag'), cipher });
+  }
+
+  async function decryptWith(c: DsmCiphertext, callOpts: { uid?: string; deadlineAt?: number }): Promise<Buffer> {
+    let res: Record<string, unknown>;
+    try {
+      res = await client.request<Record<string, unknown>>(
+        'POST',
+        'decrypt',
+        `/crypto/v1/keys/${c.kid}/decrypt`,
+        { alg: 'AES', mode: 'GCM', cipher: c.cipher.toString('base64'), iv: c.iv.toString('base64'), tag: c.tag.toString('base64'), ad },
+        callOpts,
+      );
+    } catch (e) {
+      // The request is built from the ciphertext: a DSM "bad request" means the ciphertext (its tag) does not verify.
+      if (e instanceof KeyhavenError && e.code === 'invalid_argument') throw new KeyhavenError('integrity', `ciphertext does not verify under DSM key ${c.kid}: ${e.message}`);
+      throw e;
+    }
+    const plain = b64(res?.plain, 'plain');
+    if (plain.length !== c.cipher.length) throw new KeyhavenError('integrity', 'DSM answered decrypt with a plaintext of the wrong length');
+    return plain;
+  }
+
+  return {
+    kind: 'fortanix-dsm',
+    maxPlaintextBytes: MAX_PLAINTEXT,
+    async healthCheck() {
+      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
+      const started = now();
+      const deadlineAt = Date.now() + opts.checkTimeoutMs;
+      let kid: string;
+      try {
+        const o = await currentObject(deadlineAt);
+        checkSobject(o, label);
+        kid = o.kid;
+        if (pinned !== undefined && o.links?.replacement && warnedReplacement !== o.links.replacement) {
+          warnedReplacement = o.links.replacement;
+          opts.onKeyEvent?.({ kind: 'pinned-replaced', kid, replacement: String(o.links.replacement).slice(0, 64) });
+        }
+        // A real round trip through the same code Encrypt and Decrypt use.
+        const probe = randomBytes(32);
+        const opened = await decryptWith(parseDsmCiphertext(await encryptWith(kid, probe, { deadlineAt })), { deadlineAt });
+        if (!timingSafeEqual(opened, probe)) throw new KeyhavenError('integrity', `${label}: the round trip returned other bytes`);
+      } catch (e) {
+        if (e instanceof KeyhavenError && !isTransient(e.code)) blocked = e;
+        else failing = true;
+        throw e;
+      }
+      blocked = undefined;
+      failing = false;
+      lastSuccessAt = started;
+      if (kid !== statusKid) opts.onKeyEvent?.({ kind: 'current', kid, ...(statusKid ? { previousKid: statusKid } : {}) });
+      statusKid = kid;
+      return dsmKeyId(kid);
+    },
+    async encrypt(plaintext, ctx) {
+      if (blocked) throw blocked;
+      if (statusKid === undefined || lastSuccessAt === undefined) throw new KeyhavenError('unavailable', 'DSM has not confirmed the key yet');
+      if (failing && now() - lastSuccessAt > opts.staleAfterMs) throw new KeyhavenError('unavailable', 'DSM has not confirmed the key within the Status grace period');
+      const kid = statusKid;
+      const ciphertext = await encryptWith(kid, plaintext, { uid: ctx.uid });
+      return { ciphertext, keyId: dsmKeyId(kid), keyName, keyVersion: 0 };
+    },
+    async decrypt(ciphertext, keyId, _annotations, ctx) {
+      const c = parseDsmCiphertext(ciphertext);
+      if (keyId !== undefined) {
+        if (!keyId.startsWith('dsm:')) throw new KeyhavenError('unknown_key_id', `key_id ${keyId.slice(0, 80)} was not issued by the fortanix-dsm provider`);
+        if (keyId !== dsmKeyId(c.kid)) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId.slice(0, 80)}`);
+      }
+      const plaintext = await decryptWith(c, { uid: ctx.uid });
+      return { plaintext, keyId: keyId ?? dsmKeyId(c.kid), keyName, keyVersion: 0 };
+    },
+    async close() {
+      await client.close();
+    },
+  };
+}
+
+function readConfigFile(path: string, what: string, secret: boolean): Buffer {
+  try {
+    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
+    return readFileSync(path);
+  } catch (e) {
+    if (e instanceof KeyhavenError) throw e;
+    throw new KeyhavenError('config_invalid', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+}
+
+/** A DSM API key is base64 of "app-id:secret"; anything else is refused at start with the reason, never the value. */
+export function checkDsmApiKey(key: string, where: string): void {
+  const text = /^[A-Za-z0-9+/]+={0,2}$/.test(key) ? Buffer.from(key, 'base64').toString('utf8') : '';
+  if (!/^[^:\s]+:\S+$/.test(text)) throw new KeyhavenError('config_invalid', `${where} does not hold a DSM API key (base64 of "app-id:secret", as the DSM console shows it)`);
+}
+
+export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx: ProviderBuildContext): Promise<KmsProvider> {
+  const { cfg, logger, metrics } = ctx;
+  const where = p.apiKeyFile ? `API key file ${p.apiKeyFile}` : `environment variable ${p.apiKeyEnv}`;
+  const source = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
+  const apiKey = (reload: boolean) => {
+    const k = source(reload);
+    checkDsmApiKey(k, where);
+    return k;
+  };
+  apiKey(false);
+  const tls = {
+    ...(p.tls.ca ? { ca: readConfigFile(p.tls.ca, 'CA bundle', false) } : {}),
+    ...(p.tls.pinSha256 ? { pinSha256: p.tls.pinSha256 } : {}),
+    ...(p.tls.clientCert ? { clientCert: readConfigFile(p.tls.clientCert, 'client certificate', false), clientKey: readConfigFile(p.tls.clientKey!, 'client key', true) } : {}),
+    ...(p.tls.serverName ? { serverName: p.tls.serverName } : {}),
+  };
+  for (const s of p.endpoints) metrics.serverUp.set({ server: s }, 1);
+  const client = createDsmClient({
+    endpoints: p.endpoints,
+    tls,
+    apiKey,
+    timeoutMs: p.timeout,
+    attemptTimeoutMs: p.attemptTimeout,
+    backoffMinMs: p.backoff.min,
+    backoffMaxMs: p.backoff.max,
+    onAttempt: (server, operation, result) => metrics.serverCalls.inc({ server, operation, result }),
+    onServerState: (server, up, reason) => {
+      metrics.serverUp.set({ server }, up ? 1 : 0);
+      if (up) logger.info({ server }, 'DSM endpoint answers again');
+      else logger.warn({ server, reason }, 'DSM endpoint failing; trying the others first');
+    },
+    onSession: ({ expiresInS, renewed }) => logger.debug({ expiresInS }, renewed ? 'DSM session renewed' : 'DSM session opened'),
+  });
+  return createFortanixDsmProvider({
+    client,
+    key: p.keyName !== undefined ? { name: p.keyName } : { kid: p.kid! },
+    checkTimeoutMs: p.timeout,
+    staleAfterMs: cfg.status.gracePeriod,
+    onKeyEvent: (e) => {
+      if (e.kind === 'pinned-replaced') logger.warn({ kid: e.kid, replacement: e.replacement }, 'the configured DSM kid has been rekeyed; the plugin keeps using it (configure provider.keyName to follow rekeys)');
+      else if (e.previousKid) logger.info({ kid: e.kid, previousKid: e.previousKid, keyName: p.keyName }, 'DSM security object changed (rekey); new writes use the new kid, old ones still decrypt');
+      else logger.info({ kid: e.kid, keyName: p.keyName }, 'DSM security object in use');
+    },
+  });
 }
