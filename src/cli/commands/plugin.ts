@@ -57,9 +57,13 @@ export function registerPlugin(program: Command, run: (fn: () => Promise<number>
     .description('Serve the Kubernetes KMS API (v2 and v1beta1) on a unix socket')
     .addHelpText(
       'after',
-      '\nProviders: with --data-dir (or no --config) the embedded key store; to use keyhaven key servers, name them in\n' +
-        'plugin.yaml (provider: {type: keyhaven, servers: [...], cluster: ..., apiKeyFile: ...}); see docs/plugin-remote.md.\n' +
-        'The API key is read from a file or an environment variable, never from a flag.',
+      '\nProviders: with --data-dir (or no --config) the embedded key store. Others are set in plugin.yaml (provider.type):\n' +
+        '  keyhaven      keyhaven key servers (docs/plugin-remote.md)\n' +
+        '  vault         Vault/OpenBao Transit (docs/provider-vault.md)\n' +
+        '  fortanix-dsm  Fortanix DSM / SmartKey (docs/provider-fortanix-dsm.md)\n' +
+        '  aws-kms       AWS KMS (docs/provider-aws-kms.md)\n' +
+        '  pkcs11        an AES key in a PKCS#11 HSM token (docs/provider-pkcs11.md)\n' +
+        'Credentials (API keys, tokens, PINs) are read from files or environment variables, never from flags.',
     )
     .option('-c, --config <file>', 'plugin.yaml (flags override its fields)')
     .option('--socket <endpoint>', 'unix:///path/to.sock or unix:///@abstract-name (default unix:///run/keyhaven/kms.sock)')
