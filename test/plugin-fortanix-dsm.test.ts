@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm-format.js';
 import { byteForms } from './secret-forms.js';
 import { api, auditRecords, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
@@ -22,6 +23,7 @@ const KEY = 'k8s-secrets';
 // The server's session lifetime: short, so the plugin renews its session (at 2/3) several times during the run.
 const SESSION_TTL = '6s';
 const GRACE = '8s';
+const CLUSTER = 'prod-eu-1';
 
 interface V2Encrypted {
   ciphertext: Buffer;
@@ -71,7 +73,7 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
     writeFileSync(
       config,
       toYaml({
-        provider: { type: 'fortanix-dsm', endpoints: [url], apiKeyFile, keyName: KEY, backoff: { min: '100ms', max: '1s' } },
+        provider: { type: 'fortanix-dsm', cluster: CLUSTER, endpoints: [url], apiKeyFile, keyName: KEY, backoff: { min: '100ms', max: '1s' } },
         status: { cacheTTL: '100ms', gracePeriod: GRACE, recheckInterval: '500ms' },
       }),
       { mode: 0o600 },
@@ -179,9 +181,38 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
     assert.equal(e.code, grpc.status.INVALID_ARGUMENT);
     assert.match(e.details, /not written by the fortanix-dsm provider/);
     const good = written[0]!.v2!;
-    const mismatch = await callError(c!.v2, 'Decrypt', { ciphertext: good.ciphertext, uid: 'bad-2', key_id: `dsm:${randomUUID()}`, annotations: {} });
-    assert.equal(mismatch.code, grpc.status.INVALID_ARGUMENT);
-    assert.match(mismatch.details, /does not belong to key_id/);
+    const stranger = await callError(c!.v2, 'Decrypt', { ciphertext: good.ciphertext, uid: 'bad-2', key_id: `dsm:${randomUUID()}`, annotations: {} });
+    assert.equal(stranger.code, grpc.status.NOT_FOUND);
+    assert.match(stranger.details, new RegExp(`which is not DSM key "${KEY}", an object it replaced \\(links.replaced\\) or one of provider.previousKids`));
+
+    // The same DSM object and app, another cluster name in the additional data (etcd data copied
+    // from another cluster): written straight through DSM's REST API, packed as the plugin packs it.
+    const auth = await fetch(`${url}/sys/v1/session/auth`, { method: 'POST', headers: { authorization: `Basic ${dsmApiKey(cast.appKey)}` } });
+    assert.equal(auth.status, 200);
+    const token = ((await auth.json()) as { access_token: string }).access_token;
+    const seed = randomBytes(32);
+    const r = await fetch(`${url}/crypto/v1/keys/${kid}/encrypt`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ alg: 'AES', mode: 'GCM', plain: seed.toString('base64'), ad: dsmAd('prod-us-2', kid).toString('base64'), tag_len: 128 }),
+    });
+    assert.equal(r.status, 200);
+    const out = (await r.json()) as { cipher: string; iv: string; tag: string };
+    const copied = packDsmCiphertext({ kid, iv: Buffer.from(out.iv, 'base64'), tag: Buffer.from(out.tag, 'base64'), cipher: Buffer.from(out.cipher, 'base64') });
+    for (const key_id of [`dsm:${kid}`, undefined]) {
+      const x = key_id ? await callError(c!.v2, 'Decrypt', { ciphertext: copied, uid: 'bad-5', key_id, annotations: {} }) : await callError(c!.v1, 'Decrypt', { version: 'v1beta1', cipher: copied });
+      assert.equal(x.code, grpc.status.INVALID_ARGUMENT);
+      assert.match(x.details, new RegExp(`does not verify under DSM key ${kid} for cluster "${CLUSTER}"`));
+    }
+    // The same request with this cluster's name opens: only the cluster name differs.
+    const r2 = await fetch(`${url}/crypto/v1/keys/${kid}/encrypt`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ alg: 'AES', mode: 'GCM', plain: seed.toString('base64'), ad: dsmAd(CLUSTER, kid).toString('base64'), tag_len: 128 }),
+    });
+    const out2 = (await r2.json()) as { cipher: string; iv: string; tag: string };
+    const ours = packDsmCiphertext({ kid, iv: Buffer.from(out2.iv, 'base64'), tag: Buffer.from(out2.tag, 'base64'), cipher: Buffer.from(out2.cipher, 'base64') });
+    assert.deepEqual(await decryptV2({ ciphertext: ours, key_id: `dsm:${kid}`, annotations: {} }), seed);
     const tampered = Buffer.from(good.ciphertext);
     tampered[tampered.length - 1]! ^= 1;
     const t = await callError(c!.v2, 'Decrypt', { ciphertext: tampered, uid: 'bad-3', key_id: good.key_id, annotations: {} });
@@ -270,7 +301,7 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
     await allStillDecrypt();
   });
 
-  it('a plugin restart recovers the same key_id and reads everything written', async () => {
+  it('a plugin restart recovers the same key_id and reads everything written (the object before the rekey through links.replaced)', async () => {
     const keyId = await status();
     c!.close();
     const dir = plugin!.dataDir;

@@ -30,6 +30,9 @@ export const DSM_UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-
 
 export const fortanixDsmProviderSchema = z.strictObject({
   type: z.literal('fortanix-dsm'),
+  // This cluster's name, bound into every ciphertext (GCM additional data): etcd data copied from
+  // another cluster does not decrypt here even when both DSM apps can use the same object.
+  cluster: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be 1-63 lower-case letters, digits, "." or "-" (for example prod-eu-1)'),
   // Nodes or sites of one DSM cluster (a session opened on one is valid on all), tried in order, healthy ones first.
   endpoints: z.array(endpointUrl).min(1).max(8),
   // The app's API key as DSM shows it (base64 of "app-id:secret"): from a file (mode 0600) or an environment variable, never a flag.
@@ -42,6 +45,17 @@ export const fortanixDsmProviderSchema = z.strictObject({
     .transform((v) => v.toLowerCase())
     .refine((v) => DSM_UUID.test(v), 'must be a security object UUID such as 4b3d13a8-2c3a-47dc-8779-311dad6843a2')
     .optional(),
+  // Objects this cluster used before that DSM does not link to the current one (links.replaced):
+  // another object moved to by hand. Decrypt still accepts them; Encrypt never uses them.
+  previousKids: z
+    .array(
+      z
+        .string()
+        .transform((v) => v.toLowerCase())
+        .refine((v) => DSM_UUID.test(v), 'must be security object UUIDs such as 4b3d13a8-2c3a-47dc-8779-311dad6843a2'),
+    )
+    .max(64)
+    .default([]),
   // Only GCM: authenticated, and what DSM recommends. (CBC, which old SmartKey plugins used, is not offered for new writes.)
   mode: z.literal('GCM', { error: 'only GCM is supported (CBC has no integrity check; ciphertexts written by an old SmartKey plugin stay with that plugin during a migration: see docs/migrate-from-smartkey.md)' }).default('GCM'),
   tls: z
@@ -72,6 +86,8 @@ export function checkFortanixDsmProvider(p: FortanixDsmProviderConfig): string[]
   const problems: string[] = [];
   if ((p.apiKeyFile === undefined) === (p.apiKeyEnv === undefined)) problems.push('provider: set exactly one of apiKeyFile and apiKeyEnv (the DSM app\'s API key)');
   if ((p.keyName === undefined) === (p.kid === undefined)) problems.push('provider: set exactly one of keyName (follows rekeys) and kid (one fixed security object)');
+  if (p.kid !== undefined && p.previousKids.includes(p.kid)) problems.push(`provider.previousKids: lists kid ${p.kid} itself`);
+  if (new Set(p.previousKids).size !== p.previousKids.length) problems.push('provider.previousKids: lists a kid twice');
   if ((p.tls.clientCert === undefined) !== (p.tls.clientKey === undefined)) problems.push('provider.tls: clientCert and clientKey go together');
   if (p.attemptTimeout > p.timeout) problems.push(`provider.attemptTimeout (${p.attemptTimeout} ms) must not exceed provider.timeout (${p.timeout} ms)`);
   if (p.timeout >= 3000) problems.push(`provider.timeout (${p.timeout} ms) must stay below the apiserver's 3 s deadline`);

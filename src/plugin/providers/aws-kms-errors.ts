@@ -22,6 +22,10 @@ const BY_NAME: Readonly<Record<string, ErrorCode>> = {
   ExpiredTokenException: 'unauthenticated',
   ExpiredToken: 'unauthenticated',
   RequestExpired: 'unauthenticated',
+  // STS refusing the web identity token while the SDK loads credentials (EKS IAM roles for service accounts).
+  InvalidIdentityTokenException: 'unauthenticated',
+  IDPRejectedClaimException: 'unauthenticated',
+  IDPCommunicationErrorException: 'unavailable',
   ThrottlingException: 'too_many_attempts',
   Throttling: 'too_many_attempts',
   LimitExceededException: 'too_many_attempts',
@@ -101,6 +105,35 @@ export function keyStateError(state: string | undefined, arn: string): KeyhavenE
   }
 }
 
+// What the SDK's credential providers throw when they cannot load credentials
+// (none found, IMDS or the container endpoint not answering or throttled, a
+// credential_process failing). AWS has not refused anything: on EC2 a throttled
+// IMDS during the hourly refresh must not count as revoked (which fails Status
+// at once and drops the cached KEKs), so these ride the grace period.
+const LOAD_ERRORS = new Set(['CredentialsProviderError', 'ProviderError', 'TokenProviderError', 'InstanceMetadataV1FallbackError']);
+
+function credentialsNotLoaded(name: string, message: string, operation: string): KeyhavenError {
+  // Only the first line: a failing credential_process's message goes on with its stderr.
+  const first = safeMessage(message.split('\n', 1)[0]);
+  return new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS credentials could not be loaded (${name}${first ? `: ${first}` : ''}); the SDK looks in the environment, shared config files, web identity token, container and instance metadata`);
+}
+
+/**
+ * An error thrown while the SDK loaded credentials, before any request to
+ * KMS. A refusal by AWS itself (STS answering AssumeRoleWithWebIdentity with
+ * ExpiredTokenException or AccessDenied) keeps its code; anything else
+ * (no answer, a timeout, nothing found) is `unavailable`.
+ */
+export function classifyCredentialError(e: unknown, operation: string): KeyhavenError {
+  if (e instanceof KeyhavenError) return e;
+  const err = (e ?? {}) as { name?: unknown; message?: unknown; $metadata?: { httpStatusCode?: unknown } };
+  if (typeof err.$metadata?.httpStatusCode === 'number') {
+    const answered = classifyAwsError(e, `${operation} (loading credentials)`);
+    if (answered.code === 'unauthenticated' || answered.code === 'permission_denied' || answered.code === 'too_many_attempts') return answered;
+  }
+  return credentialsNotLoaded(safeName(err.name), typeof err.message === 'string' ? err.message : '', operation);
+}
+
 /** Any error the SDK threw, as a KeyhavenError whose message names the operation but carries no secret. */
 export function classifyAwsError(e: unknown, operation: string): KeyhavenError {
   if (e instanceof KeyhavenError) return e;
@@ -110,10 +143,7 @@ export function classifyAwsError(e: unknown, operation: string): KeyhavenError {
   if (name === 'KMSInvalidStateException') {
     return new KeyhavenError(invalidStateCode(message), `AWS KMS ${operation}: ${name}: ${safeMessage(message)}`);
   }
-  if (name === 'CredentialsProviderError') {
-    // No credentials anywhere in the chain; the SDK's message lists where it looked (no secret).
-    return new KeyhavenError('unauthenticated', `AWS KMS ${operation}: no AWS credentials found (environment, shared config files, web identity token, container or instance metadata): ${safeMessage(message)}`);
-  }
+  if (LOAD_ERRORS.has(name)) return credentialsNotLoaded(name, message, operation);
   // Before the name: the SDK names a reset socket "TimeoutError" too.
   const sysCode = typeof err.code === 'string' ? err.code : undefined;
   if (sysCode === 'ETIMEDOUT' && name === 'TimeoutError') return new KeyhavenError('unavailable', `AWS KMS ${operation}: no answer within the deadline (attempt timeout)`);

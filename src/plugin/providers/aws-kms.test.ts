@@ -6,10 +6,10 @@ import { parsePluginConfig } from '../../config/plugin-config.js';
 import { KeyhavenError, type ErrorCode } from '../../errors.js';
 import { isFqdn } from '../annotations.js';
 import type { KmsProvider, ProviderEncryptResult } from '../provider.js';
-import { classifyAwsError } from './aws-kms-errors.js';
+import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION } from './aws-kms-envelope.js';
 import { createAwsKmsProvider, type AwsKmsProviderOptions } from './aws-kms-provider.js';
-import { createSdkKmsApi } from './aws-kms.js';
+import { createSdkKmsApi, type SdkKmsApiOptions } from './aws-kms.js';
 
 // The aws-kms provider with the official AWS SDK against a stand-in for AWS
 // KMS on 127.0.0.1 (AWS itself cannot be reached from tests). The stand-in
@@ -116,12 +116,42 @@ describe('AWS error classification', () => {
     [{ name: 'Error', code: 'ECONNREFUSED' }, 'unavailable'],
     [{ name: 'TimeoutError' }, 'unavailable'],
     [{ name: 'SomethingNew', $metadata: { httpStatusCode: 418 } }, 'unavailable'],
+    // Credentials the SDK could not load: nothing was refused, so the grace period rides it out.
+    [{ name: 'CredentialsProviderError', message: 'Could not load credentials from any providers' }, 'unavailable'],
+    [{ name: 'ProviderError', message: 'TimeoutError from instance metadata service' }, 'unavailable'],
+    [{ name: 'TokenProviderError', message: 'SSO token could not be refreshed' }, 'unavailable'],
   ];
   for (const [err, code] of cases) {
     it(`${String(err.name)}${err.message ? ` (${String(err.message).slice(-16)})` : ''} → ${code}`, () => {
       assert.equal(classifyAwsError(Object.assign(new Error(String(err.message ?? '')), err), 'encrypt').code, code);
     });
   }
+
+  const loading: Array<[string, Record<string, unknown>, ErrorCode, RegExp]> = [
+    ['no credentials in the chain', { name: 'CredentialsProviderError', message: 'Could not load credentials from any providers' }, 'unavailable', /could not be loaded \(CredentialsProviderError: Could not load credentials from any providers\)/],
+    ['IMDS throttled or timing out', { name: 'ProviderError', message: 'TimeoutError from instance metadata service', statusCode: 429 }, 'unavailable', /could not be loaded \(ProviderError/],
+    ['a socket timeout fetching credentials', { name: 'TimeoutError', code: 'ETIMEDOUT' }, 'unavailable', /could not be loaded \(TimeoutError/],
+    ['STS unreachable', { name: 'Error', code: 'ECONNREFUSED' }, 'unavailable', /could not be loaded/],
+    ['STS throttling', { name: 'Throttling', $metadata: { httpStatusCode: 400 } }, 'too_many_attempts', /Throttling/],
+    ['STS refusing an expired web identity token', { name: 'ExpiredTokenException', $metadata: { httpStatusCode: 400 } }, 'unauthenticated', /loading credentials.*ExpiredTokenException/],
+    ['STS refusing an invalid web identity token', { name: 'InvalidIdentityTokenException', $metadata: { httpStatusCode: 400 } }, 'unauthenticated', /InvalidIdentityTokenException/],
+    ['STS denying the role', { name: 'AccessDenied', message: 'Not authorized to perform sts:AssumeRoleWithWebIdentity', $metadata: { httpStatusCode: 403 } }, 'permission_denied', /sts:AssumeRoleWithWebIdentity/],
+    ['STS failing', { name: 'InternalFailure', $metadata: { httpStatusCode: 500 } }, 'unavailable', /could not be loaded/],
+  ];
+  for (const [what, err, code, re] of loading) {
+    it(`loading credentials: ${what} → ${code}`, () => {
+      const e = classifyCredentialError(Object.assign(new Error(String(err.message ?? '')), err), 'describe');
+      assert.equal(e.code, code, e.message);
+      assert.match(e.message, re);
+    });
+  }
+
+  it('loading credentials: only the first line of the message is passed on (a failing credential_process appends its stderr)', () => {
+    const e = classifyCredentialError(Object.assign(new Error(`Error: Command failed: /usr/local/bin/creds\n{"SecretAccessKey":"${SECRET}"}`), { name: 'CredentialsProviderError' }), 'encrypt');
+    assert.equal(e.code, 'unavailable');
+    assert.match(e.message, /Command failed/);
+    assert.ok(!e.message.includes(SECRET), e.message);
+  });
 
   it('never passes on the message of a signature error (AWS quotes the canonical request with the session token)', () => {
     const e = classifyAwsError(Object.assign(new Error(`signature mismatch; canonical: x-amz-security-token:${SESSION_TOKEN}`), { name: 'InvalidSignatureException' }), 'decrypt');
@@ -149,8 +179,8 @@ describe('aws-kms provider with the AWS SDK against a KMS stand-in', () => {
     useCredentials();
   });
 
-  async function provider(o: Partial<AwsKmsProviderOptions> & { maxAttempts?: number } = {}): Promise<KmsProvider> {
-    const api = await createSdkKmsApi({ region: standIn.region, endpoint: standIn.endpoint, maxAttempts: o.maxAttempts ?? 2, attemptTimeoutMs: 1000 });
+  async function provider(o: Partial<AwsKmsProviderOptions> & { maxAttempts?: number; credentials?: SdkKmsApiOptions['credentials'] } = {}): Promise<KmsProvider> {
+    const api = await createSdkKmsApi({ region: standIn.region, endpoint: standIn.endpoint, maxAttempts: o.maxAttempts ?? 2, attemptTimeoutMs: 1000, ...(o.credentials ? { credentials: o.credentials } : {}) });
     const p = createAwsKmsProvider({
       api,
       keyArn,
@@ -356,7 +386,9 @@ describe('aws-kms provider with the AWS SDK against a KMS stand-in', () => {
     await expectCode(p.healthCheck(), 'unavailable', /unexpected answer/);
     standIn.heal();
     standIn.fail('hang', { ops: ['DescribeKey'] });
-    await expectCode(p.healthCheck(), 'unavailable', /no answer within the deadline/);
+    await expectCode(p.healthCheck(), 'unavailable', /no answer within the deadline \(attempt timeout\)/);
+    // A deadline shorter than the SDK's attempt timeout (1 s here) ends the call itself.
+    await expectCode((await provider({ maxAttempts: 1, timeoutMs: 500 })).healthCheck(), 'unavailable', /AWS KMS did not answer in time/);
     standIn.heal();
     assert.equal(await p.healthCheck(), `aws-kms:${keyArn}`);
   });
@@ -376,13 +408,92 @@ describe('aws-kms provider with the AWS SDK against a KMS stand-in', () => {
     assert.ok(standIn.calls.some((c) => c.result === 'InvalidSignatureException'), 'the stand-in did check the signature');
   });
 
-  it('no credentials anywhere in the default chain (stand-in): unauthenticated, and no request reaches KMS', async () => {
+  it('no credentials anywhere in the default chain (stand-in): unavailable (nothing was refused), and no request reaches KMS', async () => {
     delete process.env.AWS_ACCESS_KEY_ID;
     delete process.env.AWS_SECRET_ACCESS_KEY;
     delete process.env.AWS_SESSION_TOKEN;
     const n = standIn.calls.length;
-    await expectCode((await provider()).healthCheck(), 'unauthenticated', /no AWS credentials found/);
+    await expectCode((await provider()).healthCheck(), 'unavailable', /AWS credentials could not be loaded \(CredentialsProviderError/);
     assert.equal(standIn.calls.length, n);
+  });
+
+  /**
+   * Credentials as a provider function whose behaviour the test switches.
+   * They expire within the SDK's 5-minute refresh window, so the SDK asks
+   * again before every request, as it does when a refresh is due.
+   */
+  function switchableCredentials() {
+    const state = { mode: 'ok' as 'ok' | 'hang' | 'fail', calls: 0 };
+    const credentials = async () => {
+      state.calls += 1;
+      if (state.mode === 'hang') return new Promise<never>(() => {});
+      if (state.mode === 'fail') throw Object.assign(new Error('TimeoutError from instance metadata service'), { name: 'ProviderError', statusCode: 429 });
+      return { accessKeyId: ACCESS_KEY_ID, secretAccessKey: SECRET, sessionToken: SESSION_TOKEN, expiration: new Date(Date.now() + 60_000) };
+    };
+    return { state, credentials };
+  }
+
+  /** Rejects with `code`, and settles before `boundMs` (a generous bound: the deadline plus a second). */
+  async function expectCodeWithin(p: Promise<unknown>, code: ErrorCode, message: RegExp, boundMs: number): Promise<void> {
+    const started = Date.now();
+    await expectCode(p, code, message);
+    const took = Date.now() - started;
+    assert.ok(took < boundMs, `settled after ${took} ms; the deadline should have ended it before ${boundMs} ms`);
+  }
+
+  it('a credential provider that never answers (IRSA with STS blackholed): health check fails unavailable by the deadline, no request reaches KMS', async () => {
+    const timeoutMs = 1000;
+    const p = await provider({ credentials: () => new Promise(() => {}), timeoutMs });
+    const n = standIn.calls.length;
+    await expectCodeWithin(p.healthCheck(), 'unavailable', /AWS credentials could not be loaded in time/, timeoutMs + 1000);
+    // Still answering (not stuck on the first call), and still by the deadline.
+    await expectCodeWithin(p.healthCheck(), 'unavailable', /could not be loaded in time/, timeoutMs + 1000);
+    assert.equal(standIn.calls.length, n);
+  });
+
+  it('credentials that stop answering after a good start (stand-in): health check, Encrypt and Decrypt all end by the deadline, concurrent ones too', async () => {
+    const timeoutMs = 1000;
+    const creds = switchableCredentials();
+    const p = await provider({ credentials: creds.credentials, timeoutMs, localKek: { enabled: false, maxUses: 1, maxAgeMs: 1, cacheSize: 1 } });
+    await p.healthCheck();
+    const s = seed();
+    const e = await p.encrypt(s, { uid: 'u', annotations: true });
+    assert.deepEqual((await decryptV2(p, e)).plaintext, s);
+    assert.ok(creds.state.calls >= 4, `the SDK asked for credentials before each request (${creds.state.calls} times)`);
+    creds.state.mode = 'hang';
+    await Promise.all([
+      expectCodeWithin(p.healthCheck(), 'unavailable', /could not be loaded in time/, timeoutMs + 1000),
+      ...Array.from({ length: 5 }, () => expectCodeWithin(p.encrypt(seed(), { uid: 'u', annotations: true }), 'unavailable', /could not be loaded in time/, timeoutMs + 1000)),
+      expectCodeWithin(decryptV2(p, e), 'unavailable', /could not be loaded in time/, timeoutMs + 1000),
+    ]);
+  });
+
+  it('credentials that cannot be loaded (IMDS throttled during a refresh; stand-in): unavailable, cached KEKs keep decrypting and Encrypt works in the grace period; AWS refusing the credentials drops them', async () => {
+    const creds = switchableCredentials();
+    const p = await provider({ credentials: creds.credentials, maxAttempts: 1 });
+    await p.healthCheck();
+    const s = seed();
+    const e = await p.encrypt(s, { uid: 'u', annotations: true });
+    creds.state.mode = 'fail';
+    const n = standIn.calls.length;
+    await expectCode(p.healthCheck(), 'unavailable', /AWS credentials could not be loaded \(ProviderError: TimeoutError from instance metadata service\)/);
+    assert.deepEqual((await decryptV2(p, e)).plaintext, s, 'the cached KEK still decrypts');
+    const later = await p.encrypt(seed(), { uid: 'u', annotations: true });
+    assert.equal(later.keyId, e.keyId);
+    assert.equal(standIn.calls.length, n, 'no request reached KMS');
+    // Credentials back: all well again.
+    creds.state.mode = 'ok';
+    await p.healthCheck();
+    // AWS itself refusing the credentials is another matter: unauthenticated fails Status and drops the KEKs.
+    standIn.fail('expired-token');
+    await expectCode(p.healthCheck(), 'unauthenticated', /ExpiredTokenException/);
+    await expectCode(p.encrypt(seed(), { uid: 'u', annotations: true }), 'unauthenticated');
+    const d = standIn.count('Decrypt');
+    await expectCode(decryptV2(p, e), 'unauthenticated', /ExpiredTokenException/);
+    assert.equal(standIn.count('Decrypt') - d, 1, 'the KEK was no longer cached: KMS was asked, and refused');
+    standIn.heal();
+    await p.healthCheck();
+    assert.deepEqual((await decryptV2(p, e)).plaintext, s);
   });
 
   it('stand-in gone: unavailable; a check that fails keeps Encrypt working until the grace period runs out, then refuses it', async () => {

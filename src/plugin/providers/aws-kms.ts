@@ -1,8 +1,9 @@
+import type { KMSClientConfig } from '@aws-sdk/client-kms';
 import type { AwsKmsProviderConfig } from '../../config/providers/aws-kms.js';
 import { KEY_ARN } from '../../config/providers/aws-kms.js';
 import { KeyhavenError } from '../../errors.js';
 import type { KmsProvider } from '../provider.js';
-import { classifyAwsError } from './aws-kms-errors.js';
+import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
 import { createAwsKmsProvider, type KmsApi } from './aws-kms-provider.js';
 import type { ProviderBuildContext } from './context.js';
 
@@ -12,6 +13,8 @@ export interface SdkKmsApiOptions {
   readonly profile?: string;
   readonly maxAttempts: number;
   readonly attemptTimeoutMs: number;
+  /** Tests only: credentials instead of the SDK's default chain. */
+  readonly credentials?: KMSClientConfig['credentials'];
   /** Called once per KMS call with its operation and result ("ok" or an error code). */
   readonly onCall?: (operation: string, result: string) => void;
 }
@@ -32,6 +35,7 @@ export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
     region: o.region,
     ...(o.endpoint ? { endpoint: o.endpoint } : {}),
     ...(o.profile ? { profile: o.profile } : {}),
+    ...(o.credentials ? { credentials: o.credentials } : {}),
     // Retries are ours (below): the SDK's backoff for throttling can outlast the deadline, and then
     // the caller would see "deadline" instead of what AWS answered.
     maxAttempts: 1,
@@ -39,22 +43,74 @@ export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
     requestHandler: { requestTimeout: o.attemptTimeoutMs, connectionTimeout: o.attemptTimeoutMs, throwOnRequestTimeout: true },
   });
 
+  // The SDK's memoized credential provider (the default chain's, or the one given): cached
+  // credentials come back at once, expiring ones are refreshed, concurrent loads are shared.
+  const loadCredentials = async (): Promise<void> => {
+    await client.config.credentials();
+  };
+
+  /**
+   * One attempt: credentials first, then the request, both raced against the
+   * deadline. The SDK's abortSignal only reaches the HTTP request; a credential
+   * provider that never answers (IRSA with STS unreachable, a stuck IMDS) would
+   * otherwise keep the call, and every Status sharing it, pending forever.
+   */
+  function attempt<T>(operation: string, deadlineAt: number, run: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    const ac = new AbortController();
+    let loading = true;
+    const work = (async () => {
+      try {
+        await loadCredentials();
+      } catch (e) {
+        throw classifyCredentialError(e, operation);
+      }
+      loading = false;
+      // Credentials came after the deadline: the caller has its answer; send nothing.
+      if (ac.signal.aborted) throw new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS credentials could not be loaded in time`);
+      try {
+        return await run(ac.signal);
+      } catch (e) {
+        throw classifyAwsError(e, operation);
+      }
+    })();
+    let late = false;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        late = true;
+        ac.abort();
+        reject(
+          loading
+            ? new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS credentials could not be loaded in time (the SDK's credential chain did not answer)`)
+            : new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS KMS did not answer in time`),
+        );
+      }, Math.max(1, deadlineAt - Date.now()));
+      // Whatever settles after the deadline is dropped (the first settlement wins); a late plaintext is zeroed.
+      work.then(
+        (v) => {
+          const pt = (v as { plaintext?: unknown } | undefined)?.plaintext;
+          if (late && Buffer.isBuffer(pt)) pt.fill(0);
+          resolve(v);
+        },
+        reject,
+      ).finally(() => clearTimeout(timer));
+    });
+  }
+
   /** One KMS call: up to maxAttempts attempts within the deadline; the error is the last answer's. */
   async function send<T>(operation: string, deadlineAt: number, run: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      const signal = AbortSignal.timeout(Math.max(1, deadlineAt - Date.now()));
+    for (let n = 1; ; n++) {
       let err: KeyhavenError;
       try {
-        const res = await run(signal);
+        const res = await attempt(operation, deadlineAt, run);
         o.onCall?.(operation, 'ok');
         return res;
       } catch (e) {
-        err = signal.aborted ? new KeyhavenError('unavailable', `AWS KMS ${operation}: no answer within the deadline`) : classifyAwsError(e, operation);
+        err = e instanceof KeyhavenError ? e : classifyAwsError(e, operation);
         o.onCall?.(operation, err.code);
       }
-      if (attempt >= o.maxAttempts || signal.aborted || (err.code !== 'unavailable' && err.code !== 'too_many_attempts')) throw err;
+      if (n >= o.maxAttempts || Date.now() >= deadlineAt || (err.code !== 'unavailable' && err.code !== 'too_many_attempts')) throw err;
       // Exponential backoff with jitter, longer when throttled; never past the deadline.
-      const ceiling = (err.code === 'too_many_attempts' ? 100 : 50) * 2 ** (attempt - 1);
+      const ceiling = (err.code === 'too_many_attempts' ? 100 : 50) * 2 ** (n - 1);
       const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
       if (Date.now() + delay >= deadlineAt) throw err;
       await new Promise((r) => setTimeout(r, delay));

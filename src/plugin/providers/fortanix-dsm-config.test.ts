@@ -11,7 +11,8 @@ import { checkDsmApiKey } from './fortanix-dsm.js';
 // plugin.yaml's `provider: {type: fortanix-dsm}` fields, the ciphertext
 // format and the error classification, without any server.
 
-const base = { type: 'fortanix-dsm', endpoints: ['https://eu.smartkey.io'], apiKeyFile: '/etc/keyhaven/dsm-api-key', keyName: 'Kubernetes Secret Encryption Key' };
+const base = { type: 'fortanix-dsm', cluster: 'prod-eu-1', endpoints: ['https://eu.smartkey.io'], apiKeyFile: '/etc/keyhaven/dsm-api-key', keyName: 'Kubernetes Secret Encryption Key' };
+const KID = randomUUID();
 const parse = (provider: Record<string, unknown>) => parsePluginConfig({ provider }, 'plugin.yaml');
 
 describe('fortanix-dsm config', () => {
@@ -26,13 +27,17 @@ describe('fortanix-dsm config', () => {
     assert.deepEqual(p.backoff, { min: 250, max: 10_000 });
     assert.equal(p.keyName, 'Kubernetes Secret Encryption Key');
     assert.equal(p.kid, undefined);
+    assert.equal(p.cluster, 'prod-eu-1');
+    assert.deepEqual(p.previousKids, []);
   });
 
   it('takes a kid (normalised to lower case), the API key from an environment variable, and TLS options', () => {
     const kid = randomUUID().toUpperCase();
-    const cfg = parse({ type: 'fortanix-dsm', endpoints: ['https://dsm-a.example:4443/', 'https://dsm-b.example'], apiKeyEnv: 'DSM_API_KEY', kid, tls: { ca: 'ca.pem', pinSha256: ['AB:'.repeat(31) + 'AB'] } });
+    const prev = randomUUID();
+    const cfg = parse({ type: 'fortanix-dsm', cluster: 'prod-eu-1', previousKids: [prev.toUpperCase()], endpoints: ['https://dsm-a.example:4443/', 'https://dsm-b.example'], apiKeyEnv: 'DSM_API_KEY', kid, tls: { ca: 'ca.pem', pinSha256: ['AB:'.repeat(31) + 'AB'] } });
     const p = cfg.provider as Extract<typeof cfg.provider, { type: 'fortanix-dsm' }>;
     assert.equal(p.kid, kid.toLowerCase());
+    assert.deepEqual(p.previousKids, [prev]);
     assert.deepEqual(p.endpoints, ['https://dsm-a.example:4443', 'https://dsm-b.example']);
     assert.ok(p.tls.ca!.startsWith('/'), 'paths are resolved');
     assert.equal(p.tls.pinSha256![0], 'ab'.repeat(32));
@@ -56,6 +61,11 @@ describe('fortanix-dsm config', () => {
       [{ ...base, tls: { clientCert: 'c.pem' } }, /clientCert and clientKey go together/],
       [{ ...base, keyName: 'a\nb' }, /control characters/],
       [{ ...base, servers: ['https://x'] }, /servers/],
+      [{ ...base, cluster: undefined }, /provider.cluster/],
+      [{ ...base, cluster: 'Prod_EU' }, /provider.cluster: must be 1-63 lower-case letters, digits/],
+      [{ ...base, previousKids: ['k1'] }, /provider.previousKids.*must be security object UUIDs/],
+      [{ ...base, keyName: undefined, kid: KID, previousKids: [KID.toUpperCase()] }, /provider.previousKids: lists kid .* itself/],
+      [{ ...base, previousKids: [KID, KID] }, /provider.previousKids: lists a kid twice/],
     ];
     for (const [provider, pattern] of cases) {
       assert.throws(() => parse(provider), fails('config_invalid', pattern), JSON.stringify(provider));

@@ -10,13 +10,24 @@ import { DSM_UUID } from '../../config/providers/fortanix-dsm.js';
  *
  * The kid inside lets Decrypt use the object that encrypted, whatever the
  * current one is (old objects keep decrypting after a rekey). Every encryption
- * binds DSM_AD as GCM additional data: a ciphertext DSM produced for another
- * purpose under the same key does not decrypt here, nor ours elsewhere. Whoever
- * recovers by hand must send the same `ad` (docs/provider-fortanix-dsm.md).
+ * binds dsmAd(cluster, kid) as GCM additional data: a ciphertext DSM produced
+ * for another purpose under the same key does not decrypt here, nor ours
+ * elsewhere, and etcd data copied from another cluster (another `cluster`
+ * name) fails the tag check even when its DSM app can use the same object.
+ * Whoever recovers by hand must send the same `ad` (docs/provider-fortanix-dsm.md).
  */
 
 export const DSM_FORMAT = 0x64;
-export const DSM_AD = Buffer.from('keyhaven.io/kms-plugin/fortanix-dsm/v1', 'ascii');
+const AD_PREFIX = 'keyhaven.io/kms-plugin/fortanix-dsm/v2';
+
+/**
+ * The GCM additional data of a ciphertext: the cluster name and the kid, NUL
+ * separated (neither can hold a NUL: the cluster is [a-z0-9.-], the kid a
+ * UUID). The kid, not the key name: DSM renames an object when it is rekeyed.
+ */
+export function dsmAd(cluster: string, kid: string): Buffer {
+  return Buffer.from(`${AD_PREFIX}\0cluster=${cluster}\0kid=${kid.toLowerCase()}`, 'ascii');
+}
 export const DSM_TAG_BYTES = 16;
 // DSM picks a 96-bit IV for GCM; longer or shorter ones are valid GCM and are carried as they come.
 export const DSM_IV_MIN = 8;

@@ -16,7 +16,7 @@ import { createPluginMetrics } from '../metrics.js';
 import type { KmsProvider } from '../provider.js';
 import { createStatusMonitor } from '../status-monitor.js';
 import { createDsmClient, type DsmClientOptions } from './fortanix-dsm-client.js';
-import { DSM_AD, DSM_FORMAT, parseDsmCiphertext } from './fortanix-dsm-format.js';
+import { DSM_FORMAT, dsmAd, parseDsmCiphertext } from './fortanix-dsm-format.js';
 import { buildFortanixDsmProvider, createFortanixDsmProvider, type DsmProviderOptions } from './fortanix-dsm.js';
 
 // The fortanix-dsm provider against a stand-in for Fortanix DSM: a real HTTP
@@ -184,6 +184,7 @@ function makeProvider(t: TestContext, endpoints: string[], over: { client?: Part
   });
   const provider = createFortanixDsmProvider({
     client,
+    cluster: 'prod-a',
     key: over.key ?? { name: 'k8s' },
     checkTimeoutMs: 2000,
     staleAfterMs: 60_000,
@@ -243,17 +244,22 @@ describe('fortanix-dsm provider (stand-in DSM)', () => {
     assert.ok(rest.length >= 6);
     for (const s of rest) assert.match(String(s.headers.authorization), /^Bearer /, `${s.method} ${s.path}`);
     for (const s of dsm.seen) assert.ok(!s.path.includes(SECRET) && !s.body.includes(API_KEY) && !s.body.includes(SECRET));
-    // What DSM was asked for: AES-GCM, a 128-bit tag, the fixed additional data.
-    const encBodies = dsm.seen.filter((s) => s.path.endsWith('/encrypt')).map((s) => JSON.parse(s.body));
-    for (const b of encBodies) assert.deepEqual({ alg: b.alg, mode: b.mode, tag_len: b.tag_len, ad: b.ad }, { alg: 'AES', mode: 'GCM', tag_len: 128, ad: DSM_AD.toString('base64') });
+    // What DSM was asked for: AES-GCM, a 128-bit tag, additional data naming the cluster and the object.
+    const encBodies = dsm.seen.filter((s) => s.path.endsWith('/encrypt') || s.path.endsWith('/decrypt')).map((s) => JSON.parse(s.body));
+    assert.equal(encBodies.length, 6);
+    const ad = dsmAd('prod-a', key.kid);
+    assert.equal(ad.toString('ascii'), `keyhaven.io/kms-plugin/fortanix-dsm/v2\0cluster=prod-a\0kid=${key.kid}`);
+    for (const b of encBodies) assert.deepEqual({ alg: b.alg, mode: b.mode, ad: b.ad }, { alg: 'AES', mode: 'GCM', ad: ad.toString('base64') });
+    for (const b of encBodies.filter((x) => x.plain !== undefined)) assert.equal(b.tag_len, 128);
     assert.equal(dsm.seen.filter((s) => s.path === `/crypto/v1/keys/${key.kid}/encrypt`).length, 3);
   });
 
-  it('stand-in: the ciphertext is bound to its kid, its tag and the fixed additional data', async (t) => {
+  it('stand-in: the ciphertext is bound to its kid, its tag and the additional data', async (t) => {
     const dsm = await new StandIn().start(t);
     const key = dsm.addKey('k8s');
     const other = dsm.addKey('other');
-    const { provider } = makeProvider(t, [dsm.url]);
+    // `other` is one of this provider's objects too, so that DSM (not the known-kid check) judges the moved ciphertext.
+    const { provider } = makeProvider(t, [dsm.url], { provider: { previousKids: [other.kid] } });
     const keyId = await provider.healthCheck();
     const enc = await provider.encrypt(randomBytes(32), ctxOf());
 
@@ -286,8 +292,90 @@ describe('fortanix-dsm provider (stand-in DSM)', () => {
     await assert.rejects(provider.decrypt(Buffer.from('k8s:enc:aescbc:v1:key1:xxxx'), keyId, {}, { uid: 'u' }), fails('invalid_argument', /not written by the fortanix-dsm provider/));
     await assert.rejects(provider.decrypt(enc.ciphertext.subarray(0, 30), keyId, {}, { uid: 'u' }), fails('invalid_argument', /truncated/));
     await assert.rejects(provider.decrypt(enc.ciphertext, 'kh:abc:def:1:x', {}, { uid: 'u' }), fails('unknown_key_id', /not issued by the fortanix-dsm provider/));
-    await assert.rejects(provider.decrypt(enc.ciphertext, `dsm:${randomUUID()}`, {}, { uid: 'u' }), fails('invalid_argument', /does not belong/));
     assert.equal(dsm.seen.length, before, 'none of these reached DSM');
+    // A kid this provider does not know: DSM's key listing is read again (another plugin may have met a rekey first), then refused.
+    const stranger = randomUUID();
+    await assert.rejects(provider.decrypt(enc.ciphertext, `dsm:${stranger}`, {}, { uid: 'u' }), fails('unknown_key_id', new RegExp(`key_id dsm:${stranger} names DSM object ${stranger}, which is not DSM key "k8s", an object it replaced \\(links.replaced\\) or one of provider.previousKids`)));
+    assert.deepEqual(dsm.seen.slice(before).map((s) => s.path), ['/crypto/v1/keys?name=k8s'], 'no decrypt reached DSM');
+  });
+
+  it('stand-in: a ciphertext written under another cluster name is refused (integrity), though both clusters\' apps use the same DSM object', async (t) => {
+    const dsm = await new StandIn().start(t);
+    const key = dsm.addKey('k8s');
+    const { provider: here } = makeProvider(t, [dsm.url]);
+    const { provider: there } = makeProvider(t, [dsm.url], { provider: { cluster: 'prod-b' } });
+    const keyId = await here.healthCheck();
+    assert.equal(await there.healthCheck(), keyId);
+    const seed = randomBytes(32);
+    const theirs = await there.encrypt(seed, ctxOf());
+    assert.deepEqual((await there.decrypt(theirs.ciphertext, theirs.keyId, {}, { uid: 'u' })).plaintext, seed);
+    for (const id of [theirs.keyId, undefined]) {
+      const e = await caught(here.decrypt(theirs.ciphertext, id, {}, { uid: 'u' }));
+      assert.equal(e.code, 'integrity');
+      assert.match(e.message, new RegExp(`does not verify under DSM key ${key.kid} for cluster "prod-a" \\(altered, or written by another cluster`));
+      assert.ok(!e.message.includes(seed.toString('base64')) && !e.message.includes(seed.toString('hex')));
+    }
+    // And this cluster's own still open here.
+    const ours = await here.encrypt(seed, ctxOf());
+    assert.deepEqual((await here.decrypt(ours.ciphertext, ours.keyId, {}, { uid: 'u' })).plaintext, seed);
+  });
+
+  it('stand-in: Decrypt accepts only this provider\'s objects: the current one, those it replaced (links.replaced, read from DSM), previousKids', async (t) => {
+    const dsm = await new StandIn().start(t);
+    const k1 = dsm.addKey('k8s');
+    // Another object the same app can use (another cluster's key in a shared group), with the same cluster name.
+    const other = dsm.addKey('other');
+    const { provider: a } = makeProvider(t, [dsm.url]);
+    const { provider: o } = makeProvider(t, [dsm.url], { key: { name: 'other' } });
+    await a.healthCheck();
+    await o.healthCheck();
+    const seed = randomBytes(32);
+    const old = await a.encrypt(seed, ctxOf());
+    const foreign = await o.encrypt(seed, ctxOf());
+    const decrypts = () => dsm.seen.filter((s) => s.path.endsWith('/decrypt')).length;
+    const before = decrypts();
+    await assert.rejects(a.decrypt(foreign.ciphertext, foreign.keyId, {}, { uid: 'u' }), fails('unknown_key_id', new RegExp(`names DSM object ${other.kid}, which is not DSM key "k8s"`)));
+    await assert.rejects(a.decrypt(foreign.ciphertext, undefined, {}, { uid: 'u' }), fails('unknown_key_id', /the ciphertext names DSM object/));
+    assert.equal(decrypts(), before, 'DSM was never asked to decrypt the other object\'s ciphertext');
+
+    // Two rekeys, then a plugin that never saw k1 as current (a restart): it reads k3's history back to k1.
+    const k2 = dsm.rekey('k8s');
+    const k3 = dsm.rekey('k8s');
+    const { provider: b, events } = makeProvider(t, [dsm.url]);
+    assert.equal(await b.healthCheck(), `dsm:${k3.kid}`);
+    assert.equal(dsm.count(`/crypto/v1/keys/${k2.kid}`), 1);
+    assert.equal(dsm.count(`/crypto/v1/keys/${k1.kid}`), 1);
+    for (const id of [old.keyId, undefined]) assert.deepEqual((await b.decrypt(old.ciphertext, id, {}, { uid: 'u' })).plaintext, seed);
+    await b.healthCheck();
+    assert.equal(dsm.count(`/crypto/v1/keys/${k2.kid}`), 1, 'the history is read once, not at every check');
+    assert.ok(!events.some((e) => e.kind === 'history-incomplete'));
+    await assert.rejects(b.decrypt(foreign.ciphertext, foreign.keyId, {}, { uid: 'u' }), fails('unknown_key_id'));
+
+    // The first plugin has not checked since the rekeys; another node already writes with k3: Decrypt reads DSM again.
+    const fresh = await b.encrypt(seed, ctxOf());
+    assert.equal(fresh.keyId, `dsm:${k3.kid}`);
+    assert.deepEqual((await a.decrypt(fresh.ciphertext, fresh.keyId, {}, { uid: 'u' })).plaintext, seed);
+
+    // A plugin asked to Decrypt before its first Status reads the history then.
+    const { provider: c } = makeProvider(t, [dsm.url]);
+    assert.deepEqual((await c.decrypt(old.ciphertext, old.keyId, {}, { uid: 'u' })).plaintext, seed);
+
+    // previousKids: an object moved away from by hand, which DSM does not link.
+    const { provider: d } = makeProvider(t, [dsm.url], { provider: { previousKids: [other.kid.toUpperCase()] } });
+    assert.deepEqual((await d.decrypt(foreign.ciphertext, foreign.keyId, {}, { uid: 'u' })).plaintext, seed);
+
+    // DSM cannot serve the history now: Status still answers (and says so); Decrypt of an old kid is unavailable, then works.
+    const k4 = dsm.rekey('k8s');
+    dsm.override = (s) => (s.path === `/crypto/v1/keys/${k3.kid}` ? { status: 503, body: 'Service Unavailable' } : undefined);
+    const { provider: e, events: eEvents } = makeProvider(t, [dsm.url]);
+    assert.equal(await e.healthCheck(), `dsm:${k4.kid}`);
+    assert.equal(eEvents.filter((x) => x.kind === 'history-incomplete').length, 1);
+    assert.match(String(eEvents.find((x) => x.kind === 'history-incomplete')!.reason), /HTTP 503/);
+    await assert.rejects(e.decrypt(old.ciphertext, old.keyId, {}, { uid: 'u' }), fails('unavailable'));
+    dsm.override = undefined;
+    // The 503 opened the endpoint's breaker (at most 62 ms at backoff.min 50 ms): wait it out.
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual((await e.decrypt(old.ciphertext, old.keyId, {}, { uid: 'u' })).plaintext, seed);
   });
 
   it('stand-in: a rekey changes the key_id at the next check; Encrypt keeps Status\'s kid until then; old ciphertexts decrypt', async (t) => {
@@ -499,7 +587,7 @@ describe('fortanix-dsm provider builder (stand-in DSM)', () => {
     const file = join(dir, 'dsm-api-key');
     writeFileSync(file, `${apiKey}\n`, { mode: 0o600 });
     chmodSync(file, mode);
-    const cfg = parsePluginConfig({ socket: `unix://${join(dir, 'kms.sock')}`, provider: { type: 'fortanix-dsm', endpoints: [dsmUrl], apiKeyFile: file, keyName: 'k8s', ...extra } }, 'test');
+    const cfg = parsePluginConfig({ socket: `unix://${join(dir, 'kms.sock')}`, provider: { type: 'fortanix-dsm', cluster: 'prod-a', endpoints: [dsmUrl], apiKeyFile: file, keyName: 'k8s', ...extra } }, 'test');
     let out = '';
     const destination = new Writable({
       write(chunk, _enc, cb) {

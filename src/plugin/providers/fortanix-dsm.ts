@@ -1,16 +1,20 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { KeyhavenError } from '../../errors.js';
-import type { FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
+import { DSM_UUID, type FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
 import { apiKeySource } from '../key-server-client.js';
 import type { KmsProvider } from '../provider.js';
 import { isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
-import { DSM_AD, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
+import { dsmAd, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
 
 export interface DsmProviderOptions {
   readonly client: DsmClient;
+  /** This cluster's name: bound into every ciphertext's GCM additional data. */
+  readonly cluster: string;
+  /** Objects Decrypt accepts besides the current one and its links.replaced history (config previousKids). */
+  readonly previousKids?: readonly string[];
   /** The security object: by name (the current object of that name: follows rekeys) or by kid (pinned). */
   readonly key: { readonly name: string } | { readonly kid: string };
   /** One health check (key read, encrypt, decrypt) ends within this, so Status answers inside the apiserver's deadline. */
@@ -19,7 +23,7 @@ export interface DsmProviderOptions {
   readonly staleAfterMs: number;
   readonly now?: () => number;
   /** The object in use changed (a rekey when following a name), or the pinned one was rekeyed. */
-  readonly onKeyEvent?: (event: { kind: 'current' | 'pinned-replaced'; kid: string; previousKid?: string; replacement?: string }) => void;
+  readonly onKeyEvent?: (event: { kind: 'current' | 'pinned-replaced' | 'history-incomplete'; kid: string; previousKid?: string; replacement?: string; reason?: string }) => void;
 }
 
 interface Sobject {
@@ -32,6 +36,9 @@ interface Sobject {
   readonly key_ops?: readonly string[];
   readonly links?: { readonly replacement?: string; readonly replaced?: string };
 }
+
+// How far back links.replaced is followed: older objects need previousKids.
+const MAX_HISTORY = 100;
 
 // A seed is 32 bytes; 512 keeps every ciphertext far inside the apiserver's 1024 (GCM adds 34 + the IV).
 const MAX_PLAINTEXT = 512;
@@ -71,7 +78,17 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
   const pinned = 'kid' in opts.key ? opts.key.kid.toLowerCase() : undefined;
   const label = byName !== undefined ? `DSM key "${byName}"` : `DSM key ${pinned}`;
   const keyName = byName ?? pinned!;
-  const ad = DSM_AD.toString('base64');
+  const ad = (kid: string) => dsmAd(opts.cluster, kid).toString('base64');
+
+  // The objects Decrypt accepts: a key_id DSM would open for this app is not
+  // enough (its groups may hold other clusters' or other uses' objects). The
+  // configured ones, every object seen as current in this process, and the
+  // links.replaced history of the current one, read from DSM.
+  const known = new Set<string>((opts.previousKids ?? []).map((k) => k.toLowerCase()));
+  if (pinned !== undefined) known.add(pinned);
+  // Objects whose whole links.replaced history is in `known`.
+  const historyRead = new Set<string>();
+  let refreshing: Promise<void> | undefined;
 
   // The kid Status last reported: Encrypt uses it (the apiserver drops a reply with another key_id).
   let statusKid: string | undefined;
@@ -96,12 +113,61 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
     return matches[0]!;
   }
 
+  /** Adds the objects `from` replaced, following links.replaced down to the first one (or one DSM no longer shows this app). */
+  async function readHistory(from: Sobject, deadlineAt: number): Promise<void> {
+    const chain = [from.kid];
+    let o = from;
+    for (let hop = 0; hop < MAX_HISTORY && !historyRead.has(o.kid); hop++) {
+      const prev = typeof o.links?.replaced === 'string' ? o.links.replaced.toLowerCase() : undefined;
+      if (prev === undefined || !DSM_UUID.test(prev) || chain.includes(prev)) break;
+      known.add(prev);
+      chain.push(prev);
+      if (historyRead.has(prev)) break;
+      try {
+        o = readSobject(await client.request('GET', 'key-read', `/crypto/v1/keys/${prev}`, undefined, { deadlineAt }));
+      } catch (e) {
+        // Deleted, or out of this app's groups: nothing older can be opened through it either.
+        if (e instanceof KeyhavenError && (e.code === 'not_found' || e.code === 'key_destroyed')) break;
+        throw e;
+      }
+      if (o.kid !== prev) throw new KeyhavenError('unavailable', 'DSM answered a key read with another kid');
+    }
+    for (const k of chain) historyRead.add(k);
+  }
+
+  /** Reads the current object and its history again (shared by concurrent callers): another plugin instance may have seen a rekey first. */
+  function refreshKnown(deadlineAt: number): Promise<void> {
+    refreshing ??= (async () => {
+      const o = await currentObject(deadlineAt);
+      known.add(o.kid);
+      await readHistory(o, deadlineAt);
+    })().finally(() => {
+      refreshing = undefined;
+    });
+    return refreshing;
+  }
+
+  /** Refuses an object that is not this provider's key (current, earlier, or configured) with unknown_key_id. */
+  async function requireKnown(kid: string, what: string): Promise<void> {
+    if (known.has(kid)) return;
+    let why = '';
+    try {
+      await refreshKnown(Date.now() + opts.checkTimeoutMs);
+    } catch (e) {
+      // DSM busy or away: the caller may try again. Anything else: say why the history is unknown.
+      if (!(e instanceof KeyhavenError) || isTransient(e.code)) throw e;
+      why = ` (the key's history could not be read from DSM: ${e.message})`;
+    }
+    if (known.has(kid)) return;
+    throw new KeyhavenError('unknown_key_id', `${what} names DSM object ${kid}, which is not ${label}, an object it replaced (links.replaced) or one of provider.previousKids${why}`);
+  }
+
   async function encryptWith(kid: string, plaintext: Buffer, callOpts: { uid?: string; deadlineAt?: number }): Promise<Buffer> {
     const res = await client.request<Record<string, unknown>>(
       'POST',
       'encrypt',
       `/crypto/v1/keys/${kid}/encrypt`,
-      { alg: 'AES', mode: 'GCM', plain: plaintext.toString('base64'), ad, tag_len: 128 },
+      { alg: 'AES', mode: 'GCM', plain: plaintext.toString('base64'), ad: ad(kid), tag_len: 128 },
       callOpts,
     );
     if (typeof res?.kid === 'string' && res.kid.toLowerCase() !== kid) throw new KeyhavenError('integrity', `DSM encrypted with ${res.kid.slice(0, 40)} when ${kid} was asked for`);
@@ -117,12 +183,14 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
         'POST',
         'decrypt',
         `/crypto/v1/keys/${c.kid}/decrypt`,
-        { alg: 'AES', mode: 'GCM', cipher: c.cipher.toString('base64'), iv: c.iv.toString('base64'), tag: c.tag.toString('base64'), ad },
+        { alg: 'AES', mode: 'GCM', cipher: c.cipher.toString('base64'), iv: c.iv.toString('base64'), tag: c.tag.toString('base64'), ad: ad(c.kid) },
         callOpts,
       );
     } catch (e) {
       // The request is built from the ciphertext: a DSM "bad request" means the ciphertext (its tag) does not verify.
-      if (e instanceof KeyhavenError && e.code === 'invalid_argument') throw new KeyhavenError('integrity', `ciphertext does not verify under DSM key ${c.kid}: ${e.message}`);
+      if (e instanceof KeyhavenError && e.code === 'invalid_argument') {
+        throw new KeyhavenError('integrity', `ciphertext does not verify under DSM key ${c.kid} for cluster "${opts.cluster}" (altered, or written by another cluster or another DSM client): ${e.message}`);
+      }
       throw e;
     }
     const plain = b64(res?.plain, 'plain');
@@ -138,8 +206,10 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
       const started = now();
       const deadlineAt = Date.now() + opts.checkTimeoutMs;
       let kid: string;
+      let current: Sobject;
       try {
         const o = await currentObject(deadlineAt);
+        current = o;
         checkSobject(o, label);
         kid = o.kid;
         if (pinned !== undefined && o.links?.replacement && warnedReplacement !== o.links.replacement) {
@@ -160,6 +230,14 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
       lastSuccessAt = started;
       if (kid !== statusKid) opts.onKeyEvent?.({ kind: 'current', kid, ...(statusKid ? { previousKid: statusKid } : {}) });
       statusKid = kid;
+      known.add(kid);
+      if (!historyRead.has(kid)) {
+        // After the round trip, so that a long history never costs Status its answer; what is
+        // not read now is read at the next check, or when Decrypt meets an unknown kid.
+        await readHistory(current, deadlineAt).catch((e: unknown) => {
+          opts.onKeyEvent?.({ kind: 'history-incomplete', kid, reason: e instanceof KeyhavenError ? e.message : 'error' });
+        });
+      }
       return dsmKeyId(kid);
     },
     async encrypt(plaintext, ctx) {
@@ -173,8 +251,12 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
     async decrypt(ciphertext, keyId, _annotations, ctx) {
       const c = parseDsmCiphertext(ciphertext);
       if (keyId !== undefined) {
-        if (!keyId.startsWith('dsm:')) throw new KeyhavenError('unknown_key_id', `key_id ${keyId.slice(0, 80)} was not issued by the fortanix-dsm provider`);
-        if (keyId !== dsmKeyId(c.kid)) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId.slice(0, 80)}`);
+        const kid = keyId.startsWith('dsm:') ? keyId.slice(4) : '';
+        if (!DSM_UUID.test(kid)) throw new KeyhavenError('unknown_key_id', `key_id ${keyId.slice(0, 80)} was not issued by the fortanix-dsm provider`);
+        await requireKnown(kid, `key_id ${keyId}`);
+        if (kid !== c.kid) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
+      } else {
+        await requireKnown(c.kid, 'the ciphertext');
       }
       const plaintext = await decryptWith(c, { uid: ctx.uid });
       return { plaintext, keyId: keyId ?? dsmKeyId(c.kid), keyName, keyVersion: 0 };
@@ -236,11 +318,14 @@ export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx
   });
   return createFortanixDsmProvider({
     client,
+    cluster: p.cluster,
+    previousKids: p.previousKids,
     key: p.keyName !== undefined ? { name: p.keyName } : { kid: p.kid! },
     checkTimeoutMs: p.timeout,
     staleAfterMs: cfg.status.gracePeriod,
     onKeyEvent: (e) => {
-      if (e.kind === 'pinned-replaced') logger.warn({ kid: e.kid, replacement: e.replacement }, 'the configured DSM kid has been rekeyed; the plugin keeps using it (configure provider.keyName to follow rekeys)');
+      if (e.kind === 'history-incomplete') logger.warn({ kid: e.kid, reason: e.reason }, 'cannot read the DSM objects this one replaced (links.replaced) now; trying again later');
+      else if (e.kind === 'pinned-replaced') logger.warn({ kid: e.kid, replacement: e.replacement }, 'the configured DSM kid has been rekeyed; the plugin keeps using it (configure provider.keyName to follow rekeys)');
       else if (e.previousKid) logger.info({ kid: e.kid, previousKid: e.previousKid, keyName: p.keyName }, 'DSM security object changed (rekey); new writes use the new kid, old ones still decrypt');
       else logger.info({ kid: e.kid, keyName: p.keyName }, 'DSM security object in use');
     },

@@ -14,6 +14,7 @@ import { acquireModule, ckr, releaseModule, trimPadded } from '../../seal/pkcs11
 import { requireDependency } from '../../../test/require.js';
 import { createPluginMetrics } from '../metrics.js';
 import type { KmsProvider } from '../provider.js';
+import { createStatusMonitor, isTransient } from '../status-monitor.js';
 import { MAX_PLAINTEXT_BYTES, OVERHEAD_BYTES } from './pkcs11-envelope.js';
 import { buildPkcs11Provider, createPkcs11Provider, type Pkcs11ProviderOptions } from './pkcs11.js';
 
@@ -159,6 +160,39 @@ function failsWith(code: ErrorCode, problem: RegExp, secret?: Buffer): (e: unkno
   };
 }
 
+/**
+ * The token's next `count` C_Decrypt calls fail as a faulty token or link would:
+ * one tag byte is flipped on the way in, so SoftHSM2 itself answers
+ * CKR_GENERAL_ERROR for a ciphertext that is fine. Patched on the module
+ * instance the provider shares; records the session of every C_Decrypt.
+ */
+function faultyDecrypt(count: number): { left(): number; sessions: Buffer[]; restore(): void } {
+  const m = acquireModule(MODULE, 'the test');
+  const lib = m.lib as unknown as { C_Decrypt: (s: Buffer, data: Buffer, out: Buffer) => Buffer };
+  const real = lib.C_Decrypt;
+  // pkcs11js may set its wrapped methods on the instance: put back exactly what was there.
+  const own = Object.getOwnPropertyDescriptor(lib, 'C_Decrypt');
+  let left = count;
+  const sessions: Buffer[] = [];
+  lib.C_Decrypt = function (this: unknown, s: Buffer, data: Buffer, out: Buffer) {
+    sessions.push(Buffer.from(s));
+    if (left <= 0) return real.call(this, s, data, out);
+    left -= 1;
+    const bad = Buffer.from(data);
+    bad[bad.length - 1]! ^= 0x01;
+    return real.call(this, s, bad, out);
+  };
+  return {
+    left: () => left,
+    sessions,
+    restore() {
+      if (own) Object.defineProperty(lib, 'C_Decrypt', own);
+      else delete (lib as { C_Decrypt?: unknown }).C_Decrypt;
+      releaseModule(m);
+    },
+  };
+}
+
 const ENC = { uid: 'u-enc', annotations: true };
 const DEC = { uid: 'u-dec' };
 
@@ -287,6 +321,69 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
 
       assert.equal(await p.healthCheck(), keyId);
       assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+    });
+  });
+
+  it('a token fault (CKR_GENERAL_ERROR for good data): Decrypt tries once more on a new session; a failed health probe is unavailable (grace period) and reconnects', async (t) => {
+    if (!requireDependency(t, available, reason)) return;
+    makeKey('kek-fault');
+    await using(createPkcs11Provider(opts({ keyLabel: 'kek-fault' })), async (p) => {
+      const keyId = await p.healthCheck();
+      const seed = randomBytes(32);
+      const ct = (await p.encrypt(seed, ENC)).ciphertext;
+
+      // One fault: the second try, on another session, opens it.
+      let f = faultyDecrypt(1);
+      try {
+        assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+        assert.deepEqual((await p.decrypt(ct, undefined, {}, DEC)).plaintext, seed);
+        assert.equal(f.left(), 0, 'the fault was met');
+        assert.equal(f.sessions.length, 3);
+        assert.ok(!f.sessions[0]!.equals(f.sessions[1]!), 'the retry ran on another session');
+      } finally {
+        f.restore();
+      }
+      // The same answer twice is what altered data looks like: integrity, and the provider keeps working.
+      f = faultyDecrypt(2);
+      try {
+        await assert.rejects(p.decrypt(ct, keyId, {}, DEC), failsWith('integrity', /could not decrypt the ciphertext with key "kek-fault" \(CKR_GENERAL_ERROR\): it was altered/, seed));
+        assert.equal(f.left(), 0);
+      } finally {
+        f.restore();
+      }
+      assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+
+      // The health probe decrypts the token's own fresh ciphertext: a failure there is the token's,
+      // reported as unavailable (transient), never integrity; the connection is made anew.
+      f = faultyDecrypt(1);
+      try {
+        assert.equal(await p.healthCheck(), keyId, 'one fault: the probe on a new connection passes');
+        assert.equal(f.left(), 0);
+      } finally {
+        f.restore();
+      }
+      const clock = { t: 1_000_000 };
+      const monitor = createStatusMonitor(p, { cacheTtlMs: 0, graceMs: 60_000, now: () => clock.t });
+      assert.deepEqual(await monitor.check(), { keyId, degraded: false });
+      f = faultyDecrypt(2);
+      try {
+        await assert.rejects(p.healthCheck(), (e: unknown) => {
+          failsWith('unavailable', /^token "kh-prov" failed the health probe \(an encrypt and decrypt of its own fresh ciphertext with key "kek-fault"\): .*CKR_GENERAL_ERROR.*; connecting again on the next call$/)(e);
+          assert.ok(isTransient((e as KeyhavenError).code));
+          return true;
+        });
+        assert.equal(f.left(), 0);
+        f.restore();
+        f = faultyDecrypt(2);
+        clock.t += 1000;
+        assert.deepEqual(await monitor.check(), { keyId, degraded: true }, 'Status keeps the key_id during the grace period');
+      } finally {
+        f.restore();
+      }
+      clock.t += 1000;
+      assert.deepEqual(await monitor.check(), { keyId, degraded: false });
+      assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
     });
   });
 

@@ -56,6 +56,14 @@ const IDLE_SESSIONS = 2;
 /** How much state a failure spoiled: the operation only, the work session, or the whole connection (token, login, key handles). */
 type Scope = 'operation' | 'session' | 'connection';
 const scopes = new WeakMap<KeyhavenError, Scope>();
+/** Decrypt failures a transient token fault can also cause (CKR_GENERAL_ERROR): tried once more on a new session before calling it integrity. */
+const ambiguous = new WeakSet<KeyhavenError>();
+
+// Codes that say the configuration, the key or the PIN is wrong: a health probe
+// failing with one of them is reported as it is. Any other probe failure is
+// the token's fault, most likely a passing one: unavailable, which rides the
+// Status grace period.
+const SETUP_PROBLEMS: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['config_invalid', 'permission_denied', 'unauthenticated', 'not_found']);
 
 function fail(code: ErrorCode, message: string, scope: Scope, cause?: unknown): KeyhavenError {
   const e = new KeyhavenError(code, message, cause === undefined ? undefined : { cause });
@@ -275,13 +283,13 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
     releaseModule(c.loaded);
   }
 
-  /** Runs fn on a work session of a logged-in connection; what a failure spoiled is thrown away. */
-  function once<T>(fn: (c: Conn, s: Buffer, fresh: boolean) => T): T {
+  /** Runs fn on a work session of a logged-in connection (a new one when newSession); what a failure spoiled is thrown away. */
+  function once<T>(fn: (c: Conn, s: Buffer, fresh: boolean) => T, newSession = false): T {
     const fresh = conn === undefined;
     const c = connect();
     let s: Buffer | undefined;
     try {
-      s = c.idle.pop() ?? openSession(c.loaded, c.slot, false, c.token);
+      s = (newSession ? undefined : c.idle.pop()) ?? openSession(c.loaded, c.slot, false, c.token);
     } catch (e) {
       drop();
       throw classify(e, `cannot open a session on token ${c.token}`);
@@ -301,12 +309,12 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
   }
 
   /** once(), again on a new connection when a connection made earlier turned out stale (a token put back, a key replaced). */
-  function run<T>(fn: (c: Conn, s: Buffer, fresh: boolean) => T): T {
+  function run<T>(fn: (c: Conn, s: Buffer, fresh: boolean) => T, newSession = false): T {
     const hadConn = conn !== undefined;
     try {
-      return once(fn);
+      return once(fn, newSession);
     } catch (e) {
-      if (hadConn && e instanceof KeyhavenError && scopes.get(e) === 'connection' && pinRefused === undefined && !closed) return once(fn);
+      if (hadConn && e instanceof KeyhavenError && scopes.get(e) === 'connection' && pinRefused === undefined && !closed) return once(fn, newSession);
       throw e;
     }
   }
@@ -342,9 +350,13 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
     } catch (e) {
       const code = ckr(e);
       // SoftHSM2 reports a failed GCM tag check as CKR_GENERAL_ERROR, others as
-      // CKR_ENCRYPTED_DATA_INVALID; both end the operation.
+      // CKR_ENCRYPTED_DATA_INVALID; both end the operation. CKR_GENERAL_ERROR is
+      // also what a token's passing fault looks like: the caller tries it once
+      // more on a new session before believing it (see decrypt).
       if (code === 'CKR_ENCRYPTED_DATA_INVALID' || code === 'CKR_ENCRYPTED_DATA_LEN_RANGE' || code === 'CKR_GENERAL_ERROR') {
-        throw fail('integrity', `the token could not decrypt the ciphertext with key "${k.label}" (${code}): it was altered, or it was not made with this key`, code === 'CKR_GENERAL_ERROR' ? 'session' : 'operation');
+        const err = fail('integrity', `the token could not decrypt the ciphertext with key "${k.label}" (${code}): it was altered, or it was not made with this key`, code === 'CKR_GENERAL_ERROR' ? 'session' : 'operation');
+        if (code === 'CKR_GENERAL_ERROR') ambiguous.add(err);
+        throw err;
       }
       throw classify(e, `token ${c.token} could not decrypt with key "${k.label}"`);
     }
@@ -383,10 +395,19 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
         }
         const k = c.keys.current;
         const probe = randomBytes(32);
-        const back = decryptWith(c, s, k, parseEnvelope(encryptWith(c, s, k, probe)));
-        const same = back.length === probe.length && timingSafeEqual(back, probe);
-        back.fill(0);
-        if (!same) throw fail('integrity', `token ${c.token} did not give back the value it encrypted with key "${k.label}"`, 'session');
+        try {
+          const back = decryptWith(c, s, k, parseEnvelope(encryptWith(c, s, k, probe)));
+          const same = back.length === probe.length && timingSafeEqual(back, probe);
+          back.fill(0);
+          if (!same) throw fail('integrity', `token ${c.token} did not give back the value it encrypted with key "${k.label}"`, 'session');
+        } catch (e) {
+          const err = classify(e, `token ${c.token} failed the health probe`);
+          if (SETUP_PROBLEMS.has(err.code)) throw err;
+          // The probe is the token's own fresh ciphertext: failing to open it is a
+          // token fault (a network HSM's blip), not corrupted data. Reported as an
+          // outage, which rides the grace period, and the connection is made anew.
+          throw fail('unavailable', `token ${c.token} failed the health probe (an encrypt and decrypt of its own fresh ciphertext with key "${k.label}"): ${err.message}; connecting again on the next call`, 'connection', e);
+        }
         return k.keyId;
       });
     },
@@ -402,7 +423,7 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
 
     async decrypt(ciphertext: Buffer, keyId: string | undefined): Promise<ProviderDecryptResult> {
       const env = parseEnvelope(ciphertext);
-      return run((c, s) => {
+      const attempt = (c: Conn, s: Buffer): ProviderDecryptResult => {
         let k: TokenKey | undefined;
         if (keyId !== undefined) {
           k = c.keys.byKeyId.get(keyId);
@@ -415,7 +436,15 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
           if (!k) throw unknownKey(c, 'the key named in the ciphertext header');
         }
         return { plaintext: decryptWith(c, s, k, env), keyId: k.keyId, keyName: k.label, keyVersion: KEY_VERSION };
-      });
+      };
+      try {
+        return run(attempt);
+      } catch (e) {
+        // CKR_GENERAL_ERROR is both SoftHSM2's failed tag check and a token's passing
+        // fault: a second try on a new session tells them apart (altered data fails again).
+        if (e instanceof KeyhavenError && ambiguous.has(e)) return run(attempt, true);
+        throw e;
+      }
     },
 
     async close(): Promise<void> {
