@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { connect } from 'node:net';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { removeDir } from './helpers.js';
+import { createKidIndex, dsmKid } from '../src/server/compat-dsm-objects.js';
+import { openSqliteStore } from '../src/storage/sqlite.js';
+import { removeDir, tempDir } from './helpers.js';
 import { api, auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 import { byteForms } from './secret-forms.js';
 
@@ -410,6 +414,91 @@ describe('Fortanix DSM compatibility API', () => {
     assert.equal((await api(url, 'GET', '/v1/sys/health')).status, 200);
     ok(await dsm('POST', '/crypto/v1/encrypt', { basic: apiKey, body: { ...k, alg: 'AES', mode: 'GCM', plain: b64(plain('still')) } }), 'still serving');
     assert.equal(srv.child.exitCode, null);
+  });
+
+  it("rotating an app's API key ends the sessions opened with it", async () => {
+    const made = await api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'rotapp' } });
+    assert.equal(made.status, 200, made.text);
+    tokens.push(made.body.apiKey);
+    assert.equal((await api(url, 'PUT', '/v1/apps/rotapp/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } })).status, 200);
+    const session = ok(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`rotapp:${made.body.apiKey}`) }), 'session auth').access_token as string;
+    tokens.push(session);
+    const enc = () => dsm('POST', '/crypto/v1/encrypt', { bearer: session, body: { key: { name: 'k1' }, alg: 'AES', mode: 'GCM', plain: b64(plain('rot')) } });
+    ok(await enc(), 'encrypt with the session');
+    const rotated = await api(url, 'POST', '/v1/apps/rotapp/rotate-key', { token: cast.admin, body: {} });
+    assert.equal(rotated.status, 200, rotated.text);
+    tokens.push(rotated.body.apiKey);
+    refused(await enc(), 401, /revoked/, 'session after the key rotation', [session]);
+    refused(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`rotapp:${made.body.apiKey}`) }), 401, /not valid|revoked/, 'the old key');
+    // The new key opens a new session that works.
+    const fresh = ok(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`rotapp:${rotated.body.apiKey}`) }), 'session with the new key').access_token as string;
+    tokens.push(fresh);
+    ok(await dsm('POST', '/crypto/v1/encrypt', { bearer: fresh, body: { key: { name: 'k1' }, alg: 'AES', mode: 'GCM', plain: b64(plain('rot2')) } }), 'encrypt with the new session');
+  });
+
+  it('unknown kids: refused alike, and they do not each re-read the key table', async () => {
+    // Over HTTP: a stream of unknown kids is refused every time and the server keeps serving.
+    for (let i = 0; i < 50; i++) {
+      const kid = `${randomBytes(4).toString('hex')}-0000-8000-8000-${randomBytes(6).toString('hex')}`;
+      refused(await dsm('POST', `/crypto/v1/keys/${kid}/encrypt`, { basic: apiKey, body: { alg: 'AES', mode: 'GCM', plain: b64('x') } }), 403, /no encrypt grant/, `unknown kid ${i}`);
+    }
+    ok(await dsm('GET', `/crypto/v1/keys/${k1v1}`, { basic: apiKey }), 'a known kid still resolves');
+
+    // The index itself, on a real store with a hand-moved clock: reads are counted at the store.
+    const dir = tempDir('kh-kids-');
+    const store = await openSqliteStore({ path: join(dir, 'kids.db'), create: true });
+    try {
+      let reads = 0;
+      const counted = { listKeys: () => ((reads += 1), store.listKeys()) };
+      let clock = 1_000_000;
+      const index = createKidIndex(counted, { rebuildIntervalMs: 1000, now: () => clock });
+      const at = new Date().toISOString();
+      const row = (name: string) => ({
+        id: randomBytes(8).toString('hex'), name, state: 'enabled' as const, current_version: 2, created_at: at, updated_at: at,
+        rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null, min_encryption_version: 0, deletion_allowed: 0,
+      });
+      const a = row('alpha');
+      await store.insertKey(a);
+      assert.deepEqual(await index.resolve('s1', dsmKid('s1', a.id, 2)), { keyName: 'alpha', keyId: a.id, version: 2 });
+      assert.equal(reads, 1);
+      for (let i = 0; i < 50; i++) {
+        clock += 10; // 50 requests within half an interval
+        assert.equal(await index.resolve('s1', dsmKid('s1', randomBytes(8).toString('hex'), 1)), undefined);
+      }
+      assert.equal(reads, 1, '50 unknown kids within one interval: no re-read');
+      // A key made meanwhile (on another server) resolves once the interval has passed.
+      const b = row('beta');
+      await store.insertKey(b);
+      assert.equal(await index.resolve('s1', dsmKid('s1', b.id, 1)), undefined, 'inside the interval the last read stands');
+      clock += 1000;
+      assert.deepEqual(await index.resolve('s1', dsmKid('s1', b.id, 1)), { keyName: 'beta', keyId: b.id, version: 1 });
+      assert.equal(reads, 2);
+      assert.equal(index.rebuilds(), reads);
+      // A kid this server hands out resolves at once, without a read.
+      const c = row('gamma');
+      await store.insertKey(c);
+      index.learn('s1', { id: c.id, name: 'gamma', currentVersion: 2 });
+      assert.deepEqual(await index.resolve('s1', dsmKid('s1', c.id, 2)), { keyName: 'gamma', keyId: c.id, version: 2 });
+      assert.equal(reads, 2);
+    } finally {
+      await store.close();
+      removeDir(dir);
+    }
+  });
+
+  it('over-long headers on a DSM path: 431 in plain text', async () => {
+    const u = new URL(url);
+    const text = await new Promise<string>((resolve, reject) => {
+      const sock = connect(Number(u.port), u.hostname, () => sock.write(`POST /crypto/v1/encrypt HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`));
+      const chunks: Buffer[] = [];
+      sock.on('data', (d: Buffer) => chunks.push(d));
+      sock.on('error', reject);
+      sock.on('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+    });
+    assert.match(text, /^HTTP\/1\.1 431 /);
+    assert.match(text, /\r\ncontent-type: text\/plain/i);
+    assert.match(text, /\r\n\r\nrequest headers are larger than the server accepts$/);
+    ok(await dsm('GET', '/crypto/v1/keys', { basic: apiKey }), 'the server keeps serving');
   });
 
   it('hidden from the OpenAPI document', async () => {

@@ -1,8 +1,13 @@
 import assert from 'node:assert/strict';
 import { request as httpRequest } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import vault from 'node-vault';
+import { Agent, request as undiciRequest } from 'undici';
 import { removeDir } from './helpers.js';
+import { HAVE_OPENSSL, makePki } from './pki.js';
+import { requireDependency } from './require.js';
 import { api, auditRecords, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 
 // The Vault / OpenBao Transit compatibility API against a real `keyhaven
@@ -45,6 +50,39 @@ function raw(url: string, method: string, path: string, token: string | undefine
     });
     req.on('error', reject);
     req.end(body);
+  });
+}
+
+/**
+ * Writes a request by hand on a socket, in the given pieces (a path fetch
+ * and node's client would normalise, a head split over several packets),
+ * and reads the answer until the server closes.
+ */
+function rawSocket(open: () => Socket, pieces: string[]): Promise<{ status: number; text: string; body: any }> {
+  return new Promise((resolve, reject) => {
+    const sock = open();
+    sock.setNoDelay(true);
+    const chunks: Buffer[] = [];
+    sock.on('data', (d: Buffer) => chunks.push(d));
+    sock.on('error', reject);
+    sock.on('close', () => {
+      const all = Buffer.concat(chunks).toString('latin1');
+      const at = all.indexOf('\r\n\r\n');
+      const text = at < 0 ? '' : all.slice(at + 4);
+      let body: unknown = text;
+      try {
+        body = JSON.parse(text);
+      } catch {
+        // not JSON
+      }
+      resolve({ status: Number(/^HTTP\/1\.1 (\d{3})/.exec(all)?.[1] ?? 0), text, body });
+    });
+    // Pieces go out one event-loop turn apart; if TCP joins them anyway, the request is still a valid one.
+    const send = (i: number) => {
+      if (i >= pieces.length) return;
+      sock.write(pieces[i]!, () => setTimeout(() => send(i + 1), 20));
+    };
+    sock.once('encrypted' in sock ? 'secureConnect' : 'connect', () => send(0));
   });
 }
 
@@ -476,7 +514,7 @@ describe('Vault Transit compatibility API', () => {
     assert.equal((await api(url, 'GET', '/v1/sys/health')).status, 200);
   });
 
-  it('LIST: served when the whole request head arrives at once; refused otherwise with a plain 400', async () => {
+  it('LIST: the key list only, its head whole or in pieces; dot segments never reach another route', async () => {
     const listed = await raw(url, 'LIST', '/v1/transit/keys/', cast.keyAdmin);
     assert.equal(listed.status, 200, listed.text);
     assert.ok(listed.body.data.keys.includes('k1'));
@@ -486,6 +524,77 @@ describe('Vault Transit compatibility API', () => {
     assert.equal(withBody.status, 400);
     // Other paths are not rewritten.
     assert.equal((await raw(url, 'LIST', '/v1/keys', cast.keyAdmin)).status, 400);
+
+    const u = new URL(url);
+    const open = () => connect(Number(u.port), u.hostname);
+    const head = (path: string, token = cast.keyAdmin) => `LIST ${path} HTTP/1.1\r\nHost: ${u.host}\r\nX-Vault-Token: ${token}\r\n\r\n`;
+    // A head in several packets, split inside the request line and a header, is read on and served.
+    const whole = head('/v1/transit/keys');
+    const split = await rawSocket(open, [whole.slice(0, 13), whole.slice(13, 40), whole.slice(40)]);
+    assert.equal(split.status, 200, split.text);
+    assert.ok(split.body.data.keys.includes('k1'));
+    // Dot segments, plain or percent-encoded, are refused in Vault's shape; never the native key list (GET /v1/keys).
+    for (const path of ['/v1/transit/../keys', '/v1/transit/keys/../../keys', '/v1/transit/%2e%2e/keys', '/v1/transit/%2E%2e/keys', '/v1/transit/./keys', '/v1/transit/keys/.', '/v1/transit/keys/%2e', '/v1/transit/keys/..?list=true']) {
+      const r = await rawSocket(open, [head(path)]);
+      vaultError(r, 404, /unsupported path/, `LIST ${path}`);
+      assert.ok(!r.text.includes('"keys"') && !r.text.includes('"name"'), `LIST ${path} listed keys: ${r.text}`);
+    }
+    // Other Vault paths take no LIST.
+    vaultError(await rawSocket(open, [head('/v1/transit/keys/k1')]), 405, /unsupported operation/);
+    vaultError(await rawSocket(open, [head('/v1/transit/nothing')]), 404, /unsupported path/);
+    // Refusals are audited.
+    const recs = (await auditRecords(url, cast.auditor)).filter((x) => x.operation === 'transit.keys.list' && x.result === 'not_found' && JSON.parse(x.details).status === 404);
+    assert.ok(recs.some((x) => JSON.parse(x.details).route === 'LIST /v1/transit/../keys'), 'the traversal attempt is audited');
+    // Over-long headers on a Vault path are answered in Vault's shape too.
+    vaultError(await rawSocket(open, [`GET /v1/transit/keys?list=true HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`]), 431, /request headers are larger/);
+    assert.equal((await api(url, 'GET', '/v1/sys/health')).status, 200, 'the server keeps serving');
+  });
+
+  it('LIST over mTLS: a presented client certificate that does not verify is refused, as on every other route', async (t) => {
+    if (!requireDependency(t, HAVE_OPENSSL, 'openssl')) return;
+    const pki = makePki();
+    const tlsSrv = await startServerProcess({ config: { tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.caFile } } });
+    const agent = new Agent({ connect: { ca: pki.ca } });
+    try {
+      const call = async (method: string, path: string, body?: unknown, token?: string) => {
+        const res = await undiciRequest(tlsSrv.url + path, {
+          method: method as 'GET',
+          dispatcher: agent,
+          headers: { ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+          body: body === undefined ? undefined : JSON.stringify(body),
+        });
+        return { status: res.statusCode, body: (await res.body.json()) as any };
+      };
+      const init = await call('POST', '/v1/sys/init', {});
+      assert.equal(init.status, 200);
+      const login = await call('POST', '/v1/auth/login', { name: init.body.admin.name, password: init.body.admin.password });
+      assert.equal(login.status, 200);
+      const token = login.body.token as string;
+      const u = new URL(tlsSrv.url);
+      const head = `LIST /v1/transit/keys HTTP/1.1\r\nHost: ${u.host}\r\nX-Vault-Token: ${token}\r\n\r\n`;
+      const open = (client?: { cert: Buffer; key: Buffer }) => () => tlsConnect({ host: u.hostname, port: Number(u.port), ca: pki.ca, ...client });
+      // Without a certificate the token is enough: the (empty) list answers Vault's 404 with no errors.
+      const plain = await rawSocket(open(), [head]);
+      assert.equal(plain.status, 404, plain.text);
+      assert.deepEqual(plain.body, { errors: [] });
+      for (const [client, reason] of [[pki.expiredClient, 'CERT_HAS_EXPIRED'], [pki.foreign, 'UNABLE_TO_VERIFY_LEAF_SIGNATURE']] as const) {
+        const r = await rawSocket(open(client), [head]);
+        vaultError(r, 403, new RegExp(`permission denied \\| the client certificate was refused \\(${reason}`), reason);
+      }
+      // The refusal is audited: an auditor reads it.
+      const admin = token;
+      assert.equal((await call('POST', '/v1/users', { name: 'aud', password: 'auditor-password-1', roles: ['auditor'] }, admin)).status, 200);
+      const aud = (await call('POST', '/v1/auth/login', { name: 'aud', password: 'auditor-password-1' })).body.token as string;
+      const res = await undiciRequest(`${tlsSrv.url}/v1/audit?limit=10000`, { dispatcher: agent, headers: { authorization: `Bearer ${aud}` } });
+      const recs = (await res.body.text()).split('\n').filter(Boolean).map((l) => JSON.parse(l));
+      const refusals = recs.filter((x) => x.operation === 'transit.keys.list' && x.result === 'unauthenticated');
+      assert.equal(refusals.length, 2, JSON.stringify(recs.filter((x) => x.operation === 'transit.keys.list')));
+    } finally {
+      await agent.close();
+      await tlsSrv.stop();
+      removeDir(tlsSrv.dir);
+      removeDir(pki.dir);
+    }
   });
 
   it('keyhaven\'s /v1/sys/health keeps its own shape; transit routes are not in the OpenAPI document', async () => {
@@ -496,9 +605,13 @@ describe('Vault Transit compatibility API', () => {
     assert.deepEqual(Object.keys(doc.body.paths).filter((p) => p.startsWith('/v1/transit') || p.startsWith('/v1/auth/token')), []);
   });
 
-  it('quorum: a guarded config change files an approval; deleting a key with material is refused', async () => {
+  it('quorum: a guarded config change files an approval; deleting or trimming a key with material is refused', async () => {
     await admin.transitCreateKey({ name: 'qk' });
     await admin.write('transit/keys/qk/config', { deletion_allowed: true });
+    // qt could be trimmed to version 3 (two versions destroyed) were key.destroy not guarded.
+    await admin.transitCreateKey({ name: 'qt' });
+    for (let i = 0; i < 2; i++) await admin.write('transit/keys/qt/rotate', {});
+    await admin.write('transit/keys/qt/config', { min_encryption_version: 3, min_decryption_version: 3 });
     const set = await api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 1, operations: ['key.policy', 'key.destroy'], ttlS: 3600 } });
     assert.equal(set.status, 200, set.text);
     try {
@@ -517,6 +630,10 @@ describe('Vault Transit compatibility API', () => {
       assert.equal((await admin.transitReadKey({ name: 'qk' })).data.auto_rotate_period, 172800);
       vaultError(await vaultFails(admin.transitDeleteKey({ name: 'qk' })), 403, /needs quorum approval/);
       assert.equal((await admin.transitReadKey({ name: 'qk' })).data.name, 'qk', 'still there');
+      vaultError(await fetchVault('POST', '/v1/transit/keys/qt/trim', cast.keyAdmin, { min_available_version: 3 }), 403, /permission denied \| trimming key "qt" destroys key versions, which needs quorum approval/);
+      const qt = (await admin.transitReadKey({ name: 'qt' })).data;
+      assert.deepEqual(Object.keys(qt.keys), ['1', '2', '3'], 'no version destroyed');
+      assert.equal(qt.min_available_version, 0);
     } finally {
       // Turning the quorum off is itself guarded now: file it and approve it.
       const off = await api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 0, operations: ['key.policy', 'key.destroy'], ttlS: 3600 } });
@@ -552,6 +669,35 @@ describe('Vault Transit compatibility API', () => {
     const haystacks = [srv.output(), JSON.stringify(records)];
     for (const s of planted) {
       for (const form of [s, b64(s)]) for (const h of haystacks) assert.ok(!h.includes(form), `a planted secret appears in ${h === haystacks[0] ? 'the server output' : 'the audit log'}`);
+    }
+  });
+
+  it('deleting a key ends the approval requests pending on its name: a re-created key is not what they act on', async () => {
+    await admin.transitCreateKey({ name: 'kre' });
+    await admin.write('transit/keys/kre/config', { deletion_allowed: true });
+    // Only grants are guarded, so the key can be deleted outright.
+    assert.equal((await api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 1, operations: ['app.grant'], ttlS: 3600 } })).status, 200);
+    try {
+      const filed = await api(url, 'PUT', '/v1/apps/app1/grants/kre', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } });
+      assert.equal(filed.status, 202, filed.text);
+      const id = filed.body.approval.id as string;
+      await admin.transitDeleteKey({ name: 'kre' });
+      const gone = await api(url, 'GET', `/v1/approvals/${id}`, { token: cast.auditor });
+      assert.equal(gone.body.state, 'denied', gone.text);
+      assert.match(gone.body.result.reason, /key "kre" was deleted/);
+      // The name is taken again; approving the old request neither applies nor grants anything.
+      await admin.transitCreateKey({ name: 'kre' });
+      const late = await api(url, 'POST', `/v1/approvals/${id}/approve`, { token: cast.admin2, body: {} });
+      assert.equal(late.status, 409, late.text);
+      assert.match(late.text, /denied, not pending/);
+      vaultError(await vaultFails(app.encryptData({ name: 'kre', plaintext: b64('x') })), 403, /permission denied/);
+      const app1 = ((await api(url, 'GET', '/v1/apps', { token: cast.admin })).body.apps as { name: string; grants: { key: string }[] }[]).find((x) => x.name === 'app1')!;
+      assert.ok(!app1.grants.some((g) => g.key === 'kre'), JSON.stringify(app1.grants));
+      const recs = (await auditRecords(url, cast.auditor)).filter((r) => r.operation === 'approval.cancel' && JSON.parse(r.details).approval === id);
+      assert.equal(recs.length, 1);
+      assert.equal(recs[0].key_name, 'kre');
+    } finally {
+      assert.equal((await api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 0, operations: ['app.grant'], ttlS: 3600 } })).status, 200);
     }
   });
 

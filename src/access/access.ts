@@ -199,8 +199,10 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
 
   const issueApiKey = async (tx: Store, principalId: string): Promise<string> => {
     const now = new Date().toISOString();
+    // The app's sessions go with its old key: they were opened with it (DSM
+    // session auth), and a rotation is how a leaked key is cut off.
     for (const c of await tx.listCredentials(principalId)) {
-      if (c.kind === 'api_key' && c.revoked_at === null) await tx.updateCredential(c.id, { revoked_at: now });
+      if ((c.kind === 'api_key' || c.kind === 'session') && c.revoked_at === null) await tx.updateCredential(c.id, { revoked_at: now });
     }
     const t = newToken('api_key');
     await tx.insertCredential({ id: t.id, principal_id: principalId, kind: 'api_key', hash: t.hash, created_at: now, expires_at: null, revoked_at: null });

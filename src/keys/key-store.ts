@@ -461,6 +461,14 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
           for (const v of await tx.listKeyVersions(row.id)) if (v.state !== 'destroyed') await barrier.delete(tx, versionPath(row.id, v.version));
           await tx.deleteKey(row.id);
           await audit.recordIn(tx, { actor, operation: 'key.delete', keyName: name, keyVersion: row.current_version, result: 'ok' });
+          // Approval requests name keys by name: one still pending would act on
+          // whatever key takes the name next. They end with the key.
+          const at = new Date().toISOString();
+          for (const a of await tx.listApprovals('pending')) {
+            if ((JSON.parse(a.params) as { key?: unknown }).key !== name) continue;
+            await tx.updateApproval(a.id, { state: 'denied', decided_at: at, result: JSON.stringify({ error: 'key_deleted', reason: `key "${name}" was deleted while the request was pending` }) });
+            await audit.recordIn(tx, { actor, operation: 'approval.cancel', keyName: name, result: 'ok', details: { approval: a.id, operation: a.operation, reason: 'key deleted' } });
+          }
           id = row.id;
         });
       } catch (e) {

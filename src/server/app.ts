@@ -10,7 +10,7 @@ import type { Logger } from '../log/logger.js';
 import { PACKAGE_VERSION } from '../paths.js';
 import { dsmBasicPrincipal, isDsmPath, registerDsmRoutes, sendDsmError } from './compat-dsm.js';
 import { registerVaultRoutes } from './compat-vault.js';
-import { answerVaultList } from './compat-vault-list.js';
+import { answerVaultList, listOwnsSocket } from './compat-vault-list.js';
 import { isVaultPath, sendVaultError, sendVaultNoRoute, vaultErrorPayload, vaultToken } from './compat-vault-envelope.js';
 import type { AccessRule } from './context.js';
 import type { ServerCore } from './core.js';
@@ -160,8 +160,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     // Malformed HTTP (oversized headers, garbage) never becomes a request; answer it in the error shape anyway.
     clientErrorHandler: (err: Error & { code?: string; rawPacket?: unknown }, socket) => {
       if (err.code === 'ECONNRESET' || socket.destroyed) return;
-      // Vault's LIST method is not one node's parser knows (compat-vault-list.ts).
-      if (err.code === 'HPE_INVALID_METHOD' && answerVaultList(app, Buffer.isBuffer(err.rawPacket) ? err.rawPacket : undefined, socket)) return;
+      // Vault's LIST method is not one node's parser knows (compat-vault-list.ts); a LIST being answered owns its socket.
+      if (listOwnsSocket(socket)) return;
+      if (err.code === 'HPE_INVALID_METHOD' && answerVaultList(app, core.audit, Buffer.isBuffer(err.rawPacket) ? err.rawPacket : undefined, socket)) return;
       const [status, code, message] =
         err.code === 'HPE_HEADER_OVERFLOW'
           ? ['431 Request Header Fields Too Large', 'too_large', 'request headers are larger than the server accepts'] as const
@@ -169,8 +170,11 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
             ? ['408 Request Timeout', 'unavailable', 'the request took too long to arrive'] as const
             : ['400 Bad Request', 'invalid_argument', 'malformed HTTP request'] as const;
       const id = randomBytes(8).toString('hex');
-      const body = errorBody(code, message, id);
-      const head = `HTTP/1.1 ${status}\r\ncontent-type: application/json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n`;
+      // The compatibility APIs answer in their own shape when the packet shows the path.
+      const path = Buffer.isBuffer(err.rawPacket) ? /^[A-Za-z]{1,16} (\/[\x21-\x7e]*) HTTP\//.exec(err.rawPacket.subarray(0, 4096).toString('latin1'))?.[1] : undefined;
+      const dsm = path !== undefined && isDsmPath(path);
+      const body = path !== undefined && isVaultPath(path) ? vaultErrorPayload(code, message).body : dsm ? message : errorBody(code, message, id);
+      const head = `HTTP/1.1 ${status}\r\ncontent-type: ${dsm ? 'text/plain; charset=utf-8' : 'application/json'}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n`;
       if (socket.writable) socket.write(head + body);
       socket.destroy(err);
     },

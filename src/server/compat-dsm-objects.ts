@@ -50,22 +50,45 @@ export interface ObjectRef {
   readonly version: number;
 }
 
+export interface KidIndexOptions {
+  /** Least time between two rebuilds, in ms; a kid missing from a build younger than this is missing. */
+  readonly rebuildIntervalMs?: number;
+  /** The clock (tests move it by hand). */
+  readonly now?: () => number;
+}
+
 /**
  * kid → (key, version). Built from the key table (versions run 1..current
  * and are never removed, only destroyed); rebuilt on a miss, since another
- * server may have created or rotated a key. Concurrent misses share one read.
+ * server may have created or rotated a key — but at most once per interval,
+ * so a stream of unknown kids costs one key-table read per interval, not one
+ * per request: until the next rebuild, the latest build is the negative cache.
+ * Concurrent misses share one read. Kids this server hands out (learn) are
+ * added at once, so a client may use a kid it was just given; a kid made on
+ * another server resolves here within one interval.
  */
-export function createKidIndex(store: Store) {
+export function createKidIndex(store: Pick<Store, 'listKeys'>, opts: KidIndexOptions = {}) {
+  const interval = opts.rebuildIntervalMs ?? 1000;
+  const now = opts.now ?? Date.now;
   let byKid = new Map<string, ObjectRef>();
+  let builtAt = -Infinity;
+  let rebuilds = 0;
   let rebuilding: Promise<void> | undefined;
+  // Kids learnt while a rebuild reads: its read may predate them.
+  let learntDuring: Map<string, ObjectRef> | undefined;
   const rebuild = (storeId: string) => {
     rebuilding ??= (async () => {
+      builtAt = now();
+      rebuilds += 1;
+      learntDuring = new Map();
       const next = new Map<string, ObjectRef>();
       for (const row of await store.listKeys()) {
         for (let v = 1; v <= row.current_version; v++) next.set(dsmKid(storeId, row.id, v), { keyName: row.name, keyId: row.id, version: v });
       }
+      for (const [kid, ref] of learntDuring) if (!next.has(kid)) next.set(kid, ref);
       byKid = next;
     })().finally(() => {
+      learntDuring = undefined;
       rebuilding = undefined;
     });
     return rebuilding;
@@ -75,9 +98,21 @@ export function createKidIndex(store: Store) {
       const k = kid.toLowerCase();
       const hit = byKid.get(k);
       if (hit) return hit;
-      await rebuild(storeId);
+      if (rebuilding) await rebuilding;
+      else if (now() - builtAt >= interval) await rebuild(storeId);
       return byKid.get(k);
     },
+    /** Adds a key's versions (a key this server just answered with). */
+    learn(storeId: string, k: Pick<KeyInfo, 'id' | 'name' | 'currentVersion'>): void {
+      for (let v = 1; v <= k.currentVersion; v++) {
+        const kid = dsmKid(storeId, k.id, v);
+        const ref = { keyName: k.name, keyId: k.id, version: v };
+        byKid.set(kid, ref);
+        learntDuring?.set(kid, ref);
+      }
+    },
+    /** How many times the index was read from the store (tests). */
+    rebuilds: () => rebuilds,
   };
 }
 

@@ -64,6 +64,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
     if (!info || (d.name !== undefined && version !== undefined && version >= k.currentVersion)) throw missing;
     req.auditNote.keyName = k.name;
     req.auditNote.keyVersion = v;
+    kids.learn(s.storeId, k);
     return sobjectView(s.storeId, k, info);
   };
 
@@ -77,6 +78,10 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
     const s = core.services();
     try {
       const out = op === 'encrypt' ? await dsmEncrypt(s, kids, req, d, body as EncryptBody) : await dsmDecrypt(s, kids, req, d, body as DecryptBody);
+      const { keyName, keyVersion } = req.auditNote;
+      const keyId = keyName === undefined ? undefined : s.keys.idOf(keyName);
+      // The answer names the kid: the client may use it next.
+      if (keyName !== undefined && keyId !== undefined && keyVersion !== undefined) kids.learn(s.storeId, { id: keyId, name: keyName, currentVersion: keyVersion });
       if (req.auditNote.keyName) count(req.auditNote.keyName, `dsm_${op}`, 'ok');
       return out;
     } catch (e) {
@@ -148,6 +153,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
       const all = [];
       for (const k of await s.keys.list()) {
         if (!(await visible(s, p, k))) continue;
+        kids.learn(s.storeId, k);
         for (const v of [...k.versions].reverse()) all.push(sobjectView(s.storeId, k, v));
       }
       const q = req.query;
@@ -188,6 +194,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
       const k = await s.keys.create(req.body.name, actorName(principalOf(req)), {});
       req.auditNote.keyName = k.name;
       req.auditNote.keyVersion = 1;
+      kids.learn(s.storeId, k);
       return sobjectView(s.storeId, k, k.versions[0]!);
     });
 
@@ -202,6 +209,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
       const k = await s.keys.rotate(keyName, actorName(principalOf(req)));
       req.auditNote.keyName = k.name;
       req.auditNote.keyVersion = k.currentVersion;
+      kids.learn(s.storeId, k);
       return sobjectView(s.storeId, k, k.versions.find((v) => v.version === k.currentVersion)!);
     });
 

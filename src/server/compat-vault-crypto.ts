@@ -106,6 +106,8 @@ export function registerVaultCryptoRoutes(app: FastifyInstance, { core, metrics 
         try {
           return await fn(item);
         } catch (e) {
+          // As classify() does for a whole request: the caller sees "internal", the log has the cause.
+          if (!(e instanceof KeyhavenError)) app.log.error({ err: e }, 'unexpected error in a Transit batch item');
           return asKeyhavenError(e);
         }
       }),

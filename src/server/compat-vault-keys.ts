@@ -218,6 +218,11 @@ export function registerVaultKeyRoutes(app: FastifyInstance, { core }: RouteDeps
       await s.keys.get(name).catch(writeFailed('invalid key name'));
       if (b.min_available_version === undefined) throw new KeyhavenError('invalid_argument', 'missing min_available_version');
       req.auditNote.details.minAvailableVersion = b.min_available_version;
+      // Trimming destroys versions' material at once: where a quorum guards key
+      // destruction it has no approved path here, as delete has none.
+      if (await s.quorum.needsApproval('key.destroy')) {
+        throw new KeyhavenError('permission_denied', `trimming key "${name}" destroys key versions, which needs quorum approval (key.destroy is guarded); raise min_decryption_version to retire old versions, or destroy the key with POST /v1/keys/${name}/destroy and its approvals`);
+      }
       const k = await s.keys.trim(name, b.min_available_version, actorName(principalOf(req)));
       return envelope(req, vaultKeyView(k), warnings);
     },
