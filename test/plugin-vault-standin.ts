@@ -5,7 +5,7 @@ import type { AddressInfo } from 'node:net';
 /**
  * A stand-in for the parts of Vault the vault provider uses that keyhaven's
  * own Transit API does not serve (AppRole and Kubernetes logins, token
- * renewal, lookup-self, sealed and throttled answers), written from Vault's
+ * renewal and revocation, lookup-self, sealed, throttled and slow answers), written from Vault's
  * API documentation. Real HTTP on 127.0.0.1 and real AES-256-GCM; every test
  * using it says "stand-in" in its name.
  */
@@ -33,6 +33,8 @@ export interface VaultStandin {
   readonly key: string;
   readonly requests: StandinRequest[];
   readonly tokens: Map<string, StandinToken>;
+  /** Tokens revoked with revoke-self, in order (they stay in `tokens`, expired, for the tests' secret scans). */
+  readonly revoked: string[];
   /** Adds a token with a policy; returns it. */
   addToken(policy: StandinToken['policy'], opts?: { ttlSeconds?: number; maxTtlSeconds?: number; renewable?: boolean }): string;
   rotate(): number;
@@ -41,7 +43,10 @@ export interface VaultStandin {
   recreate(): void;
   /** Every answer becomes this (sealed, throttled) until cleared. */
   mode: 'ok' | 'sealed' | 'throttled' | 'error500';
-  approle: { roleId: string; secretId: string; ttlSeconds: number; maxTtlSeconds: number; renewable: boolean };
+  /** Answers to paths starting with `pathPrefix` come this late (a Vault under load). */
+  slow: { pathPrefix: string; ms: number } | undefined;
+  /** policy: what the tokens of an AppRole login may do. */
+  approle: { roleId: string; secretId: string; ttlSeconds: number; maxTtlSeconds: number; renewable: boolean; policy: StandinToken['policy'] };
   kubernetes: { role: string; jwt: string; ttlSeconds: number; maxTtlSeconds: number };
   /** Whether encrypt honours key_version (real Vault does). */
   honourKeyVersion: boolean;
@@ -59,6 +64,8 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
   const keyName = opts.key ?? 'kubernetes-secrets';
   const requests: StandinRequest[] = [];
   const tokens = new Map<string, StandinToken>();
+  const revoked: string[] = [];
+  const slowTimers = new Set<NodeJS.Timeout>();
   let versions: Version[] = [];
   let minDecryption = 1;
   let createdClock = 1_700_000_000;
@@ -114,7 +121,7 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
 
     if (req.method === 'POST' && path === '/v1/auth/approle/login') {
       if (body.role_id !== s.approle.roleId || body.secret_id !== s.approle.secretId) return errors(res, 400, 'invalid role or secret ID');
-      const t = mkToken('transit', s.approle.ttlSeconds, s.approle.maxTtlSeconds, s.approle.renewable);
+      const t = mkToken(s.approle.policy, s.approle.ttlSeconds, s.approle.maxTtlSeconds, s.approle.renewable);
       return send(res, 200, authOf(t, tokens.get(t)!));
     }
     if (req.method === 'POST' && path === '/v1/auth/kubernetes/login') {
@@ -133,6 +140,12 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
       const ttl = Math.max(0, Math.min(tok.ttlSeconds * 1000, tok.maxAt - now));
       tok.expiresAt = now + ttl;
       return send(res, 200, { auth: { client_token: token, policies: ['default', tok.policy], lease_duration: Math.floor(ttl / 1000), renewable: true }, warnings: ttl < tok.ttlSeconds * 1000 ? ['TTL is capped by max_ttl'] : null });
+    }
+    if (req.method === 'POST' && path === '/v1/auth/token/revoke-self') {
+      tok.expiresAt = -Infinity;
+      revoked.push(token!);
+      res.writeHead(204);
+      return res.end();
     }
     if (req.method === 'GET' && path === '/v1/auth/token/lookup-self') {
       return send(res, 200, { data: { policies: ['default', tok.policy], ttl: Number.isFinite(tok.expiresAt) ? Math.floor((tok.expiresAt - Date.now()) / 1000) : 0 } });
@@ -181,7 +194,17 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
   const server: Server = createServer((req, res) => {
     const chunks: Buffer[] = [];
     req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => handle(req, res, Buffer.concat(chunks).toString('utf8')));
+    req.on('end', () => {
+      const raw = Buffer.concat(chunks).toString('utf8');
+      const slow = s.slow;
+      if (!slow || !(req.url ?? '').startsWith(slow.pathPrefix)) return handle(req, res, raw);
+      const t = setTimeout(() => {
+        slowTimers.delete(t);
+        // The client may have given up and closed the connection meanwhile.
+        if (!res.destroyed && !req.socket.destroyed) handle(req, res, raw);
+      }, slow.ms);
+      slowTimers.add(t);
+    });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as AddressInfo).port;
@@ -192,6 +215,7 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
     key: keyName,
     requests,
     tokens,
+    revoked,
     addToken: (policy, o = {}) => mkToken(policy, o.ttlSeconds ?? 0, o.maxTtlSeconds ?? 0, o.renewable ?? false),
     rotate() {
       versions.push(newVersion());
@@ -205,11 +229,13 @@ export async function startVaultStandin(opts: { mount?: string; key?: string; na
       minDecryption = 1;
     },
     mode: 'ok',
-    approle: { roleId: 'role-1234', secretId: `secret-${randomBytes(12).toString('hex')}`, ttlSeconds: 60, maxTtlSeconds: 0, renewable: true },
+    slow: undefined,
+    approle: { roleId: 'role-1234', secretId: `secret-${randomBytes(12).toString('hex')}`, ttlSeconds: 60, maxTtlSeconds: 0, renewable: true, policy: 'transit' },
     kubernetes: { role: 'kms', jwt: `eyJ${randomBytes(30).toString('base64url')}`, ttlSeconds: 60, maxTtlSeconds: 0 },
     honourKeyVersion: true,
     count: (prefix) => requests.filter((r) => r.path.startsWith(prefix)).length,
     async close() {
+      for (const t of slowTimers) clearTimeout(t);
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
     },

@@ -271,11 +271,16 @@ describe('KMS plugin with the vault provider: AppRole and Kubernetes logins (sta
     vault.approle.maxTtlSeconds = 5;
     const logins0 = vault.count('/v1/auth/approle/login');
     const renewals0 = vault.count('/v1/auth/token/renew-self');
+    const revokes0 = vault.count('/v1/auth/token/revoke-self');
     const { p, c } = await start('approle', { approle: { roleId: vault.approle.roleId } });
     const keyId = await status(c);
     assert.match(keyId, KEY_ID);
     await waitFor(() => vault.count('/v1/auth/token/renew-self') > renewals0, 'a token renewal', 30_000);
     await waitFor(() => vault.count('/v1/auth/approle/login') >= logins0 + 2, 'a new login near the max TTL', 30_000);
+    // The replaced token is revoked (best effort), with that token, not the new one.
+    await waitFor(() => vault.count('/v1/auth/token/revoke-self') > revokes0, 'the replaced token revoked', 30_000);
+    const revoke = vault.requests.filter((r) => r.path === '/v1/auth/token/revoke-self').at(-1)!;
+    assert.ok(typeof revoke.headers['x-vault-token'] === 'string' && vault.tokens.has(revoke.headers['x-vault-token']), 'sent with a token Vault issued');
     const s = randomBytes(32);
     const e = await call<V2Encrypted>(c.v2, 'Encrypt', { plaintext: s, uid: randomUUID() });
     assert.deepEqual((await call(c.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: randomUUID(), key_id: e.key_id, annotations: e.annotations })).plaintext, s);

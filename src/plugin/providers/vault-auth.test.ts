@@ -42,7 +42,8 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
   async function vaultPost(path: string, body: unknown, token?: string): Promise<unknown> {
     const res = await fetch(vault.url + path, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { 'x-vault-token': token } : {}) }, body: JSON.stringify(body) });
     const text = await res.text();
-    const json = JSON.parse(text) as unknown;
+    // revoke-self answers 204 without a body.
+    const json = (text ? JSON.parse(text) : {}) as unknown;
     if (res.status >= 400) {
       const e = vaultErrorOf(res.status, json, text);
       throw new KeyhavenError(e.code, e.message);
@@ -50,9 +51,12 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
     return json;
   }
 
-  function setup(method: VaultAuthMethod) {
+  /** renewSelf: sends renew-self with the token it is given (the one in use when it was called). */
+  function setup(method: VaultAuthMethod, opts: { renewSelf?: (token: string | undefined) => Promise<unknown> } = {}) {
     const timers: Timer[] = [];
     const events: VaultAuthEvent[] = [];
+    // Revocations run in the background after a login: kept apart so they do not interleave with the events asserted in order.
+    const revocations: VaultAuthEvent[] = [];
     // eslint-disable-next-line prefer-const
     let auth: VaultAuth;
     const read = (p: string) => readFileSync(p);
@@ -61,14 +65,15 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
       readSecretFile: read,
       readFile: read,
       login: (mount, body) => vaultPost(`/v1/auth/${mount}/login`, body),
-      renewSelf: () => vaultPost('/v1/auth/token/renew-self', {}, auth.current()),
+      renewSelf: () => (opts.renewSelf ? opts.renewSelf(auth.current()) : vaultPost('/v1/auth/token/renew-self', {}, auth.current())),
+      revokeSelf: (old) => vaultPost('/v1/auth/token/revoke-self', {}, old),
       setTimer: (fn, ms) => {
         const t = { fn, ms, cleared: false, unref() {} };
         timers.push(t);
         return t;
       },
       clearTimer: (t) => void ((t as Timer).cleared = true),
-      onEvent: (e) => events.push(e),
+      onEvent: (e) => void (e.type === 'revoked' || e.type === 'revoke_failed' ? revocations : events).push(e),
     });
     /** The one pending timer: its delay, and a way to fire it and wait for what it started. */
     const pending = () => {
@@ -85,13 +90,19 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
       for (let i = 0; i < 1000 && events.length < n + expected; i++) await new Promise((r) => setTimeout(r, 5));
       assert.ok(events.length >= n + expected, 'the timer did what was expected');
     };
-    return { auth, timers, events, pending, fire };
+    /** Waits for the background revocation of a replaced token (HTTP to the stand-in, not a timer). */
+    const revoked = async (n: number) => {
+      for (let i = 0; i < 1000 && revocations.length < n; i++) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(revocations.length >= n, `${n} revocation(s) attempted`);
+      return revocations;
+    };
+    return { auth, timers, events, pending, fire, revoked };
   }
 
   it('AppRole: logs in, renews at 2/3 of the lease, logs in again when the max TTL nears', async () => {
     vault.approle.ttlSeconds = 90;
     vault.approle.maxTtlSeconds = 100;
-    const { auth, events, pending, fire } = setup({ kind: 'approle', mount: 'approle', roleId: vault.approle.roleId, secretIdFile });
+    const { auth, events, pending, fire, revoked } = setup({ kind: 'approle', mount: 'approle', roleId: vault.approle.roleId, secretIdFile });
     const logins = () => vault.count('/v1/auth/approle/login');
     const n0 = logins();
     const t1 = await auth.token();
@@ -116,8 +127,46 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
     assert.equal((events.at(-1) as { reason: string }).reason, 'lease ending');
     assert.notEqual(auth.current(), t1);
     assert.equal(logins(), n0 + 2);
+    // The replaced token still had 20 s to live: revoked, so logins do not leave live tokens behind.
+    assert.deepEqual(await revoked(1), [{ type: 'revoked' }]);
+    assert.ok(vault.revoked.includes(t1));
+    assert.ok(vault.tokens.get(t1)!.expiresAt < Date.now(), 'the stand-in no longer accepts it');
     auth.close();
     assert.equal(events.filter((e) => JSON.stringify(e).includes(t1)).length, 0, 'no event carries the token');
+  });
+
+  it('a renewal under way when Vault refuses the token: the new login wins, and its timer stays (stand-in)', async () => {
+    vault.approle.ttlSeconds = 90;
+    vault.approle.maxTtlSeconds = 0;
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    // The renewal is sent with the token in use then, and Vault's answer is late.
+    const s = setup({ kind: 'approle', mount: 'approle', roleId: vault.approle.roleId, secretIdFile }, {
+      renewSelf: async (t) => {
+        await held;
+        return vaultPost('/v1/auth/token/renew-self', {}, t);
+      },
+    });
+    const t1 = await s.auth.token();
+    const timer = s.pending();
+    timer.cleared = true;
+    timer.fn();
+    const refreshed = s.auth.refresh(t1);
+    // A login running beside the renewal would show up here; give it the chance (it must wait instead).
+    for (let i = 0; i < 40 && !s.events.some((e) => e.type === 'login' && e.reason === 'Vault refused the token'); i++) await new Promise((r) => setTimeout(r, 5));
+    release();
+    assert.equal(await refreshed, true);
+    // Both done (the renewal's answer included) before looking at the token in use.
+    for (let i = 0; i < 1000 && !s.events.some((e) => e.type === 'renewed'); i++) await new Promise((r) => setTimeout(r, 5));
+    const t2 = s.auth.current()!;
+    assert.notEqual(t2, t1, 'the login\'s token is in use, not the renewed one');
+    assert.ok(vault.tokens.get(t2)!.expiresAt > Date.now());
+    assert.deepEqual(s.events.slice(-2).map((e) => e.type), ['renewed', 'login']);
+    // One timer: the login's (2/3 of its 90 s lease).
+    assert.equal(s.pending().ms, 60_000);
+    assert.deepEqual(await s.revoked(1), [{ type: 'revoked' }]);
+    assert.ok(vault.revoked.includes(t1));
+    s.auth.close();
   });
 
   it('AppRole: a failed renewal (token revoked) leads to a new login; a non-renewable token is replaced by a login', async () => {

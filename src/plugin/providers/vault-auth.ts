@@ -8,7 +8,9 @@ import { isTransient } from '../status-monitor.js';
  * - approle / kubernetes: the plugin logs in itself (POST /v1/auth/<mount>/login),
  *   renews the token (POST /v1/auth/token/renew-self) at about 2/3 of its
  *   lease, and logs in again when renewal fails, the token is not renewable,
- *   or its max TTL is near. The token never reaches a log or an error.
+ *   or its max TTL is near. A login token it replaces is revoked
+ *   (POST /v1/auth/token/revoke-self, best effort), so logins do not pile up
+ *   live tokens. The token never reaches a log or an error.
  */
 
 export type VaultAuthMethod =
@@ -26,6 +28,8 @@ export interface VaultAuthDeps {
   readonly login: (mount: string, body: Record<string, string>, deadlineAt?: number) => Promise<unknown>;
   /** POST /v1/auth/token/renew-self with the current token. */
   readonly renewSelf: (deadlineAt?: number) => Promise<unknown>;
+  /** POST /v1/auth/token/revoke-self with `token` (not the current one): a replaced login token. */
+  readonly revokeSelf?: (token: string) => Promise<unknown>;
   readonly now?: () => number;
   readonly setTimer?: (fn: () => void, ms: number) => { unref?(): void };
   readonly clearTimer?: (t: unknown) => void;
@@ -38,16 +42,21 @@ export type VaultAuthEvent =
   | { readonly type: 'login_failed'; readonly method: string; readonly code: string; readonly message: string; readonly retryInMs?: number }
   | { readonly type: 'renewed'; readonly leaseSeconds: number }
   | { readonly type: 'renew_failed'; readonly code: string; readonly message: string }
+  | { readonly type: 'revoked' }
+  | { readonly type: 'revoke_failed'; readonly code: string; readonly message: string }
   | { readonly type: 'token_reloaded'; readonly file: string };
 
 export interface VaultAuth {
+  /** A token file costs nothing to read again; a login costs Vault a new token (and a limited secret ID a use). */
+  readonly kind: VaultAuthMethod['kind'];
   /** The token to send now, logging in first when there is none yet. */
   token(deadlineAt?: number): Promise<string>;
   /** The token in use, if any (what the request headers carry). */
   current(): string | undefined;
   /**
    * Vault refused `stale`: read the token file again, or log in again (at most
-   * every 2 s). Resolves true when another token is now in use.
+   * every 2 s). Resolves true when another token is now in use. Callers with
+   * a login method ask only once Vault has said the token is dead (lookup-self).
    */
   refresh(stale: string, deadlineAt?: number): Promise<boolean>;
   /** True when the token in use came from a login (or file read) newer than `since`. */
@@ -154,6 +163,7 @@ export function createVaultAuth(deps: VaultAuthDeps): VaultAuth {
       throw out;
     }
     const a = readAuth(res, what);
+    const replaced = token;
     token = a.token;
     obtainedAt = now();
     loginLeaseSeconds = a.leaseSeconds;
@@ -161,6 +171,19 @@ export function createVaultAuth(deps: VaultAuthDeps): VaultAuth {
     retryMs = 1000;
     emit({ type: 'login', method: describe(m), leaseSeconds: a.leaseSeconds, renewable: a.renewable, reason });
     scheduleAfterLease(a.leaseSeconds, a.renewable);
+    if (replaced !== undefined && replaced !== token) revoke(replaced);
+  }
+
+  /** Best effort, in the background: a dead token's revocation fails, and that is fine. */
+  function revoke(old: string): void {
+    if (!deps.revokeSelf) return;
+    deps.revokeSelf(old).then(
+      () => emit({ type: 'revoked' }),
+      (e: unknown) => {
+        const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'token revocation failed');
+        emit({ type: 'revoke_failed', code: err.code, message: err.message });
+      },
+    );
   }
 
   /** One login or file read at a time; callers share it. */
@@ -169,37 +192,48 @@ export function createVaultAuth(deps: VaultAuthDeps): VaultAuth {
       pending = undefined;
     }));
 
-  const relogin = (reason: string, deadlineAt?: number): Promise<void> =>
-    single(async () => {
-      try {
-        await doLogin(reason, deadlineAt);
-      } catch (e) {
-        const err = e as KeyhavenError;
-        // Keep the token in use while it lasts, and try again later.
-        const wait = Math.min(retryMs, MAX_RETRY_MS, Number.isFinite(expiresAt) ? Math.max((expiresAt - now()) / 3, 1000) : MAX_RETRY_MS);
-        retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
-        emit({ type: 'login_failed', method: describe(m), code: err.code, message: err.message, ...(token ? { retryInMs: Math.round(wait) } : {}) });
-        if (token) schedule(wait, () => void relogin('retry after a failed login').catch(() => {}));
-        throw err;
-      }
-    });
-
-  async function renew(): Promise<void> {
+  /** A login, and on failure a later retry; run inside single(). */
+  async function loginOrRetry(reason: string, deadlineAt?: number): Promise<void> {
     try {
-      const a = readAuth(await deps.renewSelf(), 'token renewal', token);
-      // A lease of 0 from a renewal means "ends now" (the max TTL), not "never ends" as at login.
-      if (a.leaseSeconds <= 0 && loginLeaseSeconds > 0) throw new KeyhavenError('unavailable', 'the token reached its max TTL');
+      await doLogin(reason, deadlineAt);
+    } catch (e) {
+      const err = e as KeyhavenError;
+      // Keep the token in use while it lasts, and try again later.
+      const wait = Math.min(retryMs, MAX_RETRY_MS, Number.isFinite(expiresAt) ? Math.max((expiresAt - now()) / 3, 1000) : MAX_RETRY_MS);
+      retryMs = Math.min(retryMs * 2, MAX_RETRY_MS);
+      emit({ type: 'login_failed', method: describe(m), code: err.code, message: err.message, ...(token ? { retryInMs: Math.round(wait) } : {}) });
+      if (token) schedule(wait, () => void relogin('retry after a failed login').catch(() => {}));
+      throw err;
+    }
+  }
+
+  const relogin = (reason: string, deadlineAt?: number): Promise<void> => single(() => loginOrRetry(reason, deadlineAt));
+
+  // In the same single flight as logins: a renewal answered after a new login
+  // would otherwise put the old token back and replace the login's timer.
+  const renew = (): Promise<void> =>
+    single(async () => {
+      const renewing = token;
+      let a: LoginAuth;
+      try {
+        a = readAuth(await deps.renewSelf(), 'token renewal', renewing);
+        // A lease of 0 from a renewal means "ends now" (the max TTL), not "never ends" as at login.
+        if (a.leaseSeconds <= 0 && loginLeaseSeconds > 0) throw new KeyhavenError('unavailable', 'the token reached its max TTL');
+      } catch (e) {
+        if (token !== renewing) return;
+        const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'token renewal failed', { cause: e });
+        emit({ type: 'renew_failed', code: err.code, message: err.message });
+        await loginOrRetry('renewal failed');
+        return;
+      }
+      // Another token took over meanwhile: this answer is about one no longer in use.
+      if (token !== renewing) return;
       // renew-self keeps the token; some servers hand back the same one, which is fine.
-      if (a.token !== token) token = a.token;
+      token = a.token;
       expiresAt = a.leaseSeconds > 0 ? now() + a.leaseSeconds * 1000 : Infinity;
       emit({ type: 'renewed', leaseSeconds: a.leaseSeconds });
       scheduleAfterLease(a.leaseSeconds, a.renewable);
-    } catch (e) {
-      const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'token renewal failed', { cause: e });
-      emit({ type: 'renew_failed', code: err.code, message: err.message });
-      await relogin('renewal failed');
-    }
-  }
+    });
 
   const reloadFile = (): Promise<void> =>
     single(async () => {
@@ -211,7 +245,19 @@ export function createVaultAuth(deps: VaultAuthDeps): VaultAuth {
       }
     });
 
+  /** Waits for the login or renewal in flight, but not past the caller's deadline. */
+  async function settled(deadlineAt?: number): Promise<void> {
+    const p = pending;
+    if (!p) return;
+    const left = deadlineAt === undefined ? Infinity : deadlineAt - now();
+    if (!Number.isFinite(left)) return void (await p.catch(() => {}));
+    let t: NodeJS.Timeout | undefined;
+    await Promise.race([p.catch(() => {}), new Promise<void>((r) => (t = setTimeout(r, Math.max(left, 0))))]);
+    clearTimeout(t);
+  }
+
   return {
+    kind: m.kind,
     async token(deadlineAt) {
       if (token === undefined) {
         if (m.kind === 'token') await reloadFile();
@@ -221,8 +267,12 @@ export function createVaultAuth(deps: VaultAuthDeps): VaultAuth {
     },
     current: () => token,
     async refresh(stale, deadlineAt) {
-      if (pending) await pending.catch(() => {});
+      // Join the login or renewal in flight (another caller's refresh, the renewal timer). No await
+      // when there is none: concurrent callers must find the login the first one starts.
+      while (pending && (deadlineAt === undefined || now() < deadlineAt)) await settled(deadlineAt);
       if (token !== undefined && token !== stale) return true;
+      // Past the deadline with the login or renewal still running: the call is over anyway.
+      if (pending) return false;
       if (now() - lastRefreshAt < MIN_REFRESH_INTERVAL_MS) return false;
       lastRefreshAt = now();
       if (m.kind === 'token') await reloadFile();

@@ -1,9 +1,9 @@
 import type { ErrorCode } from '../../errors.js';
 
 // Vault answers errors as {"errors": ["..."]}; the status says whose fault it
-// is. A 403 is first read as "unauthenticated" so the provider refreshes the
-// token and tries once more; only then does it decide between a dead token
-// and a policy that does not allow the call (vault.ts).
+// is. A 403 is first read as "unauthenticated"; the provider then asks
+// lookup-self whether the token is dead (refresh it and try once more) or the
+// policy does not allow the call (permission_denied) (vault.ts).
 
 // Vault tokens (hvs./hvb./hvr., and the older s./b./r. forms): an error text must never carry one.
 const TOKEN_LIKE = /\b(?:hv[sbr]|[sbr])\.[A-Za-z0-9_-]{16,}/g;

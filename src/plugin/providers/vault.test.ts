@@ -319,6 +319,82 @@ describe('vault provider (stand-in Vault)', () => {
     assert.match(logs, /logged in to Vault/);
   });
 
+  it('AppRole (stand-in): a call the policy denies, with a valid token, is looked up and never causes a new login', async () => {
+    const secretIdFile = join(dir, 'secret-id-denied');
+    writeFileSync(secretIdFile, vault.approle.secretId, { mode: 0o600 });
+    planted.push(Buffer.from(vault.approle.secretId));
+    vault.approle.policy = 'none';
+    try {
+      const p = await provider({ auth: { approle: { roleId: vault.approle.roleId, secretIdFile } } });
+      const logins = () => vault.count('/v1/auth/approle/login');
+      const lookups = () => vault.count('/v1/auth/token/lookup-self');
+      const n0 = logins();
+      const l0 = lookups();
+      const r0 = vault.revoked.length;
+      await assert.rejects(p.healthCheck(), code('permission_denied', /Vault refused the key read of transit\/keys\/kubernetes-secrets: permission denied for the token from AppRole login at auth\/approle/));
+      assert.equal(logins(), n0 + 1, 'the first login, and no other');
+      assert.ok(lookups() > l0, 'lookup-self told a live token from a dead one');
+      for (const t of vault.tokens.keys()) planted.push(Buffer.from(t));
+      // Refused again and again (Decrypt of a well-formed ciphertext too): still the one token.
+      await assert.rejects(p.healthCheck(), code('permission_denied'));
+      await assert.rejects(p.decrypt(Buffer.from('vault:v1:QUJDREVGR0hJSktMTU5PUFFSU1RVVldY'), undefined, {}, DEC), code('permission_denied', /decrypt with transit\/keys\/kubernetes-secrets/));
+      await assert.rejects(p.healthCheck(), code('permission_denied'));
+      assert.equal(logins(), n0 + 1);
+      assert.equal(vault.revoked.length, r0, 'nothing was replaced, so nothing revoked');
+    } finally {
+      vault.approle.policy = 'transit';
+    }
+  });
+
+  it('AppRole (stand-in): a token lookup-self refuses causes exactly one login, shared by concurrent calls', async () => {
+    const secretIdFile = join(dir, 'secret-id-expired');
+    writeFileSync(secretIdFile, vault.approle.secretId, { mode: 0o600 });
+    planted.push(Buffer.from(vault.approle.secretId));
+    const p = await provider({ auth: { approle: { roleId: vault.approle.roleId, secretIdFile } } });
+    const logins = () => vault.count('/v1/auth/approle/login');
+    const keyId = await p.healthCheck();
+    const e = await p.encrypt(seed(), V2);
+    const used = vault.requests.at(-1)!.headers['x-vault-token'] as string;
+    for (const t of vault.tokens.keys()) planted.push(Buffer.from(t));
+    const n0 = logins();
+    // Vault no longer accepts the token (its lease ran out early); lookup-self says so.
+    vault.tokens.get(used)!.expiresAt = 0;
+    const [k] = await Promise.all([p.healthCheck(), p.decrypt(e.ciphertext, e.keyId, {}, DEC), p.decrypt(e.ciphertext, undefined, {}, DEC)]);
+    assert.equal(k, keyId);
+    assert.equal(logins(), n0 + 1, 'one login for every call refused with the dead token');
+    const fresh = vault.requests.at(-1)!.headers['x-vault-token'] as string;
+    assert.notEqual(fresh, used);
+    for (const t of vault.tokens.keys()) planted.push(Buffer.from(t));
+    // Later calls use the new token without any further login.
+    await p.healthCheck();
+    assert.equal(logins(), n0 + 1);
+  });
+
+  it('Decrypt has one deadline: a slow key read leaves no second timeout for the decrypt (stand-in)', async () => {
+    const f = tokenFile(vault.addToken('transit'));
+    const a = await provider({ auth: { tokenFile: f } });
+    await a.healthCheck();
+    const e = await a.encrypt(seed(), V2);
+    // A provider that has not read the key yet reads it before it decrypts. Vault answers each in 1.5 s:
+    // the read succeeds, and the decrypt has only the 0.5 s left of the one 2 s deadline (not 2 s of its own).
+    const b = await provider({ timeout: '2s', attemptTimeout: '2s', auth: { tokenFile: f } });
+    vault.slow = { pathPrefix: '/v1/transit/', ms: 1500 };
+    const reads = () => vault.count('/v1/transit/keys/');
+    const r0 = reads();
+    const started = Date.now();
+    try {
+      await assert.rejects(b.decrypt(e.ciphertext, e.keyId, {}, DEC), code('unavailable', /did not answer in time|deadline passed/));
+    } finally {
+      vault.slow = undefined;
+    }
+    assert.equal(reads(), r0 + 1, 'the key read was answered: the decrypt is what ran out of time');
+    const took = Date.now() - started;
+    // One 2 s deadline for the whole Decrypt (the apiserver gives up at 3 s); a generous bound, not a timing.
+    assert.ok(took < 3000, `Decrypt took ${took} ms`);
+    // The Vault is answering quickly again: so does Decrypt.
+    assert.equal((await b.decrypt(e.ciphertext, e.keyId, {}, DEC)).keyVersion, e.keyVersion);
+  });
+
   it('AppRole with a wrong secret ID, or one others can read, is refused (stand-in)', async () => {
     const wrong = join(dir, 'wrong-secret-id');
     writeFileSync(wrong, 'not-the-secret-id', { mode: 0o600 });

@@ -99,24 +99,40 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     return `${idPrefix}${version}${tag ? `:${tag}` : ''}`;
   };
 
-  /** Classifies a 403 that survived a token refresh: a dead token, or a policy that does not allow the call. */
-  async function refusal(err: KeyhavenError, what: string, deadlineAt: number): Promise<KeyhavenError> {
-    const where = `Vault refused ${what}`;
+  /** Whether Vault still accepts the token in use (GET lookup-self): 'valid', or why the lookup failed. */
+  async function lookupSelf(deadlineAt: number): Promise<'valid' | KeyhavenError> {
     try {
       await client.request('GET', 'lookup-self', '/v1/auth/token/lookup-self', undefined, { deadlineAt });
+      return 'valid';
     } catch (e) {
       const r = reword(e);
-      if (r instanceof KeyhavenError && r.code === 'unauthenticated') {
-        return new KeyhavenError('unauthenticated', `${where}: the token from ${auth.describe()} is invalid, expired or revoked (${detail(err)})`);
-      }
-      // The lookup itself is not allowed or not served: say what is known.
+      return r instanceof KeyhavenError ? r : new KeyhavenError('unavailable', 'the Vault token lookup failed');
     }
+  }
+
+  /** Classifies a 403 by what lookup-self said: a dead token, or a policy that does not allow the call. */
+  function refusal(err: KeyhavenError, what: string, state: 'valid' | KeyhavenError): KeyhavenError {
+    const where = `Vault refused ${what}`;
+    if (state !== 'valid' && state.code === 'unauthenticated') {
+      return new KeyhavenError('unauthenticated', `${where}: the token from ${auth.describe()} is invalid, expired or revoked (${detail(err)})`);
+    }
+    // Vault's own trouble while telling why: worth riding out like any other.
+    if (state !== 'valid' && isTransient(state.code)) {
+      return new KeyhavenError(state.code, `${where} (${detail(err)}), and the token lookup that tells a dead token from a missing policy failed: ${state.message}`);
+    }
+    // A live token, or a lookup that is not allowed or not served: say what is known.
     return new KeyhavenError('permission_denied', `${where}: permission denied for the token from ${auth.describe()} (${detail(err)}); its policy must allow it (see docs/provider-vault.md)`);
   }
 
   const detail = (err: KeyhavenError) => err.message.replace(/^(?:key server|Vault at) \S+ refused [^:]+: /, '');
 
-  /** One Vault call with the current token; a refused token is refreshed once (new file content, or a new login). */
+  /**
+   * One Vault call with the current token. On a 403: a token another call
+   * replaced meanwhile gets one try; a token file is read again (it costs
+   * nothing, and may hold a token with another policy); a login method logs
+   * in again only once lookup-self says the token is dead, since every login
+   * is a new token in Vault and a use of a limited secret ID.
+   */
   async function call<T>(method: HttpMethod, op: string, path: string, body: unknown, what: string, callOpts: CallOptions = {}): Promise<T> {
     try {
       return await callOnce<T>(method, op, path, body, what, callOpts);
@@ -128,26 +144,32 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   async function callOnce<T>(method: HttpMethod, op: string, path: string, body: unknown, what: string, callOpts: CallOptions): Promise<T> {
     const deadlineAt = Math.min(callOpts.deadlineAt ?? Infinity, now() + opts.timeoutMs);
     const o: CallOptions = { ...callOpts, deadlineAt };
-    const sent = await auth.token(deadlineAt);
-    try {
-      return await client.request<T>(method, op, path, body, o);
-    } catch (e) {
-      if (!(e instanceof KeyhavenError) || e.code !== 'unauthenticated') throw e;
-      let last = e;
-      if (await auth.refresh(sent, deadlineAt)) {
-        try {
-          return await client.request<T>(method, op, path, body, o);
-        } catch (e2) {
-          if (!(e2 instanceof KeyhavenError) || e2.code !== 'unauthenticated') throw e2;
-          last = e2;
+    let sent = await auth.token(deadlineAt);
+    let switched = false;
+    let refreshed = false;
+    // At most three sends: the first, one with a token another call put in place, one after a refresh.
+    for (;;) {
+      try {
+        return await client.request<T>(method, op, path, body, o);
+      } catch (e) {
+        if (!(e instanceof KeyhavenError) || e.code !== 'unauthenticated') throw e;
+        const current = auth.current();
+        if (!switched && current !== undefined && current !== sent) {
+          switched = true;
+          sent = current;
+          continue;
         }
+        const state = auth.kind === 'token' && !refreshed ? undefined : await lookupSelf(deadlineAt);
+        const dead = state === undefined || (state !== 'valid' && state.code === 'unauthenticated');
+        if (!dead || refreshed || !(await auth.refresh(sent, deadlineAt))) throw refusal(e, what, state ?? (await lookupSelf(deadlineAt)));
+        refreshed = true;
+        sent = auth.current()!;
       }
-      throw await refusal(last, what, deadlineAt);
     }
   }
 
-  async function readKey(deadlineAt?: number): Promise<KeyInfo> {
-    const res = await call<{ data?: Record<string, unknown> }>('GET', 'read-key', `${mountUrl}/keys/${enc(key)}`, undefined, `the key read of ${keyPath}`, deadlineAt ? { deadlineAt } : {});
+  async function readKey(deadlineAt: number): Promise<KeyInfo> {
+    const res = await call<{ data?: Record<string, unknown> }>('GET', 'read-key', `${mountUrl}/keys/${enc(key)}`, undefined, `the key read of ${keyPath}`, { deadlineAt });
     const d = res?.data;
     const latest = d?.latest_version;
     if (!d || !Number.isInteger(latest) || (latest as number) < 1 || (latest as number) > MAX_VERSION) {
@@ -174,9 +196,13 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     return out;
   }
 
-  /** One key read at a time for Decrypt's checks (a restart storm of Decrypts shares it). */
-  const reread = (): Promise<KeyInfo> =>
-    (reading ??= readKey().finally(() => {
+  /**
+   * One key read at a time for Decrypt's checks (a restart storm of Decrypts
+   * shares it). It runs to the deadline of the Decrypt that started it, which
+   * is no later than that of any Decrypt joining it later.
+   */
+  const reread = (deadlineAt: number): Promise<KeyInfo> =>
+    (reading ??= readKey(deadlineAt).finally(() => {
       reading = undefined;
     }));
 
@@ -204,7 +230,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   }
 
   /** Refuses a ciphertext version (and key_id) this key cannot decrypt any more, or never issued. */
-  async function checkVersion(version: number, keyId: string | undefined): Promise<void> {
+  async function checkVersion(version: number, keyId: string | undefined, deadlineAt: number): Promise<void> {
     let tag: string | undefined;
     if (keyId !== undefined) {
       if (!keyId.startsWith(idPrefix)) throw new KeyhavenError('unknown_key_id', `key_id ${keyId.slice(0, 200)} is not a version of Transit key ${label}`);
@@ -215,7 +241,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     }
     let k = info;
     // A version newer than this plugin has seen: another node saw the rotation first.
-    if (!k || version > k.latest) k = await reread().catch(() => info);
+    if (!k || version > k.latest) k = await reread(deadlineAt).catch(() => info);
     // Without any answer from Vault there is nothing to check against; Vault refuses what it must.
     if (!k) return;
     if (version > k.latest) throw new KeyhavenError('unknown_key_id', `key version ${version} does not exist in Transit key ${label} (latest is ${k.latest})`);
@@ -258,7 +284,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
       if (lastSuccessAt === undefined || !s) throw new KeyhavenError('unavailable', 'Vault has not confirmed the key yet');
       if (failing && now() - lastSuccessAt > opts.staleAfterMs) throw new KeyhavenError('unavailable', 'Vault has not confirmed the key within the Status grace period');
       // KMS v2: the version Status reported, so the reply's key_id equals Status's; v1beta1 has no key_id to match.
-      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid });
+      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: now() + opts.timeoutMs });
       if (ctx.annotations && c.version !== s.latest) {
         throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} instead of ${s.latest}; the apiserver retries after its next Status`);
       }
@@ -267,8 +293,10 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     },
     async decrypt(ciphertext, keyId, _annotations, ctx) {
       const c = parseVaultCiphertext(ciphertext);
-      await checkVersion(c.version, keyId);
-      const plaintext = await transitDecrypt(c.text, { uid: ctx.uid });
+      // One deadline for the whole Decrypt: the key re-read and the decrypt share it, within the apiserver's 3 s.
+      const deadlineAt = now() + opts.timeoutMs;
+      await checkVersion(c.version, keyId, deadlineAt);
+      const plaintext = await transitDecrypt(c.text, { uid: ctx.uid, deadlineAt });
       return { plaintext, keyId: keyId ?? (info ? keyIdOf(c.version, info.tags) : `${idPrefix}${c.version}`), keyName: label, keyVersion: c.version };
     },
     async close() {
@@ -305,6 +333,8 @@ function logAuthEvent(ctx: ProviderBuildContext, e: VaultAuthEvent): void {
   else if (e.type === 'login_failed') log.warn({ method: e.method, err: { code: e.code, message: e.message }, ...(e.retryInMs !== undefined ? { retryInMs: e.retryInMs } : {}) }, 'Vault login failed');
   else if (e.type === 'renewed') log.debug({ leaseSeconds: e.leaseSeconds }, 'Vault token renewed');
   else if (e.type === 'renew_failed') log.warn({ err: { code: e.code, message: e.message } }, 'Vault token renewal failed; logging in again');
+  else if (e.type === 'revoked') log.debug('replaced Vault token revoked');
+  else if (e.type === 'revoke_failed') log.debug({ err: { code: e.code, message: e.message } }, 'revoking the replaced Vault token failed (it may have expired already)');
   else log.info({ file: e.file }, 'Vault token file changed; using the new token');
 }
 
@@ -350,6 +380,25 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
   });
   // Logins carry no token; a client of their own, so the failover state of Transit calls is not mixed with theirs.
   const loginClient = createKeyServerClient({ ...common, apiKey: () => 'none', headers: () => ({ 'x-vault-request': 'true', ...namespace }) });
+  // Revocations carry the replaced token, not the current one. The client reads headers per attempt, so
+  // revocations run one at a time and its headers read the token being revoked.
+  let revoking: string | undefined;
+  let revocations: Promise<unknown> = Promise.resolve();
+  const revokeClient = createKeyServerClient({ ...common, apiKey: () => 'none', headers: () => ({ 'x-vault-token': revoking ?? '', 'x-vault-request': 'true', ...namespace }) });
+  const revokeSelf = (old: string): Promise<unknown> => {
+    const run = revocations.then(async () => {
+      revoking = old;
+      try {
+        return await revokeClient.post('revoke', '/v1/auth/token/revoke-self', {});
+      } catch (e) {
+        throw reword(e);
+      } finally {
+        revoking = undefined;
+      }
+    });
+    revocations = run.catch(() => {});
+    return run;
+  };
   auth = createVaultAuth({
     method,
     readSecretFile: (f, what) => readConfigFile(f, what, true),
@@ -363,6 +412,7 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
       client.post('renew', '/v1/auth/token/renew-self', {}, deadlineAt ? { deadlineAt } : {}).catch((e) => {
         throw reword(e);
       }),
+    revokeSelf,
     onEvent: (e) => logAuthEvent(ctx, e),
   });
   const provider = createVaultProvider({
@@ -379,6 +429,9 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
     async close() {
       await provider.close();
       await loginClient.close();
+      // A revocation under way finishes (within the client's timeout) before its client closes.
+      await revocations;
+      await revokeClient.close();
     },
   };
 }
