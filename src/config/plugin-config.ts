@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { KeyhavenError } from '../errors.js';
 import { durationMs } from './duration.js';
 import { configError } from './format-issues.js';
+import { checkApiKeySource, checkDeadlines, checkServerList, checkTlsPair, clusterName, deadlineFields, envVarName, localKekSchema, originUrl, resolveTlsPaths, tlsSchema } from './providers/common.js';
 import { awsKmsProviderSchema, checkAwsKmsProvider } from './providers/aws-kms.js';
 import { checkFortanixDsmProvider, fortanixDsmProviderSchema } from './providers/fortanix-dsm.js';
 import { checkPkcs11Provider, pkcs11ProviderSchema } from './providers/pkcs11.js';
@@ -29,24 +30,7 @@ const embeddedProvider = z.strictObject({
 
 const keyName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"');
 
-const serverUrl = z
-  .string()
-  .max(2048)
-  .refine((v) => {
-    try {
-      const u = new URL(v);
-      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && (u.pathname === '/' || u.pathname === '') && !u.search && !u.hash;
-    } catch {
-      return false;
-    }
-  }, 'must be an http(s)://host[:port] URL without a path, query or credentials')
-  .transform((v) => new URL(v).origin);
-
-/** SHA-256 certificate fingerprint, as openssl prints it (AB:CD:...) or plain hex. */
-const fingerprint = z
-  .string()
-  .transform((v) => v.replace(/:/g, '').toLowerCase())
-  .refine((v) => /^[0-9a-f]{64}$/.test(v), 'must be a SHA-256 fingerprint: 64 hex digits, optionally colon-separated');
+const serverUrl = originUrl();
 
 const keyhavenProvider = z.strictObject({
   type: z.literal('keyhaven'),
@@ -54,35 +38,15 @@ const keyhavenProvider = z.strictObject({
   servers: z.array(serverUrl).min(1).max(8),
   key: keyName.default(DEFAULT_KEY_NAME),
   // How the central team will recognise this cluster (`keyhaven cluster list`).
-  cluster: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be 1-63 lower-case letters, digits, "." or "-" (for example prod-eu-1)'),
+  cluster: clusterName,
   // The app's API key: from a file (mode 0600) or an environment variable, never a flag.
   apiKeyFile: z.string().min(1).optional(),
-  apiKeyEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/, 'must be an environment variable name').optional(),
-  tls: z
-    .strictObject({
-      ca: z.string().min(1).optional(),
-      pinSha256: z.array(fingerprint).min(1).max(8).optional(),
-      clientCert: z.string().min(1).optional(),
-      clientKey: z.string().min(1).optional(),
-      serverName: z.string().min(1).max(253).optional(),
-    })
-    .prefault({}),
+  apiKeyEnv: envVarName.optional(),
+  tls: tlsSchema(),
   allowInsecureHttp: z.boolean().default(false),
-  // Deadline of one plugin call across every server tried: well inside the apiserver's 3 s.
-  timeout: durationMs.prefault('2s'),
-  // One server gets at most this much of the deadline before the next is tried.
-  attemptTimeout: durationMs.prefault('1s'),
-  backoff: z.strictObject({ min: durationMs.prefault('250ms'), max: durationMs.prefault('10s') }).prefault({}),
-  localKek: z
-    .strictObject({
-      enabled: z.boolean().default(true),
-      // Seeds wrapped by one local KEK before a new one is made (at the next Status).
-      maxUses: z.number().int().min(1).max(2 ** 32).default(1_000_000),
-      maxAge: durationMs.prefault('24h'),
-      // Unwrapped KEKs kept for Decrypt (least recently used go first).
-      cacheSize: z.number().int().min(1).max(1_000_000).default(1024),
-    })
-    .prefault({}),
+  // Deadline of one plugin call across every server tried; one server gets at most attemptTimeout of it.
+  ...deadlineFields,
+  localKek: localKekSchema,
   // How often the plugin reports its cluster, version and key_id to the server (and on every key_id change).
   reportInterval: durationMs.prefault('60s'),
 });
@@ -175,27 +139,16 @@ export function parsePluginConfig(raw: unknown, source: string): Readonly<Plugin
 
 type KeyhavenProviderConfig = z.output<typeof keyhavenProvider>;
 
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
-
 function checkKeyhavenProvider(p: KeyhavenProviderConfig, source: string): void {
-  const problems: string[] = [];
-  if ((p.apiKeyFile === undefined) === (p.apiKeyEnv === undefined)) problems.push('provider: set exactly one of apiKeyFile and apiKeyEnv (the app\'s API key)');
-  if ((p.tls.clientCert === undefined) !== (p.tls.clientKey === undefined)) problems.push('provider.tls: clientCert and clientKey go together');
-  if (p.attemptTimeout > p.timeout) problems.push(`provider.attemptTimeout (${p.attemptTimeout} ms) must not exceed provider.timeout (${p.timeout} ms)`);
-  if (p.timeout >= 3000) problems.push(`provider.timeout (${p.timeout} ms) must stay below the apiserver's 3 s deadline`);
-  if (p.backoff.min > p.backoff.max) problems.push('provider.backoff: min must not exceed max');
-  if (new Set(p.servers).size !== p.servers.length) problems.push('provider.servers: lists a server twice');
-  for (const s of p.servers) {
-    const u = new URL(s);
-    if (u.protocol === 'http:' && !p.allowInsecureHttp && !isLoopbackHost(u.hostname)) {
-      problems.push(`provider.servers: ${s} is plain HTTP to a host that is not loopback; use https (the API key would cross the network in clear) or set allowInsecureHttp: true`);
-    }
-  }
+  const problems = [
+    ...checkApiKeySource(p, "the app's API key"),
+    ...checkTlsPair(p.tls),
+    ...checkDeadlines(p),
+    ...checkServerList('servers', p.servers, 'a server', p.allowInsecureHttp, 'the API key'),
+  ];
   if (problems.length) throw new KeyhavenError('config_invalid', `invalid configuration in ${source}:\n  ${problems.join('\n  ')}`);
   if (p.apiKeyFile) p.apiKeyFile = resolve(p.apiKeyFile);
-  for (const f of ['ca', 'clientCert', 'clientKey'] as const) if (p.tls[f]) p.tls[f] = resolve(p.tls[f]);
+  resolveTlsPaths(p.tls);
 }
 
 export function loadPluginConfig(file: string | undefined, overrides: Record<string, unknown>): Readonly<PluginConfig> {

@@ -1,5 +1,4 @@
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -19,6 +18,7 @@ import { buildAwsKmsProvider } from './providers/aws-kms.js';
 import { buildFortanixDsmProvider } from './providers/fortanix-dsm.js';
 import { buildPkcs11Provider } from './providers/pkcs11.js';
 import { buildVaultProvider } from './providers/vault.js';
+import { observedClientOptions, readConfigFile, readTlsFiles } from './providers/http-client-wiring.js';
 import { createRemoteProvider } from './remote-provider.js';
 import type { KmsProvider } from './provider.js';
 import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
@@ -60,27 +60,11 @@ function nodeName(): string {
 
 type Built = { provider: KmsProvider; audit?: AuditLog };
 
-function readConfigFile(path: string, what: string, secret: boolean): Buffer {
-  try {
-    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
-    return readFileSync(path);
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-}
-
 /** The provider that talks to keyhaven key servers over HTTPS. */
 function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provider'], { type: 'keyhaven' }>, logger: Logger, metrics: PluginMetrics): Built {
   const apiKey = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
   apiKey(false);
-  const tls = {
-    ...(p.tls.ca ? { ca: readConfigFile(p.tls.ca, 'CA bundle', false) } : {}),
-    ...(p.tls.pinSha256 ? { pinSha256: p.tls.pinSha256 } : {}),
-    ...(p.tls.clientCert ? { clientCert: readConfigFile(p.tls.clientCert, 'client certificate', false), clientKey: readConfigFile(p.tls.clientKey!, 'client key', true) } : {}),
-    ...(p.tls.serverName ? { serverName: p.tls.serverName } : {}),
-  };
-  for (const s of p.servers) metrics.serverUp.set({ server: s }, 1);
+  const tls = readTlsFiles(p.tls);
   const client = createKeyServerClient({
     servers: p.servers,
     tls,
@@ -90,12 +74,7 @@ function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provide
     attemptTimeoutMs: p.attemptTimeout,
     backoffMinMs: p.backoff.min,
     backoffMaxMs: p.backoff.max,
-    onAttempt: (server, operation, result) => metrics.serverCalls.inc({ server, operation, result }),
-    onServerState: (server, up, reason) => {
-      metrics.serverUp.set({ server }, up ? 1 : 0);
-      if (up) logger.info({ server }, 'key server answers again');
-      else logger.warn({ server, reason }, 'key server failing; trying the others first');
-    },
+    ...observedClientOptions({ logger, metrics }, p.servers, { up: 'key server answers again', down: 'key server failing; trying the others first' }),
   });
   const provider = createRemoteProvider({
     client,

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { durationMs } from '../duration.js';
+import { checkDeadlines, clusterName, localKekSchema, originUrl, plainHttpProblem } from './common.js';
 
 // plugin.yaml provider `type: aws-kms`: an AWS KMS symmetric key wraps the
 // apiserver's seeds (or the plugin's local KEKs). Fields are parsed here;
@@ -43,18 +44,7 @@ const keyArn = z
   .max(2048)
   .refine((v) => KEY_ARN.test(v), 'must be KMS key ARNs (arn:aws:kms:<region>:<account>:key/<key id>), not aliases: a key_id names the key itself');
 
-const endpointUrl = z
-  .string()
-  .max(2048)
-  .refine((v) => {
-    try {
-      const u = new URL(v);
-      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && (u.pathname === '/' || u.pathname === '') && !u.search && !u.hash;
-    } catch {
-      return false;
-    }
-  }, 'must be an http(s)://host[:port] URL without a path, query or credentials (for example https://vpce-0abc-xyz.kms.eu-west-1.vpce.amazonaws.com)')
-  .transform((v) => new URL(v).origin);
+const endpointUrl = originUrl('for example https://vpce-0abc-xyz.kms.eu-west-1.vpce.amazonaws.com');
 
 // CloudTrail records the encryption context in clear: names and values must never be secrets.
 const contextEntry = z.string().min(1).max(256);
@@ -72,7 +62,7 @@ export const awsKmsProviderSchema = z.strictObject({
   profile: z.string().regex(/^[A-Za-z0-9_.+=,@-]{1,128}$/, 'must be a profile name from ~/.aws/config').optional(),
   // Bound into every Encrypt/Decrypt as encryption context key keyhaven:cluster, so one cluster
   // cannot decrypt another's seeds even with the same key and role, and CloudTrail names the cluster.
-  cluster: z.string().regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be 1-63 lower-case letters, digits, "." or "-" (for example prod-eu-1)'),
+  cluster: clusterName,
   // Extra encryption context pairs. Decrypt needs the very same pairs: never change them while data written with them exists.
   encryptionContext: z.record(contextEntry, contextEntry).default({}),
   // Keys this cluster used before `keyArn`: Decrypt still accepts their key_ids (Encrypt never uses them).
@@ -83,25 +73,12 @@ export const awsKmsProviderSchema = z.strictObject({
   attemptTimeout: durationMs.prefault('1s'),
   // Attempts per call, with backoff, for throttling and unavailability; all within `timeout`.
   maxAttempts: z.number().int().min(1).max(10).default(3),
-  localKek: z
-    .strictObject({
-      enabled: z.boolean().default(true),
-      // Seeds sealed by one local KEK before a new one is made (at the next health check).
-      maxUses: z.number().int().min(1).max(2 ** 32).default(1_000_000),
-      maxAge: durationMs.prefault('24h'),
-      // Unwrapped KEKs kept for Decrypt (least recently used go first).
-      cacheSize: z.number().int().min(1).max(1_000_000).default(1024),
-    })
-    .prefault({}),
+  localKek: localKekSchema,
 });
 
 export type AwsKmsProviderConfig = z.output<typeof awsKmsProviderSchema>;
 
 const RESERVED_CONTEXT_PREFIX = 'keyhaven:';
-
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
 
 /** Cross-field checks; returns the problems found (empty when none). Fills in `region` from the ARN. */
 export function checkAwsKmsProvider(p: AwsKmsProviderConfig): string[] {
@@ -121,14 +98,9 @@ export function checkAwsKmsProvider(p: AwsKmsProviderConfig): string[] {
     if (k.startsWith(RESERVED_CONTEXT_PREFIX)) problems.push(`provider.encryptionContext: key ${JSON.stringify(k)} uses the prefix "${RESERVED_CONTEXT_PREFIX}", reserved for the pairs the plugin adds itself (keyhaven:cluster, keyhaven:purpose)`);
   }
   if (Object.keys(p.encryptionContext).length > 16) problems.push('provider.encryptionContext: at most 16 pairs');
-  if (p.attemptTimeout > p.timeout) problems.push(`provider.attemptTimeout (${p.attemptTimeout} ms) must not exceed provider.timeout (${p.timeout} ms)`);
-  if (p.timeout >= 3000) problems.push(`provider.timeout (${p.timeout} ms) must stay below the apiserver's 3 s deadline`);
+  problems.push(...checkDeadlines(p));
   if (p.timeout < 100) problems.push(`provider.timeout (${p.timeout} ms) is too short for a KMS round trip; use at least 100ms`);
-  if (p.endpoint) {
-    const u = new URL(p.endpoint);
-    if (u.protocol === 'http:' && !p.allowInsecureHttp && !isLoopbackHost(u.hostname)) {
-      problems.push(`provider.endpoint: ${p.endpoint} is plain HTTP to a host that is not loopback; use https (seeds and KEKs would cross the network in clear) or set allowInsecureHttp: true`);
-    }
-  }
+  const insecure = p.endpoint && plainHttpProblem('endpoint', p.endpoint, p.allowInsecureHttp, 'seeds and KEKs');
+  if (insecure) problems.push(insecure);
   return problems;
 }

@@ -1,31 +1,13 @@
 import { resolve } from 'node:path';
 import { z } from 'zod';
-import { durationMs } from '../duration.js';
+import { checkDeadlines, checkServerList, checkTlsPair, deadlineFields, originUrl, resolveTlsPaths, tlsSchema } from './common.js';
 
 // plugin.yaml provider `type: vault`: HashiCorp Vault or OpenBao, Transit
 // secrets engine (keyhaven's own Transit API works too). Fields are parsed
 // here; problems that involve several fields are checked in check(), called
 // after parsing.
 
-// The small helpers below repeat plugin-config.ts's on purpose: that module
-// imports this one, so importing back would be circular.
-const vaultUrl = z
-  .string()
-  .max(2048)
-  .refine((v) => {
-    try {
-      const u = new URL(v);
-      return (u.protocol === 'https:' || u.protocol === 'http:') && !u.username && !u.password && (u.pathname === '/' || u.pathname === '') && !u.search && !u.hash;
-    } catch {
-      return false;
-    }
-  }, 'must be an http(s)://host[:port] URL without a path, query or credentials (the /v1/... paths are added by the plugin)')
-  .transform((v) => new URL(v).origin);
-
-const fingerprint = z
-  .string()
-  .transform((v) => v.replace(/:/g, '').toLowerCase())
-  .refine((v) => /^[0-9a-f]{64}$/.test(v), 'must be a SHA-256 fingerprint: 64 hex digits, optionally colon-separated');
+const vaultUrl = originUrl('the /v1/... paths are added by the plugin');
 
 // One or more path segments (Vault mounts and namespaces may nest: "team-a/transit"); no "." or ".." segment.
 const SEGMENT = '[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}';
@@ -67,28 +49,13 @@ export const vaultProviderSchema = z.strictObject({
     approle: approle.optional(),
     kubernetes: kubernetes.optional(),
   }),
-  tls: z
-    .strictObject({
-      ca: path.optional(),
-      pinSha256: z.array(fingerprint).min(1).max(8).optional(),
-      clientCert: path.optional(),
-      clientKey: path.optional(),
-      serverName: z.string().min(1).max(253).optional(),
-    })
-    .prefault({}),
+  tls: tlsSchema(path),
   allowInsecureHttp: z.boolean().default(false),
-  // Deadline of one plugin call across every address tried: well inside the apiserver's 3 s.
-  timeout: durationMs.prefault('2s'),
-  // One address gets at most this much of the deadline before the next is tried.
-  attemptTimeout: durationMs.prefault('1s'),
-  backoff: z.strictObject({ min: durationMs.prefault('250ms'), max: durationMs.prefault('10s') }).prefault({}),
+  // Deadline of one plugin call across every address tried; one address gets at most attemptTimeout of it.
+  ...deadlineFields,
 });
 
 export type VaultProviderConfig = z.output<typeof vaultProviderSchema>;
-
-function isLoopbackHost(host: string): boolean {
-  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
 
 /** Cross-field checks and path resolution; returns the problems found (empty when none). */
 export function checkVaultProvider(p: VaultProviderConfig): string[] {
@@ -100,17 +67,7 @@ export function checkVaultProvider(p: VaultProviderConfig): string[] {
   if (p.auth.approle && (p.auth.approle.roleId === undefined) === (p.auth.approle.roleIdFile === undefined)) {
     problems.push('provider.auth.approle: set exactly one of roleId and roleIdFile');
   }
-  if ((p.tls.clientCert === undefined) !== (p.tls.clientKey === undefined)) problems.push('provider.tls: clientCert and clientKey go together');
-  if (p.attemptTimeout > p.timeout) problems.push(`provider.attemptTimeout (${p.attemptTimeout} ms) must not exceed provider.timeout (${p.timeout} ms)`);
-  if (p.timeout >= 3000) problems.push(`provider.timeout (${p.timeout} ms) must stay below the apiserver's 3 s deadline`);
-  if (p.backoff.min > p.backoff.max) problems.push('provider.backoff: min must not exceed max');
-  if (new Set(p.addresses).size !== p.addresses.length) problems.push('provider.addresses: lists an address twice');
-  for (const a of p.addresses) {
-    const u = new URL(a);
-    if (u.protocol === 'http:' && !p.allowInsecureHttp && !isLoopbackHost(u.hostname)) {
-      problems.push(`provider.addresses: ${a} is plain HTTP to a host that is not loopback; use https (the Vault token would cross the network in clear) or set allowInsecureHttp: true`);
-    }
-  }
+  problems.push(...checkTlsPair(p.tls), ...checkDeadlines(p), ...checkServerList('addresses', p.addresses, 'an address', p.allowInsecureHttp, 'the Vault token'));
   if (problems.length) return problems;
   // Relative paths are resolved once, against the directory the plugin started in.
   if (p.auth.tokenFile) p.auth.tokenFile = resolve(p.auth.tokenFile);
@@ -119,6 +76,6 @@ export function checkVaultProvider(p: VaultProviderConfig): string[] {
     if (p.auth.approle.roleIdFile) p.auth.approle.roleIdFile = resolve(p.auth.approle.roleIdFile);
   }
   if (p.auth.kubernetes) p.auth.kubernetes.jwtFile = resolve(p.auth.kubernetes.jwtFile);
-  for (const f of ['ca', 'clientCert', 'clientKey'] as const) if (p.tls[f]) p.tls[f] = resolve(p.tls[f]);
+  resolveTlsPaths(p.tls);
   return [];
 }

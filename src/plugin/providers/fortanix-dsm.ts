@@ -1,11 +1,11 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { KeyhavenError } from '../../errors.js';
 import { DSM_UUID, type FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
 import { apiKeySource } from '../key-server-client.js';
 import type { KmsProvider } from '../provider.js';
 import { isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
+import { observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
 import { dsmAd, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
 
@@ -267,16 +267,6 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
   };
 }
 
-function readConfigFile(path: string, what: string, secret: boolean): Buffer {
-  try {
-    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
-    return readFileSync(path);
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-}
-
 /** A DSM API key is base64 of "app-id:secret"; anything else is refused at start with the reason, never the value. */
 export function checkDsmApiKey(key: string, where: string): void {
   const text = /^[A-Za-z0-9+/]+={0,2}$/.test(key) ? Buffer.from(key, 'base64').toString('utf8') : '';
@@ -284,7 +274,7 @@ export function checkDsmApiKey(key: string, where: string): void {
 }
 
 export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx: ProviderBuildContext): Promise<KmsProvider> {
-  const { cfg, logger, metrics } = ctx;
+  const { cfg, logger } = ctx;
   const where = p.apiKeyFile ? `API key file ${p.apiKeyFile}` : `environment variable ${p.apiKeyEnv}`;
   const source = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
   const apiKey = (reload: boolean) => {
@@ -293,13 +283,7 @@ export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx
     return k;
   };
   apiKey(false);
-  const tls = {
-    ...(p.tls.ca ? { ca: readConfigFile(p.tls.ca, 'CA bundle', false) } : {}),
-    ...(p.tls.pinSha256 ? { pinSha256: p.tls.pinSha256 } : {}),
-    ...(p.tls.clientCert ? { clientCert: readConfigFile(p.tls.clientCert, 'client certificate', false), clientKey: readConfigFile(p.tls.clientKey!, 'client key', true) } : {}),
-    ...(p.tls.serverName ? { serverName: p.tls.serverName } : {}),
-  };
-  for (const s of p.endpoints) metrics.serverUp.set({ server: s }, 1);
+  const tls = readTlsFiles(p.tls);
   const client = createDsmClient({
     endpoints: p.endpoints,
     tls,
@@ -308,12 +292,7 @@ export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx
     attemptTimeoutMs: p.attemptTimeout,
     backoffMinMs: p.backoff.min,
     backoffMaxMs: p.backoff.max,
-    onAttempt: (server, operation, result) => metrics.serverCalls.inc({ server, operation, result }),
-    onServerState: (server, up, reason) => {
-      metrics.serverUp.set({ server }, up ? 1 : 0);
-      if (up) logger.info({ server }, 'DSM endpoint answers again');
-      else logger.warn({ server, reason }, 'DSM endpoint failing; trying the others first');
-    },
+    ...observedClientOptions(ctx, p.endpoints, { up: 'DSM endpoint answers again', down: 'DSM endpoint failing; trying the others first' }),
     onSession: ({ expiresInS, renewed }) => logger.debug({ expiresInS }, renewed ? 'DSM session renewed' : 'DSM session opened'),
   });
   return createFortanixDsmProvider({

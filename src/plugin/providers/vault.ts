@@ -1,12 +1,12 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import { KeyhavenError } from '../../errors.js';
 import type { VaultProviderConfig } from '../../config/providers/vault.js';
-import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient, type TlsOptions } from '../key-server-client.js';
+import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient } from '../key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../limits.js';
 import type { KmsProvider } from '../provider.js';
 import { isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
+import { observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
 import { scrubSecrets, vaultErrorOf } from './vault-errors.js';
 
@@ -306,17 +306,6 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   };
 }
 
-/** Reads a file the config names; a credential file must not be readable by group or others. */
-function readConfigFile(path: string, what: string, secret: boolean): Buffer {
-  try {
-    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
-    return readFileSync(path);
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read ${what} ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-}
-
 function authMethodOf(p: VaultProviderConfig): VaultAuthMethod {
   if (p.auth.tokenFile) return { kind: 'token', tokenFile: p.auth.tokenFile };
   if (p.auth.approle) {
@@ -339,7 +328,6 @@ function logAuthEvent(ctx: ProviderBuildContext, e: VaultAuthEvent): void {
 }
 
 export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBuildContext): Promise<KmsProvider> {
-  const { metrics, logger } = ctx;
   const method = authMethodOf(p);
   // A missing or world-readable credential file is a configuration error: refuse to start, as the keyhaven provider does.
   if (method.kind === 'token') readConfigFile(method.tokenFile, 'Vault token file', true);
@@ -347,14 +335,9 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
     readConfigFile(method.secretIdFile, 'AppRole secret ID file', true);
     if (method.roleIdFile) readConfigFile(method.roleIdFile, 'AppRole role ID file', false);
   }
-  const tls: TlsOptions = {
-    ...(p.tls.ca ? { ca: readConfigFile(p.tls.ca, 'CA bundle', false) } : {}),
-    ...(p.tls.pinSha256 ? { pinSha256: p.tls.pinSha256 } : {}),
-    ...(p.tls.clientCert ? { clientCert: readConfigFile(p.tls.clientCert, 'client certificate', false), clientKey: readConfigFile(p.tls.clientKey!, 'client key', true) } : {}),
-    ...(p.tls.serverName ? { serverName: p.tls.serverName } : {}),
-  };
+  const tls = readTlsFiles(p.tls);
   const namespace: Record<string, string> = p.namespace ? { 'x-vault-namespace': p.namespace } : {};
-  for (const s of p.addresses) metrics.serverUp.set({ server: s }, 1);
+  const observed = observedClientOptions(ctx, p.addresses, { up: 'Vault answers again', down: 'Vault address failing; trying the others first', scrubReason: scrubSecrets });
   const common = {
     servers: p.addresses,
     tls,
@@ -364,7 +347,7 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
     backoffMinMs: p.backoff.min,
     backoffMaxMs: p.backoff.max,
     errorOf: vaultErrorOf,
-    onAttempt: (server: string, operation: string, result: string) => metrics.serverCalls.inc({ server, operation, result }),
+    onAttempt: observed.onAttempt,
   };
   let auth: VaultAuth | undefined;
   const client = createKeyServerClient({
@@ -372,11 +355,7 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
     // The token changes on re-login, outside the client's synchronous reload path: the headers read the live one.
     apiKey: () => 'vault-token',
     headers: () => ({ 'x-vault-token': auth?.current() ?? '', 'x-vault-request': 'true', ...namespace }),
-    onServerState: (server, up, reason) => {
-      metrics.serverUp.set({ server }, up ? 1 : 0);
-      if (up) logger.info({ server }, 'Vault answers again');
-      else logger.warn({ server, reason: reason && scrubSecrets(reason) }, 'Vault address failing; trying the others first');
-    },
+    onServerState: observed.onServerState,
   });
   // Logins carry no token; a client of their own, so the failover state of Transit calls is not mixed with theirs.
   const loginClient = createKeyServerClient({ ...common, apiKey: () => 'none', headers: () => ({ 'x-vault-request': 'true', ...namespace }) });
