@@ -176,14 +176,41 @@ export async function callError(client: Record<string, Method>, method: string, 
 
 /** Repeats a call until it fails (a change made by another process has been picked up); returns the error. */
 export function waitForError(client: Record<string, Method>, method: string, req: unknown, what: string): Promise<grpc.ServiceError> {
+  return waitForFailure(() => call(client, method, req), what);
+}
+
+/** Repeats fn until it rejects (e.g. a plugin's Status once it fails); returns the gRPC error. */
+export function waitForFailure(fn: () => Promise<unknown>, what: string): Promise<grpc.ServiceError> {
   return waitFor(async () => {
     try {
-      await call(client, method, req);
+      await fn();
       return undefined;
     } catch (e) {
       return e as grpc.ServiceError;
     }
   }, what);
+}
+
+/** A v2 Encrypt reply. */
+export interface V2Encrypted {
+  ciphertext: Buffer;
+  key_id: string;
+  annotations: Record<string, Buffer>;
+}
+
+/** Sum of a plugin metric's samples (from its /metrics) whose labels include `labels`. */
+export async function metric(p: PluginProcess, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const res = await httpGet(p.healthPort!, '/metrics');
+  assert.equal(res.status, 200);
+  let sum = 0;
+  for (const line of res.body.split('\n')) {
+    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
+    if (!m || m[1] !== name) continue;
+    const have: Record<string, string> = {};
+    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) have[l[1]!] = l[2]!;
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[3]);
+  }
+  return sum;
 }
 
 /** Runs fn on a fresh, initialised store in a temp folder, removed afterwards. */
@@ -243,3 +270,4 @@ export function logLines(out: string): Array<Record<string, unknown>> {
 }
 
 export { existsSync, grpc };
+export { freePort } from './ports.js';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
 import { KmsStandIn } from './aws-kms-standin.js';
-import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, waitForError, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, waitForError, type KmsClients, type PluginProcess, metric, type V2Encrypted } from './helpers.js';
 import { byteForms } from './secret-forms.js';
 
 // The KMS plugin with provider `aws-kms`, end to end: a real plugin process
@@ -31,26 +31,6 @@ process.env.AWS_CONFIG_FILE = '/nonexistent/aws-config';
 process.env.AWS_SHARED_CREDENTIALS_FILE = '/nonexistent/aws-credentials';
 process.env.AWS_EC2_METADATA_DISABLED = 'true';
 delete process.env.AWS_PROFILE;
-
-interface V2Encrypted {
-  ciphertext: Buffer;
-  key_id: string;
-  annotations: Record<string, Buffer>;
-}
-
-async function metric(p: PluginProcess, name: string, labels: Record<string, string>): Promise<number> {
-  const res = await httpGet(p.healthPort!, '/metrics');
-  assert.equal(res.status, 200);
-  let sum = 0;
-  for (const line of res.body.split('\n')) {
-    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) have[l[1]!] = l[2]!;
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 describe('KMS plugin with provider aws-kms against an AWS KMS stand-in', () => {
   const standIn = new KmsStandIn({ accessKeyId: ACCESS_KEY_ID, secretAccessKey: SECRET, sessionToken: SESSION_TOKEN });

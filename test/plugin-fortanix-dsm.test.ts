@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
-import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
 import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm-format.js';
 import { byteForms } from './secret-forms.js';
 import { api, auditRecords, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
@@ -24,23 +23,6 @@ const KEY = 'k8s-secrets';
 const SESSION_TTL = '6s';
 const GRACE = '8s';
 const CLUSTER = 'prod-eu-1';
-
-interface V2Encrypted {
-  ciphertext: Buffer;
-  key_id: string;
-  annotations: Record<string, Buffer>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 const dsmApiKey = (appKey: string) => Buffer.from(`app1:${appKey}`).toString('base64');
 

@@ -1,14 +1,11 @@
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it, type TestContext } from 'node:test';
-import type * as P from 'pkcs11js';
 import { stringify as toYaml } from 'yaml';
-import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
-import { requireDependency } from './require.js';
+import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, waitForFailure } from './helpers.js';
+import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable, withTokenSession } from './softhsm.js';
 import { byteForms } from './secret-forms.js';
 
 // The KMS plugin's pkcs11 provider end to end: real plugin processes on unix
@@ -16,27 +13,6 @@ import { byteForms } from './secret-forms.js';
 // folder; the plugin inherits the variable). The test reaches the tokens
 // directly with pkcs11js, as an HSM administrator would, to make, delete and
 // pull keys and tokens under a running plugin.
-
-const MODULE_CANDIDATES = [
-  process.env.SOFTHSM2_MODULE,
-  '/usr/lib/softhsm/libsofthsm2.so',
-  '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/local/lib/softhsm/libsofthsm2.so',
-].filter((p): p is string => !!p);
-const MODULE = MODULE_CANDIDATES.find((p) => existsSync(p)) ?? '';
-
-function loadApi(): typeof P | undefined {
-  try {
-    return createRequire(import.meta.url)('pkcs11js') as typeof P;
-  } catch {
-    return undefined;
-  }
-}
-const api = loadApi();
-const hasUtil = spawnSync('softhsm2-util', ['--version'], { stdio: 'ignore' }).status === 0;
-const available = MODULE !== '' && hasUtil && api !== undefined;
-const reason = !api ? 'pkcs11js does not load' : MODULE === '' ? 'the SoftHSM2 module (libsofthsm2.so) is not installed' : 'softhsm2-util is not installed (apt-get install softhsm2)';
 
 const PIN = 'Pin#3141-e2e-hsm';
 const SO_PIN = 'So#2718-e2e-officer';
@@ -68,7 +44,7 @@ describe('plugin pkcs11 provider end to end (SoftHSM2)', () => {
   let seq = 0;
 
   before(() => {
-    if (available) work = tempDir('kh-p11e2e-');
+    if (softhsmAvailable) work = tempDir('kh-p11e2e-');
   });
 
   after(async () => {
@@ -81,37 +57,11 @@ describe('plugin pkcs11 provider end to end (SoftHSM2)', () => {
 
   /** A fresh SoftHSM2 configuration and token folder for one test, with one initialized token; the plugins started next use it. */
   const newHsm = (name: string, tokens: string[] = [TOKEN]): { tokenDir: string } => {
-    const d = join(work, name);
-    const tokenDir = join(d, 'tokens');
-    mkdirSync(tokenDir, { recursive: true });
-    const conf = join(d, 'softhsm2.conf');
-    writeFileSync(conf, `directories.tokendir = ${tokenDir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-    process.env.SOFTHSM2_CONF = conf;
-    for (const label of tokens) execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', PIN, '--so-pin', SO_PIN], { stdio: 'pipe', env: process.env });
-    return { tokenDir };
+    return { tokenDir: initSoftHsm(join(work, name), tokens, PIN, SO_PIN) };
   };
 
   /** Direct access to a token of the current HSM, in this process (the plugins are other processes). */
-  const withToken = <T>(label: string, pin: string | undefined, fn: (a: typeof P, lib: P.PKCS11, session: Buffer, slot: Buffer) => T): T => {
-    const a = api as typeof P;
-    const lib = new a.PKCS11();
-    lib.load(MODULE);
-    lib.C_Initialize();
-    try {
-      const slot = lib.C_GetSlotList(true).find((s) => lib.C_GetTokenInfo(s).label.trim() === label);
-      assert.ok(slot, `token ${label} exists`);
-      const session = lib.C_OpenSession(slot, a.CKF_SERIAL_SESSION | a.CKF_RW_SESSION);
-      try {
-        if (pin !== undefined) lib.C_Login(session, a.CKU_USER, pin);
-        return fn(a, lib, session, slot);
-      } finally {
-        lib.C_CloseSession(session);
-      }
-    } finally {
-      lib.C_Finalize();
-      lib.close();
-    }
-  };
+  const withToken = withTokenSession;
 
   /** An AES-256 key as the docs tell an administrator to make it: sensitive, not extractable, a random CKA_ID. */
   const makeKey = (label: string, token = TOKEN): string => {
@@ -183,21 +133,13 @@ describe('plugin pkcs11 provider end to end (SoftHSM2)', () => {
   const decrypt = (p: Plugin, e: { ciphertext: Buffer; key_id: string }) => call<{ plaintext: Buffer }>(p.kms.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: `dec-${++seq}`, key_id: e.key_id, annotations: {} });
   const encryptV1 = (p: Plugin, plain: Buffer) => call<{ cipher: Buffer }>(p.kms.v1, 'Encrypt', { version: 'v1beta1', plain });
   const decryptV1 = (p: Plugin, cipher: Buffer) => call<{ plain: Buffer }>(p.kms.v1, 'Decrypt', { version: 'v1beta1', cipher });
-  const statusError = (p: Plugin, what: string) =>
-    waitFor(async () => {
-      try {
-        await status(p);
-        return undefined;
-      } catch (e) {
-        return e as grpc.ServiceError;
-      }
-    }, what);
+  const statusError = (p: Plugin, what: string) => waitForFailure(() => status(p), what);
   const failures = (p: Plugin) => logLines(p.proc.output()).filter((l) => l.msg === STATUS_FAILS).map((l) => l.err as { code: string; message: string });
   const alive = async (p: Plugin) => {
     assert.equal(p.proc.child.exitCode, null, `plugin exited:\n${p.proc.output()}`);
     assert.equal((await call(p.kms.v1, 'Version', { version: 'v1beta1' })).version, 'v1beta1');
   };
-  const skip = (t: TestContext) => !requireDependency(t, available, reason);
+  const skip = (t: TestContext) => !requireSoftHsm(t);
 
   it('round trips on v2 and v1beta1; the key_id names the token key and stays the same across restarts (PIN from a file, then from the environment)', async (t) => {
     if (skip(t)) return;

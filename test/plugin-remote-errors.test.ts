@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Agent, setGlobalDispatcher } from 'undici';
 import { stringify as toYaml } from 'yaml';
-import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, waitForFailure } from './helpers.js';
 import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
 import { api, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 import { byteForms } from './secret-forms.js';
@@ -120,15 +120,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
   const decrypt = (p: Plugin, e: EncryptReply) => call<{ plaintext: Buffer }>(p.kms.v2, 'Decrypt', { ciphertext: e.ciphertext, uid: `dec-${++seq}`, key_id: e.key_id, annotations: e.annotations });
 
   /** Polls Status until it fails; returns the gRPC error. */
-  const statusError = (p: Plugin, what: string) =>
-    waitFor(async () => {
-      try {
-        await status(p);
-        return undefined;
-      } catch (e) {
-        return e as grpc.ServiceError;
-      }
-    }, what);
+  const statusError = (p: Plugin, what: string) => waitForFailure(() => status(p), what);
   /** Polls Status until it answers a key_id. */
   const statusOk = (p: Plugin, what: string) => waitFor(async () => (await status(p)).key_id, what);
 

@@ -1,11 +1,10 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
-import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, metric, type V2Encrypted } from './helpers.js';
 import { freshPostgresDatabase, postgresAvailable, POSTGRES_REASON } from './pg.js';
 import { requireDependency } from './require.js';
 import { api, auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
@@ -28,39 +27,7 @@ const CALL_DEADLINE_MS = 2000;
 const LOAD_CONCURRENCY = 8;
 const STORM_SEEDS = 200;
 
-interface V2Encrypted {
-  ciphertext: Buffer;
-  key_id: string;
-  annotations: Record<string, Buffer>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 const versionOf = (keyId: string): number => Number(keyId.split(':')[3]);
-
-/** Sum of a metric's samples whose labels include `labels`. */
-async function metric(p: PluginProcess, name: string, labels: Record<string, string> = {}): Promise<number> {
-  const res = await httpGet(p.healthPort!, '/metrics');
-  assert.equal(res.status, 200);
-  let sum = 0;
-  for (const line of res.body.split('\n')) {
-    const m = /^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/.exec(line);
-    if (!m || m[1] !== name) continue;
-    const have: Record<string, string> = {};
-    for (const l of (m[2] ?? '').matchAll(/(\w+)="((?:[^"\\]|\\.)*)"/g)) have[l[1]!] = l[2]!;
-    if (Object.entries(labels).every(([k, v]) => have[k] === v)) sum += Number(m[3]);
-  }
-  return sum;
-}
 
 async function status(c: KmsClients): Promise<string> {
   const s = await call(c.v2, 'Status', {});

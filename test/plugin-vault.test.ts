@@ -1,12 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
 import { byteForms } from './secret-forms.js';
-import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
 import { startVaultStandin, type VaultStandin } from './plugin-vault-standin.js';
 import { api, auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
@@ -19,23 +18,6 @@ import { api, auditRecords, setupCast, startServerProcess, type Cast, type Serve
 const KEY = 'kubernetes-secrets';
 const GRACE_MS = 6000;
 const KEY_ID = /^vault:transit\/kubernetes-secrets:v(\d+)(:[0-9a-f]{16})?$/;
-
-interface V2Encrypted {
-  ciphertext: Buffer;
-  key_id: string;
-  annotations: Record<string, Buffer>;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function status(c: KmsClients): Promise<string> {
   const s = await call(c.v2, 'Status', {});

@@ -2,12 +2,13 @@ import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { apiKeySource, createKeyServerClient, type KeyServerClientOptions } from './key-server-client.js';
 import { code as fails } from '../../test/expect-error.js';
+import { freePort } from '../../test/ports.js';
 
 // Every test talks to real HTTP servers on 127.0.0.1. Tests never depend on
 // timing: breaker windows are driven by an injected clock, and where real time
@@ -89,14 +90,6 @@ async function startServer(t: TestContext, handler: Handler, port = 0): Promise<
   return s;
 }
 
-/** A port on 127.0.0.1 with nothing listening on it (bound once, then released). */
-async function closedPort(): Promise<number> {
-  const srv = createNetServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return port;
-}
 
 function manualClock() {
   const clock = {
@@ -216,7 +209,7 @@ describe('plugin/key-server-client: order and headers', () => {
 describe('plugin/key-server-client: failover and circuit breaker', () => {
   it('fails over from a closed port, keeps it out during the back-off, then prefers it again once it answers', async (t) => {
     const clock = manualClock();
-    const port = await closedPort();
+    const port = await freePort();
     const aUrl = `http://127.0.0.1:${port}`;
     const b = await startServer(t, ok);
     const { client, attempts, states } = makeClient(t, [aUrl, b.url], { now: clock.now });
@@ -418,8 +411,8 @@ describe('plugin/key-server-client: failover and circuit breaker', () => {
   });
 
   it('rejects with the last error when every server is unreachable', async (t) => {
-    const p1 = await closedPort();
-    const p2 = await closedPort();
+    const p1 = await freePort();
+    const p2 = await freePort();
     const { client, attempts } = makeClient(t, [`http://127.0.0.1:${p1}`, `http://127.0.0.1:${p2}`]);
     await assert.rejects(client.post('status', '/s', {}), fails('unavailable', new RegExp(`127\\.0\\.0\\.1:${p2} is unreachable`)));
     assert.equal(attempts.length, 2);

@@ -1,39 +1,15 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as P from 'pkcs11js';
 import { KeyhavenError, type ErrorCode } from '../errors.js';
-import { requireDependency } from '../../test/require.js';
+import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable, withTokenSession } from '../../test/softhsm.js';
 import { pkcs11Seal, type Pkcs11SealOptions } from './pkcs11.js';
 import type { SealRecord } from './seal.js';
 
-// Real SoftHSM2 tokens in a temp dir. pkcs11js loads the module in-process,
-// so SOFTHSM2_CONF is set before anything loads it.
-
-const MODULE_CANDIDATES = [
-  process.env.SOFTHSM2_MODULE,
-  '/usr/lib/softhsm/libsofthsm2.so',
-  '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/local/lib/softhsm/libsofthsm2.so',
-].filter((p): p is string => !!p);
-const MODULE = MODULE_CANDIDATES.find((p) => existsSync(p)) ?? '';
-
-function loadApi(): typeof P | undefined {
-  try {
-    return createRequire(import.meta.url)('pkcs11js') as typeof P;
-  } catch {
-    return undefined;
-  }
-}
-const api = loadApi();
-const hasUtil = spawnSync('softhsm2-util', ['--version'], { stdio: 'ignore' }).status === 0;
-const available = MODULE !== '' && hasUtil && api !== undefined;
-const reason = !api ? 'pkcs11js does not load' : MODULE === '' ? 'the SoftHSM2 module (libsofthsm2.so) is not installed' : 'softhsm2-util is not installed (apt-get install softhsm2)';
+// Real SoftHSM2 tokens in a temp dir (test/softhsm.ts).
 
 const PIN = 'Pin#4711-token';
 const SO_PIN = 'So#8642-officer';
@@ -44,15 +20,9 @@ const PIN_TOKEN = 'kh-pin';
 let dir = '';
 
 before(() => {
-  if (!available) return;
+  if (!softhsmAvailable) return;
   dir = mkdtempSync(join(tmpdir(), 'kh-pkcs11-'));
-  mkdirSync(join(dir, 'tokens'));
-  const conf = join(dir, 'softhsm2.conf');
-  writeFileSync(conf, `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  process.env.SOFTHSM2_CONF = conf;
-  for (const label of [TOKEN, PIN_TOKEN]) {
-    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', PIN, '--so-pin', SO_PIN], { stdio: 'pipe', env: process.env });
-  }
+  initSoftHsm(dir, [TOKEN, PIN_TOKEN], PIN, SO_PIN);
 });
 
 after(() => {
@@ -83,26 +53,7 @@ function failsWith(code: ErrorCode, problem: RegExp, secret?: Buffer): (e: unkno
  * Direct access to a token, for checks the seal must not offer. Only while
  * no seal holds the module: C_Initialize is per process.
  */
-function withToken<T>(label: string, pin: string | undefined, fn: (a: typeof P, lib: P.PKCS11, session: Buffer, slot: Buffer) => T): T {
-  const a = api as typeof P;
-  const lib = new a.PKCS11();
-  lib.load(MODULE);
-  lib.C_Initialize();
-  try {
-    const slot = lib.C_GetSlotList(true).find((s) => lib.C_GetTokenInfo(s).label.trim() === label);
-    assert.ok(slot, `token ${label} exists`);
-    const session = lib.C_OpenSession(slot, a.CKF_SERIAL_SESSION | a.CKF_RW_SESSION);
-    try {
-      if (pin !== undefined) lib.C_Login(session, a.CKU_USER, pin);
-      return fn(a, lib, session, slot);
-    } finally {
-      lib.C_CloseSession(session);
-    }
-  } finally {
-    lib.C_Finalize();
-    lib.close();
-  }
-}
+const withToken = withTokenSession;
 
 function keysLabelled(a: typeof P, lib: P.PKCS11, session: Buffer, label: string): Buffer[] {
   lib.C_FindObjectsInit(session, [
@@ -128,7 +79,7 @@ function flipBase64(b64: string, byte: number): string {
 
 describe('seal/pkcs11 (SoftHSM2)', () => {
   it('initialize wraps a new root key in the token; unseal gives it back', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const seal = pkcs11Seal(opts());
     assert.equal(seal.kind, 'pkcs11');
     assert.equal(seal.needsShares, false);
@@ -154,7 +105,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a fresh seal instance (a restart) unseals; a second initialize reuses the one HSM key', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const first = pkcs11Seal(opts({ keyLabel: 'root-restart' }));
     const a = await first.initialize({});
     const b = await first.initialize({});
@@ -174,7 +125,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('the wrapping key is a sensitive, non-extractable, private token key: its value cannot be read or wrapped out', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const seal = pkcs11Seal(opts({ keyLabel: 'root-locked' }));
     await seal.initialize({});
     await seal.close();
@@ -210,7 +161,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('refuses to adopt an existing key that can be exported', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     withToken(TOKEN, PIN, (a, lib, s) => {
       lib.C_GenerateKey(s, { mechanism: a.CKM_AES_KEY_GEN }, [
         { type: a.CKA_CLASS, value: a.CKO_SECRET_KEY },
@@ -234,7 +185,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a wrong PIN is reported once and never tried again (the token sees no second login)', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const good = pkcs11Seal(opts({ tokenLabel: PIN_TOKEN }));
     const { rootKey, record } = await good.initialize({});
     await good.close();
@@ -265,14 +216,14 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('an unknown token label is a config_invalid naming the tokens found', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const seal = pkcs11Seal(opts({ tokenLabel: 'no-such-token' }));
     await assert.rejects(seal.initialize({}), failsWith('config_invalid', /^no token labelled "no-such-token" in PKCS#11 module .*libsofthsm2\.so \(tokens found: .*"kh-main" \(slot \d+\)/));
     await seal.close();
   });
 
   it('finds the token by slot number, and refuses a slot without a token or with another label', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const slot = withToken(TOKEN, undefined, (_a, _l, _s, h) => Number(h.readBigUInt64LE(0)));
     const init = pkcs11Seal(opts({ keyLabel: 'root-slot' }));
     const { rootKey, record } = await init.initialize({});
@@ -290,7 +241,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a missing module, or a file that is not one, is a config_invalid naming the path', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     await assert.rejects(pkcs11Seal(opts({ module: '/nonexistent/libnothing.so' })).initialize({}), failsWith('config_invalid', /^PKCS#11 module \/nonexistent\/libnothing\.so does not exist$/));
     const notLib = join(dir, 'softhsm2.conf');
     await assert.rejects(pkcs11Seal(opts({ module: notLib })).unseal({ kind: 'pkcs11', keyLabel: 'root-a', mechanism: 'CKM_AES_GCM', iv: Buffer.alloc(12).toString('base64'), wrapped: Buffer.alloc(48).toString('base64') }), failsWith('config_invalid', /^cannot load PKCS#11 module .*softhsm2\.conf/));
@@ -308,7 +259,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a missing key at unseal, or a record for another key label, is a config_invalid', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const init = pkcs11Seal(opts());
     const { record } = await init.initialize({});
     await init.close();
@@ -324,7 +275,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a tampered or swapped wrapped blob is refused with integrity, and the seal still works after', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const seal = pkcs11Seal(opts());
     try {
       const { rootKey, record } = await seal.initialize({});
@@ -350,7 +301,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   });
 
   it('two seals on one module share it; closing one leaves the other working', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const a = pkcs11Seal(opts());
     const b = pkcs11Seal(opts({ tokenLabel: PIN_TOKEN, keyLabel: 'root-shared' }));
     try {

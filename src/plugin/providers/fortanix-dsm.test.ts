@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
-import { createServer as createNetServer, type AddressInfo } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import { code as fails } from '../../../test/expect-error.js';
+import { freePort } from '../../../test/ports.js';
 import { parsePluginConfig } from '../../config/plugin-config.js';
 import type { FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
 import { KeyhavenError } from '../../errors.js';
@@ -163,11 +164,7 @@ function manualClock() {
 }
 
 async function closedPortUrl(): Promise<string> {
-  const srv = createNetServer();
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', () => resolve()));
-  const port = (srv.address() as AddressInfo).port;
-  await new Promise<void>((resolve) => srv.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
+  return `http://127.0.0.1:${await freePort()}`;
 }
 
 function makeProvider(t: TestContext, endpoints: string[], over: { client?: Partial<DsmClientOptions>; provider?: Partial<DsmProviderOptions>; key?: DsmProviderOptions['key'] } = {}) {

@@ -1,9 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as P from 'pkcs11js';
@@ -11,7 +9,7 @@ import { parsePluginConfig } from '../../config/plugin-config.js';
 import type { Pkcs11ProviderConfig } from '../../config/providers/pkcs11.js';
 import { KeyhavenError, type ErrorCode } from '../../errors.js';
 import { acquireModule, ckr, releaseModule, trimPadded } from '../../seal/pkcs11-token.js';
-import { requireDependency } from '../../../test/require.js';
+import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable } from '../../../test/softhsm.js';
 import { createPluginMetrics } from '../metrics.js';
 import type { KmsProvider } from '../provider.js';
 import { createStatusMonitor, isTransient } from '../status-monitor.js';
@@ -23,27 +21,6 @@ import { buildPkcs11Provider, createPkcs11Provider, type Pkcs11ProviderOptions }
 // anything loads it). The test reaches the token through the same shared
 // module instance the provider uses: C_Initialize is per process.
 
-const MODULE_CANDIDATES = [
-  process.env.SOFTHSM2_MODULE,
-  '/usr/lib/softhsm/libsofthsm2.so',
-  '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so',
-  '/usr/local/lib/softhsm/libsofthsm2.so',
-].filter((p): p is string => !!p);
-const MODULE = MODULE_CANDIDATES.find((p) => existsSync(p)) ?? '';
-
-function loadApi(): typeof P | undefined {
-  try {
-    return createRequire(import.meta.url)('pkcs11js') as typeof P;
-  } catch {
-    return undefined;
-  }
-}
-const api = loadApi();
-const hasUtil = spawnSync('softhsm2-util', ['--version'], { stdio: 'ignore' }).status === 0;
-const available = MODULE !== '' && hasUtil && api !== undefined;
-const reason = !api ? 'pkcs11js does not load' : MODULE === '' ? 'the SoftHSM2 module (libsofthsm2.so) is not installed' : 'softhsm2-util is not installed (apt-get install softhsm2)';
-
 const PIN = 'Pin#5821-provider';
 const SO_PIN = 'So#7314-officer';
 const WRONG_PIN = 'Wrong#2468-guess';
@@ -53,15 +30,9 @@ const PIN_TOKEN = 'kh-prov-pin';
 let dir = '';
 
 before(() => {
-  if (!available) return;
+  if (!softhsmAvailable) return;
   dir = mkdtempSync(join(tmpdir(), 'kh-p11prov-'));
-  mkdirSync(join(dir, 'tokens'));
-  const conf = join(dir, 'softhsm2.conf');
-  writeFileSync(conf, `directories.tokendir = ${join(dir, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-  process.env.SOFTHSM2_CONF = conf;
-  for (const label of [TOKEN, PIN_TOKEN]) {
-    execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', PIN, '--so-pin', SO_PIN], { stdio: 'pipe', env: process.env });
-  }
+  initSoftHsm(dir, [TOKEN, PIN_TOKEN], PIN, SO_PIN);
 });
 
 after(() => {
@@ -206,7 +177,7 @@ async function using<T>(p: KmsProvider, fn: (p: KmsProvider) => Promise<T>): Pro
 
 describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   it('wraps a seed in the token and unwraps it, with (v2) and without (v1beta1) the key_id; the key_id names token serial and CKA_ID', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const id = makeKey('kek-a')!;
     const serial = tokenSerial(TOKEN);
     await using(createPkcs11Provider(opts()), async (p) => {
@@ -244,7 +215,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('many calls at once each get a whole operation (no session is shared mid-operation)', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     await using(createPkcs11Provider(opts()), async (p) => {
       const keyId = await p.healthCheck();
       const seeds = Array.from({ length: 200 }, () => randomBytes(32));
@@ -255,7 +226,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('rotation: keyLabel on a new key, the old one in previousKeyLabels: a new key_id, old ciphertexts still open; without it they are refused', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('rot-1');
     const old = await using(createPkcs11Provider(opts({ keyLabel: 'rot-1' })), async (p) => {
       const keyId = await p.healthCheck();
@@ -286,7 +257,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('bad input gets a precise error and the provider keeps working', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('other');
     await using(createPkcs11Provider(opts({ previousKeyLabels: ['other'] })), async (p) => {
       const keyId = await p.healthCheck();
@@ -325,7 +296,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a token fault (CKR_GENERAL_ERROR for good data): Decrypt tries once more on a new session; a failed health probe is unavailable (grace period) and reconnects', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('kek-fault');
     await using(createPkcs11Provider(opts({ keyLabel: 'kek-fault' })), async (p) => {
       const keyId = await p.healthCheck();
@@ -388,7 +359,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('refuses keys that do not fit: exportable, without CKA_ID, not allowed to encrypt, AES-128, missing, labelled twice', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('weak', { sensitive: false, extractable: true });
     makeKey('no-id', { id: null });
     makeKey('dec-only', { encrypt: false });
@@ -416,7 +387,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a key deleted under a running provider: Status and Encrypt fail not_found; a new key under the label brings a new key_id', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('doomed');
     await using(createPkcs11Provider(opts({ keyLabel: 'doomed' })), async (p) => {
       const before = await p.healthCheck();
@@ -434,7 +405,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('a wrong PIN is reported once (unauthenticated) and never tried again: the token sees no second login', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     makeKey('kek-pin', { token: PIN_TOKEN });
     assert.equal(pinCountLow(PIN_TOKEN), false);
     await using(createPkcs11Provider(opts({ tokenLabel: PIN_TOKEN, pin: WRONG_PIN, keyLabel: 'kek-pin' })), async (p) => {
@@ -454,7 +425,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
   });
 
   it('an unknown token, slot or module is reported precisely', async (t) => {
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     await using(createPkcs11Provider(opts({ tokenLabel: 'no-such-token' })), async (p) => {
       await assert.rejects(p.healthCheck(), failsWith('unavailable', /^no token labelled "no-such-token" in PKCS#11 module .*libsofthsm2\.so \(tokens found: .*"kh-prov" \(slot \d+\)/));
     });
@@ -486,7 +457,7 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
     for (const [over, problem] of bad) {
       assert.throws(() => parsePluginConfig({ ...base, provider: { ...base.provider, ...over } }, 'test'), (e: unknown) => e instanceof KeyhavenError && e.code === 'config_invalid' && problem.test(e.message), JSON.stringify(over));
     }
-    if (!requireDependency(t, available, reason)) return;
+    if (!requireSoftHsm(t)) return;
     const ctx = { cfg, logger: undefined as never, metrics: createPluginMetrics() };
     const conf = (over: Partial<Pkcs11ProviderConfig>): Pkcs11ProviderConfig => ({ type: 'pkcs11', module: MODULE, tokenLabel: TOKEN, keyLabel: 'kek-a', previousKeyLabels: [], ...over });
     const pinFile = join(dir, 'pin');
