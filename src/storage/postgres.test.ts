@@ -282,6 +282,12 @@ describe('postgres store', () => {
         assert.ok(killed.length >= 2);
         for (let i = 0; i < 100 && seen.length === 0; i++) await new Promise((r) => setTimeout(r, 20));
         assert.ok(seen.length > 0, 'the idle error was reported');
+        // Each pooled connection learns of its end from its own socket: wait until the reports stop
+        // (no new one for 200 ms), so no query is handed a connection whose error is still in flight.
+        for (let i = 0, n = -1; i < 20 && n !== seen.length; i++) {
+          n = seen.length;
+          await new Promise((r) => setTimeout(r, 200));
+        }
         assert.doesNotMatch(seen.map(String).join('\n'), new RegExp(PASSWORD));
         assert.equal(await store.getMeta('a'), '1');
         assert.equal(await quiet.getMeta('a'), '1');
