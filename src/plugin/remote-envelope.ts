@@ -40,25 +40,37 @@ export function parseServerCiphertext(text: string, what: string): ServerCiphert
   return { text, version, keyRef: header.keyRef.toString('hex') };
 }
 
-function aad(form: number, wrapped: Buffer): Buffer {
+/** The form byte and the wrapped KEK: the associated data of a seed sealed under a local KEK. */
+export function kekAad(form: number, wrapped: Buffer): Buffer {
   const out = Buffer.allocUnsafe(1 + wrapped.length);
   out[0] = form;
   wrapped.copy(out, 1);
   return out;
 }
 
-export function sealWithKek(kek: Buffer, wrapped: Buffer, seed: Buffer, embed: boolean): Buffer {
+/**
+ * Seals a seed under a local KEK in a provider's two forms: `annotated`
+ * (the wrapped KEK travels in an annotation, KMS v2) or, with `embed`,
+ * `embedded` (len | wrapped KEK inside the ciphertext, v1beta1).
+ */
+export function sealUnderLocalKek(kek: Buffer, wrapped: Buffer, seed: Buffer, forms: { readonly annotated: number; readonly embedded: number }, embed: boolean): Buffer {
   if (!embed) {
-    const out = aeadSealInto(kek, seed, aad(FORM_KEK_ANNOTATED, wrapped), 1);
-    out[0] = FORM_KEK_ANNOTATED;
+    const out = aeadSealInto(kek, seed, kekAad(forms.annotated, wrapped), 1);
+    out[0] = forms.annotated;
     return out;
   }
   const prefix = 3 + wrapped.length;
-  const out = aeadSealInto(kek, seed, aad(FORM_KEK_EMBEDDED, wrapped), prefix);
-  out[0] = FORM_KEK_EMBEDDED;
+  const out = aeadSealInto(kek, seed, kekAad(forms.embedded, wrapped), prefix);
+  out[0] = forms.embedded;
   out.writeUInt16BE(wrapped.length, 1);
   wrapped.copy(out, 3);
   return out;
+}
+
+const KEYHAVEN_FORMS = { annotated: FORM_KEK_ANNOTATED, embedded: FORM_KEK_EMBEDDED } as const;
+
+export function sealWithKek(kek: Buffer, wrapped: Buffer, seed: Buffer, embed: boolean): Buffer {
+  return sealUnderLocalKek(kek, wrapped, seed, KEYHAVEN_FORMS, embed);
 }
 
 export type ParsedEnvelope =
@@ -91,5 +103,5 @@ export function parseEnvelope(ciphertext: Buffer, annotations: Readonly<Record<s
 }
 
 export function openWithKek(kek: Buffer, env: Extract<ParsedEnvelope, { wrapped: ServerCiphertext }>): Buffer {
-  return aeadOpen(kek, env.sealed, aad(env.form, Buffer.from(env.wrapped.text, 'latin1')));
+  return aeadOpen(kek, env.sealed, kekAad(env.form, Buffer.from(env.wrapped.text, 'latin1')));
 }

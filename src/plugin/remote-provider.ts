@@ -5,7 +5,7 @@ import { KekCache } from './kek-cache.js';
 import type { KeyServerClient } from './key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES } from './limits.js';
 import type { KmsProvider } from './provider.js';
-import { isTransient } from './status-monitor.js';
+import { assertConfirmed, isTransient } from './status-monitor.js';
 import { KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
 
 export interface RemoteProviderOptions {
@@ -232,10 +232,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     },
     async encrypt(plaintext, ctx) {
       if (blocked) throw blocked;
-      if (lastSuccessAt === undefined) throw new KeyhavenError('unavailable', 'the key server has not confirmed the key yet');
-      if (failing && now() - lastSuccessAt > opts.staleAfterMs) {
-        throw new KeyhavenError('unavailable', 'no key server has confirmed the key within the Status grace period');
-      }
+      assertConfirmed('the key server', { lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
       if (opts.localKek.enabled) {
         const k = current;
         if (!k) throw new KeyhavenError('unavailable', 'no local KEK yet: the key server has not answered a Status check');

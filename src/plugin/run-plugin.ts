@@ -18,7 +18,7 @@ import { buildAwsKmsProvider } from './providers/aws-kms.js';
 import { buildFortanixDsmProvider } from './providers/fortanix-dsm.js';
 import { buildPkcs11Provider } from './providers/pkcs11.js';
 import { buildVaultProvider } from './providers/vault.js';
-import { observedClientOptions, readConfigFile, readTlsFiles } from './providers/http-client-wiring.js';
+import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './providers/http-client-wiring.js';
 import { createRemoteProvider } from './remote-provider.js';
 import type { KmsProvider } from './provider.js';
 import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
@@ -70,10 +70,7 @@ function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provide
     tls,
     apiKey,
     cluster: p.cluster,
-    timeoutMs: p.timeout,
-    attemptTimeoutMs: p.attemptTimeout,
-    backoffMinMs: p.backoff.min,
-    backoffMaxMs: p.backoff.max,
+    ...deadlineOptions(p),
     ...observedClientOptions({ logger, metrics }, p.servers, { up: 'key server answers again', down: 'key server failing; trying the others first' }),
   });
   const provider = createRemoteProvider({

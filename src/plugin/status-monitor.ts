@@ -11,6 +11,16 @@ export function isTransient(code: ErrorCode): boolean {
   return TRANSIENT.has(code);
 }
 
+/**
+ * A provider's Encrypt gate: refused until `service` has confirmed the key,
+ * and once checks have been failing for longer than the grace period (the
+ * same clock as Status; while checks succeed Encrypt never waits for one).
+ */
+export function assertConfirmed(service: string, s: { readonly lastSuccessAt: number | undefined; readonly failing: boolean; readonly now: number; readonly staleAfterMs: number }): void {
+  if (s.lastSuccessAt === undefined) throw new KeyhavenError('unavailable', `${service} has not confirmed the key yet`);
+  if (s.failing && s.now - s.lastSuccessAt > s.staleAfterMs) throw new KeyhavenError('unavailable', `${service} has not confirmed the key within the Status grace period`);
+}
+
 export interface StatusSnapshot {
   readonly keyId: string;
   /** True while answering from the last good result because the provider is unreachable. */

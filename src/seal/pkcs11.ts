@@ -16,6 +16,7 @@ import {
   releaseModule,
   safely,
   type LoadedModule as Loaded,
+  type TokenSelector,
 } from './pkcs11-token.js';
 import { requireKind } from './record.js';
 import type { InitResult, Seal, SealRecord } from './seal.js';
@@ -26,12 +27,8 @@ import type { InitResult, Seal, SealRecord } from './seal.js';
  * wrapped blob is kept in the record.
  */
 
-export interface Pkcs11SealOptions {
-  /** Path of the PKCS#11 module (shared library). */
-  readonly module: string;
-  /** The token, by label or by slot number (both: they must agree). */
-  readonly tokenLabel?: string | undefined;
-  readonly slot?: number | undefined;
+/** The module path and the token, by label or by slot number (both: they must agree). */
+export interface Pkcs11SealOptions extends TokenSelector {
   /** The token's user PIN. Never logged, never retried after a refusal. */
   readonly pin: string;
   /** Label of the AES key that wraps the root key. */

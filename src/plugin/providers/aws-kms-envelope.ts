@@ -1,4 +1,5 @@
-import { aeadOpen, aeadSealInto, NONCE_BYTES, TAG_BYTES } from '../../crypto/aead.js';
+import { aeadOpen, NONCE_BYTES, TAG_BYTES } from '../../crypto/aead.js';
+import { kekAad, sealUnderLocalKek } from '../remote-envelope.js';
 import { KeyhavenError } from '../../errors.js';
 
 // What the aws-kms provider hands the apiserver as a ciphertext. The first
@@ -33,26 +34,11 @@ export function direct(blob: Buffer): Buffer {
   return out;
 }
 
-function aad(form: number, wrapped: Buffer): Buffer {
-  const out = Buffer.allocUnsafe(1 + wrapped.length);
-  out[0] = form;
-  wrapped.copy(out, 1);
-  return out;
-}
+const AWS_FORMS = { annotated: FORM_AWS_KEK_ANNOTATED, embedded: FORM_AWS_KEK_EMBEDDED } as const;
 
 /** Seals a seed under a local KEK; `embed` carries the wrapped KEK inside (v1beta1). */
 export function sealWithAwsKek(kek: Buffer, wrapped: Buffer, seed: Buffer, embed: boolean): Buffer {
-  if (!embed) {
-    const out = aeadSealInto(kek, seed, aad(FORM_AWS_KEK_ANNOTATED, wrapped), 1);
-    out[0] = FORM_AWS_KEK_ANNOTATED;
-    return out;
-  }
-  const prefix = 3 + wrapped.length;
-  const out = aeadSealInto(kek, seed, aad(FORM_AWS_KEK_EMBEDDED, wrapped), prefix);
-  out[0] = FORM_AWS_KEK_EMBEDDED;
-  out.writeUInt16BE(wrapped.length, 1);
-  wrapped.copy(out, 3);
-  return out;
+  return sealUnderLocalKek(kek, wrapped, seed, AWS_FORMS, embed);
 }
 
 /** Splits a ciphertext into its parts; nothing is authenticated yet (KMS and AES-GCM do that). */
@@ -83,5 +69,5 @@ export function parseAwsEnvelope(ciphertext: Buffer, annotations: Readonly<Recor
 }
 
 export function openWithAwsKek(kek: Buffer, env: Extract<AwsEnvelope, { wrapped: Buffer }>): Buffer {
-  return aeadOpen(kek, env.sealed, aad(env.form, env.wrapped));
+  return aeadOpen(kek, env.sealed, kekAad(env.form, env.wrapped));
 }

@@ -4,7 +4,7 @@ import { KeyhavenError, type ErrorCode } from '../../errors.js';
 import { KekCache, type CachedKek } from '../kek-cache.js';
 import { MAX_CIPHERTEXT_BYTES } from '../limits.js';
 import type { KmsProvider } from '../provider.js';
-import { isTransient } from '../status-monitor.js';
+import { assertConfirmed, isTransient } from '../status-monitor.js';
 import { keyStateError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION, direct, FORM_AWS_DIRECT, openWithAwsKek, parseAwsEnvelope, sealWithAwsKek } from './aws-kms-envelope.js';
 
@@ -253,10 +253,7 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
     },
     async encrypt(plaintext, ctx) {
       if (blocked) throw blocked;
-      if (lastSuccessAt === undefined || currentArn === undefined) throw new KeyhavenError('unavailable', 'AWS KMS has not confirmed the key yet');
-      if (failing && now() - lastSuccessAt > opts.staleAfterMs) {
-        throw new KeyhavenError('unavailable', 'AWS KMS has not confirmed the key within the Status grace period');
-      }
+      assertConfirmed('AWS KMS', { lastSuccessAt: currentArn === undefined ? undefined : lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
       if (opts.localKek.enabled) {
         const k = current;
         if (!k) throw new KeyhavenError('unavailable', 'no local KEK yet: AWS KMS has not answered a health check');
@@ -266,7 +263,7 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
         return { ciphertext, keyId: k.keyId, keyName: k.arn, keyVersion: 0, ...(ctx.annotations ? { annotations: { [AWS_KEK_ANNOTATION]: k.wrapped } } : {}) };
       }
       // The resolved ARN, not the alias: the reply's key_id must be the one Status reported.
-      const arn = currentArn;
+      const arn = currentArn!;
       const res = await api.encrypt(arn, plaintext, context('kms-seed'), Date.now() + opts.timeoutMs);
       if (res.keyArn !== arn) throw new KeyhavenError('integrity', `AWS KMS encrypted under ${res.keyArn} when asked for ${arn}`);
       const ciphertext = direct(res.blob);

@@ -1,5 +1,5 @@
 import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClientOptions, type TlsOptions } from '../key-server-client.js';
+import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClientOptions } from '../key-server-client.js';
 
 /**
  * A DSM REST client with session handling on top of the plugin's key server
@@ -11,15 +11,9 @@ import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServe
  * is tried once more.
  */
 
-export interface DsmClientOptions {
+/** The HTTP client's own settings, plus DSM's; apiKey is base64 of "app-id:secret". */
+export interface DsmClientOptions extends Pick<KeyServerClientOptions, 'tls' | 'apiKey' | 'timeoutMs' | 'attemptTimeoutMs' | 'backoffMinMs' | 'backoffMaxMs'> {
   readonly endpoints: readonly string[];
-  readonly tls: TlsOptions;
-  /** The app's API key (base64 of "app-id:secret"); called again with true after DSM refuses it, in case the file was rotated. */
-  readonly apiKey: (reload: boolean) => string;
-  readonly timeoutMs: number;
-  readonly attemptTimeoutMs: number;
-  readonly backoffMinMs: number;
-  readonly backoffMaxMs: number;
   /** Clock for the session's renewal (tests move it); the HTTP client keeps the real one. */
   readonly now?: () => number;
   readonly onAttempt?: KeyServerClientOptions['onAttempt'];

@@ -3,9 +3,9 @@ import { KeyhavenError } from '../../errors.js';
 import { DSM_UUID, type FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
 import { apiKeySource } from '../key-server-client.js';
 import type { KmsProvider } from '../provider.js';
-import { isTransient } from '../status-monitor.js';
+import { assertConfirmed, isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
-import { observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
+import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
 import { dsmAd, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
 
@@ -242,9 +242,8 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
     },
     async encrypt(plaintext, ctx) {
       if (blocked) throw blocked;
-      if (statusKid === undefined || lastSuccessAt === undefined) throw new KeyhavenError('unavailable', 'DSM has not confirmed the key yet');
-      if (failing && now() - lastSuccessAt > opts.staleAfterMs) throw new KeyhavenError('unavailable', 'DSM has not confirmed the key within the Status grace period');
-      const kid = statusKid;
+      assertConfirmed('DSM', { lastSuccessAt: statusKid === undefined ? undefined : lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      const kid = statusKid!;
       const ciphertext = await encryptWith(kid, plaintext, { uid: ctx.uid });
       return { ciphertext, keyId: dsmKeyId(kid), keyName, keyVersion: 0 };
     },
@@ -288,10 +287,7 @@ export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx
     endpoints: p.endpoints,
     tls,
     apiKey,
-    timeoutMs: p.timeout,
-    attemptTimeoutMs: p.attemptTimeout,
-    backoffMinMs: p.backoff.min,
-    backoffMaxMs: p.backoff.max,
+    ...deadlineOptions(p),
     ...observedClientOptions(ctx, p.endpoints, { up: 'DSM endpoint answers again', down: 'DSM endpoint failing; trying the others first' }),
     onSession: ({ expiresInS, renewed }) => logger.debug({ expiresInS }, renewed ? 'DSM session renewed' : 'DSM session opened'),
   });

@@ -29,6 +29,11 @@ export function readTlsFiles(tls: { ca?: string | undefined; pinSha256?: string[
   };
 }
 
+/** The client's deadline and back-off, from a provider's `timeout`, `attemptTimeout` and `backoff` fields. */
+export function deadlineOptions(p: { readonly timeout: number; readonly attemptTimeout: number; readonly backoff: { readonly min: number; readonly max: number } }) {
+  return { timeoutMs: p.timeout, attemptTimeoutMs: p.attemptTimeout, backoffMinMs: p.backoff.min, backoffMaxMs: p.backoff.max };
+}
+
 export interface ServerStateWording {
   /** Log message when a failing server answers again. */
   readonly up: string;

@@ -19,6 +19,7 @@ import {
   slotNumber,
   trimPadded,
   type LoadedModule,
+  type TokenSelector,
 } from '../../seal/pkcs11-token.js';
 import type { KmsProvider, ProviderDecryptResult, ProviderEncryptResult } from '../provider.js';
 import type { ProviderBuildContext } from './context.js';
@@ -37,10 +38,7 @@ import { aad, header, IV_BYTES, keyRef, MAX_PLAINTEXT_BYTES, parseEnvelope, pkcs
  * failure is closed rather than reused.
  */
 
-export interface Pkcs11ProviderOptions {
-  readonly module: string;
-  readonly tokenLabel?: string | undefined;
-  readonly slot?: number | undefined;
+export interface Pkcs11ProviderOptions extends TokenSelector {
   /** The token's user PIN. Never logged; never tried again after the token refused it. */
   readonly pin: string;
   readonly keyLabel: string;

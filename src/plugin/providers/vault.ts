@@ -4,9 +4,9 @@ import type { VaultProviderConfig } from '../../config/providers/vault.js';
 import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient } from '../key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../limits.js';
 import type { KmsProvider } from '../provider.js';
-import { isTransient } from '../status-monitor.js';
+import { assertConfirmed, isTransient } from '../status-monitor.js';
 import type { ProviderBuildContext } from './context.js';
-import { observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
+import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
 import { scrubSecrets, vaultErrorOf } from './vault-errors.js';
 
@@ -280,9 +280,8 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     },
     async encrypt(plaintext, ctx) {
       if (blocked) throw blocked;
-      const s = statusInfo;
-      if (lastSuccessAt === undefined || !s) throw new KeyhavenError('unavailable', 'Vault has not confirmed the key yet');
-      if (failing && now() - lastSuccessAt > opts.staleAfterMs) throw new KeyhavenError('unavailable', 'Vault has not confirmed the key within the Status grace period');
+      assertConfirmed('Vault', { lastSuccessAt: statusInfo ? lastSuccessAt : undefined, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      const s = statusInfo!;
       // KMS v2: the version Status reported, so the reply's key_id equals Status's; v1beta1 has no key_id to match.
       const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: now() + opts.timeoutMs });
       if (ctx.annotations && c.version !== s.latest) {
@@ -342,10 +341,7 @@ export async function buildVaultProvider(p: VaultProviderConfig, ctx: ProviderBu
     servers: p.addresses,
     tls,
     cluster: '',
-    timeoutMs: p.timeout,
-    attemptTimeoutMs: p.attemptTimeout,
-    backoffMinMs: p.backoff.min,
-    backoffMaxMs: p.backoff.max,
+    ...deadlineOptions(p),
     errorOf: vaultErrorOf,
     onAttempt: observed.onAttempt,
   };
