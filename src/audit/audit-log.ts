@@ -2,6 +2,8 @@ import { createHmac } from 'node:crypto';
 import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import type { AuditDraft, AuditRow, Store } from '../storage/store.js';
+import type { Anchor, WitnessFailure } from './checkpoint.js';
+import { verifyWithWitness, type WitnessInput, type WitnessVerifyResult } from './checkpoint-verify.js';
 import { linkRecord, verifyRecords, type VerifyResult } from './chain.js';
 
 const HEAD = 'audit_head';
@@ -36,21 +38,36 @@ export interface AuditLog {
   recordIn(tx: Store, event: AuditEvent): Promise<void>;
   /** Waits for every pending record. */
   flush(): Promise<void>;
-  verify(): Promise<VerifyResult>;
+  /** With anchors (a witness's seq and hash pairs), also checks the chain contains each. */
+  verify(opts?: { anchors?: readonly Anchor[] }): Promise<StoreVerifyResult>;
+  /**
+   * Checks a witness's checkpoints (signatures, links) and the chain against
+   * them; needs the checkpoint key (an unsealed server), else `sealed`.
+   */
+  verifyWitness(w: WitnessInput): Promise<WitnessVerifyResult>;
   /**
    * Sets (on unseal) or drops (on seal) the key that signs the chain head.
-   * Without it records still join the chain; the next signed write covers them.
+   * Without it records still join the chain; the next signed write covers
+   * them. Dropping it also drops the checkpoint key.
    */
   setHeadKey(key: Buffer | undefined): void;
+  /** The key that checks checkpoint signatures (derived from the root key on unseal). */
+  setCheckpointKey(key: Buffer | undefined): void;
   /**
    * Sets the head key after checking the stored head with it. If the head no
    * longer matches the chain (records cut from the end, or rewritten), later
    * records are not signed, so verify keeps reporting the damage instead of a
-   * fresh head hiding it. Resolves whether the stored head held.
+   * fresh head hiding it. Resolves whether the stored head held. With
+   * `expectHead` (the store was signed before) a missing head over existing
+   * records counts as broken too: a deleted head is not replaced.
    */
-  adoptHeadKey(key: Buffer): Promise<boolean>;
-  /** Called after each batch is stored (sinks use it to forward records promptly). */
-  onStored(listener: () => void): void;
+  adoptHeadKey(key: Buffer, expectHead?: boolean): Promise<boolean>;
+  /**
+   * Called after each batch is stored (sinks use it to forward records
+   * promptly) with its last record; `change` is true for a record written
+   * with a key or access change (recordIn).
+   */
+  onStored(listener: (last: AuditRow, change: boolean) => void): void;
 }
 
 interface Pending {
@@ -102,10 +119,12 @@ export interface AuditLogOptions {
 
 export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
   let headKey = opts.headKey;
+  let checkpointKey: Buffer | undefined;
   let head = headKey ? headValue(headKey) : undefined;
-  const listeners: (() => void)[] = [];
-  const notify = () => {
-    for (const l of listeners) l();
+  const listeners: ((last: AuditRow, change: boolean) => void)[] = [];
+  const notify = (rows: readonly AuditRow[], change: boolean) => {
+    const last = rows[rows.length - 1];
+    if (last) for (const l of listeners) l(last, change);
   };
   const fsync = opts.fsync ?? false;
   const maxBatch = opts.maxBatch ?? 512;
@@ -144,7 +163,7 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
       const batch = queue.slice(0, maxBatch);
       queue = queue.slice(batch.length);
       try {
-        await store.appendAudit(
+        const rows = await store.appendAudit(
           batch.map((p) => p.draft),
           linkRecord,
           { head, fsync: syncLater ? false : fsync },
@@ -155,7 +174,7 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
         } else {
           for (const p of batch) p.resolve();
         }
-        notify();
+        notify(rows, false);
       } catch (e) {
         const err = failed(e);
         for (const p of batch) p.reject(err);
@@ -191,21 +210,35 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
     },
     async recordIn(tx, event) {
       try {
-        await tx.appendAudit([toDraft(event)], linkRecord, { head });
-        setImmediate(notify);
+        const rows = await tx.appendAudit([toDraft(event)], linkRecord, { head });
+        // After the enclosing transaction has had its turn to commit.
+        setImmediate(() => notify(rows, true));
       } catch (e) {
         throw new KeyhavenError('audit_failed', 'the audit record could not be written; change refused', { cause: e });
       }
     },
-    async verify() {
-      return verifyStore(store, headKey);
+    async verify(o) {
+      return verifyStore(store, headKey, o);
+    },
+    async verifyWitness(w) {
+      const key = checkpointKey;
+      if (!key) throw new KeyhavenError('sealed', 'the server is sealed; checkpoints can be checked once it is unsealed');
+      return verifyWithWitness((anchors) => verifyStore(store, headKey, { anchors }), await store.getMeta('store_id'), key, w);
     },
     setHeadKey(key) {
       headKey = key;
       head = key ? headValue(key) : undefined;
+      if (!key) {
+        checkpointKey?.fill(0);
+        checkpointKey = undefined;
+      }
     },
-    async adoptHeadKey(key) {
-      const held = await storedHeadHolds(store, key);
+    setCheckpointKey(key) {
+      checkpointKey?.fill(0);
+      checkpointKey = key;
+    },
+    async adoptHeadKey(key, expectHead = false) {
+      const held = await storedHeadHolds(store, key, expectHead);
       headKey = key;
       head = held ? headValue(key) : undefined;
       return held;
@@ -238,42 +271,97 @@ function macHolds(key: Buffer, h: StoredHead): boolean {
 }
 
 /** Whether the stored head (if any) is signed with this key and names a record still in the chain. */
-async function storedHeadHolds(store: Store, key: Buffer): Promise<boolean> {
+async function storedHeadHolds(store: Store, key: Buffer, expectHead: boolean): Promise<boolean> {
   const h = await readHead(store);
-  if (h === undefined) return true;
+  if (h === undefined) return !expectHead || (await store.lastAuditSeq()) === 0;
   if (h === 'unreadable' || !macHolds(key, h)) return false;
   // Read after the head: a head and its record commit together.
   const [row] = await store.readAudit(h.seq - 1, 1);
   return row !== undefined && row.seq === h.seq && row.hash === h.hash;
 }
 
+/** A seal record or the barrier canary: the store has been initialised, so its log has a signed head. */
+async function isInitialised(store: Store): Promise<boolean> {
+  return (await store.getMeta('seal')) !== undefined || (await store.barrierGet('sys/canary')) !== undefined;
+}
+
+export interface StoreVerifyResult extends VerifyResult {
+  /** Anchors (from a witness) the chain does not contain; present when anchors were given. */
+  readonly anchorFailures?: WitnessFailure[];
+}
+
 /**
  * Walks the whole chain in pages and reports the first broken record; with
  * the head key it also checks the signed chain head against the chain.
+ * Without it, an initialised store must still have a head, at least as many
+ * records as the head names, and at least one record. Each anchor (a
+ * witness's seq and hash) must be in the chain with exactly that hash.
  */
-export async function verifyStore(store: Store, headKey?: Buffer): Promise<VerifyResult> {
+export async function verifyStore(store: Store, headKey?: Buffer, opts: { anchors?: readonly Anchor[] } = {}): Promise<StoreVerifyResult> {
+  const initialised = await isInitialised(store);
   // The head is read before the walk: records appended meanwhile (a live
   // server, or another server on the same database) are then never taken
   // for records deleted from the end.
-  const first = headKey ? await readHead(store) : undefined;
+  const first = await readHead(store);
   const headSeq = first !== undefined && first !== 'unreadable' ? first.seq : undefined;
+  const anchors = new Map<number, Anchor[]>();
+  for (const a of opts.anchors ?? []) {
+    const list = anchors.get(a.seq);
+    if (list) list.push(a);
+    else anchors.set(a.seq, [a]);
+  }
+  const failures: WitnessFailure[] = [];
   let hashAtHead: string | undefined;
   let after = 0;
   let prev: string | undefined;
   let total = 0;
+  const withAnchors = (r: VerifyResult): StoreVerifyResult => {
+    if (!opts.anchors) return r;
+    const res: StoreVerifyResult = { ...r, anchorFailures: failures };
+    if (!r.ok || failures.length === 0) return res;
+    const worst = failures.reduce((a, b) => (b.seq < a.seq ? b : a));
+    return { ...res, ok: false, firstBroken: { seq: worst.seq, reason: worst.reason } };
+  };
   for (;;) {
     const page: AuditRow[] = await store.readAudit(after, 1000);
     if (page.length === 0) break;
     const res = verifyRecords(page, prev, after + 1);
-    if (!res.ok) return { ok: false, records: total + res.records, firstBroken: res.firstBroken! };
+    if (!res.ok) return withAnchors({ ok: false, records: total + res.records, firstBroken: res.firstBroken! });
     total += res.records;
     if (headSeq !== undefined) hashAtHead ??= page.find((r) => r.seq === headSeq)?.hash;
+    if (anchors.size) {
+      for (const r of page) {
+        const here = anchors.get(r.seq);
+        if (!here) continue;
+        anchors.delete(r.seq);
+        for (const a of here) {
+          if (a.hash !== r.hash) failures.push({ at: a.at, seq: a.seq, problem: 'diverged', reason: `record ${a.seq} differs from the ${a.what} at ${a.at}: the log was rolled back and rewritten, or forked, from record ${a.seq} or earlier` });
+        }
+      }
+    }
     const last = page[page.length - 1]!;
     after = last.seq;
     prev = last.hash;
   }
-  if (!headKey) return { ok: true, records: total };
-  return checkHead(store, headKey, first, hashAtHead, total, after, prev);
+  for (const here of anchors.values()) {
+    for (const a of here) {
+      failures.push(
+        total === 0
+          ? { at: a.at, seq: a.seq, problem: 'wiped', reason: `the log holds no records, but the ${a.what} at ${a.at} names record ${a.seq}: the log was wiped` }
+          : { at: a.at, seq: a.seq, problem: 'truncated', reason: `the log ends at record ${after}, but the ${a.what} at ${a.at} names record ${a.seq}: records were cut from the end (rolled back)` },
+      );
+    }
+  }
+  const broken = (seq: number, reason: string): StoreVerifyResult => withAnchors({ ok: false, records: total, firstBroken: { seq, reason } });
+  if (initialised && total === 0) return broken(1, 'the store is initialised but its audit log holds no records (wiped)');
+  if (!headKey) {
+    if (!initialised) return withAnchors({ ok: true, records: total });
+    if (first === undefined) return broken(1, 'the signed chain head is missing (deleted) on an initialised store');
+    if (first === 'unreadable') return broken(after, 'the signed chain head is unreadable');
+    if (first.seq > after) return broken(after + 1, `records ${after + 1} to ${first.seq} were deleted (the chain head names record ${first.seq})`);
+    return withAnchors({ ok: true, records: total });
+  }
+  return withAnchors(await checkHead(store, headKey, first, hashAtHead, total, after, prev, initialised));
 }
 
 async function checkHead(
@@ -284,12 +372,13 @@ async function checkHead(
   records: number,
   lastSeq: number,
   lastHash: string | undefined,
+  initialised: boolean,
 ): Promise<VerifyResult> {
   const broken = (seq: number, reason: string): VerifyResult => ({ ok: false, records, firstBroken: { seq, reason } });
   // No head when the walk began: the first signed write may have come since.
   const signedDuringWalk = first === undefined;
   let head = first ?? (await readHead(store));
-  if (head === undefined) return records === 0 ? { ok: true, records } : broken(1, 'the signed chain head is missing');
+  if (head === undefined) return records === 0 && !initialised ? { ok: true, records } : broken(1, 'the signed chain head is missing (deleted) on an initialised store');
   if (head === 'unreadable') return broken(lastSeq, 'the signed chain head is unreadable');
   if (!macHolds(key, head)) {
     return broken(Math.min(head.seq || 1, lastSeq + 1), 'the chain head signature does not verify (head edited, or written without the root key)');

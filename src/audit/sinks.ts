@@ -2,15 +2,19 @@ import { createSocket, type Socket } from 'node:dgram';
 import { closeSync, fsyncSync, openSync, writeSync } from 'node:fs';
 import { hostname } from 'node:os';
 import type { AuditRow, Store } from '../storage/store.js';
+import { checkpointLine, type Checkpoint } from './checkpoint.js';
 
 // An extra copy of the audit log, outside the database: a JSON-lines file or
 // a syslog collector. The database stays the record of truth (a request is
 // answered once its record is stored there); sinks follow it by sequence
 // number, so they also carry records written by key changes and, with
-// PostgreSQL, by other servers sharing the database.
+// PostgreSQL, by other servers sharing the database. Each sink also carries
+// the signed checkpoints, as {"checkpoint":{...}} lines: a witness outside the
+// database that "audit verify --witness" reads.
 
 export interface AuditSink {
   write(rows: readonly AuditRow[]): Promise<void>;
+  writeCheckpoint(c: Checkpoint): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -21,6 +25,10 @@ export function fileSink(path: string): AuditSink {
     async write(rows) {
       if (rows.length === 0) return;
       writeSync(fd, rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+      fsyncSync(fd);
+    },
+    async writeCheckpoint(c) {
+      writeSync(fd, checkpointLine(c) + '\n');
       fsyncSync(fd);
     },
     async close() {
@@ -38,16 +46,38 @@ export function syslogSink(opts: { address: string; facility: number; tag: strin
   socket.on('error', () => {});
   const pri = opts.facility * 8 + 6; // severity: informational
   const me = hostname() || '-';
+  const send = (line: string) => new Promise<void>((resolve, reject) => socket.send(line, port, host, (e) => (e ? reject(e) : resolve())));
   return {
     async write(rows) {
-      for (const r of rows) {
-        const line = `<${pri}>1 ${r.time} ${me} ${opts.tag} ${process.pid} audit - ${JSON.stringify(r)}`;
-        await new Promise<void>((resolve, reject) => socket.send(line, port, host, (e) => (e ? reject(e) : resolve())));
-      }
+      for (const r of rows) await send(`<${pri}>1 ${r.time} ${me} ${opts.tag} ${process.pid} audit - ${JSON.stringify(r)}`);
+    },
+    async writeCheckpoint(c) {
+      await send(`<${pri}>1 ${c.time} ${me} ${opts.tag} ${process.pid} checkpoint - ${checkpointLine(c)}`);
     },
     async close() {
       socket.close();
     },
+  };
+}
+
+/**
+ * JSON lines on the process's standard output, for container log collectors:
+ * records as the file sink writes them, checkpoints as {"checkpoint":{...}}.
+ * The server's own log lines share the stream; readers tell them apart.
+ */
+export function stdoutSink(out: NodeJS.WritableStream = process.stdout): AuditSink {
+  const put = (text: string) =>
+    new Promise<void>((resolve, reject) => {
+      out.write(text, (e) => (e ? reject(e) : resolve()));
+    });
+  return {
+    async write(rows) {
+      if (rows.length) await put(rows.map((r) => JSON.stringify(r)).join('\n') + '\n');
+    },
+    async writeCheckpoint(c) {
+      await put(checkpointLine(c) + '\n');
+    },
+    async close() {},
   };
 }
 

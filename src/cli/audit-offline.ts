@@ -1,7 +1,10 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, readdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import BetterSqlite3 from 'better-sqlite3';
 import { verifyStore } from '../audit/audit-log.js';
+import { CHECKPOINT_KEY_INFO, parseCheckpoint, type Checkpoint, type WitnessEntry } from '../audit/checkpoint.js';
+import { verifyWithWitness, type WitnessInput, type WitnessVerifyResult } from '../audit/checkpoint-verify.js';
 import { verifyRecords, type VerifyResult } from '../audit/chain.js';
 import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
@@ -18,12 +21,15 @@ const COLUMNS = 'seq, time, actor, operation, key_name, key_version, result, req
  * root key file the signed head is checked too (the key derivation matches
  * the server's); without it only the hash chain.
  */
-export async function verifyDatabase(path: string, rootKeyFile?: string): Promise<VerifyResult & { headChecked: boolean }> {
+export async function verifyDatabase(path: string, rootKeyFile?: string, witness?: WitnessInput): Promise<(VerifyResult | WitnessVerifyResult) & { headChecked: boolean }> {
   let headKey: Buffer | undefined;
+  let checkpointKey: Buffer | undefined;
+  if (witness && !rootKeyFile) throw new KeyhavenError('invalid_argument', '--witness needs --root-key-file: checkpoints are signed with a key derived from the root key');
   if (rootKeyFile) {
     const rootKey = readKeyFile(rootKeyFile);
     try {
       headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
+      checkpointKey = deriveKey(rootKey, CHECKPOINT_KEY_INFO);
     } finally {
       rootKey.fill(0);
     }
@@ -39,15 +45,21 @@ export async function verifyDatabase(path: string, rootKeyFile?: string): Promis
     if (tables.length !== 2) throw new KeyhavenError('config_invalid', `${path} is not a keyhaven database (no audit table)`);
     const page = db.prepare<[number, number], AuditRow>(`select ${COLUMNS} from audit where seq > ? order by seq limit ?`);
     const meta = db.prepare<[string], { value: string }>('select value from meta where name = ?');
-    // verifyStore reads only these two; the rest of Store is never reached.
+    const barrier = db.prepare<[string], { value: Buffer }>('select value from barrier where path = ?');
+    // verifyStore reads only these three; the rest of Store is never reached.
     const reader = {
       readAudit: async (after: number, limit: number) => page.all(after, limit),
       getMeta: async (name: string) => meta.get(name)?.value,
-    } as Pick<Store, 'readAudit' | 'getMeta'> as Store;
+      barrierGet: async (p: string) => barrier.get(p)?.value,
+    } as Pick<Store, 'readAudit' | 'getMeta' | 'barrierGet'> as Store;
     // One read transaction: the chain and its head come from the same snapshot
     // even while a server keeps appending.
     db.exec('begin');
     try {
+      if (witness) {
+        const res = await verifyWithWitness((anchors) => verifyStore(reader, headKey, { anchors }), await reader.getMeta('store_id'), checkpointKey!, witness);
+        return { ...res, headChecked: true };
+      }
       return { ...(await verifyStore(reader, headKey)), headChecked: headKey !== undefined };
     } finally {
       db.exec('commit');
@@ -58,7 +70,82 @@ export async function verifyDatabase(path: string, rootKeyFile?: string): Promis
   } finally {
     db.close();
     headKey?.fill(0);
+    checkpointKey?.fill(0);
   }
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+/** A JSON object at the start of the line, or after a syslog header ("<pri>1 … - {…}"). */
+function jsonOf(line: string): unknown {
+  const t = line.trim();
+  if (t === '') return undefined;
+  const start = t.startsWith('{') ? 0 : t.startsWith('<') ? t.indexOf(' - {') + 3 : -1;
+  if (start < 0 || (start > 0 && start < 3)) return undefined;
+  try {
+    return JSON.parse(t.slice(start));
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Reads a witness: one file, or every regular file in a folder (by name).
+ * Checkpoint lines ({"checkpoint":{…}}) and copied audit records are kept;
+ * every other line (server logs, blank lines) is skipped.
+ */
+export async function readWitness(path: string): Promise<WitnessInput> {
+  let files: string[];
+  try {
+    files = statSync(path).isDirectory()
+      ? readdirSync(path)
+          .sort()
+          .map((n) => join(path, n))
+          .filter((f) => statSync(f).isFile())
+      : [path];
+  } catch (e) {
+    throw new KeyhavenError('config_invalid', `cannot read the witness ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  const checkpoints: WitnessEntry<Checkpoint>[] = [];
+  const records: WitnessEntry<{ seq: number; hash: string }>[] = [];
+  const malformed: WitnessEntry<string>[] = [];
+  for (const file of files) {
+    const input = createReadStream(file);
+    const opened = new Promise<void>((resolve, reject) => {
+      input.once('open', () => resolve());
+      input.once('error', reject);
+    });
+    try {
+      await opened;
+    } catch (e) {
+      throw new KeyhavenError('config_invalid', `cannot read the witness file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+    }
+    const lines = createInterface({ input, crlfDelay: Infinity });
+    let n = 0;
+    try {
+      for await (const line of lines) {
+        n += 1;
+        const v = jsonOf(line);
+        if (typeof v !== 'object' || v === null) continue;
+        const o = v as Record<string, unknown>;
+        const at = `${file}:${n}`;
+        if ('checkpoint' in o) {
+          const c = parseCheckpoint(o.checkpoint);
+          if (typeof c === 'string') malformed.push({ at, value: c });
+          else checkpoints.push({ at, value: c });
+        } else if (Number.isSafeInteger(o.seq) && (o.seq as number) > 0 && typeof o.hash === 'string' && HEX64.test(o.hash) && typeof o.prev_hash === 'string' && typeof o.operation === 'string') {
+          records.push({ at, value: { seq: o.seq as number, hash: o.hash } });
+        }
+      }
+    } finally {
+      lines.close();
+      input.destroy();
+    }
+  }
+  if (checkpoints.length === 0 && malformed.length === 0) {
+    throw new KeyhavenError('invalid_argument', `the witness ${path} holds no checkpoints (is audit.checkpoint or an audit sink configured on the server?)`);
+  }
+  return { checkpoints, records, malformed };
 }
 
 export interface FileVerifyResult extends VerifyResult {

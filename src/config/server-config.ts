@@ -43,6 +43,7 @@ const seal = z.union([
 
 const sink = z.union([
   z.strictObject({ file: z.strictObject({ path: file }) }),
+  z.strictObject({ stdout: z.strictObject({}) }),
   z.strictObject({
     syslog: z.strictObject({
       address: hostPort,
@@ -50,7 +51,7 @@ const sink = z.union([
       tag: z.string().regex(/^[A-Za-z0-9._-]{1,48}$/).default('keyhaven'),
     }),
   }),
-], { error: () => 'must be {file: {path}} or {syslog: {address}}' });
+], { error: () => 'must be {file: {path}}, {stdout: {}} or {syslog: {address}}' });
 
 export const serverConfigSchema = z.strictObject({
   listen: hostPort.default('127.0.0.1:8200'),
@@ -71,6 +72,15 @@ export const serverConfigSchema = z.strictObject({
       // true: each batch of records is fsynced before the answers go out.
       fsync: z.boolean().default(true),
       sink: sink.optional(),
+      // Signed checkpoints of the chain, written outside the database (to the
+      // sink and to this file): verify --witness catches a rollback or a wipe.
+      checkpoint: z
+        .strictObject({
+          path: file.optional(),
+          every: z.number().int().min(1).max(1_000_000).default(1000),
+          interval: durationMs.refine((v) => v >= 100 && v <= 86_400_000, 'must be between 100ms and 24h').prefault('10s'),
+        })
+        .prefault({}),
     })
     .prefault({}),
   auth: z
@@ -113,6 +123,7 @@ export function parseServerConfig(raw: unknown, source: string, baseDir = proces
     if (cfg.tls.clientCa) cfg.tls.clientCa = abs(cfg.tls.clientCa);
   }
   if (cfg.audit.sink && 'file' in cfg.audit.sink) cfg.audit.sink.file.path = abs(cfg.audit.sink.file.path);
+  if (cfg.audit.checkpoint.path) cfg.audit.checkpoint.path = abs(cfg.audit.checkpoint.path);
   return deepFreeze(cfg);
 }
 

@@ -51,6 +51,8 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
   try {
     let barrier;
     let headKey;
+    // A store opened before has signed its log: a missing head now is a deleted one.
+    const signedBefore = (await store.barrierGet('sys/canary')) !== undefined;
     try {
       barrier = await openBarrier(store, rootKey);
       headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
@@ -60,7 +62,7 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
     const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
     const audit = createAuditLog(store, { fsync: opts.auditFsync ?? false });
     // A head that no longer matches the log (records cut) is not re-signed over the damage.
-    await audit.adoptHeadKey(headKey);
+    await audit.adoptHeadKey(headKey, signedBefore);
     const keys = createKeyStore({ store, barrier, audit });
     return {
       store,

@@ -2,6 +2,8 @@ import { createAccess, SYSTEM, type Access, type AccessOptions } from '../access
 import { createQuorum, type Quorum } from '../access/quorum.js';
 import { generatePassword } from '../access/secrets.js';
 import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
+import { CHECKPOINT_KEY_INFO } from '../audit/checkpoint.js';
+import type { CheckpointKeyHolder } from '../audit/checkpointer.js';
 import { openBarrier } from '../barrier/barrier.js';
 import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
@@ -62,6 +64,8 @@ export interface CoreOptions {
   readonly access?: Partial<AccessOptions>;
   /** Called with each scheduled change, for logs. */
   readonly onScheduled?: (what: { rotated: readonly string[]; destroyed: readonly string[]; expiredApprovals: number }) => void;
+  /** Receives the audit checkpoint key on unseal; writes a last checkpoint on seal. */
+  readonly checkpoints?: CheckpointKeyHolder;
 }
 
 export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
@@ -73,16 +77,19 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
   const shares = new Map<string, string>(); // share text by digest index, while collecting
   let unsealing: Promise<unknown> | undefined;
 
-  const unsealWith = async (rootKey: Buffer): Promise<void> => {
+  // fresh: the first unseal, by init; otherwise the store was signed before, so a missing head means a deleted one.
+  const unsealWith = async (rootKey: Buffer, fresh = false): Promise<void> => {
     let headIntact: boolean;
     try {
       const barrier = await openBarrier(store, rootKey);
       // A head that no longer matches the chain is left as it is, so verify keeps reporting it.
-      headIntact = await audit.adoptHeadKey(deriveKey(rootKey, 'keyhaven audit head key v1'));
+      headIntact = await audit.adoptHeadKey(deriveKey(rootKey, 'keyhaven audit head key v1'), !fresh);
       keys = createKeyStore({ store, barrier, audit });
       const access = createAccess({ store, barrier, audit, options: opts.access });
       const quorum = createQuorum({ store, audit, barrier });
       const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
+      audit.setCheckpointKey(deriveKey(rootKey, CHECKPOINT_KEY_INFO));
+      opts.checkpoints?.unsealed(deriveKey(rootKey, CHECKPOINT_KEY_INFO), storeId);
       services = { keys, access, quorum, storeId };
     } finally {
       rootKey.fill(0);
@@ -122,7 +129,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
           await tx.setMeta(SEAL_META, JSON.stringify(made.record));
         });
         record = made.record;
-        await unsealWith(rootKey);
+        await unsealWith(rootKey, true);
         const password = generatePassword();
         await services!.access.createUser(SYSTEM, { name: adminName, password, roles: ['security-admin'] });
         await audit.record({ actor: 'system:seal', operation: 'sys.init', result: 'ok', details: { kind: seal.kind, admin: adminName } });
@@ -182,6 +189,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       if (!services) return;
       await audit.record({ actor: 'system:seal', operation: 'sys.seal', result: 'ok', details: { kind: seal.kind } });
       await audit.flush();
+      await opts.checkpoints?.sealing();
       services = undefined;
       keys?.wipe();
       keys = undefined;

@@ -1,7 +1,9 @@
 import { readFileSync, statSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
-import { startSinkPump, fileSink, syslogSink, type SinkPump } from '../audit/sinks.js';
+import { checkpointFile, sinkWitness, startCheckpointer, type Checkpointer, type CheckpointWitness } from '../audit/checkpointer.js';
+import type { Checkpoint } from '../audit/checkpoint.js';
+import { startSinkPump, fileSink, stdoutSink, syslogSink, type AuditSink, type SinkPump } from '../audit/sinks.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -72,17 +74,42 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
   let core: ServerCore | undefined;
   let pump: SinkPump | undefined;
   let app: FastifyInstance | undefined;
+  let checkpoints: Checkpointer | undefined;
+  let sink: AuditSink | undefined;
+  const witnesses: CheckpointWitness[] = [];
   try {
     const seal = sealFromConfig(cfg.seal);
+    if (cfg.audit.sink) {
+      const s = cfg.audit.sink;
+      sink = 'file' in s ? fileSink(s.file.path) : 'stdout' in s ? stdoutSink() : syslogSink(s.syslog);
+      witnesses.push(sinkWitness(sink));
+    }
+    let last: Checkpoint | undefined;
+    if (cfg.audit.checkpoint.path) {
+      const f = checkpointFile(cfg.audit.checkpoint.path);
+      witnesses.push(f.witness);
+      last = f.last;
+    }
+    if (witnesses.length) {
+      checkpoints = startCheckpointer({
+        store,
+        witnesses,
+        every: cfg.audit.checkpoint.every,
+        intervalMs: cfg.audit.checkpoint.interval,
+        last,
+        onError: (e) => logger.error({ err: String(e) }, 'audit checkpoint write failed; will retry'),
+      });
+    }
     core = await openServerCore({
       store,
       seal,
       auditFsync: cfg.audit.fsync,
       access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
       onScheduled: (what) => logger.info(what, 'scheduled key changes'),
+      checkpoints,
     });
-    if (cfg.audit.sink) {
-      const sink = 'file' in cfg.audit.sink ? fileSink(cfg.audit.sink.file.path) : syslogSink(cfg.audit.sink.syslog);
+    if (checkpoints) core.audit.onStored(checkpoints.stored);
+    if (sink) {
       pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: (e) => logger.error({ err: String(e) }, 'audit sink write failed; will retry') });
       core.audit.onStored(pump.kick);
     }
@@ -92,7 +119,10 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
     await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
   } catch (e) {
     await app?.close().catch(() => {});
-    await pump?.stop().catch(() => {});
+    await checkpoints?.stop().catch(() => {});
+    if (!checkpoints) for (const w of witnesses) await w.close().catch(() => {});
+    if (pump) await pump.stop().catch(() => {});
+    else await sink?.close().catch(() => {});
     await core?.close().catch(() => {});
     await store.close();
     if (e instanceof KeyhavenError) throw e;
@@ -119,6 +149,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
   }, cfg.scheduler.interval);
   const a = app;
   const p = pump;
+  const cps = checkpoints;
   return {
     core: c,
     app: a,
@@ -127,8 +158,10 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       clearInterval(timer);
       await a.close();
       await ticking;
-      await p?.stop();
       await c.close();
+      // After the last record: the final checkpoint covers the whole log.
+      await cps?.stop();
+      await p?.stop();
       await store.close();
     },
   };

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import type { VerifyResult } from '../../audit/chain.js';
+import { checkpointHash, ZERO_PREV, type WitnessFailure } from '../../audit/checkpoint.js';
+import type { WitnessInput, WitnessVerifyResult } from '../../audit/checkpoint-verify.js';
 import { KeyhavenError } from '../../errors.js';
 import type { AuditQuery, AuditRow } from '../../storage/store.js';
 import type { ApiClient, ConnectionFlags } from '../client.js';
@@ -226,6 +228,65 @@ function reportVerify(r: VerifyResult, output: OutputFormat, extra: Record<strin
   return r.ok ? 0 : 1;
 }
 
+function reportWitness(r: WitnessVerifyResult, output: OutputFormat, extra: Record<string, unknown>, witnessPath: string, by: string): number {
+  if (output === 'json') {
+    printJson({ ...r, ...extra });
+    return r.ok ? 0 : 1;
+  }
+  const w = r.witness;
+  if (r.ok) {
+    const reach = w.newest ? `; the log reaches the newest checkpoint, record ${w.newest.seq} of ${w.newest.time}` : '';
+    process.stdout.write(`audit chain intact: ${r.records} records (hash chain, signed head and ${w.checkpoints} checkpoints${w.records ? ` and ${w.records} copied records` : ''} from ${witnessPath}, checked by ${by}${reach})\n`);
+    return 0;
+  }
+  process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified; witness ${witnessPath}, checked by ${by})\n`);
+  for (const f of w.failures) process.stdout.write(`  ${f.problem}: ${f.reason}\n`);
+  if (w.failureCount > w.failures.length) process.stdout.write(`  … and ${w.failureCount - w.failures.length} more\n`);
+  return 1;
+}
+
+const sourceOf = (at: string) => at.slice(0, Math.max(0, at.lastIndexOf(':')));
+const WITNESS_BATCH = 1000;
+
+/**
+ * Sends the witness's checkpoints to the server in batches (it checks the
+ * signatures and the chain) and merges the answers. Links between batches are
+ * checked here: a hash needs no key.
+ */
+async function verifyWitnessOnline(c: ApiClient, w: WitnessInput): Promise<WitnessVerifyResult> {
+  const failures: WitnessFailure[] = (w.malformed ?? []).map((m) => ({ at: m.at, seq: 0, problem: 'signature', reason: `the checkpoint at ${m.at} is malformed (${m.value}); not trusted` }));
+  const seen = new Set<string>();
+  const started = new Set<string>();
+  let records = 0;
+  let broken: { seq: number; reason: string } | undefined;
+  let newest: WitnessVerifyResult['witness']['newest'];
+  let count = failures.length;
+  for (let i = 0; i < w.checkpoints.length; i += WITNESS_BATCH) {
+    const batch = w.checkpoints.slice(i, i + WITNESS_BATCH);
+    const inBatch = new Set<string>();
+    for (const { at, value } of batch) {
+      const src = sourceOf(at);
+      if (i > 0 && !inBatch.has(src) && started.has(src) && value.prev !== ZERO_PREV && !seen.has(value.prev)) {
+        failures.push({ at, seq: value.seq, problem: 'link', reason: `checkpoint at ${at} (record ${value.seq}) names a previous checkpoint missing from the witness (a witness line was removed or edited)` });
+        count += 1;
+      }
+      inBatch.add(src);
+      started.add(src);
+      seen.add(checkpointHash(value));
+    }
+    const r = (await c.call<WitnessVerifyResult>('POST', '/v1/audit/verify', { body: { checkpoints: batch.map((e) => e.value), at: batch.map((e) => e.at) } })).body;
+    records = Math.max(records, r.records);
+    if (!r.ok) broken ??= r.firstBroken;
+    failures.push(...r.witness.failures);
+    count += r.witness.failureCount;
+    if (r.witness.newest && (!newest || r.witness.newest.seq > newest.seq)) newest = r.witness.newest;
+  }
+  failures.sort((a, b) => a.seq - b.seq);
+  const witness = { checkpoints: w.checkpoints.length, records: 0, ...(newest ? { newest } : {}), failures: failures.slice(0, 100), failureCount: count };
+  if (!broken && failures.length) broken = { seq: failures[0]!.seq, reason: failures[0]!.reason };
+  return broken ? { ok: false, records, firstBroken: broken, witness } : { ok: true, records, witness };
+}
+
 export function registerAudit(program: Command, run: (fn: () => Promise<number>) => void): void {
   const audit = program.command('audit').description('Read, export and verify the audit log (key server, embedded store, a database copy or an export file)');
 
@@ -234,13 +295,28 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
       .command('verify')
       .description('Check the hash chain (and its signed head where the root key is at hand); report the first edited, deleted or reordered record')
       .option('--db <file>', 'verify a SQLite database offline, opened read-only; with --root-key-file (a keyfile-sealed server\'s key) also its signed head')
-      .option('--file <export.jsonl>', 'verify a file written by "keyhaven audit export"'),
+      .option('--file <export.jsonl>', 'verify a file written by "keyhaven audit export"')
+      .option('--witness <file|dir>', 'also check the chain against signed checkpoints kept outside the database (the audit.checkpoint file, an audit sink file or syslog archive, or a folder of them); with --server or with --db and --root-key-file'),
   )
-    .addHelpText('after', '\nExit status 1 when verification fails; the message names the first broken record.')
-    .action((flags: AuditFlags & { db?: string; file?: string }) =>
+    .addHelpText(
+      'after',
+      `
+Exit status 1 when verification fails; the message names the first broken record.
+
+Without --witness the database can only vouch for itself: an edit, a deleted
+or reordered record, a missing signed head or records cut below the head are
+found, but someone able to write the database can roll it back to an older
+state (head included) unnoticed. With --witness the log must also reach and
+match every checkpoint in the witness: a rollback, a wipe, a cut tail or a
+forged tail is found as long as the witness itself was out of reach.`,
+    )
+    .action((flags: AuditFlags & { db?: string; file?: string; witness?: string }) =>
       run(async () => {
         if ([flags.db, flags.file, flags.dataDir, flags.server].filter((v) => v !== undefined).length > 1) {
           throw new KeyhavenError('invalid_argument', 'give one of --db, --file, --data-dir or --server');
+        }
+        if (flags.witness !== undefined && (flags.file !== undefined || (flags.db === undefined && actsLocally(flags)))) {
+          throw new KeyhavenError('invalid_argument', '--witness applies to the key server (--server) or a copy of its database (--db with --root-key-file); an export file or an embedded store has no checkpoints');
         }
         if (flags.file !== undefined) {
           if (flags.rootKeyFile !== undefined) throw new KeyhavenError('invalid_argument', '--root-key-file does not apply to --file: an export carries no signed head');
@@ -250,7 +326,13 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
           return reportVerify(r, flags.output, { source: 'file', checked: 'chain' }, note);
         }
         if (flags.db !== undefined) {
-          const { verifyDatabase } = await import('../audit-offline.js');
+          const { verifyDatabase, readWitness } = await import('../audit-offline.js');
+          if (flags.witness !== undefined) {
+            if (flags.rootKeyFile === undefined) throw new KeyhavenError('invalid_argument', '--witness needs --root-key-file: checkpoints are signed with a key derived from the root key');
+            const w = await readWitness(flags.witness);
+            const { headChecked: _, ...res } = await verifyDatabase(flags.db, flags.rootKeyFile, w);
+            return reportWitness(res as WitnessVerifyResult, flags.output, { source: 'db', checked: 'chain+head+witness' }, flags.witness, 'this machine');
+          }
           const r = await verifyDatabase(flags.db, flags.rootKeyFile);
           const { headChecked, ...res } = r;
           const note = headChecked
@@ -260,6 +342,11 @@ export function registerAudit(program: Command, run: (fn: () => Promise<number>)
         }
         if (actsLocally(flags)) {
           return withStore(flags, async (es) => reportVerify(await es.audit.verify(), flags.output, {}, ''));
+        }
+        if (flags.witness !== undefined) {
+          const { readWitness } = await import('../audit-offline.js');
+          const w = await readWitness(flags.witness);
+          return withClient(flags, async (c) => reportWitness(await verifyWitnessOnline(c, w), flags.output, { source: 'server', checked: 'chain+head+witness' }, flags.witness!, c.connection.server));
         }
         return withClient(flags, async (c) => {
           const r = (await c.call<VerifyResult>('GET', '/v1/audit/verify')).body;
