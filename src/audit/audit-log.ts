@@ -273,7 +273,8 @@ function macHolds(key: Buffer, h: StoredHead): boolean {
 /** Whether the stored head (if any) is signed with this key and names a record still in the chain. */
 async function storedHeadHolds(store: Store, key: Buffer, expectHead: boolean): Promise<boolean> {
   const h = await readHead(store);
-  if (h === undefined) return !expectHead || (await store.lastAuditSeq()) === 0;
+  // A store signed before has a head; none now means it was deleted (with the log, if empty).
+  if (h === undefined) return !expectHead;
   if (h === 'unreadable' || !macHolds(key, h)) return false;
   // Read after the head: a head and its record commit together.
   const [row] = await store.readAudit(h.seq - 1, 1);
