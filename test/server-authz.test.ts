@@ -145,6 +145,7 @@ describe('server authorization matrix', () => {
     { method: 'POST', route: '/v1/approvals/{id}/deny', allow: ['keyAdmin'], req: () => ({ path: `/v1/approvals/${approvalToDeny}/deny`, body: {} }) },
     { method: 'GET', route: '/v1/audit', allow: ['auditor'], req: () => ({ path: '/v1/audit?limit=5' }) },
     { method: 'GET', route: '/v1/audit/verify', allow: ['auditor'] },
+    { method: 'POST', route: '/v1/audit/verify', allow: ['auditor'], req: () => ({ body: { checkpoints: [{ v: 1, store: '00', seq: 1, hash: '0'.repeat(64), time: '2026-01-01T00:00:00Z', prev: '0'.repeat(64), mac: '0'.repeat(64) }] } }) },
     { method: 'GET', route: '/v1/openapi.json', allow: ALL },
     { method: 'GET', route: '/metrics', allow: ALL },
     // Last: it seals the server (unsealed again afterwards).
