@@ -413,7 +413,8 @@ describe('audit sinks', () => {
       const id = rid(h)!;
       const lines = await waitFor(() => {
         if (!existsSync(path)) return undefined;
-        const ls = readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRow);
+        // Checkpoint lines ({"checkpoint":{...}}) share the file; records are the rest.
+        const ls = readFileSync(path, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRow).filter((r) => !('checkpoint' in r));
         return ls.some((r) => r.request_id === id) ? ls : undefined;
       }, 'the health request in the sink file', 10_000);
       assert.equal(statSync(path).mode & 0o777, 0o600);
@@ -438,7 +439,7 @@ describe('audit sinks', () => {
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
     const port = sock.address().port;
     const dir = tempDir('kh-syslog-');
-    const s = await startServerProcess({ dir, config: { audit: { fsync: true, sink: { syslog: { address: `127.0.0.1:${port}`, facility: 13, tag: 'khtest' } } } } });
+    const s = await startServerProcess({ dir, config: { audit: { fsync: true, sink: { syslog: { address: `127.0.0.1:${port}`, facility: 13, tag: 'khtest' } }, checkpoint: { interval: '1s' } } } });
     try {
       await initServer(s.url);
       const h = await api(s.url, 'GET', '/v1/sys/health', { headers: { 'x-keyhaven-cluster': 'c-syslog' } });
@@ -454,9 +455,56 @@ describe('audit sinks', () => {
       assert.equal(m[2], rec.time);
       assert.equal(details(rec).cluster, 'c-syslog');
       assert.match(rec.hash, /^[0-9a-f]{64}$/);
+      // Signed checkpoints travel the same way, told apart by their message id and shape.
+      const cpLine = await waitFor(() => got.find((l) => / checkpoint - \{"checkpoint":/.test(l)), 'a checkpoint at the syslog collector', 10_000);
+      const cm = /^<(\d+)>1 (\S+) (\S+) khtest (\d+) checkpoint - (\{.*\})$/.exec(cpLine);
+      assert.ok(cm, `RFC 5424 checkpoint line: ${cpLine}`);
+      const cp = (JSON.parse(cm[5]!) as { checkpoint: Record<string, unknown> }).checkpoint;
+      assert.deepEqual(Object.keys(cp), ['v', 'store', 'seq', 'hash', 'time', 'prev', 'mac']);
     } finally {
       await s.stop();
       sock.close();
+      removeDir(dir);
+    }
+  });
+
+  it('stdout sink: records and checkpoints among the server\'s log lines verify as a witness; a last checkpoint on seal, none while sealed', async () => {
+    const dir = tempDir('kh-stdout-');
+    const s = await startServerProcess({ dir, config: { audit: { fsync: true, sink: { stdout: {} }, checkpoint: { interval: '1s' } } } });
+    try {
+      const init = await initServer(s.url);
+      const admin = await login(s.url, init.admin.name, init.admin.password);
+      const made = await api(s.url, 'POST', '/v1/users', { token: admin, body: { name: 'aud', password: 'aud-password-123', roles: ['auditor'] } });
+      assert.equal(made.status, 200, made.text);
+      const aud = await login(s.url, 'aud', 'aud-password-123');
+      const cps = () => s.output().split('\n').filter((l) => l.startsWith('{"checkpoint":')).map((l) => (JSON.parse(l) as { checkpoint: { seq: number } }).checkpoint);
+      const newest = async () => Number((await readAudit(s.url, aud)).at(-1)!.seq);
+      const want = await newest();
+      await waitFor(() => cps().some((c) => c.seq >= want) || undefined, `a checkpoint at or after record ${want} on stdout`, 15_000);
+      assert.ok(/"msg":"keyhaven server listening"/.test(s.output()), 'log lines share stdout');
+      assert.ok(s.output().split('\n').some((l) => l.startsWith('{"seq":')), 'records on stdout');
+      const witness = join(dir, 'stdout.log');
+      writeFileSync(witness, s.output());
+      const r = cli(['audit', 'verify', '--witness', witness, '-o', 'json'], { env: { KEYHAVEN_ADDR: s.url, KEYHAVEN_TOKEN: aud } });
+      assert.equal(r.code, 0, r.stdout + r.stderr);
+      assert.equal(JSON.parse(r.stdout).ok, true);
+
+      // Sealing writes a checkpoint over the sys.seal record; a sealed server writes none and checks none.
+      const sealed = await api(s.url, 'POST', '/v1/sys/seal', { token: admin, body: {} });
+      assert.equal(sealed.status, 200, sealed.text);
+      const db = new Database(join(dir, 'keyhaven.db'), { readonly: true });
+      const sealSeq = (db.prepare("select max(seq) as m from audit where operation = 'sys.seal' and actor = 'system:seal'").get() as { m: number }).m;
+      db.close();
+      await waitFor(() => cps().some((c) => c.seq >= sealSeq) || undefined, 'a checkpoint covering the seal', 15_000);
+      const count = cps().length;
+      const v = await api(s.url, 'POST', '/v1/audit/verify', { token: aud, body: { checkpoints: [cps()[0]] } });
+      assert.equal(v.status, 503, v.text);
+      await api(s.url, 'GET', '/v1/sys/health');
+      // Two interval ticks pass with new records and no key: nothing is written.
+      await new Promise((res) => setTimeout(res, 2500));
+      assert.equal(cps().length, count, 'no checkpoint while sealed');
+    } finally {
+      await s.stop();
       removeDir(dir);
     }
   });
