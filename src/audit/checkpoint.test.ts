@@ -160,7 +160,7 @@ describe('checkpointer', () => {
         await new Promise((r) => setTimeout(r, 5));
       }
     };
-    await waitFor(4);
+    await waitFor(3);
     // A key change (recordIn) is anchored without waiting for N records or the interval.
     await store.transaction((tx) => log.recordIn(tx, { actor: 'user:a', operation: 'key.create', result: 'ok' }));
     await waitFor(5);
