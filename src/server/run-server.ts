@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { startSinkPump, fileSink, syslogSink, type SinkPump } from '../audit/sinks.js';
 import type { ServerConfig } from '../config/server-config.js';
+import { closePasswordHashing, configurePasswordHashing } from '../access/secrets.js';
 import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { keyFileSeal } from '../seal/keyfile.js';
@@ -87,7 +88,9 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       core.audit.onStored(pump.kick);
     }
     const metrics = createServerMetrics();
-    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https });
+    configurePasswordHashing(cfg.auth.hashing);
+    const signInRateLimit = { max: cfg.auth.rateLimit.max, windowMs: cfg.auth.rateLimit.window };
+    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https, signInRateLimit });
     const at = cfg.listen.lastIndexOf(':');
     await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
   } catch (e) {
@@ -130,6 +133,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       await p?.stop();
       await c.close();
       await store.close();
+      await closePasswordHashing();
     },
   };
 }
