@@ -107,7 +107,8 @@ export class PasswordPool {
   }
 
   private spawn(): Slot {
-    const worker = new Worker(WORKER_URL);
+    // No inherited node flags: the worker needs none, and some (--input-type) stop it from starting.
+    const worker = new Worker(WORKER_URL, { execArgv: [] });
     const t: Slot = { worker, current: undefined };
     worker.unref();
     worker.on('message', (a: HashAnswer) => {
