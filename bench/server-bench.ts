@@ -1,6 +1,7 @@
 // The key server section of `npm run bench`: Encrypt and Decrypt calls/s over
 // HTTP with durable audit (fsync on), on SQLite and on PostgreSQL, beside a
-// bare node:http echo measured in the same run with the same client.
+// bare node:http echo measured in the same run with the same client; then
+// encrypt quiet and under a 50-way wrong-password flood (the sign-in flood point).
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
