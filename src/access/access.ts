@@ -6,6 +6,7 @@ import type { PrincipalKind } from '../storage/schema.js';
 import type { CredentialRow, LoginThrottleRow, PrincipalRow, Store } from '../storage/store.js';
 import { parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
 import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, takeHashSlot, validatePassword, verifyPassword } from './secrets.js';
+import { signInSource } from './sign-in-source.js';
 
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
@@ -98,11 +99,12 @@ export interface Access {
   list(kind: PrincipalKind): Promise<PrincipalInfo[]>;
   get(name: string): Promise<PrincipalInfo>;
   /**
-   * A session for a user's name and password, tried from `source` (the client
-   * address). Throttled per (name, source): refused with too_many_attempts
-   * while that pair is locked or while password hashing is at capacity.
+   * A session for a user's name and password, tried from `clientAddress`.
+   * Throttled per (name, source) (the source: the IPv4 address or IPv6 /64):
+   * refused with too_many_attempts while that pair is locked or while
+   * password hashing is at capacity.
    */
-  login(name: string, password: string, source: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
+  login(name: string, password: string, clientAddress: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
   /** Clears every sign-in failure counter and lock of a user (all sources); returns how many were cleared. */
   unlock(actor: Principal, name: string): Promise<{ name: string; cleared: number }>;
   logout(token: string): Promise<void>;
@@ -391,8 +393,9 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       return info ?? toInfo(row);
     },
 
-    async login(name, password, source) {
+    async login(name, password, clientAddress) {
       const now = new Date();
+      const source = signInSource(clientAddress);
       // A locked pair is refused on a plain read, without a write or a hash slot.
       refuseIfLocked(await store.getLoginThrottle(name, source), now);
       // Admission to the hashing pool comes before counting: a refusal for load is no failed attempt.

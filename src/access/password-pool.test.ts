@@ -85,18 +85,43 @@ describe('password hashing pool', () => {
     }
   });
 
+  it('hashing never uses the libuv thread pool: node:crypto\'s async scrypt and pbkdf2 are not called', async () => {
+    // In a fresh process, the thread-pool functions are replaced (before secrets.js is loaded) by ones
+    // that count and fail; hashing and checking must still work and leave the counts at zero.
+    const mod = new URL('./secrets.js', import.meta.url).href;
+    const script = [
+      "import crypto from 'node:crypto'; import { syncBuiltinESMExports } from 'node:module';",
+      'let calls = 0;',
+      "for (const f of ['scrypt', 'pbkdf2', 'hkdf']) crypto[f] = (...a) => { calls += 1; a[a.length - 1](new Error('libuv pool used')); };",
+      'syncBuiltinESMExports();',
+      `const s = await import(${JSON.stringify(mod)});`,
+      "const h = await s.hashPassword('correct horse battery');",
+      "const ok = await s.verifyPassword('correct horse battery', h);",
+      "const bad = await s.verifyPassword('wrong horse battery', h);",
+      'process.stdout.write(JSON.stringify({ ok, bad, calls }));',
+    ].join('\n');
+    const out = await runScript(script);
+    assert.equal(out.code, 0, out.text);
+    assert.deepEqual(JSON.parse(out.text), { ok: true, bad: false, calls: 0 });
+  });
+
   it('an idle pool does not keep the process alive', async () => {
     const mod = new URL('./secrets.js', import.meta.url).href;
-    const script = `const s = await import(${JSON.stringify(mod)}); const h = await s.hashPassword('correct horse battery'); process.stdout.write(String(await s.verifyPassword('correct horse battery', h)));`;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    // A hang guard only: a process the pool kept alive never exits by itself.
-    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    const exit = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
-    clearTimeout(guard);
-    assert.equal(exit, 0, `exited ${exit}: ${out}`);
-    assert.equal(out, 'true', 'the hash finished before exit (a busy worker holds the process)');
+    const out = await runScript(`const s = await import(${JSON.stringify(mod)}); const h = await s.hashPassword('correct horse battery'); process.stdout.write(String(await s.verifyPassword('correct horse battery', h)));`);
+    assert.equal(out.code, 0, `exited ${out.code}: ${out.text}`);
+    assert.equal(out.text, 'true', 'the hash finished before exit (a busy worker holds the process)');
   });
 });
+
+/** Runs an ES module script in a fresh node; its exit code and output. */
+async function runScript(script: string): Promise<{ code: number | null; text: string }> {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let text = '';
+  child.stdout.on('data', (d: Buffer) => (text += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (text += d.toString()));
+  // A hang guard only: a process the pool kept alive never exits by itself.
+  const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  clearTimeout(guard);
+  return { code, text };
+}
