@@ -396,14 +396,16 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
     async login(name, password, clientAddress) {
       const now = new Date();
       const source = signInSource(clientAddress);
+      // Counted under the name as tried; no real name is longer (DSM Basic pairs can be).
+      const tried = name.slice(0, 64);
       // A locked pair is refused on a plain read, without a write or a hash slot.
-      refuseIfLocked(await store.getLoginThrottle(name, source), now);
+      refuseIfLocked(await store.getLoginThrottle(tried, source), now);
       // Admission to the hashing pool comes before counting: a refusal for load is no failed attempt.
       const slot = takeHashSlot();
       let row: PrincipalRow | undefined;
       let stored: Buffer | undefined;
       try {
-        await reserveAttempt(name, source, now);
+        await reserveAttempt(tried, source, now);
         row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
         stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
       } catch (e) {
@@ -418,7 +420,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       const principalId = row.id;
       await store.transaction(async (tx) => {
         // Success forgets this source's failures (other sources' counters stand).
-        await tx.deleteLoginThrottles(name, source);
+        await tx.deleteLoginThrottles(tried, source);
         await tx.insertCredential({ id: t.id, principal_id: principalId, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
       });
       return { token: t.token, expiresAt, principal: toPrincipal(row, 'session') };
