@@ -79,7 +79,11 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
   connOptions(
     user
       .command('unlock <name>')
-      .description('Clear a user\'s sign-in failure counters and locks from every source address (security-admin)'),
+      .description('Clear a user\'s sign-in failure counters and locks from every source address (security-admin)')
+      .addHelpText(
+        'after',
+        '\nWrong passwords lock a name only for the address they came from (auth.maxFailedLogins, lockBase, lockMax in\nserver.yaml), so the right password still works from elsewhere. Use this when a flood also came from the\nuser\'s own address. The change is audited as user.unlock.',
+      ),
   ).action((name: string, flags: RemoteFlags) =>
     run(() =>
       withClient(flags, async (c) => {
