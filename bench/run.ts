@@ -13,6 +13,7 @@
 //        BENCH_SERVER_SECONDS (measured seconds per server point, default 3),
 //        BENCH_WARMUP (unmeasured seconds before each point, default 1),
 //        BENCH_STORM_N (seeds in the restart storm, default 10000),
+//        BENCH_SERVER_FLOOD (0 skips the sign-in flood point),
 //        BENCH_SERVER_NODE_ARGS (extra node flags for the key server, e.g. --cpu-prof)
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, unlinkSync, writeFileSync } from 'node:fs';
@@ -689,7 +690,7 @@ async function main(): Promise<void> {
         '  LIST: comma-separated echo, embedded, kek-on, kek-off, remote (= kek-on,kek-off),\n' +
         '        plugin (= embedded,remote), server; "plugin" as a section = echo plus every plugin target\n' +
         '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N,\n' +
-        '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_NODE_ARGS (see bench/README.md)\n',
+        '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_FLOOD, BENCH_SERVER_NODE_ARGS (see bench/README.md)\n',
     );
     return;
   }

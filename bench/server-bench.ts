@@ -1,6 +1,7 @@
 // The key server section of `npm run bench`: Encrypt and Decrypt calls/s over
 // HTTP with durable audit (fsync on), on SQLite and on PostgreSQL, beside a
-// bare node:http echo measured in the same run with the same client.
+// bare node:http echo measured in the same run with the same client; then
+// encrypt quiet and under a 50-way wrong-password flood (the sign-in flood point).
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
@@ -10,6 +11,7 @@ import Database from 'better-sqlite3';
 import pg from 'pg';
 import { request } from 'undici';
 import type { HttpLoadReport, LoadSpec } from './http-load.js';
+import type { FloodReport } from './login-flood.js';
 import {
   BenchError, Child, cpuSeconds, exited, fmt, freePort, interrupted, log, machineBusySeconds, onCleanup, ROOT, ratio, table,
 } from './procs.js';
@@ -23,6 +25,11 @@ const APP = 'bench-app';
 const KEY_ADMIN = 'bench-keys';
 const BODIES = 64;
 const AIM = { backend: 'sqlite', op: 'encrypt', concurrency: 16, ratio: 0.5 } as const;
+// Sign-in flood point: encrypt at this concurrency, quiet and with FLOOD_WAYS wrong-password loops running.
+const FLOOD = { ways: 50, concurrency: 16, p99Ms: 100, p99Ratio: 2 } as const;
+// The bench servers lift the per-source sign-in rate limit, so every flood request reaches the
+// sign-in path (an attacker with unlimited addresses); per-source locks and the hashing queue stay.
+const BENCH_AUTH = { rateLimit: { max: 100_000 } } as const;
 
 type Op = (typeof OPS)[number];
 type Backend = 'sqlite' | 'postgres';
@@ -130,6 +137,8 @@ export interface KeyServerOptions {
   /** The app granted encrypt and decrypt on `key`. */
   readonly app: string;
   readonly nodeArgs?: readonly string[];
+  /** The `auth` block of server.yaml (defaults otherwise). */
+  readonly auth?: unknown;
 }
 
 export interface KeyServer {
@@ -159,6 +168,7 @@ export async function startKeyServer(o: KeyServerOptions, children: Child[]): Pr
     seal: { keyfile: { path: join(o.dir, 'root.key') } },
     audit: { fsync: true },
     log: { level: 'warn' },
+    ...(o.auth === undefined ? {} : { auth: o.auth }),
   };
   writeFileSync(cfgPath, `${JSON.stringify(cfg, null, 2)}\n`, { mode: 0o600 });
   const cli = join(ROOT, 'bin', 'keyhaven');
@@ -192,7 +202,7 @@ export async function startKeyServer(o: KeyServerOptions, children: Child[]): Pr
 
 async function startServer(backend: Backend, storage: unknown, dir: string, plaintexts: string[], children: Child[]): Promise<ServerTarget> {
   const started = Date.now();
-  const { child, url: base, apiKey } = await startKeyServer({ label: backend, storage, dir, key: KEY, app: APP, nodeArgs: serverNodeArgs() }, children);
+  const { child, url: base, apiKey } = await startKeyServer({ label: backend, storage, dir, key: KEY, app: APP, nodeArgs: serverNodeArgs(), auth: BENCH_AUTH }, children);
   const app = { apiKey };
 
   // Ciphertexts for the decrypt load, made first (concurrently, so the audit batches them); each is checked once.
@@ -384,6 +394,77 @@ async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOpti
   return r;
 }
 
+// ---------------------------------------------------------------- sign-in flood
+
+interface HealthProbe {
+  count: number;
+  p50Ms: number;
+  maxMs: number;
+  errors: number;
+}
+
+/** GET /v1/sys/health one after another until `until` settles: what a liveness probe sees. */
+async function probeHealth(url: string, until: Promise<unknown>): Promise<HealthProbe> {
+  let done = false;
+  void until.finally(() => (done = true)).catch(() => {});
+  const lat: number[] = [];
+  let errors = 0;
+  while (!done) {
+    const t = performance.now();
+    try {
+      const r = await request(`${url}/v1/sys/health`);
+      await r.body.dump();
+      if (r.statusCode === 200) lat.push(performance.now() - t);
+      else errors += 1;
+    } catch {
+      errors += 1;
+    }
+    await sleep(20);
+  }
+  lat.sort((a, b) => a - b);
+  const at = (q: number) => (lat.length ? Math.round(lat[Math.min(lat.length - 1, Math.ceil(q * lat.length) - 1)]! * 100) / 100 : 0);
+  return { count: lat.length, p50Ms: at(0.5), maxMs: lat.length ? Math.round(lat[lat.length - 1]! * 100) / 100 : 0, errors };
+}
+
+interface FloodPoint {
+  backend: Backend;
+  concurrency: number;
+  ways: number;
+  quiet: Measured;
+  flooded: Measured;
+  p99Ratio?: number;
+  quietHealth: HealthProbe;
+  floodHealth: HealthProbe;
+  flood?: FloodReport;
+}
+
+/** Encrypt at FLOOD.concurrency, quiet, then with a FLOOD.ways wrong-password flood from another process. */
+async function floodPoint(s: ServerTarget, o: ServerSectionOptions, dir: string, children: Child[]): Promise<FloodPoint> {
+  const quietLoad = load(s, 'encrypt', FLOOD.concurrency, o, dir);
+  const quietHealth = await probeHealth(s.url, quietLoad);
+  const quiet = await quietLoad;
+  const flooder = new Child(`flood ${s.name}`, [join(ROOT, 'dist', 'bench', 'login-flood.js'), s.url, String(FLOOD.ways), String(o.warmup + o.seconds + 2)]);
+  children.push(flooder);
+  const exitedFlood = new Promise<number | null>((res) => {
+    if (exited(flooder.proc)) res(flooder.proc.exitCode);
+    else flooder.proc.once('exit', (c) => res(c));
+  });
+  await Promise.race([
+    new Promise<void>((res) => flooder.onLine((l) => l === 'flooding' && res())),
+    exitedFlood.then((c) => {
+      throw new BenchError(`login flood exited (${c}) before it started${flooder.output()}`);
+    }),
+  ]);
+  const floodLoad = load(s, 'encrypt', FLOOD.concurrency, o, dir);
+  const floodHealth = await probeHealth(s.url, floodLoad);
+  const flooded = await floodLoad;
+  const code = await exitedFlood;
+  const line = [...flooder.lastLines()].reverse().find((l) => l.startsWith('{'));
+  if (code !== 0 || !line) throw new BenchError(`login flood exited ${code}${flooder.output()}`);
+  const flood = JSON.parse(line) as FloodReport;
+  return { backend: s.name, concurrency: FLOOD.concurrency, ways: FLOOD.ways, quiet, flooded, p99Ratio: ratio(flooded.p99Ms, quiet.p99Ms), quietHealth, floodHealth, flood };
+}
+
 // ---------------------------------------------------------------- report
 
 function lat(r: Measured | undefined): string {
@@ -477,6 +558,18 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
       }
     }
 
+    const floods: FloodPoint[] = [];
+    if (process.env.BENCH_SERVER_FLOOD !== '0' && ops.includes('encrypt')) {
+      for (const s of servers) {
+        const f = await floodPoint(s, o, dir, children);
+        log(
+          `server: ${s.name} encrypt c=${f.concurrency} quiet p50/p99 ${lat(f.quiet)} ms, with a ${f.ways}-way sign-in flood ${lat(f.flooded)} ms ` +
+            `(p99 ×${fmt(f.p99Ratio, 2)}); flood ${f.flood?.perSec ?? '-'} req/s ${JSON.stringify(f.flood?.answers ?? {})}`,
+        );
+        floods.push(f);
+      }
+    }
+
     const out: string[] = [];
     out.push(`keyhaven key server benchmark — ${cpus().length} CPUs, Node ${process.version}`);
     out.push(`${o.seconds} s measured per point after ${o.warmup} s warm-up; undici Pool, one keep-alive connection per call in flight; audit fsync on`);
@@ -506,6 +599,27 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
       `aim: ${AIM.backend} ${AIM.op} at c=${AIM.concurrency} ≥ ${AIM.ratio.toFixed(2)}× echo — measured ${fmt(got, 2)}× ` +
         `(${fmt(aim?.server?.callsPerSec)} / ${fmt(aim?.echo?.callsPerSec)} calls/s): ${got !== undefined && got >= AIM.ratio ? 'met' : 'NOT MET'}`,
     );
+    if (floods.length) {
+      out.push('');
+      out.push(`sign-in flood: encrypt at c=${FLOOD.concurrency}, quiet, then while another process sends ${FLOOD.ways} concurrent wrong-password logins back to back`);
+      out.push(`(each loop from its own address 127.0.0.10+, each attempt a new name; the bench servers lift the per-source rate limit so the flood reaches password hashing)`);
+      out.push(
+        table(
+          ['backend', 'c', 'quiet calls/s', 'flood calls/s', 'quiet p50/p99 ms', 'flood p50/p99 ms', 'p99 flood/quiet', 'health p50/max ms quiet', 'health p50/max ms flood', 'flood req/s', 'hashed/busy/locked/limited/other', 'errors'],
+          floods.map((f) => [
+            f.backend, String(f.concurrency), fmt(f.quiet.callsPerSec), fmt(f.flooded.callsPerSec), lat(f.quiet), lat(f.flooded), fmt(f.p99Ratio, 2),
+            `${f.quietHealth.p50Ms} / ${f.quietHealth.maxMs}`, `${f.floodHealth.p50Ms} / ${f.floodHealth.maxMs}`, fmt(f.flood?.perSec),
+            f.flood ? `${f.flood.answers.hashed}/${f.flood.answers.busy}/${f.flood.answers.locked}/${f.flood.answers.rateLimited}/${f.flood.answers.other}` : '-',
+            `${errs(f.quiet)} / ${errs(f.flooded)}${f.quietHealth.errors + f.floodHealth.errors ? ` health ${f.quietHealth.errors + f.floodHealth.errors} !!` : ''}`,
+          ]),
+          2,
+        ),
+      );
+      for (const f of floods) {
+        const met = f.flooded.p99Ms < FLOOD.p99Ms && f.p99Ratio !== undefined && f.p99Ratio <= FLOOD.p99Ratio;
+        out.push(`aim: ${f.backend} encrypt p99 under a sign-in flood < ${FLOOD.p99Ms} ms and ≤ ${FLOOD.p99Ratio}× quiet — measured ${f.flooded.p99Ms} ms, ${fmt(f.p99Ratio, 2)}× (quiet ${f.quiet.p99Ms} ms): ${met ? 'met' : 'NOT MET'}`);
+      }
+    }
     const noise = points.flatMap((p) => [p.echo?.otherCpu, p.server?.otherCpu]).filter((v): v is number => v !== undefined);
     const meanNoise = noise.length ? noise.reduce((a, b) => a + b, 0) / noise.length : 0;
     if (meanNoise > 0.3) {
@@ -524,6 +638,12 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
       }
       errorLines.push(...describeErrors(`${p.backend} ${p.op} c=${p.concurrency}`, p.server));
     }
+    for (const f of floods) {
+      errorLines.push(...describeErrors(`${f.backend} encrypt c=${f.concurrency} quiet`, f.quiet), ...describeErrors(`${f.backend} encrypt c=${f.concurrency} under the sign-in flood`, f.flooded));
+      const healthErrors = f.quietHealth.errors + f.floodHealth.errors;
+      if (healthErrors) errorLines.push(`  ${f.backend} /v1/sys/health: ${healthErrors} failed during the flood point`);
+      if (f.flood?.answers.other) errorLines.push(`  ${f.backend} sign-in flood: ${f.flood.answers.other} unexpected answers; first: ${f.flood.firstOther ?? '?'}`);
+    }
     const failed = errorLines.length > 0;
     if (failed) {
       out.push('');
@@ -534,7 +654,7 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
     out.push('results (JSON):');
     const json = {
       section: 'server', cpus: cpus().length, node: process.version, seconds: o.seconds, warmup: o.warmup,
-      postgresSkipped: pgSkip ?? null, answerBytes: first.answerBytes, probes, meanOtherCpu: Math.round(meanNoise * 100) / 100, points,
+      postgresSkipped: pgSkip ?? null, answerBytes: first.answerBytes, probes, meanOtherCpu: Math.round(meanNoise * 100) / 100, points, floods,
     };
     out.push(JSON.stringify(json));
     return { text: out.join('\n'), json, failed };

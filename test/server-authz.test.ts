@@ -131,6 +131,7 @@ describe('server authorization matrix', () => {
     { method: 'GET', route: '/v1/users', allow: ['secAdmin'] },
     { method: 'POST', route: '/v1/users', allow: ['secAdmin'], req: (who) => ({ body: { name: `u-${lower(who)}`, password: 'a-long-password-1', roles: [] } }) },
     { method: 'PUT', route: '/v1/users/{name}/roles', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/roles', body: { roles: ['auditor'] } }) },
+    { method: 'POST', route: '/v1/users/{name}/unlock', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/unlock', body: {} }) },
     { method: 'GET', route: '/v1/apps', allow: ['secAdmin'] },
     { method: 'POST', route: '/v1/apps', allow: ['secAdmin'], req: (who) => ({ body: { name: `a-${lower(who)}` } }) },
     { method: 'POST', route: '/v1/apps/{name}/rotate-key', allow: ['secAdmin'], req: () => ({ path: '/v1/apps/scratchapp/rotate-key', body: {} }) },

@@ -147,6 +147,7 @@ describe('server bad input', () => {
     { method: 'POST', path: '/v1/keys/k1/status', token: () => cast.appKey, valid: { cluster: 'prod-eu-1', node: 'cp-1.example.com', pluginVersion: 'v0.1.0', keyId: 'kh1:0123456789abcdef:0123456789abcdef:1:0123456789abcdef', lastSuccess: '2026-01-31T12:00:00Z' }, required: ['node'] },
     { method: 'POST', path: '/v1/users', token: () => cast.admin, valid: { name: 'someone', password: 'someone-password-1', roles: ['auditor'] }, required: ['name', 'password'] },
     { method: 'PUT', path: '/v1/users/scratchuser/roles', token: () => cast.admin, valid: { roles: ['auditor'] }, required: ['roles'] },
+    { method: 'POST', path: '/v1/users/scratchuser/unlock', token: () => cast.admin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/apps', token: () => cast.admin, valid: { name: 'someapp', description: 'd', certFingerprint: 'ab'.repeat(32) }, required: ['name'] },
     { method: 'POST', path: '/v1/apps/scratchapp/rotate-key', token: () => cast.admin, valid: {}, required: [] },
     { method: 'PUT', path: '/v1/apps/scratchapp/grants/k1', token: () => cast.admin, valid: { operations: ['encrypt'] }, required: ['operations'] },

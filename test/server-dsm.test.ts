@@ -362,11 +362,11 @@ describe('Fortanix DSM compatibility API', () => {
     refused(await dsm('GET', '/crypto/v1/keys', { basic: b64(`keyadmin:${cast.passwords.keyadmin}`) }), 401, /users log in at POST \/sys\/v1\/session\/auth/, 'user Basic on a route', [cast.passwords.keyadmin!]);
     refused(await dsm('POST', '/sys/v1/session/terminate', { basic: apiKey }), 400, /only a session can be terminated/, 'terminate with Basic', [ak]);
 
-    // Failed DSM logins lock the account, for /v1/auth/login too.
+    // Failed DSM logins lock the (name, source address) pair, for /v1/auth/login too.
     const pw = 'lockme-password-123';
     assert.equal((await api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'lockme', password: pw, roles: ['auditor'] } })).status, 200);
     for (let i = 0; i < 5; i++) refused(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`lockme:${MARKER}-wrong-${i}`) }), 401, /invalid name or password/, `bad password ${i}`);
-    refused(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`lockme:${pw}`) }), 429, /too many failed logins/, 'locked', [pw]);
+    refused(await dsm('POST', '/sys/v1/session/auth', { basic: b64(`lockme:${pw}`) }), 429, /too many failed sign-ins/, 'locked', [pw]);
     assert.equal((await api(url, 'POST', '/v1/auth/login', { body: { name: 'lockme', password: pw } })).status, 429);
   });
 

@@ -36,13 +36,17 @@ export function defaultServerConfig(dir: string): Record<string, unknown> {
     audit: { fsync: true },
     scheduler: { interval: '1s' },
     log: { level: 'debug' },
+    // Tests sign in often from 127.0.0.1; the sign-in rate limit has its own tests (adversary-login).
+    auth: { rateLimit: { max: 100_000 } },
   };
 }
 
 export async function startServerProcess(opts: ServerStartOptions = {}): Promise<ServerProcess> {
   const dir = opts.dir ?? tempDir('kh-srv-');
   const configPath = join(dir, 'server.yaml');
-  writeFileSync(configPath, toYaml({ ...defaultServerConfig(dir), ...opts.config }), { mode: 0o600 });
+  const defaults = defaultServerConfig(dir);
+  const auth = { ...(defaults.auth as object), ...(opts.config?.auth as object | undefined) };
+  writeFileSync(configPath, toYaml({ ...defaults, ...opts.config, auth }), { mode: 0o600 });
   const child = spawn(process.execPath, [BIN, 'server', '--config', configPath], { cwd: ROOT, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

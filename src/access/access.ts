@@ -3,9 +3,10 @@ import type { AuditLog } from '../audit/audit-log.js';
 import type { Barrier } from '../barrier/barrier.js';
 import { KeyhavenError } from '../errors.js';
 import type { PrincipalKind } from '../storage/schema.js';
-import type { CredentialRow, PrincipalRow, Store } from '../storage/store.js';
+import type { CredentialRow, LoginThrottleRow, PrincipalRow, Store } from '../storage/store.js';
 import { parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
-import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, validatePassword, verifyPassword } from './secrets.js';
+import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, takeHashSlot, validatePassword, verifyPassword } from './secrets.js';
+import { signInSource } from './sign-in-source.js';
 
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
@@ -33,6 +34,7 @@ export interface PrincipalInfo {
   readonly state: 'active' | 'disabled';
   readonly description: string | null;
   readonly certFingerprint: string | null;
+  /** Users: the latest sign-in lock of any source address on this name, if one is in force. */
   readonly lockedUntil: string | null;
   readonly createdAt: string;
   readonly grants?: readonly GrantInfo[];
@@ -60,9 +62,13 @@ export interface GrantInfo {
 
 export interface AccessOptions {
   readonly sessionTtlS: number;
-  /** Failed logins in a row before the account locks. */
+  /** Failed sign-ins from one source address against one name before that pair locks. */
   readonly maxFailedLogins: number;
-  /** First lock lasts this long, doubling with each further failure, up to lockMaxS. */
+  /**
+   * The first lock lasts this long, doubling with each further failure, up to
+   * lockMaxS. A (name, source) pair's failures are forgotten lockMaxS after
+   * its last failure or the end of its last lock.
+   */
   readonly lockBaseS: number;
   readonly lockMaxS: number;
   /** How long an authenticated credential is trusted before it is re-read (role and grant changes take effect within it). */
@@ -92,7 +98,15 @@ export interface Access {
   revokeGrant(actor: Principal, app: string, keyName: string): Promise<void>;
   list(kind: PrincipalKind): Promise<PrincipalInfo[]>;
   get(name: string): Promise<PrincipalInfo>;
-  login(name: string, password: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
+  /**
+   * A session for a user's name and password, tried from `clientAddress`.
+   * Throttled per (name, source) (the source: the IPv4 address or IPv6 /64):
+   * refused with too_many_attempts while that pair is locked or while
+   * password hashing is at capacity.
+   */
+  login(name: string, password: string, clientAddress: string): Promise<{ token: string; expiresAt: string; principal: Principal }>;
+  /** Clears every sign-in failure counter and lock of a user (all sources); returns how many were cleared. */
+  unlock(actor: Principal, name: string): Promise<{ name: string; cleared: number }>;
   logout(token: string): Promise<void>;
   /** A session for a principal already authenticated another way (an app's API key, for compatibility APIs); login's TTL. */
   openSession(principal: Principal): Promise<{ token: string; expiresAt: string }>;
@@ -108,8 +122,24 @@ export interface Access {
   hasAnyUser(): Promise<boolean>;
   /** Drops cached credentials (after a change made elsewhere). */
   invalidate(): void;
-  /** Deletes expired sessions; returns how many. */
+  /** Deletes expired sessions and forgotten sign-in failure counters; returns how many rows. */
   sweep(now: Date): Promise<number>;
+}
+
+function refuseIfLocked(r: LoginThrottleRow | undefined, now: Date): void {
+  if (r?.locked_until && Date.parse(r.locked_until) > now.getTime() && Date.parse(r.expires_at) > now.getTime()) {
+    throw new KeyhavenError('too_many_attempts', `too many failed sign-ins for this name from this address; try again after ${r.locked_until}`);
+  }
+}
+
+/** name -> the latest lock in force on it (any source). */
+async function latestLocks(s: Store, name?: string): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const r of await s.listLoginLocks(new Date().toISOString(), name)) {
+    const cur = out.get(r.name);
+    if (r.locked_until && (!cur || r.locked_until > cur)) out.set(r.name, r.locked_until);
+  }
+  return out;
 }
 
 function validateName(name: string, what: string): void {
@@ -132,7 +162,7 @@ function toPrincipal(row: PrincipalRow, via: Principal['via']): Principal {
   return { id: row.id, name: row.name, kind: row.kind, roles: JSON.parse(row.roles) as Role[], via };
 }
 
-function toInfo(row: PrincipalRow): PrincipalInfo {
+function toInfo(row: PrincipalRow, lockedUntil: string | null = null): PrincipalInfo {
   return {
     name: row.name,
     kind: row.kind,
@@ -140,7 +170,8 @@ function toInfo(row: PrincipalRow): PrincipalInfo {
     state: row.state,
     description: row.description,
     certFingerprint: row.cert_fingerprint,
-    lockedUntil: row.locked_until,
+    // The old per-account columns (failed_logins, locked_until) are no longer used.
+    lockedUntil,
     createdAt: row.created_at,
   };
 }
@@ -155,6 +186,27 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
     const row = NAME.test(name) ? await s.findPrincipalByName(name) : undefined;
     if (!row || (kind && row.kind !== kind)) throw new KeyhavenError('not_found', `${kind ?? 'principal'} "${name}" does not exist`);
     return row;
+  };
+
+  /**
+   * Counts one sign-in attempt of (name, source) as a failure before its
+   * password is checked, in one write transaction (serialised across every
+   * server on the database), so N concurrent attempts check at most
+   * maxFailedLogins passwords; a success then clears the pair. Refuses while
+   * the pair is locked.
+   */
+  const reserveAttempt = async (name: string, source: string, now: Date): Promise<void> => {
+    await store.transaction(async (tx) => {
+      let r = await tx.getLoginThrottle(name, source);
+      if (r && Date.parse(r.expires_at) <= now.getTime()) r = undefined; // forgotten
+      refuseIfLocked(r, now);
+      const failures = (r?.failures ?? 0) + 1;
+      const over = failures - opts.maxFailedLogins;
+      // The attempt that reaches the limit locks the pair now, so no concurrent attempt slips past it.
+      const lockedUntil = over >= 0 ? new Date(now.getTime() + Math.min(opts.lockMaxS, opts.lockBaseS * 2 ** over) * 1000) : null;
+      const expiresAt = new Date((lockedUntil ?? now).getTime() + opts.lockMaxS * 1000);
+      await tx.putLoginThrottle({ name, source, failures, locked_until: lockedUntil?.toISOString() ?? null, expires_at: expiresAt.toISOString(), updated_at: now.toISOString() });
+    });
   };
 
   const loadGrants = async (principalId: string): Promise<Map<string, ReadonlySet<CryptoOperation>>> => {
@@ -252,7 +304,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
         if (row.kind !== 'user') throw new KeyhavenError('invalid_argument', `"${name}" is an app; apps hold key grants, not roles`);
         if (row.id === actor.id) throw new KeyhavenError('permission_denied', 'nobody changes their own roles; ask another security-admin');
         await tx.updatePrincipal(row.id, { roles: JSON.stringify(roles), updated_at: new Date().toISOString() });
-        return toInfo({ ...row, roles: JSON.stringify(roles) });
+        return toInfo({ ...row, roles: JSON.stringify(roles) }, (await latestLocks(tx, name)).get(name) ?? null);
       });
     },
 
@@ -315,7 +367,10 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
 
     async list(kind) {
       const rows = await store.listPrincipals(kind);
-      if (kind === 'user') return rows.map(toInfo);
+      if (kind === 'user') {
+        const locks = await latestLocks(store);
+        return rows.map((r) => toInfo(r, locks.get(r.name) ?? null));
+      }
       const keys = new Map((await store.listKeys()).map((k) => [k.id, k.name]));
       const clusters = new Map<string, AppClusterInfo[]>();
       for (const c of await store.listPluginReports({})) {
@@ -338,31 +393,44 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       return info ?? toInfo(row);
     },
 
-    async login(name, password) {
-      const row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
+    async login(name, password, clientAddress) {
       const now = new Date();
-      if (row?.locked_until && Date.parse(row.locked_until) > now.getTime()) {
-        throw new KeyhavenError('too_many_attempts', `too many failed logins; try again after ${row.locked_until}`);
+      const source = signInSource(clientAddress);
+      // Counted under the name as tried; no real name is longer (DSM Basic pairs can be).
+      const tried = name.slice(0, 64);
+      // A locked pair is refused on a plain read, without a write or a hash slot.
+      refuseIfLocked(await store.getLoginThrottle(tried, source), now);
+      // Admission to the hashing pool comes before counting: a refusal for load is no failed attempt.
+      const slot = takeHashSlot();
+      let row: PrincipalRow | undefined;
+      let stored: Buffer | undefined;
+      try {
+        await reserveAttempt(tried, source, now);
+        row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
+        stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
+      } catch (e) {
+        slot.release();
+        throw e;
       }
-      const stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
       // Verify against a dummy hash for unknown users, so timing does not tell which names exist.
-      const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : DUMMY_PASSWORD_HASH)) && stored !== undefined;
-      if (!row || !ok || row.state !== 'active') {
-        if (row && row.kind === 'user') {
-          const failures = row.failed_logins + 1;
-          const over = failures - opts.maxFailedLogins;
-          const lockedUntil = over >= 0 ? new Date(now.getTime() + Math.min(opts.lockMaxS, opts.lockBaseS * 2 ** over) * 1000).toISOString() : null;
-          await store.updatePrincipal(row.id, { failed_logins: failures, locked_until: lockedUntil });
-        }
-        throw new KeyhavenError('unauthenticated', 'invalid name or password');
-      }
+      const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : DUMMY_PASSWORD_HASH, slot)) && stored !== undefined;
+      if (!row || !ok || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'invalid name or password');
       const t = newToken('session');
       const expiresAt = new Date(now.getTime() + opts.sessionTtlS * 1000).toISOString();
+      const principalId = row.id;
       await store.transaction(async (tx) => {
-        if (row.failed_logins !== 0 || row.locked_until !== null) await tx.updatePrincipal(row.id, { failed_logins: 0, locked_until: null });
-        await tx.insertCredential({ id: t.id, principal_id: row.id, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
+        // Success forgets this source's failures (other sources' counters stand).
+        await tx.deleteLoginThrottles(tried, source);
+        await tx.insertCredential({ id: t.id, principal_id: principalId, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
       });
       return { token: t.token, expiresAt, principal: toPrincipal(row, 'session') };
+    },
+
+    async unlock(actor, name) {
+      return change(actor, 'user.unlock', { user: name }, async (tx) => {
+        await mustFind(tx, name, 'user');
+        return { name, cleared: await tx.deleteLoginThrottles(name) };
+      });
     },
 
     async logout(token) {
@@ -429,7 +497,8 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
     },
 
     async sweep(now) {
-      return store.deleteExpiredSessions(now.toISOString());
+      const at = now.toISOString();
+      return (await store.deleteExpiredSessions(at)) + (await store.deleteExpiredLoginThrottles(at));
     },
   };
 }

@@ -1,5 +1,6 @@
-import { createHash, randomBytes, scrypt, timingSafeEqual, type ScryptOptions } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { KeyhavenError } from '../errors.js';
+import { DEFAULT_PASSWORD_POOL, PasswordPool, type HashSlot, type PasswordPoolOptions } from './password-pool.js';
 
 // Passwords: scrypt (N=2^15, r=8, p=1: ~50 ms and 32 MiB here), salted,
 // encoded with its parameters so they can be raised later.
@@ -8,25 +9,67 @@ const R = 8;
 const P = 1;
 const LEN = 32;
 
-function scryptAsync(password: string, salt: Buffer, opts: ScryptOptions): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    scrypt(password, salt, LEN, { ...opts, maxmem: 128 * opts.N! * opts.r! * 2 }, (err, key) => (err ? reject(err) : resolve(key)));
-  });
+// Every password hash and check goes through one bounded pool of worker
+// threads (password-pool.ts). Process-wide, because hashPassword and
+// verifyPassword keep their plain signatures for every caller.
+let pool = new PasswordPool(DEFAULT_PASSWORD_POOL);
+
+/** Sets the pool's size (server start-up, from auth.hashing); the old pool's workers stop. */
+export function configurePasswordHashing(opts: PasswordPoolOptions): void {
+  const old = pool;
+  pool = new PasswordPool(opts);
+  void old.close();
 }
 
-export async function hashPassword(password: string): Promise<string> {
-  const salt = randomBytes(16);
-  const key = await scryptAsync(password, salt, { N, r: R, p: P });
-  return `scrypt$${N}$${R}$${P}$${salt.toString('base64')}$${key.toString('base64')}`;
+/** Stops the hashing workers (they never hold the process open while idle; this is for a clean shutdown). */
+export function closePasswordHashing(): Promise<void> {
+  return pool.close();
 }
 
-export async function verifyPassword(password: string, encoded: string): Promise<boolean> {
+/** Hashes admitted to the pool and not yet done (for metrics and tests). */
+export function passwordHashesInUse(): number {
+  return pool.inUse;
+}
+
+export const HASHING_BUSY = 'sign-in is busy; retry shortly';
+
+/**
+ * Admits one password hash or check, or refuses at once with
+ * `too_many_attempts` when the pool is full. A login takes its slot before it
+ * counts the attempt, so a refusal for load is not a failed login.
+ */
+export function takeHashSlot(): HashSlot {
+  const slot = pool.tryAcquire();
+  if (!slot) throw new KeyhavenError('too_many_attempts', HASHING_BUSY);
+  return slot;
+}
+
+export async function hashPassword(password: string, slot?: HashSlot): Promise<string> {
+  const s = slot ?? takeHashSlot();
+  try {
+    const salt = randomBytes(16);
+    const key = await s.scrypt(password, salt, { N, r: R, p: P, len: LEN });
+    return `scrypt$${N}$${R}$${P}$${salt.toString('base64')}$${key.toString('base64')}`;
+  } finally {
+    s.release();
+  }
+}
+
+export async function verifyPassword(password: string, encoded: string, slot?: HashSlot): Promise<boolean> {
   const parts = encoded.split('$');
-  if (parts.length !== 6 || parts[0] !== 'scrypt') throw new KeyhavenError('integrity', 'stored password hash has an unknown format');
+  if (parts.length !== 6 || parts[0] !== 'scrypt') {
+    slot?.release();
+    throw new KeyhavenError('integrity', 'stored password hash has an unknown format');
+  }
   const [, n, r, p, salt, hash] = parts as [string, string, string, string, string, string];
   const expected = Buffer.from(hash, 'base64');
-  const key = await scryptAsync(password, Buffer.from(salt, 'base64'), { N: Number(n), r: Number(r), p: Number(p) });
-  return key.length === expected.length && timingSafeEqual(key, expected);
+  const s = slot ?? takeHashSlot();
+  try {
+    const key = await s.scrypt(password, Buffer.from(salt, 'base64'), { N: Number(n), r: Number(r), p: Number(p), len: expected.length || LEN });
+    return key.length === expected.length && timingSafeEqual(key, expected);
+  } finally {
+    s.release();
+  }
 }
 
 /** A hash to verify against when the user does not exist, so timing does not tell. */

@@ -41,6 +41,22 @@ describe('server.yaml', () => {
     refused({ ...base, audit: { sink: { stdout: { pretty: true } } } }, /audit.sink/);
   });
 
+  it('auth: sign-in throttling, rate limit and hashing pool defaults and bounds', () => {
+    const c = parseServerConfig(base, 'server.yaml');
+    assert.deepEqual(
+      { max: c.auth.maxFailedLogins, base: c.auth.lockBase, lockMax: c.auth.lockMax, rate: c.auth.rateLimit, hashing: c.auth.hashing },
+      { max: 5, base: 30_000, lockMax: 900_000, rate: { max: 20, window: 60_000 }, hashing: { workers: 1, queue: 16 } },
+    );
+    const set = parseServerConfig({ ...base, auth: { rateLimit: { max: 100, window: '10m' }, hashing: { workers: 2, queue: 0 } } }, 'x');
+    assert.deepEqual([set.auth.rateLimit, set.auth.hashing], [{ max: 100, window: 600_000 }, { workers: 2, queue: 0 }]);
+    refused({ ...base, auth: { rateLimit: { max: 0 } } }, /auth.rateLimit.max/);
+    refused({ ...base, auth: { rateLimit: { window: 'soon' } } }, /auth.rateLimit.window: must be a duration/);
+    refused({ ...base, auth: { rateLimit: { max: 5, per: 'ip' } } }, /auth.rateLimit|Unrecognized key: "per"/);
+    refused({ ...base, auth: { hashing: { workers: 0 } } }, /auth.hashing.workers/);
+    refused({ ...base, auth: { hashing: { workers: 1, queue: -1 } } }, /auth.hashing.queue/);
+    refused({ ...base, auth: { lockBase: '1h', lockMax: '1m' } }, /auth.lockBase: lockBase must not exceed lockMax/);
+  });
+
   it('plain HTTP only on loopback unless allowed', () => {
     refused({ ...base, listen: '0.0.0.0:8200' }, /not a loopback address; configure tls/);
     assert.equal(parseServerConfig({ ...base, listen: '0.0.0.0:8200', allowInsecureHttp: true }, 'x').listen, '0.0.0.0:8200');

@@ -89,7 +89,22 @@ export const serverConfigSchema = z.strictObject({
       maxFailedLogins: z.number().int().min(1).max(100).default(5),
       lockBase: durationMs.prefault('30s'),
       lockMax: durationMs.prefault('15m'),
+      // Sign-in requests (POST /v1/auth/login, POST /sys/v1/session/auth) per client address per window.
+      rateLimit: z
+        .strictObject({
+          max: z.number().int().min(1).max(100_000).default(20),
+          window: durationMs.prefault('1m'),
+        })
+        .prefault({}),
+      // Password hashing: worker threads, and hashes admitted to wait for one; more are answered 429 at once.
+      hashing: z
+        .strictObject({
+          workers: z.number().int().min(1).max(16).default(1),
+          queue: z.number().int().min(0).max(1024).default(16),
+        })
+        .prefault({}),
     })
+    .refine((a) => a.lockBase <= a.lockMax, { message: 'lockBase must not exceed lockMax', path: ['lockBase'] })
     .prefault({}),
   keys: z.strictObject({ destroyPending: durationMs.prefault('7d') }).prefault({}),
   scheduler: z.strictObject({ interval: durationMs.prefault('30s') }).prefault({}),

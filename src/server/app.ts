@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls';
+import fastifyRateLimit from '@fastify/rate-limit';
 import fastifySwagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { hasZodFastifySchemaValidationErrors, jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
@@ -33,7 +34,16 @@ export interface AppOptions {
   readonly destroyPendingS: number;
   /** node:https server options (cert, key, client CA). */
   readonly https?: SecureServerOptions;
+  /** Sign-in requests allowed per client address per window (auth.rateLimit). */
+  readonly signInRateLimit?: SignInRateLimit;
 }
+
+export interface SignInRateLimit {
+  readonly max: number;
+  readonly windowMs: number;
+}
+
+const DEFAULT_SIGN_IN_RATE_LIMIT: SignInRateLimit = { max: 20, windowMs: 60_000 };
 
 type SecureServerOptions = TlsOptions & SecureContextOptions;
 
@@ -180,6 +190,13 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     },
     ...(opts.https ? { https: opts.https } : {}),
   }) as unknown as FastifyInstance;
+  // Per-source limits, only on the routes that set config.rateLimit (the sign-in routes; never crypto).
+  // Registered before any route so its onRoute hook sees them; the 429 goes through the error
+  // handler (each dialect's error shape) and the onSend audit hook like any other refusal.
+  await app.register(fastifyRateLimit, {
+    global: false,
+    errorResponseBuilder: (_req, ctx) => new KeyhavenError('too_many_attempts', `too many sign-in requests from this address; retry in ${ctx.after}`),
+  });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   await app.register(fastifySwagger, {
@@ -289,7 +306,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     metrics.duration.observe({ route: known, method: req.method }, Number(process.hrtime.bigint() - req.startedAt) / 1e9);
   });
 
-  const deps = { core, metrics, destroyPendingS: opts.destroyPendingS };
+  const limit = opts.signInRateLimit ?? DEFAULT_SIGN_IN_RATE_LIMIT;
+  const deps: RouteDeps = { core, metrics, destroyPendingS: opts.destroyPendingS, signInRateLimit: { max: limit.max, timeWindow: limit.windowMs } };
   registerSysRoutes(app, deps);
   registerAuthRoutes(app, deps);
   registerKeyRoutes(app, deps);
@@ -315,4 +333,6 @@ export interface RouteDeps {
   readonly core: ServerCore;
   readonly metrics: ServerMetrics;
   readonly destroyPendingS: number;
+  /** For the sign-in routes' `config.rateLimit`. */
+  readonly signInRateLimit: { readonly max: number; readonly timeWindow: number };
 }

@@ -30,7 +30,7 @@ const USER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const readers = ['key-admin', 'security-admin', 'auditor'] as const;
 const view = z.object({ view: z.enum(['json'], { error: 'view must be "json": keyhaven keys are not exportable' }).optional() });
 
-export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: RouteDeps): void {
+export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInRateLimit }: RouteDeps): void {
   const kids: KidIndex = createKidIndex(core.store);
   const hide = { hide: true } as const;
 
@@ -102,7 +102,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
 
     const r = scope.withTypeProvider<ZodTypeProvider>();
 
-    r.post('/sys/v1/session/auth', { config: { op: 'dsm.session.auth', access: { public: true } }, schema: hide }, async (req) => {
+    r.post('/sys/v1/session/auth', { config: { op: 'dsm.session.auth', access: { public: true }, rateLimit: signInRateLimit }, schema: hide }, async (req) => {
       const h = req.headers.authorization;
       if (h === undefined) throw new KeyhavenError('unauthenticated', 'send "Authorization: Basic <base64 of app-id:api-key>" (an app) or Basic <base64 of user:password> (a user)');
       const pair = parseBasic(h);
@@ -117,7 +117,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics }: Route
       } else {
         // The attempted name is recorded (if it is a well-formed name), the password never.
         if (USER_NAME.test(pair.user)) req.auditNote.details.user = pair.user;
-        const login = await s.access.login(pair.user, pair.pass);
+        const login = await s.access.login(pair.user, pair.pass, req.ip);
         req.principal = login.principal;
         out = login;
       }

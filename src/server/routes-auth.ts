@@ -7,13 +7,13 @@ import { emptyBody, errorResponse, roleEnum } from './schemas.js';
 
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 
-export function registerAuthRoutes(app: FastifyInstance, { core }: RouteDeps): void {
+export function registerAuthRoutes(app: FastifyInstance, { core, signInRateLimit }: RouteDeps): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
   const tags = ['auth'];
   const whoami = z.object({ name: z.string(), kind: z.enum(['user', 'app']), roles: z.array(roleEnum) });
 
   r.post('/v1/auth/login', {
-    config: { op: 'auth.login', access: { public: true } },
+    config: { op: 'auth.login', access: { public: true }, rateLimit: signInRateLimit },
     schema: {
       tags,
       summary: 'Exchange a user name and password for a session token',
@@ -24,7 +24,7 @@ export function registerAuthRoutes(app: FastifyInstance, { core }: RouteDeps): v
   }, async (req) => {
     // The attempted name is recorded (if it is a well-formed name), the password never.
     if (NAME.test(req.body.name)) req.auditNote.details.user = req.body.name;
-    const out = await core.services().access.login(req.body.name, req.body.password);
+    const out = await core.services().access.login(req.body.name, req.body.password, req.ip);
     req.principal = out.principal;
     return { token: out.token, expiresAt: out.expiresAt, principal: { name: out.principal.name, kind: out.principal.kind, roles: [...out.principal.roles] } };
   });

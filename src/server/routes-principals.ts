@@ -66,6 +66,23 @@ export function registerPrincipalRoutes(app: FastifyInstance, { core }: RouteDep
     return (await s.access.setRoles(p, req.params.name, roles)) as never;
   });
 
+  // Sign-in throttling: clears every failure counter and lock on a user's name, from every source.
+  r.post('/v1/users/:name/unlock', {
+    config: { op: 'user.unlock', access: secAdmin },
+    schema: {
+      tags: ['users'],
+      summary: 'Clear a user\'s sign-in failure counters and locks, from every source address',
+      params: principalNameParam,
+      body: z.strictObject({}).optional(),
+      response: { 200: z.object({ name: z.string(), cleared: z.number().int() }), 404: errorResponse },
+    },
+  }, async (req) => {
+    req.auditNote.details.user = req.params.name;
+    const out = await core.services().access.unlock(principalOf(req), req.params.name);
+    req.auditNote.details.cleared = out.cleared;
+    return out;
+  });
+
   r.get('/v1/apps', {
     config: { op: 'app.list', access: secAdmin },
     schema: { tags: ['apps'], summary: 'List apps and their key grants', response: { 200: z.object({ apps: z.array(principalInfo) }) } },

@@ -5,6 +5,7 @@ import { checkpointFile, sinkWitness, startCheckpointer, type Checkpointer, type
 import type { Checkpoint } from '../audit/checkpoint.js';
 import { startSinkPump, fileSink, stdoutSink, syslogSink, type AuditSink, type SinkPump } from '../audit/sinks.js';
 import type { ServerConfig } from '../config/server-config.js';
+import { closePasswordHashing, configurePasswordHashing } from '../access/secrets.js';
 import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { keyFileSeal } from '../seal/keyfile.js';
@@ -115,7 +116,9 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       core.audit.onStored(pump.kick);
     }
     const metrics = createServerMetrics();
-    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https });
+    configurePasswordHashing(cfg.auth.hashing);
+    const signInRateLimit = { max: cfg.auth.rateLimit.max, windowMs: cfg.auth.rateLimit.window };
+    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https, signInRateLimit });
     const at = cfg.listen.lastIndexOf(':');
     await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
   } catch (e) {
@@ -164,6 +167,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       await cps?.stop();
       await p?.stop();
       await store.close();
+      await closePasswordHashing();
     },
   };
 }

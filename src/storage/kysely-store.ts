@@ -13,6 +13,7 @@ import {
   type GrantRow,
   type KeyRow,
   type KeyVersionRow,
+  type LoginThrottleRow,
   type PluginReportRow,
   type PrincipalRow,
   type Store,
@@ -240,6 +241,37 @@ export class KyselyStore implements Store {
     if (filter.appId !== undefined) q = q.where('app_id', '=', filter.appId);
     if (filter.keyName !== undefined) q = q.where('key_name', '=', filter.keyName);
     return q.execute();
+  }
+
+  async getLoginThrottle(name: string, source: string): Promise<LoginThrottleRow | undefined> {
+    return this.db.selectFrom('login_throttle').selectAll().where('name', '=', name).where('source', '=', source).executeTakeFirst();
+  }
+
+  async putLoginThrottle(row: LoginThrottleRow): Promise<void> {
+    const { name: _n, source: _s, ...update } = row;
+    await this.db
+      .insertInto('login_throttle')
+      .values(row)
+      .onConflict((oc) => oc.columns(['name', 'source']).doUpdateSet(update))
+      .execute();
+  }
+
+  async deleteLoginThrottles(name: string, source?: string): Promise<number> {
+    let q = this.db.deleteFrom('login_throttle').where('name', '=', name);
+    if (source !== undefined) q = q.where('source', '=', source);
+    const res = await q.executeTakeFirst();
+    return Number(res.numDeletedRows);
+  }
+
+  async listLoginLocks(lockedAfter: string, name?: string): Promise<LoginThrottleRow[]> {
+    let q = this.db.selectFrom('login_throttle').selectAll().where('locked_until', '>', lockedAfter);
+    if (name !== undefined) q = q.where('name', '=', name);
+    return q.orderBy('name').orderBy('source').execute();
+  }
+
+  async deleteExpiredLoginThrottles(before: string): Promise<number> {
+    const res = await this.db.deleteFrom('login_throttle').where('expires_at', '<', before).executeTakeFirst();
+    return Number(res.numDeletedRows);
   }
 
   async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions = {}): Promise<AuditRow[]> {

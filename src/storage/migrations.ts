@@ -148,6 +148,23 @@ function migrations(dialect: SqlDialect): Record<string, Migration> {
       await db.schema.alterTable('keys').addColumn('deletion_allowed', 'integer', (c) => c.notNull().defaultTo(0)).execute();
     },
   },
+  '0005_login_throttle': {
+    async up(db: Kysely<any>) {
+      // Failed sign-ins per (account name, source address), shared by every
+      // server on the database. The name is the one tried, existing or not.
+      await db.schema
+        .createTable('login_throttle')
+        .addColumn('name', 'text', (c) => c.notNull())
+        .addColumn('source', 'text', (c) => c.notNull())
+        .addColumn('failures', 'integer', (c) => c.notNull())
+        .addColumn('locked_until', 'text')
+        .addColumn('expires_at', 'text', (c) => c.notNull())
+        .addColumn('updated_at', 'text', (c) => c.notNull())
+        .addPrimaryKeyConstraint('login_throttle_pk', ['name', 'source'])
+        .execute();
+      await db.schema.createIndex('login_throttle_expires').on('login_throttle').column('expires_at').execute();
+    },
+  },
   };
 }
 

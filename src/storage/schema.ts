@@ -140,6 +140,21 @@ export interface PluginClustersTable {
   source: string;
 }
 
+/** Failed sign-ins from one source address against one account name (login_throttle). */
+export interface LoginThrottleTable {
+  /** The name tried (it need not exist: unknown names are counted the same way). */
+  name: string;
+  /** The client address the attempts came from. */
+  source: string;
+  /** Attempts counted as failures (each is counted before its password is checked). */
+  failures: number;
+  /** ISO-8601: attempts from this source for this name are refused until then. */
+  locked_until: string | null;
+  /** ISO-8601: the row is forgotten (and swept) after this. */
+  expires_at: string;
+  updated_at: string;
+}
+
 export interface Database {
   meta: MetaTable;
   barrier: BarrierTable;
@@ -151,4 +166,5 @@ export interface Database {
   grants: GrantsTable;
   approvals: ApprovalsTable;
   plugin_clusters: PluginClustersTable;
+  login_throttle: LoginThrottleTable;
 }

@@ -10,7 +10,7 @@ import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
 import { requireDependency } from '../../test/require.js';
 import { openStore, type StoreConfig } from './open-store.js';
-import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, PluginReportRow, PrincipalRow, Store } from './store.js';
+import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, LoginThrottleRow, PluginReportRow, PrincipalRow, Store } from './store.js';
 
 // One suite, run against every backend: whatever passes here on SQLite must
 // pass on PostgreSQL too. Concurrency cases run their second and third store
@@ -28,7 +28,8 @@ interface Opened {
 type PeerTask =
   | { kind: 'audit'; actor: string; records: number; batch: number; parallel: number }
   | { kind: 'rmw'; keyId: string; rounds: number; parallel: number }
-  | { kind: 'hold'; holdMs: number };
+  | { kind: 'hold'; holdMs: number }
+  | { kind: 'throttle'; name: string; source: string; attempts: number; limit: number; parallel: number };
 
 const WORKER_FLAG = 'keyhaven-store-contract-peer';
 
@@ -132,6 +133,25 @@ async function runPeer(): Promise<void> {
       };
       await Promise.all(Array.from({ length: task.parallel }, lane));
       result = task.rounds;
+    } else if (task.kind === 'throttle') {
+      // Sign-in reservations: count an attempt unless the pair already reached the limit.
+      let left = task.attempts;
+      let admitted = 0;
+      const lane = async () => {
+        while (left > 0) {
+          left -= 1;
+          const ok = await store.transaction(async (tx) => {
+            const r = await tx.getLoginThrottle(task.name, task.source);
+            if (r && r.failures >= task.limit) return false;
+            const t = now();
+            await tx.putLoginThrottle({ name: task.name, source: task.source, failures: (r?.failures ?? 0) + 1, locked_until: null, expires_at: '2999-01-01T00:00:00.000Z', updated_at: t });
+            return true;
+          });
+          if (ok) admitted += 1;
+        }
+      };
+      await Promise.all(Array.from({ length: task.parallel }, lane));
+      result = admitted;
     } else {
       result = await store.transaction(async (tx) => {
         const [row] = await tx.appendAudit([draft(0, { actor: 'holder' })], linkRecord, { head });
@@ -406,6 +426,49 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         );
         assert.deepEqual(await store.listCredentials(q.id), []);
         assert.equal(await store.deleteExpiredSessions('2025-01-01T01:00:00.000Z'), 0);
+      }));
+
+    it('login throttle: upsert per (name, source), locks listed, delete by name or pair, sweep by expiry', (t) =>
+      withStore(t, async ({ store }) => {
+        const row = (name: string, source: string, over: Partial<LoginThrottleRow> = {}): LoginThrottleRow => ({
+          name,
+          source,
+          failures: 1,
+          locked_until: null,
+          expires_at: '2025-01-01T01:00:00.000Z',
+          updated_at: '2025-01-01T00:00:00.000Z',
+          ...over,
+        });
+        assert.equal(await store.getLoginThrottle('alice', '127.0.0.1'), undefined);
+        const a1 = row('alice', '127.0.0.1');
+        await store.putLoginThrottle(a1);
+        assert.deepEqual(await store.getLoginThrottle('alice', '127.0.0.1'), a1);
+        const a1b = row('alice', '127.0.0.1', { failures: 5, locked_until: '2025-01-01T00:10:00.000Z', expires_at: '2025-01-01T00:25:00.000Z', updated_at: '2025-01-01T00:01:00.000Z' });
+        await store.putLoginThrottle(a1b);
+        assert.deepEqual(await store.getLoginThrottle('alice', '127.0.0.1'), a1b, 'replaced, not duplicated');
+        const a2 = row('alice', '::1', { locked_until: '2025-01-01T00:20:00.000Z', expires_at: '2025-01-01T00:35:00.000Z' });
+        const b1 = row('bob', '127.0.0.1', { locked_until: '2025-01-01T00:05:00.000Z' });
+        // Names that exist nowhere are counted too; any text is a key.
+        const odd = row('No Such User', '10.0.0.1', { expires_at: '2024-12-31T00:00:00.000Z' });
+        for (const r of [a2, b1, odd]) await store.putLoginThrottle(r);
+        assert.deepEqual(await store.getLoginThrottle('alice', '::1'), a2);
+        assert.equal(await store.getLoginThrottle('alice', '10.0.0.1'), undefined);
+
+        assert.deepEqual(await store.listLoginLocks('2025-01-01T00:00:00.000Z'), [a1b, a2, b1], 'locked rows by name, source');
+        assert.deepEqual(await store.listLoginLocks('2025-01-01T00:06:00.000Z'), [a1b, a2], 'only locks ending later');
+        assert.deepEqual(await store.listLoginLocks('2025-01-01T00:00:00.000Z', 'bob'), [b1]);
+
+        assert.equal(await store.deleteExpiredLoginThrottles('2025-01-01T00:00:00.000Z'), 1, 'the expired row');
+        assert.equal(await store.getLoginThrottle('No Such User', '10.0.0.1'), undefined);
+        assert.equal(await store.deleteLoginThrottles('alice', '::1'), 1);
+        assert.deepEqual(await store.getLoginThrottle('alice', '127.0.0.1'), a1b, 'the other source stands');
+        await store.putLoginThrottle(a2);
+        assert.equal(await store.deleteLoginThrottles('alice'), 2, 'every source of the name');
+        assert.equal(await store.deleteLoginThrottles('alice'), 0);
+        assert.deepEqual(await store.getLoginThrottle('bob', '127.0.0.1'), b1, 'other names untouched');
+        // Strictly before.
+        assert.equal(await store.deleteExpiredLoginThrottles('2025-01-01T01:00:00.000Z'), 0);
+        assert.equal(await store.deleteExpiredLoginThrottles('2025-01-01T01:00:00.001Z'), 1);
       }));
 
     it('grants: putGrant inserts or replaces, deleteGrant reports', (t) =>
@@ -757,6 +820,17 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
           (await store.listKeyVersions(k.id)).map((v) => v.version),
           Array.from({ length: 1 + 2 * rounds }, (_, i) => i + 1),
         );
+      }));
+
+    it('concurrency: sign-in reservations in transactions admit exactly the limit across stores', (t) =>
+      withStore(t, async ({ store, config }) => {
+        const limit = 5;
+        const peers = [0, 1].map(() => startPeer(config, { kind: 'throttle', name: 'admin', source: '203.0.113.7', attempts: 20, limit, parallel: 4 }));
+        await Promise.all(peers.map((p) => p.ready));
+        for (const p of peers) p.go();
+        const admitted = (await Promise.all(peers.map((p) => p.done))) as number[];
+        assert.equal(admitted[0]! + admitted[1]!, limit, `admitted ${admitted.join(' + ')}`);
+        assert.equal((await store.getLoginThrottle('admin', '203.0.113.7'))!.failures, limit);
       }));
 
     it('concurrency: appendAudit outside a transaction waits for another writer', (t) =>

@@ -1,4 +1,4 @@
-import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, PluginClustersTable, PrincipalKind, PrincipalsTable } from './schema.js';
+import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, LoginThrottleTable, PluginClustersTable, PrincipalKind, PrincipalsTable } from './schema.js';
 
 // The small storage interface every layer above talks to. It knows rows, not
 // secrets: sealed values arrive already encrypted by the barrier.
@@ -12,6 +12,7 @@ export type CredentialRow = CredentialsTable;
 export type GrantRow = GrantsTable;
 export type ApprovalRow = ApprovalsTable;
 export type PluginReportRow = PluginClustersTable;
+export type LoginThrottleRow = LoginThrottleTable;
 
 /** Filters for reading the audit log; all optional, combined with AND. */
 export interface AuditQuery {
@@ -92,6 +93,17 @@ export interface Store {
   upsertPluginReport(row: PluginReportRow): Promise<void>;
   /** Ordered by app id, cluster, node. */
   listPluginReports(filter: { appId?: string; keyName?: string }): Promise<PluginReportRow[]>;
+
+  /** The sign-in failure counter of (name, source); call inside a transaction to read-modify-write it. */
+  getLoginThrottle(name: string, source: string): Promise<LoginThrottleRow | undefined>;
+  /** Inserts or replaces the counter of (name, source). */
+  putLoginThrottle(row: LoginThrottleRow): Promise<void>;
+  /** Deletes the counters of a name: of one source, or of every source; returns how many. */
+  deleteLoginThrottles(name: string, source?: string): Promise<number>;
+  /** Counters whose lock ends after `lockedAfter` (ISO), optionally of one name; ordered by name, source. */
+  listLoginLocks(lockedAfter: string, name?: string): Promise<LoginThrottleRow[]>;
+  /** Deletes counters that expired before `before`; returns how many. */
+  deleteExpiredLoginThrottles(before: string): Promise<number>;
 
   /** Appends records to the hash chain atomically (joining an enclosing transaction); returns them as stored. */
   appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts?: AppendAuditOptions): Promise<AuditRow[]>;

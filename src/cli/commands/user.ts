@@ -74,4 +74,24 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
       }),
     ),
   );
+
+  // Sign-in throttling: lift the locks a flood of wrong passwords left on a name.
+  connOptions(
+    user
+      .command('unlock <name>')
+      .description('Clear a user\'s sign-in failure counters and locks from every source address (security-admin)')
+      .addHelpText(
+        'after',
+        '\nWrong passwords lock a name only for the address they came from (auth.maxFailedLogins, lockBase, lockMax in\nserver.yaml), so the right password still works from elsewhere. Use this when a flood also came from the\nuser\'s own address. The change is audited as user.unlock.',
+      ),
+  ).action((name: string, flags: RemoteFlags) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const r = (await c.call<{ name: string; cleared: number }>('POST', `/v1/users/${seg(name)}/unlock`, { body: {} })).body;
+        if (flags.output === 'json') printJson(r);
+        else process.stdout.write(`user "${r.name}" unlocked (${r.cleared} sign-in counter${r.cleared === 1 ? '' : 's'} cleared)\n`);
+        return 0;
+      }),
+    ),
+  );
 }
