@@ -80,6 +80,8 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       auditFsync: cfg.audit.fsync,
       access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
       onScheduled: (what) => logger.info(what, 'scheduled key changes'),
+      onSealChange: (state) =>
+        logger.warn({ sealed: state === 'sealed' }, state === 'sealed' ? 'an operator sealed the servers sharing this database; sealed until a security-admin unseals (keyhaven operator unseal)' : 'the operator seal was lifted on a server sharing this database; unsealed again'),
     });
     if (cfg.audit.sink) {
       const sink = 'file' in cfg.audit.sink ? fileSink(cfg.audit.sink.file.path) : syslogSink(cfg.audit.sink.syslog);
@@ -104,7 +106,9 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `${cfg.tls ? 'https' : 'http'}://${host}:${addr.port}`;
   const status = core.status();
-  logger.info({ url, storage: 'sqlite' in cfg.storage ? 'sqlite' : 'postgres', seal: status.kind, initialized: status.initialized, sealed: status.sealed }, 'keyhaven server listening');
+  logger.info({ url, storage: 'sqlite' in cfg.storage ? 'sqlite' : 'postgres', seal: status.kind, initialized: status.initialized, sealed: status.sealed, ...(status.sealedBy ? { sealedBy: status.sealedBy } : {}) }, 'keyhaven server listening');
+  if (status.sealedBy === 'operator') logger.warn({ sealedBy: 'operator' }, 'an operator seal holds: the server stays sealed until a security-admin unseals it (keyhaven operator unseal)');
+  if (status.initialized && status.initConfirmed === false) logger.warn('initialisation is not confirmed yet: until the first login of a user it made, keyhaven operator init may be run again');
 
   let ticking: Promise<void> | undefined;
   const c = core;
