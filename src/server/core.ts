@@ -330,9 +330,17 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       if (services) return status();
       if (!seal.needsShares) {
         // Automatic unseal happens at process start only; after that a security-admin lifts the seal.
-        if (proof.token !== undefined) await exclusive(() => unsealByToken(proof.token!, identified));
-        else if (proof.name !== undefined && proof.password !== undefined) await exclusive(() => unsealByPassword(proof.name!, proof.password!, identified));
-        else throw new KeyhavenError('unauthenticated', 'unsealing this server needs a security-admin: run keyhaven operator unseal (it asks for a name and password, or uses the saved session)');
+        try {
+          if (proof.token !== undefined) await exclusive(() => unsealByToken(proof.token!, identified));
+          else if (proof.name !== undefined && proof.password !== undefined) await exclusive(() => unsealByPassword(proof.name!, proof.password!, identified));
+          else throw new KeyhavenError('unauthenticated', 'unsealing this server needs a security-admin: run keyhaven operator unseal (it asks for a name and password, or uses the saved session)');
+        } catch (e) {
+          // Every refusal names the way in.
+          if (e instanceof KeyhavenError && e.code === 'unauthenticated' && !e.message.includes('keyhaven operator unseal')) {
+            throw new KeyhavenError('unauthenticated', `${e.message}; a security-admin unseals this server (keyhaven operator unseal)`);
+          }
+          throw e;
+        }
         return status();
       }
       const share = proof.share;
