@@ -39,6 +39,21 @@ function readPin(cfg: { pinFile?: string | undefined; pinEnv?: string | undefine
   }
 }
 
+/** The /metrics bearer token: read once at start, from a file only its owner may read. */
+export function readMetricsToken(path: string): Buffer {
+  let text: string;
+  try {
+    if ((statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is readable or writable by group or others; chmod 600 it`);
+    text = readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    if (e instanceof KeyhavenError) throw e;
+    throw new KeyhavenError('config_invalid', `cannot read the metrics token file ${path} (metrics.tokenFile): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (text.length === 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is empty`);
+  if (!/^[\x21-\x7e]{1,512}$/.test(text)) throw new KeyhavenError('config_invalid', `the metrics token in ${path} (metrics.tokenFile) must be 1-512 printable characters without spaces`);
+  return Buffer.from(text, 'utf8');
+}
+
 export function sealFromConfig(cfg: ServerConfig['seal']): Seal {
   if ('keyfile' in cfg) return keyFileSeal(cfg.keyfile.path);
   if ('shamir' in cfg) return shamirSeal();
@@ -88,8 +103,19 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: (e) => logger.error({ err: String(e) }, 'audit sink write failed; will retry') });
       core.audit.onStored(pump.kick);
     }
-    const metrics = createServerMetrics();
-    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https });
+    const c = core;
+    const metrics = createServerMetrics({
+      keyNames: cfg.metrics.keyNames,
+      keyId: (name) => {
+        try {
+          return c.services().keys.idOf(name);
+        } catch {
+          return undefined; // sealed
+        }
+      },
+    });
+    const metricsToken = cfg.metrics.tokenFile ? readMetricsToken(cfg.metrics.tokenFile) : undefined;
+    app = await buildApp({ core, logger, metrics, metricsToken, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https });
     const at = cfg.listen.lastIndexOf(':');
     await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
   } catch (e) {
