@@ -252,11 +252,11 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       const adminName = o.adminName ?? 'admin';
       const keyAdminName = o.keyAdminName ?? 'keyadmin';
       if (adminName === keyAdminName) throw new KeyhavenError('invalid_argument', 'the first security-admin and the first key-admin must be two different users');
-      // Another server sharing the database may have initialised or confirmed since.
-      record = (await readRecord(store, seal.kind)) ?? record;
-      initPending = record !== undefined && (await store.getMeta(INIT_PENDING_META)) !== undefined;
-      if (record && !initPending) throw new KeyhavenError('failed_precondition', 'the server is already initialised');
       const run = async (): Promise<InitOutcome> => {
+        // Another server sharing the database may have initialised or confirmed since.
+        record = (await readRecord(store, seal.kind)) ?? record;
+        initPending = record !== undefined && (await store.getMeta(INIT_PENDING_META)) !== undefined;
+        if (record && !initPending) throw new KeyhavenError('failed_precondition', 'the server is already initialised');
         // What a seal leaves outside the database (a key file, an HSM wrapping key) is adopted by
         // the next try, so a crash before the commit below leaves a server that can be initialised again.
         const made = await seal.initialize({ shares: o.shares, threshold: o.threshold });
@@ -311,11 +311,14 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         }
         return { ...(made.shares ? { shares: made.shares } : {}), admin, keyAdmin };
       };
-      let out: InitOutcome | undefined;
-      await exclusive(async () => {
-        out = await run();
-      });
-      return out!;
+      // Set before the first await: a second init in this process is refused, not interleaved.
+      const p = run();
+      unsealing = p;
+      try {
+        return await p;
+      } finally {
+        unsealing = undefined;
+      }
     },
 
     async unseal(proof, identified) {
@@ -386,6 +389,20 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         sealedBy = (await store.getMeta(OPERATOR_SEAL_META)) !== undefined ? 'operator' : undefined;
         if (!seal.needsShares && !sealedBy) await exclusive(async () => unsealWith(await seal.unseal(found)));
         return;
+      }
+      if (record && initPending && !unsealing) {
+        // Until confirmed, init may be redone on another server sharing the database: a new seal record means a new root key.
+        initPending = (await store.getMeta(INIT_PENDING_META)) !== undefined;
+        const raw = await store.getMeta(SEAL_META);
+        if (raw !== undefined && raw !== JSON.stringify(record) && !unsealing) {
+          const found = (await readRecord(store, seal.kind))!;
+          record = found;
+          if (services) dropServices();
+          shares.clear();
+          sealedBy = (await store.getMeta(OPERATOR_SEAL_META)) !== undefined ? 'operator' : undefined;
+          if (!seal.needsShares && !sealedBy) await exclusive(async () => unsealWith(await seal.unseal(found)));
+          return;
+        }
       }
       if (record && !unsealing) {
         // An operator seal seals every server sharing the database, and its lifting opens them again.
