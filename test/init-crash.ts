@@ -5,6 +5,13 @@ import { api, login, startServerProcess, type ServerProcess } from './server-hel
 
 // kill -9 during POST /v1/sys/init, for adversary-init*.test.ts.
 
+/** Every `step`-th of `count` delays spread evenly over 0..`spanMs`, from `first`: files share one spread. */
+export function spread(count: number, spanMs: number, first: number, step: number): number[] {
+  const out: number[] = [];
+  for (let i = first; i < count; i += step) out.push(Math.round((i * spanMs) / (count - 1)));
+  return out;
+}
+
 export interface Answer {
   admin: { name: string; password: string };
   keyAdmin: { name: string; password: string };
@@ -41,14 +48,13 @@ async function initAndKill(s: ServerProcess, delayMs: number): Promise<Answer | 
   return answer;
 }
 
-export async function crashLoop(opts: { tries: number; spreadMs: number; config: () => Record<string, unknown>; freshDir: () => string; fresh: () => Promise<void> }): Promise<{ crashedBefore: number; redone: number; answered: number }> {
+export async function crashLoop(opts: { delaysMs: readonly number[]; config: () => Record<string, unknown>; freshDir: () => string; fresh: () => Promise<void> }): Promise<{ crashedBefore: number; redone: number; answered: number }> {
   let dir = opts.freshDir();
   const dirs = [dir];
   let s: ServerProcess | undefined;
   const seen = { crashedBefore: 0, redone: 0, answered: 0 };
   try {
-    for (let i = 0; i < opts.tries; i++) {
-      const delay = Math.round((i * opts.spreadMs) / (opts.tries - 1));
+    for (const [i, delay] of opts.delaysMs.entries()) {
       s = await startServerProcess({ dir, config: opts.config() });
       const before = await status(s.url);
       if (before.initialized) {
