@@ -8,13 +8,13 @@ import { crashLoop, spread } from './init-crash.js';
 // transaction dies with the connection.
 
 describe('adversary: kill -9 during init (PostgreSQL)', () => {
-  it('at 4 points from 0 to 900 ms into init, the restarted server can always be initialised or its answer logs in', async (t) => {
+  it('at 4 points from 0 to 130% of a whole init into it, the restarted server can always be initialised or its answer logs in', async (t) => {
     let db = await freshPostgresDatabase();
     if (!requireDependency(t, db !== undefined, POSTGRES_REASON)) return;
     const dbs = [db!];
     try {
       const seen = await crashLoop({
-        delaysMs: spread(4, 900, 0, 1),
+        points: spread(4, 0, 1),
         config: () => ({ storage: { postgres: { url: db!.url, poolSize: 2 } } }),
         freshDir: () => tempDir('kh-adv-init-pg-'),
         fresh: async () => {

@@ -5,11 +5,31 @@ import { api, login, startServerProcess, type ServerProcess } from './server-hel
 
 // kill -9 during POST /v1/sys/init, for adversary-init*.test.ts.
 
-/** Every `step`-th of `count` delays spread evenly over 0..`spanMs`, from `first`: files share one spread. */
-export function spread(count: number, spanMs: number, first: number, step: number): number[] {
+/** Every `step`-th of `count` points spread evenly over 0..1, from `first`: files share one spread. */
+export function spread(count: number, first: number, step: number): number[] {
   const out: number[] = [];
-  for (let i = first; i < count; i += step) out.push(Math.round((i * spanMs) / (count - 1)));
+  for (let i = first; i < count; i += step) out.push(i / (count - 1));
   return out;
+}
+
+/**
+ * How long one whole init takes on this machine now (a throwaway server), so
+ * the kill points cover the call on a fast or a busy machine alike. Not an
+ * assertion: it only places the kills.
+ */
+async function initDurationMs(opts: { config: () => Record<string, unknown>; freshDir: () => string; fresh: () => Promise<void> }): Promise<number> {
+  const dir = opts.freshDir();
+  const s = await startServerProcess({ dir, config: opts.config() });
+  try {
+    const started = performance.now();
+    const r = await api(s.url, 'POST', '/v1/sys/init', { body: {} });
+    assert.equal(r.status, 200, r.text);
+    return performance.now() - started;
+  } finally {
+    await s.stop('SIGKILL');
+    removeDir(dir);
+    await opts.fresh();
+  }
 }
 
 export interface Answer {
@@ -48,13 +68,16 @@ async function initAndKill(s: ServerProcess, delayMs: number): Promise<Answer | 
   return answer;
 }
 
-export async function crashLoop(opts: { delaysMs: readonly number[]; config: () => Record<string, unknown>; freshDir: () => string; fresh: () => Promise<void> }): Promise<{ crashedBefore: number; redone: number; answered: number }> {
+export async function crashLoop(opts: { points: readonly number[]; config: () => Record<string, unknown>; freshDir: () => string; fresh: () => Promise<void> }): Promise<{ spanMs: number; crashedBefore: number; redone: number; answered: number }> {
+  // Kill points from 0 to 130% of a whole init: before, inside and after its transaction.
+  const spanMs = 1.3 * (await initDurationMs(opts));
+  const delaysMs = opts.points.map((f) => Math.round(f * spanMs));
   let dir = opts.freshDir();
   const dirs = [dir];
   let s: ServerProcess | undefined;
-  const seen = { crashedBefore: 0, redone: 0, answered: 0 };
+  const seen = { spanMs: Math.round(spanMs), crashedBefore: 0, redone: 0, answered: 0 };
   try {
-    for (const [i, delay] of opts.delaysMs.entries()) {
+    for (const [i, delay] of delaysMs.entries()) {
       s = await startServerProcess({ dir, config: opts.config() });
       const before = await status(s.url);
       if (before.initialized) {
