@@ -93,14 +93,17 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
   it('operator status, then operator init prints the admin password once with a warning', async () => {
     const before = await json(['operator', 'status']);
     assert.deepEqual({ initialized: before.initialized, sealed: before.sealed, kind: before.kind }, { initialized: false, sealed: true, kind: 'keyfile' });
-    const init = await ok(['operator', 'init', '--admin', 'boss']);
+    const init = await ok(['operator', 'init', '--admin', 'boss', '--key-admin', 'keys']);
     assert.match(init.stdout, /WARNING: everything below is shown once/);
+    assert.match(init.stdout, /two different people/);
     const m = /security-admin password: (\S+)/.exec(init.stdout);
     assert.ok(m, init.stdout);
     passwords.boss = m[1]!;
-    const again = await kh(['operator', 'init']);
-    assert.equal(again.code, 4, again.stderr);
-    assert.match(again.stderr, /already initialised \(request [0-9a-f]{16}\)/);
+    const k = /key-admin name: +keys\nkey-admin password: +(\S+)/.exec(init.stdout);
+    assert.ok(k, init.stdout);
+    assert.notEqual(k[1], m[1]);
+    const status = await json(['operator', 'status']);
+    assert.equal(status.initConfirmed, false);
   });
 
   it('login saves a 0600 session in a 0700 folder; a wrong password exits 5 and saves nothing', async () => {
@@ -115,6 +118,10 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
 
     const r = await cliLogin('boss');
     assert.match(r.stdout, /logged in to http:\/\/127\.0\.0\.1:\d+ as boss \(security-admin\)/);
+    // The first login confirmed the init: it cannot be run again.
+    const again = await kh(['operator', 'init']);
+    assert.equal(again.code, 4, again.stderr);
+    assert.match(again.stderr, /already initialised \(request [0-9a-f]{16}\)/);
     const dir = join(home('boss'), 'keyhaven');
     assert.equal(statSync(dir).mode & 0o777, 0o700);
     assert.equal(statSync(join(dir, 'session.json')).mode & 0o777, 0o600);
@@ -256,14 +263,20 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     assert.equal(again.code, 3, again.stderr);
   });
 
-  it('operator seal makes commands exit 6; unseal without a share re-reads the key file', async () => {
+  it('operator seal makes commands exit 6; unseal needs a security-admin: the saved session of one works, a key-admin\'s does not', async () => {
     const sealed = await ok(['operator', 'seal'], { as: 'boss' });
     assert.match(sealed.stdout, /is sealed/);
     const [st, refused] = await Promise.all([json(['operator', 'status']), kh(['key', 'list'], { as: 'keyadmin' })]);
     assert.equal(st.sealed, true);
     assert.equal(refused.code, 6, refused.stderr);
     assert.match(refused.stderr, /sealed/);
-    const un = await json(['operator', 'unseal']);
+    const [anon, keyAdmin] = await Promise.all([kh(['operator', 'unseal']), kh(['operator', 'unseal'], { as: 'keyadmin' })]);
+    assert.equal(anon.code, 2, anon.stderr);
+    assert.match(anon.stderr, /pass --name/);
+    assert.equal(keyAdmin.code, 5, keyAdmin.stderr);
+    assert.match(keyAdmin.stderr, /keyhaven operator unseal/);
+    assert.equal((await json(['operator', 'status'])).sealedBy, 'operator');
+    const un = await json(['operator', 'unseal'], { as: 'boss' });
     assert.equal(un.sealed, false);
     assert.match((await ok(['key', 'list'], { as: 'keyadmin' })).stdout, /^NAME/);
   });

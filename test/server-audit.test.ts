@@ -233,7 +233,7 @@ describe('audit records of HTTP requests', () => {
     }
     const health = await api(s.url, 'GET', '/v1/sys/health');
     assert.equal(health.status, 503);
-    const un = await api(s.url, 'POST', '/v1/sys/unseal', { body: {} });
+    const un = await api(s.url, 'POST', '/v1/sys/unseal', { token: cast.admin, body: {} });
     assert.equal(un.status, 200, un.text);
     assert.equal(un.body.sealed, false);
     const rows = await readAudit(s.url, cast.auditor);

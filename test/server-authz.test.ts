@@ -189,7 +189,10 @@ describe('server authorization matrix', () => {
       if (spec.route === '/v1/sys/seal') {
         const h = await api(url, 'GET', '/v1/sys/health');
         assert.equal(h.status, 503, 'sealed after POST /v1/sys/seal');
-        const u = await api(url, 'POST', '/v1/sys/unseal', { body: {} });
+        // An operator seal: anonymous may not lift it, a security-admin may.
+        const anon = await api(url, 'POST', '/v1/sys/unseal', { body: {} });
+        assert.equal(anon.status, 401, anon.text);
+        const u = await api(url, 'POST', '/v1/sys/unseal', { token: cast.admin, body: {} });
         assert.equal(u.status, 200, u.text);
         assert.equal(u.body.sealed, false);
       }

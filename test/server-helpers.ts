@@ -114,7 +114,7 @@ export async function login(url: string, name: string, password: string): Promis
   return r.body.token as string;
 }
 
-export async function initServer(url: string, body: Record<string, unknown> = {}): Promise<{ admin: { name: string; password: string }; shares?: string[] }> {
+export async function initServer(url: string, body: Record<string, unknown> = {}): Promise<{ admin: { name: string; password: string }; keyAdmin: { name: string; password: string }; shares?: string[] }> {
   const r = await api(url, 'POST', '/v1/sys/init', { body });
   if (r.status !== 200) throw new Error(`init failed: ${r.status} ${r.text}`);
   return r.body;
@@ -149,11 +149,11 @@ async function must(r: Promise<ApiResult>, what: string): Promise<ApiResult> {
 export async function setupCast(url: string, key = 'k1'): Promise<Cast> {
   const init = await initServer(url);
   const admin = await login(url, init.admin.name, init.admin.password);
-  const passwords: Record<string, string> = { [init.admin.name]: init.admin.password };
+  // Init makes the first key-admin ("keyadmin") as well.
+  const passwords: Record<string, string> = { [init.admin.name]: init.admin.password, [init.keyAdmin.name]: init.keyAdmin.password };
   const users: [string, string[]][] = [
     ['admin2', ['security-admin']],
     ['admin3', ['security-admin']],
-    ['keyadmin', ['key-admin']],
     ['keyadmin2', ['key-admin']],
     ['keyadmin3', ['key-admin']],
     ['auditor', ['auditor']],

@@ -82,7 +82,9 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     assert.match(url, /^https:\/\/127\.0\.0\.1:\d+$/);
     const init = await must(call('POST', '/v1/sys/init', { body: {} }), 200, 'init');
     passwords.admin = init.body.admin.password;
-    for (const [name, roles] of [['keyadmin', ['key-admin']], ['auditor', ['auditor']], ['locky', []], ['sessy', []]] as const) {
+    // Init made the first key-admin, "keyadmin".
+    passwords.keyadmin = init.body.keyAdmin.password;
+    for (const [name, roles] of [['auditor', ['auditor']], ['locky', []], ['sessy', []]] as const) {
       passwords[name] = `${name}-password-123`;
       await must(call('POST', '/v1/users', { token: await as('admin'), body: { name, password: passwords[name], roles } }), 200, `user ${name}`);
     }

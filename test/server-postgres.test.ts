@@ -200,6 +200,8 @@ describe('servers started together on an empty PostgreSQL database', () => {
       const [first, second] = servers as [ServerProcess, ServerProcess];
       assert.equal((await api(second.url, 'GET', '/v1/sys/seal-status')).body.initialized, false);
       const init = await initServer(first.url);
+      // The first login confirms the init; from then on it happens once across servers.
+      await login(first.url, init.admin.name, init.admin.password);
       const again = await api(second.url, 'POST', '/v1/sys/init', { body: {} });
       assert.equal(again.status, 409, 'init happens once across servers');
       await waitFor(async () => ((await api(second.url, 'GET', '/v1/sys/health')).status === 200 ? true : undefined), 'the second server to unseal', 15_000);

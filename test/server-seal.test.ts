@@ -15,7 +15,7 @@ const SHAMIR = { seal: { shamir: {} } };
 async function sealStatus(url: string) {
   const r = await api(url, 'GET', '/v1/sys/seal-status');
   assert.equal(r.status, 200, r.text);
-  return r.body as { initialized: boolean; sealed: boolean; kind: string; threshold?: number; shares?: number; progress?: number };
+  return r.body as { initialized: boolean; sealed: boolean; kind: string; threshold?: number; shares?: number; progress?: number; initConfirmed?: boolean };
 }
 
 async function unseal(url: string, share: string) {
@@ -74,9 +74,8 @@ describe('shamir seal over HTTP', () => {
     assert.equal(new Set(shares).size, 5);
     for (const sh of shares) assert.match(sh, /^khshare1-[A-Za-z0-9_-]+$/);
     assert.ok(admin.password.length >= 12);
-    assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: true, kind: 'shamir', threshold: 3, shares: 5, progress: 0 });
-    const again = await api(s.url, 'POST', '/v1/sys/init', { body: { shares: 5, threshold: 3 } });
-    assert.equal(again.status, 409, 'init is once only');
+    // Unconfirmed until the admin's first login (init may be redone until then: adversary-init.test.ts).
+    assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: true, kind: 'shamir', threshold: 3, shares: 5, progress: 0, initConfirmed: false });
     await assertSealedAnswers(s.url);
     foreign = (await initServer(other.url, { shares: 5, threshold: 3 })).shares![0]!;
   });
@@ -112,12 +111,16 @@ describe('shamir seal over HTTP', () => {
     const tok = await login(s.url, admin.name, admin.password);
     const u = await api(s.url, 'POST', '/v1/users', { token: tok, body: { name: 'keeper', password: 'keeper-password-1', roles: ['auditor'] } });
     assert.equal(u.status, 200, u.text);
+    // The login confirmed the init: it is once only from now on.
+    assert.equal((await sealStatus(s.url)).initConfirmed, true);
+    const again = await api(s.url, 'POST', '/v1/sys/init', { body: { shares: 5, threshold: 3 } });
+    assert.equal(again.status, 409, 'init is once only once confirmed');
   });
 
   it('after a restart it is sealed again until three distinct shares (any three) are entered; data survives', async () => {
     await s.stop();
     s = await startServerProcess({ dir: s.dir, config: SHAMIR });
-    assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: true, kind: 'shamir', threshold: 3, shares: 5, progress: 0 });
+    assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: true, kind: 'shamir', threshold: 3, shares: 5, progress: 0, initConfirmed: true });
     await assertSealedAnswers(s.url);
     for (const [sh, progress] of [[shares[4]!, 1], [shares[3]!, 2], [shares[4]!, 2]] as const) {
       const r = await unseal(s.url, sh);
@@ -252,7 +255,7 @@ describe('pkcs11 seal (SoftHSM2) over HTTP', () => {
       await s.stop();
 
       s = await startServerProcess({ dir, config, env: env(PIN) });
-      assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: false, kind: 'pkcs11' });
+      assert.deepEqual(await sealStatus(s.url), { initialized: true, sealed: false, kind: 'pkcs11', initConfirmed: true });
       const dec = await api(s.url, 'POST', '/v1/keys/k1/decrypt', { token: cast.appKey, body: { ciphertext: enc.body.ciphertext } });
       assert.equal(dec.status, 200, dec.text);
       assert.equal(Buffer.from(dec.body.plaintext, 'base64').toString(), 'through the hsm');

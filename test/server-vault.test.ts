@@ -706,7 +706,7 @@ describe('Vault Transit compatibility API', () => {
     assert.equal(sealed.status, 200, sealed.text);
     vaultError(await fetchVault('POST', '/v1/transit/encrypt/k1', cast.appKey, { plaintext: b64('x') }), 503, /^Vault is sealed/);
     vaultError(await raw(url, 'LIST', '/v1/transit/keys', cast.keyAdmin), 503, /Vault is sealed/);
-    const un = await api(url, 'POST', '/v1/sys/unseal', { body: {} });
+    const un = await api(url, 'POST', '/v1/sys/unseal', { token: cast.admin, body: {} });
     assert.equal(un.status, 200, un.text);
     assert.equal(un.body.sealed, false);
     assert.match((await app.encryptData({ name: 'k1', plaintext: b64('x') })).data.ciphertext, /^vault:v/);

@@ -8,7 +8,7 @@ import type { Store } from '../storage/store.js';
 // key derived from the root key; the storage path is the associated data, so
 // a sealed value copied to another path no longer opens.
 const FORMAT = 0x01;
-const CANARY_PATH = 'sys/canary';
+export const CANARY_PATH = 'sys/canary';
 
 export interface Barrier {
   put(store: Store, path: string, plaintext: Buffer): Promise<void>;

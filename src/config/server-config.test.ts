@@ -84,6 +84,15 @@ describe('server.yaml', () => {
     refused({ ...base, seal: { pkcs11: { module: '/m.so', tokenLabel: 't', pinEnv: 'PIN', pinFile: 'f' } } }, /seal/);
   });
 
+  it('metrics: key ids and no token by default; tokenFile resolved; bad fields refused by name', () => {
+    assert.deepEqual(parseServerConfig(base, 'server.yaml').metrics, { keyNames: false });
+    const c = parseServerConfig({ ...base, metrics: { tokenFile: 'metrics.token', keyNames: true } }, 'server.yaml', '/etc/keyhaven');
+    assert.deepEqual(c.metrics, { tokenFile: '/etc/keyhaven/metrics.token', keyNames: true });
+    refused({ ...base, metrics: { keyNames: 'yes' } }, /metrics\.keyNames/);
+    refused({ ...base, metrics: { tokenFile: '' } }, /metrics\.tokenFile/);
+    refused({ ...base, metrics: { token: 'inline-secret' } }, /metrics/);
+  });
+
   it('the example in deploy/server.yaml is valid', () => {
     const raw = parseYaml(readFileSync(join(PACKAGE_ROOT, 'deploy', 'server.yaml'), 'utf8'));
     const c = parseServerConfig(raw, 'deploy/server.yaml');

@@ -109,6 +109,14 @@ export const serverConfigSchema = z.strictObject({
   keys: z.strictObject({ destroyPending: durationMs.prefault('7d') }).prefault({}),
   scheduler: z.strictObject({ interval: durationMs.prefault('30s') }).prefault({}),
   http: z.strictObject({ bodyLimit: z.number().int().min(1024).max(64 * 1024 * 1024).default(1024 * 1024) }).prefault({}),
+  metrics: z
+    .strictObject({
+      // A 0600 file holding the bearer token /metrics asks for; without it /metrics is open to anyone who reaches the port.
+      tokenFile: file.optional(),
+      // Label crypto metrics with key names (default: key ids, which tell an anonymous reader nothing the API hides).
+      keyNames: z.boolean().default(false),
+    })
+    .prefault({}),
   log: z.strictObject({ level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info') }).prefault({}),
 });
 
@@ -139,6 +147,7 @@ export function parseServerConfig(raw: unknown, source: string, baseDir = proces
   }
   if (cfg.audit.sink && 'file' in cfg.audit.sink) cfg.audit.sink.file.path = abs(cfg.audit.sink.file.path);
   if (cfg.audit.checkpoint.path) cfg.audit.checkpoint.path = abs(cfg.audit.checkpoint.path);
+  if (cfg.metrics.tokenFile) cfg.metrics.tokenFile = abs(cfg.metrics.tokenFile);
   return deepFreeze(cfg);
 }
 

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { SecureContextOptions, TLSSocket, TlsOptions } from 'node:tls';
 import fastifyRateLimit from '@fastify/rate-limit';
 import fastifySwagger from '@fastify/swagger';
@@ -29,6 +29,8 @@ export interface AppOptions {
   readonly core: ServerCore;
   readonly logger: Logger;
   readonly metrics: ServerMetrics;
+  /** When set, /metrics needs "Authorization: Bearer <this>". */
+  readonly metricsToken?: Buffer | undefined;
   readonly bodyLimit: number;
   /** Pending window for scheduled key destruction, in seconds. */
   readonly destroyPendingS: number;
@@ -320,7 +322,14 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   registerVaultRoutes(app, deps);
 
   app.get('/v1/openapi.json', { config: { op: 'sys.openapi', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async () => app.swagger());
-  app.get('/metrics', { config: { op: 'sys.metrics', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async (_req, reply) => {
+  const metricsDigest = opts.metricsToken ? createHash('sha256').update(opts.metricsToken).digest() : undefined;
+  app.get('/metrics', { config: { op: 'sys.metrics', access: { public: true, sealedOk: true } }, schema: { hide: true } }, async (req, reply) => {
+    if (metricsDigest) {
+      // Compared as digests: constant time, whatever the length sent.
+      const m = /^Bearer +([\x21-\x7e]{1,512})$/i.exec(req.headers.authorization ?? '');
+      const sent = createHash('sha256').update(m?.[1] ?? '').digest();
+      if (!m || !timingSafeEqual(sent, metricsDigest)) throw new KeyhavenError('unauthenticated', 'metrics need "Authorization: Bearer <token>" with the token from metrics.tokenFile');
+    }
     const s = core.status();
     metrics.sealed.set(!s.initialized ? 2 : s.sealed ? 1 : 0);
     void reply.type(metrics.registry.contentType);

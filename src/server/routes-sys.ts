@@ -6,6 +6,12 @@ import { PACKAGE_VERSION } from '../paths.js';
 import type { RouteDeps } from './app.js';
 import { approvalAccepted, emptyBody, errorResponse, sealStatus } from './schemas.js';
 import { guarded } from './guard.js';
+import { principalOf } from './context.js';
+import { KeyhavenError } from '../errors.js';
+
+const USER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
+const userName = z.string().regex(USER_NAME, 'must be a user name');
+const credentials = z.object({ name: z.string(), password: z.string() });
 
 const quorumPolicy = z.strictObject({
   required: z.number().int().min(0).max(16),
@@ -35,35 +41,54 @@ export function registerSysRoutes(app: FastifyInstance, { core }: RouteDeps): vo
     config: { op: 'sys.init', access: { public: true, sealedOk: true } },
     schema: {
       ...sys,
-      summary: 'Initialise a new server: makes the root key (and its shares) and the first security-admin; once only',
+      summary: 'Initialise a new server: makes the root key (and its shares), the first security-admin and the first key-admin in one transaction; may be run again until one of them has logged in',
       body: z.strictObject({
         shares: z.number().int().min(1).max(16).optional(),
         threshold: z.number().int().min(1).max(16).optional(),
-        adminName: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be a user name').optional(),
+        adminName: userName.optional(),
+        keyAdminName: userName.optional(),
       }).optional(),
-      response: { 200: z.object({ shares: z.array(z.string()).optional(), admin: z.object({ name: z.string(), password: z.string() }) }), 409: errorResponse },
+      response: { 200: z.object({ shares: z.array(z.string()).optional(), admin: credentials, keyAdmin: credentials }), 409: errorResponse },
     },
   }, async (req) => {
     const body = req.body ?? {};
     const out = await core.init(body);
-    return { ...(out.shares ? { shares: [...out.shares] } : {}), admin: out.admin };
+    return { ...(out.shares ? { shares: [...out.shares] } : {}), admin: out.admin, keyAdmin: out.keyAdmin };
   });
 
   r.post('/v1/sys/unseal', {
     config: { op: 'sys.unseal', access: { public: true, sealedOk: true } },
     schema: {
       ...sys,
-      summary: 'Enter one unseal share (shamir), or retry an automatic unseal (keyfile, pkcs11)',
-      body: z.strictObject({ share: z.string().max(512).optional() }).optional(),
-      response: { 200: sealStatus, 400: errorResponse },
+      summary: 'Enter one unseal share (shamir), or lift the seal of a keyfile/pkcs11 server as a security-admin (name and password, or a session token)',
+      body: z.strictObject({
+        share: z.string().max(512).optional(),
+        name: z.string().min(1).max(64).optional(),
+        password: z.string().min(1).max(1024).optional(),
+      }).refine((b) => (b.name === undefined) === (b.password === undefined), 'send name and password together').optional(),
+      response: { 200: sealStatus, 400: errorResponse, 401: errorResponse, 403: errorResponse },
     },
-  }, async (req) => core.unseal(req.body?.share));
+  }, async (req) => {
+    const b = req.body ?? {};
+    // Who tried is recorded (a well-formed name, or the token's principal), the password never.
+    if (b.name !== undefined && USER_NAME.test(b.name)) req.auditNote.details.user = b.name;
+    const h = req.headers.authorization;
+    let token: string | undefined;
+    if (h !== undefined) {
+      const m = /^Bearer +([\x21-\x7e]{1,512})$/i.exec(h);
+      if (!m) throw new KeyhavenError('unauthenticated', 'the Authorization header must be "Bearer <token>"');
+      token = m[1]!;
+    }
+    return core.unseal({ share: b.share, name: b.name, password: b.password, token, source: req.ip }, (p) => {
+      req.principal = p;
+    });
+  });
 
   r.post('/v1/sys/seal', {
     config: { op: 'sys.seal', access: { roles: ['security-admin'] } },
-    schema: { ...sys, summary: 'Drop the root key from memory; the server answers 503 until unsealed', body: emptyBody, response: { 200: sealStatus } },
-  }, async () => {
-    await core.seal();
+    schema: { ...sys, summary: 'Operator seal: drop the root key from memory, on every server sharing the database and across restarts, until a security-admin unseals', body: emptyBody, response: { 200: sealStatus } },
+  }, async (req) => {
+    await core.seal(principalOf(req));
     return core.status();
   });
 

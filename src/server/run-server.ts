@@ -42,6 +42,21 @@ function readPin(cfg: { pinFile?: string | undefined; pinEnv?: string | undefine
   }
 }
 
+/** The /metrics bearer token: read once at start, from a file only its owner may read. */
+export function readMetricsToken(path: string): Buffer {
+  let text: string;
+  try {
+    if ((statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is readable or writable by group or others; chmod 600 it`);
+    text = readFileSync(path, 'utf8').trim();
+  } catch (e) {
+    if (e instanceof KeyhavenError) throw e;
+    throw new KeyhavenError('config_invalid', `cannot read the metrics token file ${path} (metrics.tokenFile): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  if (text.length === 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is empty`);
+  if (!/^[\x21-\x7e]{1,512}$/.test(text)) throw new KeyhavenError('config_invalid', `the metrics token in ${path} (metrics.tokenFile) must be 1-512 printable characters without spaces`);
+  return Buffer.from(text, 'utf8');
+}
+
 export function sealFromConfig(cfg: ServerConfig['seal']): Seal {
   if ('keyfile' in cfg) return keyFileSeal(cfg.keyfile.path);
   if ('shamir' in cfg) return shamirSeal();
@@ -109,16 +124,29 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
       onScheduled: (what) => logger.info(what, 'scheduled key changes'),
       checkpoints,
+      onSealChange: (state) =>
+        logger.warn({ sealed: state === 'sealed' }, state === 'sealed' ? 'an operator sealed the servers sharing this database; sealed until a security-admin unseals (keyhaven operator unseal)' : 'the operator seal was lifted on a server sharing this database; unsealed again'),
     });
     if (checkpoints) core.audit.onStored(checkpoints.stored);
     if (sink) {
       pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: (e) => logger.error({ err: String(e) }, 'audit sink write failed; will retry') });
       core.audit.onStored(pump.kick);
     }
-    const metrics = createServerMetrics();
+    const c = core;
+    const metrics = createServerMetrics({
+      keyNames: cfg.metrics.keyNames,
+      keyId: (name) => {
+        try {
+          return c.services().keys.idOf(name);
+        } catch {
+          return undefined; // sealed
+        }
+      },
+    });
+    const metricsToken = cfg.metrics.tokenFile ? readMetricsToken(cfg.metrics.tokenFile) : undefined;
     configurePasswordHashing(cfg.auth.hashing);
     const signInRateLimit = { max: cfg.auth.rateLimit.max, windowMs: cfg.auth.rateLimit.window };
-    app = await buildApp({ core, logger, metrics, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https, signInRateLimit });
+    app = await buildApp({ core, logger, metrics, metricsToken, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https, signInRateLimit });
     const at = cfg.listen.lastIndexOf(':');
     await app.listen({ host: cfg.listen.slice(0, at).replace(/^\[|\]$/g, ''), port: Number(cfg.listen.slice(at + 1)) });
   } catch (e) {
@@ -138,7 +166,9 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   const url = `${cfg.tls ? 'https' : 'http'}://${host}:${addr.port}`;
   const status = core.status();
-  logger.info({ url, storage: 'sqlite' in cfg.storage ? 'sqlite' : 'postgres', seal: status.kind, initialized: status.initialized, sealed: status.sealed }, 'keyhaven server listening');
+  logger.info({ url, storage: 'sqlite' in cfg.storage ? 'sqlite' : 'postgres', seal: status.kind, initialized: status.initialized, sealed: status.sealed, ...(status.sealedBy ? { sealedBy: status.sealedBy } : {}) }, 'keyhaven server listening');
+  if (status.sealedBy === 'operator') logger.warn({ sealedBy: 'operator' }, 'an operator seal holds: the server stays sealed until a security-admin unseals it (keyhaven operator unseal)');
+  if (status.initialized && status.initConfirmed === false) logger.warn('initialisation is not confirmed yet: until the first login of a user it made, keyhaven operator init may be run again');
 
   let ticking: Promise<void> | undefined;
   const c = core;

@@ -103,6 +103,8 @@ export const sealStatus = z.object({
   threshold: z.number().optional(),
   shares: z.number().optional(),
   progress: z.number().optional(),
+  sealedBy: z.literal('operator').optional(),
+  initConfirmed: z.boolean().optional(),
 });
 
 /** A duration "30d", "12h", "90m" or null. */

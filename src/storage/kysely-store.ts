@@ -80,6 +80,10 @@ export class KyselyStore implements Store {
     return (await this.getMeta(name)) ?? value;
   }
 
+  async deleteMeta(name: string): Promise<void> {
+    await this.db.deleteFrom('meta').where('name', '=', name).execute();
+  }
+
   async barrierGet(path: string): Promise<Buffer | undefined> {
     const row = await this.db.selectFrom('barrier').select('value').where('path', '=', path).executeTakeFirst();
     return row ? Buffer.from(row.value) : undefined;
@@ -139,6 +143,19 @@ export class KyselyStore implements Store {
       await db.deleteFrom('key_versions').where('key_id', '=', id).execute();
       const res = await db.deleteFrom('keys').where('id', '=', id).executeTakeFirst();
       return Number(res.numDeletedRows) > 0;
+    });
+  }
+
+  async deleteAllPrincipals(): Promise<string[]> {
+    return this.transaction(async (tx) => {
+      const { db } = tx as KyselyStore;
+      const ids = (await db.selectFrom('principals').select('id').execute()).map((r) => r.id);
+      // Children first: they reference the principal rows.
+      await db.deleteFrom('credentials').execute();
+      await db.deleteFrom('grants').execute();
+      await db.deleteFrom('plugin_clusters').execute();
+      await db.deleteFrom('principals').execute();
+      return ids;
     });
   }
 

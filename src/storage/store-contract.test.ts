@@ -238,6 +238,10 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         assert.equal(await store.setMetaIfAbsent('a', '3'), '2');
         assert.equal(await store.setMetaIfAbsent('b', 'x'), 'x');
         assert.equal(await store.getMeta('b'), 'x');
+        await store.deleteMeta('a');
+        await store.deleteMeta('never-set');
+        assert.equal(await store.getMeta('a'), undefined);
+        assert.equal(await store.getMeta('b'), 'x');
       }));
 
     it('meta: setMetaIfAbsent racing across two stores stores one value, returned to all', (t) =>
@@ -387,6 +391,33 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         await assert.rejects(store.insertPrincipal(principalRow('other', { kind: 'app', cert_fingerprint: 'ab'.repeat(32) })), 'certificates are unique');
         await store.updatePrincipal(u.id, { failed_logins: 3, locked_until: '2025-01-01T00:05:00.000Z', state: 'disabled' });
         assert.deepEqual(await store.findPrincipalById(u.id), { ...u, failed_logins: 3, locked_until: '2025-01-01T00:05:00.000Z', state: 'disabled' });
+      }));
+
+    it('deleteAllPrincipals: every principal with its credentials and grants, keys and meta untouched; atomic inside a failing transaction', (t) =>
+      withStore(t, async ({ store }) => {
+        const u = principalRow('frank');
+        const app = principalRow('svc', { kind: 'app', roles: '[]' });
+        await store.insertPrincipal(u);
+        await store.insertPrincipal(app);
+        await store.insertCredential({ id: 'c1', principal_id: u.id, kind: 'session', hash: hex(32), created_at: '2025-01-01T00:00:00.000Z', expires_at: null, revoked_at: null });
+        const k = keyRow('kk');
+        await store.insertKey(k);
+        await store.putGrant({ principal_id: app.id, key_id: k.id, operations: '["encrypt"]', created_at: '2025-01-01T00:00:00.000Z', created_by: 'user:x' });
+        await store.setMeta('m', 'v');
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            await tx.deleteAllPrincipals();
+            throw new Error('boom');
+          }),
+        );
+        assert.equal((await store.listPrincipals()).length, 2, 'rolled back');
+        assert.deepEqual((await store.deleteAllPrincipals()).sort(), [u.id, app.id].sort());
+        assert.deepEqual(await store.listPrincipals(), []);
+        assert.equal(await store.findCredential('c1'), undefined);
+        assert.deepEqual(await store.listGrants({ keyId: k.id }), []);
+        assert.ok(await store.findKeyById(k.id));
+        assert.equal(await store.getMeta('m'), 'v');
+        assert.deepEqual(await store.deleteAllPrincipals(), []);
       }));
 
     it('credentials: CRUD and deleteExpiredSessions', (t) =>

@@ -46,6 +46,7 @@ export interface Store {
   setMeta(name: string, value: string): Promise<void>;
   /** Sets the value only if absent; returns whichever value is stored. */
   setMetaIfAbsent(name: string, value: string): Promise<string>;
+  deleteMeta(name: string): Promise<void>;
 
   barrierGet(path: string): Promise<Buffer | undefined>;
   barrierPut(path: string, value: Buffer): Promise<void>;
@@ -71,6 +72,12 @@ export interface Store {
   findPrincipalByCert(fingerprint: string): Promise<PrincipalRow | undefined>;
   insertPrincipal(row: PrincipalRow): Promise<void>;
   updatePrincipal(id: string, patch: Partial<Omit<PrincipalRow, 'id'>>): Promise<void>;
+  /**
+   * Deletes every principal with its credentials, grants and plugin reports
+   * (an unconfirmed init being redone); returns the deleted ids. Their sealed
+   * values (barrier rows) are the caller's to delete.
+   */
+  deleteAllPrincipals(): Promise<string[]>;
 
   findCredential(id: string): Promise<CredentialRow | undefined>;
   listCredentials(principalId: string): Promise<CredentialRow[]>;

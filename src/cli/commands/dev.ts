@@ -96,7 +96,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
         let state;
         try {
           const created = !core.status().initialized;
-          const init = created ? await core.init({ adminName: DEV_ADMIN }) : undefined;
+          const init = created ? await core.init({ adminName: DEV_ADMIN, confirmed: true }) : undefined;
           state = { created, ...(await ensureDevState(core.services(), init?.admin.password, apiKeyFile)) };
           // The production path: the plugin reaches the server over HTTP as app dev-plugin.
           const pluginCfg = parsePluginConfig(

@@ -11,6 +11,16 @@ export function registerServer(program: Command, run: (fn: () => Promise<number>
     .requiredOption('-c, --config <file>', 'server.yaml (see docs/server.md)')
     .option('--listen <host:port>', 'override listen')
     .option('--log-level <level>', 'override log.level')
+    .addHelpText(
+      'after',
+      [
+        '',
+        'A keyfile or pkcs11 server unseals itself at start only. After keyhaven operator seal (an operator seal,',
+        'kept in the database) it starts sealed, as does every server sharing the database, until a security-admin',
+        'runs keyhaven operator unseal. /metrics labels crypto metrics with key ids (metrics.keyNames for names) and',
+        'asks for a bearer token when metrics.tokenFile (mode 0600) is set.',
+      ].join('\n'),
+    )
     .action((flags: { config: string; listen?: string; logLevel?: string }) =>
       run(async () => {
         const cfg = loadServerConfig(flags.config, { listen: flags.listen, log: flags.logLevel ? { level: flags.logLevel } : undefined });
