@@ -23,6 +23,8 @@ export interface Services {
   readonly access: Access;
   readonly quorum: Quorum;
   readonly storeId: string;
+  /** keyhaven dev: one person holds every role and the separation-of-duties floor is off. */
+  readonly singlePersonDev: boolean;
 }
 
 export interface SealStatus {
@@ -38,6 +40,8 @@ export interface SealStatus {
 export interface InitOutcome {
   readonly shares?: readonly string[];
   readonly admin: { readonly name: string; readonly password: string };
+  /** The first key-admin; goes to a different person than the admin. */
+  readonly keyAdmin: { readonly name: string; readonly password: string };
 }
 
 export interface ServerCore {
@@ -46,7 +50,7 @@ export interface ServerCore {
   status(): SealStatus;
   /** The unsealed services; throws `sealed` otherwise. */
   services(): Services;
-  init(opts: { shares?: number | undefined; threshold?: number | undefined; adminName?: string | undefined }): Promise<InitOutcome>;
+  init(opts: { shares?: number | undefined; threshold?: number | undefined; adminName?: string | undefined; keyAdminName?: string | undefined }): Promise<InitOutcome>;
   /** Shamir: adds one share (unsealing once enough are in). Auto kinds: recovers the root key again. */
   unseal(share?: string): Promise<SealStatus>;
   seal(): Promise<void>;
@@ -60,6 +64,8 @@ export interface CoreOptions {
   readonly seal: Seal;
   readonly auditFsync: boolean;
   readonly access?: Partial<AccessOptions>;
+  /** Set only by keyhaven dev (never from server.yaml): lifts the separation-of-duties rules. */
+  readonly singlePersonDev?: boolean;
   /** Called with each scheduled change, for logs. */
   readonly onScheduled?: (what: { rotated: readonly string[]; destroyed: readonly string[]; expiredApprovals: number }) => void;
 }
@@ -80,10 +86,11 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       // A head that no longer matches the chain is left as it is, so verify keeps reporting it.
       headIntact = await audit.adoptHeadKey(deriveKey(rootKey, 'keyhaven audit head key v1'));
       keys = createKeyStore({ store, barrier, audit });
-      const access = createAccess({ store, barrier, audit, options: opts.access });
-      const quorum = createQuorum({ store, audit, barrier });
+      const singlePersonDev = opts.singlePersonDev === true;
+      const access = createAccess({ store, barrier, audit, options: opts.access, singlePersonDev });
+      const quorum = createQuorum({ store, audit, barrier, singlePersonDev });
       const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-      services = { keys, access, quorum, storeId };
+      services = { keys, access, quorum, storeId, singlePersonDev };
     } finally {
       rootKey.fill(0);
     }
@@ -114,6 +121,8 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       if (record) throw new KeyhavenError('failed_precondition', 'the server is already initialised');
       if (unsealing) throw new KeyhavenError('failed_precondition', 'initialisation is already in progress');
       const adminName = o.adminName ?? 'admin';
+      const keyAdminName = o.keyAdminName ?? 'keyadmin';
+      if (keyAdminName === adminName) throw new KeyhavenError('invalid_argument', 'adminName and keyAdminName must differ: they go to two different people');
       const run = (async () => {
         const made = await seal.initialize({ shares: o.shares, threshold: o.threshold });
         const rootKey = made.rootKey;
@@ -125,10 +134,13 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         await unsealWith(rootKey);
         const password = generatePassword();
         await services!.access.createUser(SYSTEM, { name: adminName, password, roles: ['security-admin'] });
-        await audit.record({ actor: 'system:seal', operation: 'sys.init', result: 'ok', details: { kind: seal.kind, admin: adminName } });
+        // Grants are the key-admin's, so a second person comes with the first.
+        const keyAdminPassword = generatePassword();
+        await services!.access.createUser(SYSTEM, { name: keyAdminName, password: keyAdminPassword, roles: ['key-admin'] });
+        await audit.record({ actor: 'system:seal', operation: 'sys.init', result: 'ok', details: { kind: seal.kind, admin: adminName, keyAdmin: keyAdminName } });
         // A shamir server starts its life sealed: the shares are the only way in.
         if (seal.needsShares) await core.seal();
-        return { shares: made.shares, admin: { name: adminName, password } };
+        return { shares: made.shares, admin: { name: adminName, password }, keyAdmin: { name: keyAdminName, password: keyAdminPassword } };
       })();
       unsealing = run;
       try {

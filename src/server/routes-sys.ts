@@ -35,18 +35,22 @@ export function registerSysRoutes(app: FastifyInstance, { core }: RouteDeps): vo
     config: { op: 'sys.init', access: { public: true, sealedOk: true } },
     schema: {
       ...sys,
-      summary: 'Initialise a new server: makes the root key (and its shares) and the first security-admin; once only',
+      summary: 'Initialise a new server: makes the root key (and its shares), the first security-admin and the first key-admin (two people); once only',
       body: z.strictObject({
         shares: z.number().int().min(1).max(16).optional(),
         threshold: z.number().int().min(1).max(16).optional(),
         adminName: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be a user name').optional(),
+        keyAdminName: z.string().regex(/^[a-z0-9][a-z0-9._-]{0,63}$/, 'must be a user name').optional(),
       }).optional(),
-      response: { 200: z.object({ shares: z.array(z.string()).optional(), admin: z.object({ name: z.string(), password: z.string() }) }), 409: errorResponse },
+      response: {
+        200: z.object({ shares: z.array(z.string()).optional(), admin: z.object({ name: z.string(), password: z.string() }), keyAdmin: z.object({ name: z.string(), password: z.string() }) }),
+        409: errorResponse,
+      },
     },
   }, async (req) => {
     const body = req.body ?? {};
     const out = await core.init(body);
-    return { ...(out.shares ? { shares: [...out.shares] } : {}), admin: out.admin };
+    return { ...(out.shares ? { shares: [...out.shares] } : {}), admin: out.admin, keyAdmin: out.keyAdmin };
   });
 
   r.post('/v1/sys/unseal', {

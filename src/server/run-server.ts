@@ -64,7 +64,12 @@ function readTls(cfg: NonNullable<ServerConfig['tls']>) {
 }
 
 /** Opens storage and the seal, serves the API, runs the scheduler. */
-export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, extra: { store?: Store } = {}): Promise<RunningServer> {
+export async function startServer(
+  cfg: Readonly<ServerConfig>,
+  logger: Logger,
+  // singlePersonDev: keyhaven dev only; server.yaml has no way to set it.
+  extra: { store?: Store; singlePersonDev?: boolean } = {},
+): Promise<RunningServer> {
   const https = cfg.tls ? readTls(cfg.tls) : undefined;
   const store =
     extra.store ??
@@ -80,6 +85,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       auditFsync: cfg.audit.fsync,
       access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
       onScheduled: (what) => logger.info(what, 'scheduled key changes'),
+      singlePersonDev: extra.singlePersonDev === true,
     });
     if (cfg.audit.sink) {
       const sink = 'file' in cfg.audit.sink ? fileSink(cfg.audit.sink.file.path) : syslogSink(cfg.audit.sink.syslog);

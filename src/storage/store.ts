@@ -70,6 +70,12 @@ export interface Store {
   findPrincipalByCert(fingerprint: string): Promise<PrincipalRow | undefined>;
   insertPrincipal(row: PrincipalRow): Promise<void>;
   updatePrincipal(id: string, patch: Partial<Omit<PrincipalRow, 'id'>>): Promise<void>;
+  /**
+   * Deletes a principal's row with its credentials, grants and plugin
+   * reports; false if no such principal. Its barrier rows (a password hash)
+   * are the caller's to delete.
+   */
+  deletePrincipal(id: string): Promise<boolean>;
 
   findCredential(id: string): Promise<CredentialRow | undefined>;
   listCredentials(principalId: string): Promise<CredentialRow[]>;

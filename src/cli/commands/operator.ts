@@ -44,26 +44,30 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
   connOptions(
     op
       .command('init')
-      .description('Initialise a new key server: its root key (and unseal shares) and the first security-admin')
+      .description('Initialise a new key server: its root key (and unseal shares), the first security-admin and the first key-admin (two different people)')
       .option('--shares <n>', 'unseal shares to make (shamir seal)')
       .option('--threshold <m>', 'shares needed to unseal (shamir seal)')
-      .option('--admin <name>', 'name of the first security-admin', 'admin'),
-  ).action((flags: RemoteFlags & { shares?: string; threshold?: string; admin: string }) =>
+      .option('--admin <name>', 'name of the first security-admin', 'admin')
+      .option('--key-admin <name>', 'name of the first key-admin', 'keyadmin'),
+  ).action((flags: RemoteFlags & { shares?: string; threshold?: string; admin: string; keyAdmin: string }) =>
     run(() =>
       withClient(flags, async (c) => {
         const body = {
           ...(flags.shares !== undefined ? { shares: positiveInt('--shares', flags.shares) } : {}),
           ...(flags.threshold !== undefined ? { threshold: positiveInt('--threshold', flags.threshold) } : {}),
           adminName: flags.admin,
+          keyAdminName: flags.keyAdmin,
         };
-        const r = await c.call<{ shares?: string[]; admin: { name: string; password: string } }>('POST', '/v1/sys/init', { body, auth: false });
+        const r = await c.call<{ shares?: string[]; admin: { name: string; password: string }; keyAdmin: { name: string; password: string } }>('POST', '/v1/sys/init', { body, auth: false });
         if (flags.output === 'json') {
           printJson(r.body);
           return 0;
         }
         const out: string[] = [`keyhaven server at ${c.connection.server} initialised.`, ''];
         out.push('WARNING: everything below is shown once and never again. Store each unseal share');
-        out.push('with a different person or place, and the admin password apart from the shares.');
+        out.push('with a different person or place, and each admin password apart from the shares.');
+        out.push('The security-admin and the key-admin passwords go to two different people: one');
+        out.push('manages identities, the other decides who may use keys; neither alone can decrypt.');
         out.push('');
         const shares = r.body.shares ?? [];
         shares.forEach((s, i) => out.push(`unseal share ${i + 1} of ${shares.length}: ${s}`));
@@ -72,7 +76,8 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
           out.push('', `${st.threshold ?? '?'} of these ${shares.length} shares unseal the server. It starts sealed: run keyhaven operator unseal.`, '');
         }
         out.push(`security-admin name:     ${r.body.admin.name}`, `security-admin password: ${r.body.admin.password}`, '');
-        out.push(`log in with: keyhaven login --server ${c.connection.server} --name ${r.body.admin.name}`);
+        out.push(`key-admin name:          ${r.body.keyAdmin.name}`, `key-admin password:      ${r.body.keyAdmin.password}`, '');
+        out.push(`log in with: keyhaven login --server ${c.connection.server} --name ${r.body.admin.name}   (or --name ${r.body.keyAdmin.name})`);
         process.stdout.write(out.join('\n') + '\n');
         return 0;
       }),
