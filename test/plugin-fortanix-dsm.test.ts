@@ -238,7 +238,7 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
 
   it('a revoked grant, then a rotated API key, fail Status with a clear log line; restoring them recovers', async () => {
     const keyId = await status();
-    assert.equal((await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: await as('admin') })).status, 200);
+    assert.equal((await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: await as('keyadmin') })).status, 200);
     const e = await waitStatusError('Status to fail without the grant');
     // The app sees no object of that name any more (keyhaven lists only granted keys, as DSM lists only the app's groups).
     assert.equal(e.code, grpc.status.NOT_FOUND, e.details);
@@ -247,7 +247,7 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
       logLines(plugin!.output()).some((l) => l.msg === 'Status fails: the apiserver will stop writing with this plugin' && /does not exist, or this app's groups do not hold it/.test(String((l.err as { message?: string })?.message))),
       'a log line says why Status fails',
     );
-    const grant = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: await as('admin'), body: { operations: ['encrypt', 'decrypt'] } });
+    const grant = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: await as('keyadmin'), body: { operations: ['encrypt', 'decrypt'] } });
     assert.equal(grant.status, 200, grant.text);
     await waitStatus(keyId, 'Status to recover after the grant is back');
 

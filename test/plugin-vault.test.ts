@@ -167,7 +167,7 @@ describe('KMS plugin with the vault provider against keyhaven\'s own Transit API
 
   it('a revoked grant fails Status with a clear log line; granted again, it recovers', async () => {
     const keyId = await status(c!);
-    const del = await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: cast.admin });
+    const del = await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: cast.keyAdmin });
     assert.ok(del.status < 300, del.text);
     const err = await statusFails(c!, 'Status to fail after the grant was revoked');
     assert.notEqual(err.code, grpc.status.OK);
@@ -175,7 +175,7 @@ describe('KMS plugin with the vault provider against keyhaven\'s own Transit API
     assert.equal((line.err as { code: string }).code, 'permission_denied');
     assert.match((line.err as { message: string }).message, /Vault refused the key read of transit\/keys\/kubernetes-secrets/);
     await assert.rejects(call(c!.v2, 'Encrypt', { plaintext: seed(), uid: randomUUID() }));
-    const put = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: cast.admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } });
+    const put = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } });
     assert.ok(put.status < 300, put.text);
     assert.equal(await waitFor(() => status(c!).catch(() => undefined), 'Status to recover'), keyId);
   });

@@ -90,7 +90,7 @@ describe('server secrets hygiene', () => {
     const made = await ok(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'svc', description: 'secrets test' } }), 'create svc');
     const oldKey = made.body.apiKey as string;
     plantToken('api key of svc (rotated away)', oldKey);
-    await ok(api(url, 'PUT', '/v1/apps/svc/grants/k1', { token: cast.admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant svc');
+    await ok(api(url, 'PUT', '/v1/apps/svc/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant svc');
     await ok(api(url, 'GET', '/v1/auth/whoami', { token: oldKey }), 'old key works before rotation');
     const svcKey = (await ok(api(url, 'POST', '/v1/apps/svc/rotate-key', { token: cast.admin, body: {} }), 'rotate')).body.apiKey as string;
     plantToken('api key of svc', svcKey);
@@ -130,7 +130,7 @@ describe('server secrets hygiene', () => {
     assert.equal((await api(url, 'POST', '/v1/keys/k1/decrypt', { token: cast.appKey, body: { ciphertext: `kh:v1:${blob.toString('base64')}` } })).status, 400);
     // A refused plaintext: the key is disabled.
     await ok(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: 'kdis' } }), 'create kdis');
-    await ok(api(url, 'PUT', '/v1/apps/app1/grants/kdis', { token: cast.admin, body: { operations: ['encrypt'] } }), 'grant kdis');
+    await ok(api(url, 'PUT', '/v1/apps/app1/grants/kdis', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), 'grant kdis');
     await ok(api(url, 'POST', '/v1/keys/kdis/disable', { token: cast.keyAdmin, body: {} }), 'disable');
     const refusedEnc = await api(url, 'POST', '/v1/keys/kdis/encrypt', { token: cast.appKey, body: { plaintext: p6.toString('base64') } });
     assert.equal(refusedEnc.status, 409, refusedEnc.text);
