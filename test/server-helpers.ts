@@ -152,6 +152,18 @@ export async function createUserApproved(url: string, requester: string, approve
   if (a.body.state !== 'executed') throw new Error(`roles of ${name} not given: ${a.text}`);
 }
 
+/**
+ * Issues a new API key for an app as `requester`; when it holds grants a
+ * key-admin (`approver`) approves first and the requester collects the key.
+ */
+export async function rotateAppKeyApproved(url: string, requester: string, approver: string, app: string): Promise<string> {
+  const r = await must(api(url, 'POST', `/v1/apps/${app}/rotate-key`, { token: requester, body: {} }), `rotate ${app}`);
+  if (r.status === 200) return r.body.apiKey;
+  const a = await must(api(url, 'POST', `/v1/approvals/${r.body.approval.id}/approve`, { token: approver, body: {} }), `approve rotation of ${app}`);
+  if (a.body.state !== 'executed') throw new Error(`rotation of ${app} not executed: ${a.text}`);
+  return (await must(api(url, 'POST', `/v1/approvals/${r.body.approval.id}/collect`, { token: requester, body: {} }), `collect ${app}`)).body.apiKey;
+}
+
 /** Initialises a fresh server and creates users, apps and a key. */
 export async function setupCast(url: string, key = 'k1'): Promise<Cast> {
   const init = await initServer(url);
