@@ -7,7 +7,7 @@ import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
 import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm-format.js';
 import { byteForms } from './secret-forms.js';
-import { api, auditRecords, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, auditRecords, login, rotateAppKeyApproved, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // The KMS plugin with provider `fortanix-dsm`, end to end against keyhaven's
 // own Fortanix DSM API: a real `keyhaven server` process on 127.0.0.1, a real
@@ -252,9 +252,8 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
     await waitStatus(keyId, 'Status to recover after the grant is back');
 
     // The app's API key is rotated on the server: the plugin's session runs out and a new one is refused.
-    const rot = await api(url, 'POST', '/v1/apps/app1/rotate-key', { token: await as('admin'), body: {} });
-    assert.equal(rot.status, 200, rot.text);
-    const fresh = rot.body.apiKey as string;
+    // app1 holds grants: a key-admin approves the new key and the requester collects it.
+    const fresh = await rotateAppKeyApproved(url, await as('admin'), await as('keyadmin'), 'app1');
     secrets.push(fresh, dsmApiKey(fresh));
     const u = await waitStatusError('Status to fail with the old API key');
     assert.equal(u.code, grpc.status.UNAUTHENTICATED);

@@ -9,7 +9,7 @@ import { Agent, setGlobalDispatcher } from 'undici';
 import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, waitForFailure } from './helpers.js';
 import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
-import { api, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, rotateAppKeyApproved, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 import { byteForms } from './secret-forms.js';
 
 // The KMS plugin's remote provider when things go wrong, end to end: a real
@@ -184,7 +184,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     assert.match(keyId, /^kh1:/);
     const before = await encrypt(p, seed('rot before'));
 
-    const rotated = (await ok(api(url, 'POST', '/v1/apps/app-rot/rotate-key', { token: cast.admin, body: {} }), 'rotate-key')).body.apiKey as string;
+    const rotated = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'app-rot');
     plantApiKey('rotated API key of app-rot', rotated);
 
     const err = await statusError(p, 'Status to fail after the API key was rotated');
@@ -436,7 +436,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
       }
     }
     // A rotated key (401s, a re-read of the file), refused calls carrying seeds, then recovery.
-    const rotated = (await ok(api(url, 'POST', '/v1/apps/app-sec/rotate-key', { token: cast.admin, body: {} }), 'rotate-key')).body.apiKey as string;
+    const rotated = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'app-sec');
     plantApiKey('rotated API key of app-sec', rotated);
     await statusError(p, 'Status to fail after rotation');
     await statusError(p2, 'Status to fail after rotation');
