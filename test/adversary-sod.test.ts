@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { removeDir } from './helpers.js';
-import { api, initServer, login, startServerProcess, type ApiResult, type ServerProcess } from './server-helpers.js';
+import { api, auditRecords, initServer, login, startServerProcess, type ApiResult, type ServerProcess } from './server-helpers.js';
 
 // Separation of duties under attack, against a real server process. One
 // person holding one admin role tries every path to a credential that can
@@ -435,6 +435,16 @@ describe('adversary: separation of duties (no single person can decrypt)', () =>
       assert.equal((await approve(keyadmin, r.body.approval.id)).body.state, 'executed');
       assert.equal((await api(url, 'GET', '/v1/auth/whoami', { token: kaSession })).status, 401);
       await login(url, 'ka2', 'ka2-new-password');
+    });
+
+    it('every lifecycle change is in the audit log, without passwords', async () => {
+      const aud = await login(url, 'aud2', 'auditor-two-pass');
+      const rows = await auditRecords(url, aud);
+      const r = { text: rows.map((x) => JSON.stringify(x)).join('\n') };
+      for (const op of ['user.disable', 'user.enable', 'user.delete', 'user.password', 'user.reset-password']) {
+        assert.ok(rows.some((x) => x.operation === op && x.result === 'ok' && x.actor.startsWith('user:')), `no ok ${op} record`);
+      }
+      for (const pwd of ['carol-password-3', 'carol-password-4', 'ka2-new-password', 'taken-over-password-1']) assert.ok(!r.text.includes(pwd), 'a password in the audit log');
     });
 
     it('bad input on every new route: clear errors, the server keeps running', async () => {
