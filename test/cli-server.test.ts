@@ -90,18 +90,20 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     removeDir(base);
   });
 
-  it('operator status, then operator init prints the admin password once with a warning', async () => {
+  it('operator status, then operator init prints the admin and key-admin passwords once with a warning', async () => {
     const before = await json(['operator', 'status']);
     assert.deepEqual({ initialized: before.initialized, sealed: before.sealed, kind: before.kind }, { initialized: false, sealed: true, kind: 'keyfile' });
-    const init = await ok(['operator', 'init', '--admin', 'boss', '--key-admin', 'keys']);
+    const init = await ok(['operator', 'init', '--admin', 'boss']);
     assert.match(init.stdout, /WARNING: everything below is shown once/);
     assert.match(init.stdout, /two different people/);
     const m = /security-admin password: (\S+)/.exec(init.stdout);
     assert.ok(m, init.stdout);
     passwords.boss = m[1]!;
-    const k = /key-admin name: +keys\nkey-admin password: +(\S+)/.exec(init.stdout);
+    const k = /key-admin password:\s+(\S+)/.exec(init.stdout);
     assert.ok(k, init.stdout);
-    assert.notEqual(k[1], m[1]);
+    passwords.keyadmin = k[1]!;
+    assert.match(init.stdout, /go to two different people/);
+    // Unconfirmed until one of the two logs in: init may still be redone.
     const status = await json(['operator', 'status']);
     assert.equal(status.initConfirmed, false);
   });
@@ -133,35 +135,71 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     assert.deepEqual(who, { server: srv.url, name: 'boss', kind: 'user', roles: ['security-admin'] });
   });
 
-  it('user create (password on stdin), user list, user role', async () => {
+  it('user create (password on stdin), user list, user role; admin roles wait for another admin\'s approval', async () => {
     const users: Array<[string, string]> = [
-      ['keyadmin', 'key-admin'],
       ['keyadmin2', 'key-admin'],
       ['auditor', 'auditor'],
       ['admin2', 'security-admin'],
-      ['temp', 'auditor,key-admin'],
+      ['temp', 'auditor'],
     ];
-    // Two through the CLI (text and JSON output), the rest directly: fewer processes on a busy machine.
     for (const [name] of users) passwords[name] = `${name}-password-123`;
-    const [made, madeJson] = await Promise.all([
-      ok(['user', 'create', 'keyadmin', '--roles', 'key-admin', '--password-stdin'], { as: 'boss', input: `${passwords.keyadmin}\n` }),
-      json(['user', 'create', 'temp', '--roles', 'auditor,key-admin', '--password-stdin'], { as: 'boss', input: `${passwords.temp}\n` }),
-      ...users.slice(1, 4).map(([name, roles]) =>
-        api(srv.url, 'POST', '/v1/users', { token: session('boss').token, body: { name, password: passwords[name], roles: roles.split(',') } }).then((r) => assert.equal(r.status, 200, r.text)),
-      ),
+    await cliLogin('keyadmin');
+    // Two through the CLI (text and JSON output), the rest directly: fewer processes on a busy machine.
+    const [made, madeJson, , admin2] = await Promise.all([
+      ok(['user', 'create', 'keyadmin2', '--roles', 'key-admin', '--password-stdin'], { as: 'boss', input: `${passwords.keyadmin2}\n` }),
+      json(['user', 'create', 'temp', '--roles', 'auditor', '--password-stdin'], { as: 'boss', input: `${passwords.temp}\n` }),
+      api(srv.url, 'POST', '/v1/users', { token: session('boss').token, body: { name: 'auditor', password: passwords.auditor, roles: ['auditor'] } }).then((r) => assert.equal(r.status, 200, r.text)),
+      api(srv.url, 'POST', '/v1/users', { token: session('boss').token, body: { name: 'admin2', password: passwords.admin2, roles: ['security-admin'] } }),
     ]);
-    assert.match(made.stdout, /user "keyadmin" created with roles: key-admin/);
-    assert.deepEqual(madeJson.roles, ['auditor', 'key-admin']);
+    assert.match(made.stdout, /user "keyadmin2" created without admin roles for now/);
+    const id = /approval request ([0-9a-f]{16}) filed; needs 1 approval/.exec(made.stdout)?.[1];
+    assert.ok(id, made.stdout);
+    assert.equal((await kh(['approval', 'approve', id], { as: 'boss' })).code, 5, 'the requester does not approve');
+    assert.match((await ok(['approval', 'approve', id], { as: 'keyadmin' })).stdout, /executed/);
+    assert.equal(admin2.status, 202, admin2.text);
+    assert.equal((await api(srv.url, 'POST', `/v1/approvals/${admin2.body.approval.id}/approve`, { token: session('keyadmin').token, body: {} })).body.state, 'executed');
+    assert.deepEqual(madeJson.roles, ['auditor']);
+    const both = await kh(['user', 'create', 'both', '--roles', 'security-admin,key-admin', '--password-stdin'], { as: 'boss', input: 'both-password-123\n' });
+    assert.equal(both.code, 4, both.stderr);
+    assert.match(both.stderr, /no user may hold both security-admin and key-admin/);
     const [list] = await Promise.all([
       json<Array<{ name: string; roles: string[] }>>(['user', 'list'], { as: 'boss' }),
-      ...['keyadmin', 'admin2'].map(cliLogin),
+      cliLogin('admin2'),
       ...['keyadmin2', 'auditor'].map(async (u) => (tokens[u] = await login(srv.url, u, passwords[u]!))),
     ]);
-    assert.deepEqual(list.find((u) => u.name === 'temp')?.roles, ['auditor', 'key-admin']);
-    const role = await json(['user', 'role', 'temp', '--roles', 'auditor'], { as: 'boss' });
-    assert.deepEqual(role.roles, ['auditor']);
+    assert.deepEqual(list.find((u) => u.name === 'keyadmin2')?.roles, ['key-admin']);
+    assert.equal(list.find((u) => u.name === 'both'), undefined);
     const none = await ok(['user', 'role', 'temp', '--roles', ''], { as: 'boss' });
     assert.match(none.stdout, /user "temp" now has roles: none/);
+    const role = await json(['user', 'role', 'temp', '--roles', 'auditor'], { as: 'boss' });
+    assert.deepEqual(role.roles, ['auditor']);
+  });
+
+  it('user disable/enable/reset-password/passwd/delete: sessions end at once', async () => {
+    const t1 = await login(srv.url, 'temp', passwords.temp!);
+    assert.match((await ok(['user', 'disable', 'temp'], { as: 'boss' })).stdout, /user "temp" disabled; their sessions have ended/);
+    assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token: t1 })).status, 401);
+    assert.equal((await kh(['user', 'disable', 'boss'], { as: 'boss' })).code, 5, 'never yourself');
+    assert.match((await ok(['user', 'enable', 'temp'], { as: 'boss' })).stdout, /user "temp" enabled/);
+    const t2 = await login(srv.url, 'temp', passwords.temp!);
+    const reset = await ok(['user', 'reset-password', 'temp', '--password-stdin'], { as: 'boss', input: 'temp-password-456\n' });
+    assert.match(reset.stdout, /password of "temp" reset; their sessions have ended/);
+    assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token: t2 })).status, 401);
+    passwords.temp = 'temp-password-456';
+    // An admin's password: another admin approves first.
+    const filed = await ok(['user', 'reset-password', 'keyadmin2', '--password-stdin'], { as: 'boss', input: 'keyadmin2-password-456\n' });
+    const resetId = /approval request ([0-9a-f]{16}) filed; needs 1 approval \(user\.reset-password/.exec(filed.stdout)?.[1];
+    assert.ok(resetId, filed.stdout);
+    await ok(['approval', 'deny', resetId], { as: 'boss' });
+    // passwd: the current password, then the new one, on stdin.
+    await cliLogin('temp');
+    const bad = await kh(['user', 'passwd', '--password-stdin'], { as: 'temp', input: 'wrong-password-1\ntemp-password-789\n' });
+    assert.equal(bad.code, 5, bad.stderr);
+    assert.match((await ok(['user', 'passwd', '--password-stdin'], { as: 'temp', input: `${passwords.temp}\ntemp-password-789\n` })).stdout, /password changed/);
+    passwords.temp = 'temp-password-789';
+    await login(srv.url, 'temp', passwords.temp);
+    assert.match((await ok(['user', 'delete', 'temp'], { as: 'boss' })).stdout, /user "temp" deleted/);
+    assert.equal((await kh(['user', 'delete', 'temp'], { as: 'boss' })).code, 3);
   });
 
   it('key create/rotate/policy/list/show on the server', async () => {
@@ -193,7 +231,9 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     const created = await ok(['app', 'create', 'app1', '--description', 'cluster a'], { as: 'boss' });
     const key = /^(kha_\S+)$/m.exec(created.stdout)?.[1];
     assert.ok(key, created.stdout);
-    const granted = await ok(['app', 'grant', 'app1', 'k1', '--ops', 'encrypt,decrypt'], { as: 'boss' });
+    // Grants are the key-admin's.
+    assert.equal((await kh(['app', 'grant', 'app1', 'k1', '--ops', 'encrypt,decrypt'], { as: 'boss' })).code, 5);
+    const granted = await ok(['app', 'grant', 'app1', 'k1', '--ops', 'encrypt,decrypt'], { as: 'keyadmin' });
     assert.match(granted.stdout, /app "app1" may now decrypt, encrypt with key "k1"/);
     const apps = await json<Array<{ name: string; description: string; grants: Array<{ key: string; operations: string[] }> }>>(['app', 'list'], { as: 'boss' });
     const app1 = apps.find((a) => a.name === 'app1')!;
@@ -202,10 +242,16 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     // The app key works for crypto.
     const enc = await api(srv.url, 'POST', '/v1/keys/k1/encrypt', { token: key, body: { plaintext: Buffer.from('hi').toString('base64') } });
     assert.equal(enc.status, 200, enc.text);
-    const rotated = await json(['app', 'rotate-key', 'app1'], { as: 'boss' });
+    // app1 holds a grant: a new key needs a key-admin's yes, and the old key works until then.
+    const filed = await json(['app', 'rotate-key', 'app1'], { as: 'boss' });
+    assert.equal(filed.approval.operation, 'app.rotate-key');
+    assert.equal((await api(srv.url, 'POST', '/v1/keys/k1/encrypt', { token: key, body: { plaintext: 'aGk=' } })).status, 200);
+    await ok(['approval', 'approve', filed.approval.id], { as: 'keyadmin' });
+    const rotated = await json(['approval', 'collect', filed.approval.id], { as: 'boss' });
     assert.match(rotated.apiKey, /^kha_/);
     assert.equal((await api(srv.url, 'POST', '/v1/keys/k1/encrypt', { token: key, body: { plaintext: 'aGk=' } })).status, 401);
-    await ok(['app', 'revoke', 'app1', 'k1'], { as: 'boss' });
+    assert.equal((await kh(['app', 'revoke', 'app1', 'k1'], { as: 'boss' })).code, 5);
+    await ok(['app', 'revoke', 'app1', 'k1'], { as: 'keyadmin' });
     assert.equal((await api(srv.url, 'POST', '/v1/keys/k1/encrypt', { token: rotated.apiKey, body: { plaintext: 'aGk=' } })).status, 403);
   });
 
@@ -242,20 +288,28 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     const denied = await json(['approval', 'deny', policy.approval.id], { as: 'keyadmin2' });
     assert.equal(denied.state, 'denied');
     assert.equal((await keyState('k1')).rotationPeriod, null);
-    assert.match((await ok(['key', 'enable', 'k1'], { as: 'keyadmin' })).stdout, /key "k1" enabled: current version 2, enabled/);
+    // Undoing an approved disable needs the same approval.
+    const enable = await ok(['key', 'enable', 'k1'], { as: 'keyadmin' });
+    const enableId = /approval request ([0-9a-f]{16}) filed; needs 1 approval \(key\.enable/.exec(enable.stdout)?.[1];
+    assert.ok(enableId, enable.stdout);
+    assert.equal((await keyState('k1')).state, 'disabled');
+    await ok(['approval', 'approve', enableId], { as: 'keyadmin2' });
+    assert.equal((await keyState('k1')).state, 'enabled');
   });
 
-  it('a quorum-guarded app rotate-key: approved by another security-admin, the new key collected once by the requester', async () => {
+  it('a quorum-guarded app rotate-key: approved by a key-admin, the new key collected once by the requester', async () => {
     const filed = await ok(['app', 'rotate-key', 'app1'], { as: 'boss' });
     const id = /approval request ([0-9a-f]{16}) filed/.exec(filed.stdout)?.[1];
     assert.ok(id, filed.stdout);
     assert.match(filed.stdout, new RegExp(`collect the new key \\(once\\) with: keyhaven approval collect ${id}`));
-    const approved = await ok(['approval', 'approve', id], { as: 'admin2' });
+    assert.equal((await kh(['approval', 'approve', id], { as: 'admin2' })).code, 5, 'security-admins do not approve new app keys');
+    const approved = await ok(['approval', 'approve', id], { as: 'keyadmin' });
     assert.match(approved.stdout, new RegExp(`user:boss collects the new API key with: keyhaven approval collect ${id}`));
     assert.doesNotMatch(approved.stdout, /kha_/);
-    const [shown, notMine] = await Promise.all([ok(['approval', 'show', id], { as: 'keyadmin' }), kh(['approval', 'collect', id], { as: 'admin2' })]);
+    const [shown, notMine, notApprover] = await Promise.all([ok(['approval', 'show', id], { as: 'keyadmin' }), kh(['approval', 'collect', id], { as: 'admin2' }), kh(['approval', 'collect', id], { as: 'keyadmin' })]);
     assert.match(shown.stdout, /state:\s+executed/);
     assert.equal(notMine.code, 5, notMine.stderr);
+    assert.equal(notApprover.code, 5, notApprover.stderr);
     const got = await json(['approval', 'collect', id], { as: 'boss' });
     assert.match(got.apiKey, /^kha_/);
     assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token: got.apiKey })).body.name, 'app1');
@@ -337,7 +391,7 @@ describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
     for (const [cmd, r] of outputs) {
       for (const s of secrets) {
         // The init output is where the first admin password is shown, once, by design.
-        if (cmd.startsWith('operator init') && s === passwords.boss) continue;
+        if (cmd.startsWith('operator init') && (s === passwords.boss || s === passwords.keyadmin)) continue;
         assert.ok(!r.stdout.includes(s) && !r.stderr.includes(s), `a secret appears in the output of "keyhaven ${cmd}"`);
       }
     }

@@ -177,6 +177,12 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     const apps = await api(server, 'GET', '/v1/apps', { token });
     const plugin = apps.body.apps.find((a: { name: string }) => a.name === 'dev-plugin');
     assert.deepEqual(plugin.grants.map((g: { key: string; operations: string[] }) => [g.key, g.operations]), [['kubernetes-secrets', ['decrypt', 'encrypt']]]);
+    // Only keyhaven dev lets one person hold both admin roles, and lifts the approval floor.
+    const both = await api(server, 'POST', '/v1/users', { token, body: { name: 'dev-both', password: 'dev-both-password', roles: ['security-admin', 'key-admin'] } });
+    assert.equal(both.status, 200, both.text);
+    assert.deepEqual(both.body.roles, ['key-admin', 'security-admin']);
+    // The key-admin init makes on every server is shown too.
+    assert.match(dev.stderr(), /also:\s+keyadmin \/ \S+\s+\(key-admin/);
   });
 
   it('the plugin acts as app dev-plugin: revoking its grant fails Status, granting again restores it', async () => {

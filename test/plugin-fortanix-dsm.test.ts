@@ -7,7 +7,7 @@ import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
 import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm-format.js';
 import { byteForms } from './secret-forms.js';
-import { api, auditRecords, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, auditRecords, login, rotateAppKeyApproved, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // The KMS plugin with provider `fortanix-dsm`, end to end against keyhaven's
 // own Fortanix DSM API: a real `keyhaven server` process on 127.0.0.1, a real
@@ -238,7 +238,7 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
 
   it('a revoked grant, then a rotated API key, fail Status with a clear log line; restoring them recovers', async () => {
     const keyId = await status();
-    assert.equal((await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: await as('admin') })).status, 200);
+    assert.equal((await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: await as('keyadmin') })).status, 200);
     const e = await waitStatusError('Status to fail without the grant');
     // The app sees no object of that name any more (keyhaven lists only granted keys, as DSM lists only the app's groups).
     assert.equal(e.code, grpc.status.NOT_FOUND, e.details);
@@ -247,14 +247,13 @@ describe('KMS plugin with the fortanix-dsm provider against keyhaven\'s DSM API'
       logLines(plugin!.output()).some((l) => l.msg === 'Status fails: the apiserver will stop writing with this plugin' && /does not exist, or this app's groups do not hold it/.test(String((l.err as { message?: string })?.message))),
       'a log line says why Status fails',
     );
-    const grant = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: await as('admin'), body: { operations: ['encrypt', 'decrypt'] } });
+    const grant = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: await as('keyadmin'), body: { operations: ['encrypt', 'decrypt'] } });
     assert.equal(grant.status, 200, grant.text);
     await waitStatus(keyId, 'Status to recover after the grant is back');
 
     // The app's API key is rotated on the server: the plugin's session runs out and a new one is refused.
-    const rot = await api(url, 'POST', '/v1/apps/app1/rotate-key', { token: await as('admin'), body: {} });
-    assert.equal(rot.status, 200, rot.text);
-    const fresh = rot.body.apiKey as string;
+    // app1 holds grants: a key-admin approves the new key and the requester collects it.
+    const fresh = await rotateAppKeyApproved(url, await as('admin'), await as('keyadmin'), 'app1');
     secrets.push(fresh, dsmApiKey(fresh));
     const u = await waitStatusError('Status to fail with the old API key');
     assert.equal(u.code, grpc.status.UNAUTHENTICATED);

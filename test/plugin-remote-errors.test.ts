@@ -9,7 +9,7 @@ import { Agent, setGlobalDispatcher } from 'undici';
 import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, httpGet, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, waitForFailure } from './helpers.js';
 import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
-import { api, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, rotateAppKeyApproved, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 import { byteForms } from './secret-forms.js';
 
 // The KMS plugin's remote provider when things go wrong, end to end: a real
@@ -75,7 +75,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
   const newApp = async (app: string, key: string): Promise<{ apiKey: string; apiKeyFile: string }> => {
     await ok(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: key } }), `create key ${key}`);
     const made = await ok(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: app } }), `create app ${app}`);
-    await ok(api(url, 'PUT', `/v1/apps/${app}/grants/${key}`, { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), `grant ${app}`);
+    await ok(api(url, 'PUT', `/v1/apps/${app}/grants/${key}`, { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), `grant ${app}`);
     const apiKey = made.body.apiKey as string;
     plantApiKey(`API key of ${app}`, apiKey);
     const apiKeyFile = join(work, `${app}.key`);
@@ -184,7 +184,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     assert.match(keyId, /^kh1:/);
     const before = await encrypt(p, seed('rot before'));
 
-    const rotated = (await ok(api(url, 'POST', '/v1/apps/app-rot/rotate-key', { token: cast.admin, body: {} }), 'rotate-key')).body.apiKey as string;
+    const rotated = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'app-rot');
     plantApiKey('rotated API key of app-rot', rotated);
 
     const err = await statusError(p, 'Status to fail after the API key was rotated');
@@ -214,7 +214,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     const s = seed('grant');
     const sealed = await encrypt(p, s);
 
-    await ok(api(url, 'DELETE', '/v1/apps/app-grant/grants/k-grant', { token: cast.admin }), 'revoke grant');
+    await ok(api(url, 'DELETE', '/v1/apps/app-grant/grants/k-grant', { token: cast.keyAdmin }), 'revoke grant');
     const err = await statusError(p, 'Status to fail after the grant was revoked');
     assert.equal(err.code, grpc.status.PERMISSION_DENIED, err.details);
     assert.ok(err.details.includes(url), err.details);
@@ -227,7 +227,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     assert.equal(decErr.code, grpc.status.PERMISSION_DENIED, decErr.details);
     await alive(p);
 
-    await ok(api(url, 'PUT', '/v1/apps/app-grant/grants/k-grant', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 're-grant');
+    await ok(api(url, 'PUT', '/v1/apps/app-grant/grants/k-grant', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), 're-grant');
     assert.equal(await statusOk(p, 'Status to recover after the new grant'), keyId);
     assert.equal((await encrypt(p, seed('grant after'))).key_id, keyId);
     assert.deepEqual((await decrypt(p, sealed)).plaintext, s);
@@ -436,7 +436,7 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
       }
     }
     // A rotated key (401s, a re-read of the file), refused calls carrying seeds, then recovery.
-    const rotated = (await ok(api(url, 'POST', '/v1/apps/app-sec/rotate-key', { token: cast.admin, body: {} }), 'rotate-key')).body.apiKey as string;
+    const rotated = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'app-sec');
     plantApiKey('rotated API key of app-sec', rotated);
     await statusError(p, 'Status to fail after rotation');
     await statusError(p2, 'Status to fail after rotation');

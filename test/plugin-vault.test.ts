@@ -7,7 +7,7 @@ import { stringify as toYaml } from 'yaml';
 import { byteForms } from './secret-forms.js';
 import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
 import { startVaultStandin, type VaultStandin } from './plugin-vault-standin.js';
-import { api, auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, auditRecords, rotateAppKeyApproved, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // The KMS plugin with provider `vault`, end to end: a real `keyhaven server`
 // process serving its Vault Transit API plays the Vault (the app's API key is
@@ -167,7 +167,7 @@ describe('KMS plugin with the vault provider against keyhaven\'s own Transit API
 
   it('a revoked grant fails Status with a clear log line; granted again, it recovers', async () => {
     const keyId = await status(c!);
-    const del = await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: cast.admin });
+    const del = await api(url, 'DELETE', `/v1/apps/app1/grants/${KEY}`, { token: cast.keyAdmin });
     assert.ok(del.status < 300, del.text);
     const err = await statusFails(c!, 'Status to fail after the grant was revoked');
     assert.notEqual(err.code, grpc.status.OK);
@@ -175,16 +175,15 @@ describe('KMS plugin with the vault provider against keyhaven\'s own Transit API
     assert.equal((line.err as { code: string }).code, 'permission_denied');
     assert.match((line.err as { message: string }).message, /Vault refused the key read of transit\/keys\/kubernetes-secrets/);
     await assert.rejects(call(c!.v2, 'Encrypt', { plaintext: seed(), uid: randomUUID() }));
-    const put = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: cast.admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } });
+    const put = await api(url, 'PUT', `/v1/apps/app1/grants/${KEY}`, { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } });
     assert.ok(put.status < 300, put.text);
     assert.equal(await waitFor(() => status(c!).catch(() => undefined), 'Status to recover'), keyId);
   });
 
   it('a rotated API key (the Vault token) fails Status as unauthenticated until the token file holds the new one', async () => {
     const keyId = await status(c!);
-    const r = await api(url, 'POST', '/v1/apps/app1/rotate-key', { token: cast.admin });
-    assert.equal(r.status, 200, r.text);
-    const fresh = r.body.apiKey as string;
+    // app1 holds grants: a key-admin approves the new key and the requester collects it.
+    const fresh = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'app1');
     planted.push(Buffer.from(fresh));
     await statusFails(c!, 'Status to fail with the old token');
     await waitFor(() => logLines(plugin!.output()).find((l) => l.msg === 'Status fails: the apiserver will stop writing with this plugin' && (l.err as { code?: string })?.code === 'unauthenticated'), 'an unauthenticated Status failure logged');

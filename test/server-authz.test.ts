@@ -67,7 +67,7 @@ describe('server authorization matrix', () => {
       return res;
     };
     for (const k of ['k2', 'k3', 'k4']) await ok(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: k } }), `create ${k}`);
-    await ok(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'scratchuser', password: 'scratch-password-1', roles: [] } }), 'scratch user');
+    for (const n of ['scratchuser', 'deluser']) await ok(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: n, password: 'scratch-password-1', roles: [] } }), n);
     await ok(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'scratchapp' } }), 'scratch app');
     const enc = await ok(api(url, 'POST', '/v1/keys/k1/encrypt', { token: cast.appKey, body: { plaintext: Buffer.from('matrix').toString('base64') } }), 'encrypt');
     k1Ciphertext = enc.body.ciphertext;
@@ -132,11 +132,26 @@ describe('server authorization matrix', () => {
     { method: 'POST', route: '/v1/users', allow: ['secAdmin'], req: (who) => ({ body: { name: `u-${lower(who)}`, password: 'a-long-password-1', roles: [] } }) },
     { method: 'PUT', route: '/v1/users/{name}/roles', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/roles', body: { roles: ['auditor'] } }) },
     { method: 'POST', route: '/v1/users/{name}/unlock', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/unlock', body: {} }) },
-    { method: 'GET', route: '/v1/apps', allow: ['secAdmin'] },
+    { method: 'POST', route: '/v1/users/{name}/disable', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/disable', body: {} }) },
+    { method: 'POST', route: '/v1/users/{name}/enable', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/enable', body: {} }) },
+    { method: 'PUT', route: '/v1/users/{name}/password', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/password', body: { password: 'scratch-password-2' } }) },
+    { method: 'DELETE', route: '/v1/users/{name}', allow: ['secAdmin'], req: () => ({ path: '/v1/users/deluser' }) },
+    // Any signed-in user changes their own password (apps have none: 403). A wrong
+    // current password is the documented 403 here, so the cast keeps its sessions.
+    {
+      method: 'PUT',
+      route: '/v1/auth/password',
+      allow: ['secAdmin', 'keyAdmin', 'auditor'],
+      status: { secAdmin: 403, keyAdmin: 403, auditor: 403 },
+      req: () => ({ body: { currentPassword: 'not-the-password', newPassword: 'another-password-1' } }),
+    },
+    // Key-admins read apps too: they decide the grants.
+    { method: 'GET', route: '/v1/apps', allow: ['secAdmin', 'keyAdmin'] },
     { method: 'POST', route: '/v1/apps', allow: ['secAdmin'], req: (who) => ({ body: { name: `a-${lower(who)}` } }) },
     { method: 'POST', route: '/v1/apps/{name}/rotate-key', allow: ['secAdmin'], req: () => ({ path: '/v1/apps/scratchapp/rotate-key', body: {} }) },
-    { method: 'PUT', route: '/v1/apps/{name}/grants/{key}', allow: ['secAdmin'], req: () => ({ path: '/v1/apps/scratchapp/grants/k1', body: { operations: ['encrypt'] } }) },
-    { method: 'DELETE', route: '/v1/apps/{name}/grants/{key}', allow: ['secAdmin'], req: () => ({ path: '/v1/apps/scratchapp/grants/k1' }) },
+    // Grants are the key-admin's.
+    { method: 'PUT', route: '/v1/apps/{name}/grants/{key}', allow: ['keyAdmin'], req: () => ({ path: '/v1/apps/scratchapp/grants/k1', body: { operations: ['encrypt'] } }) },
+    { method: 'DELETE', route: '/v1/apps/{name}/grants/{key}', allow: ['keyAdmin'], req: () => ({ path: '/v1/apps/scratchapp/grants/k1' }) },
     { method: 'GET', route: '/v1/approvals', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
     { method: 'GET', route: '/v1/approvals/{id}', allow: ['secAdmin', 'keyAdmin', 'auditor'], req: () => ({ path: `/v1/approvals/${approvalToApprove}` }) },
     // A key.destroy request: only another key-admin may decide it; a security-admin passes the route rule but not the request's.
@@ -246,7 +261,7 @@ describe('server authorization matrix', () => {
 
     it('grants are for apps only: granting a key to a user is refused and gives no crypto use', async () => {
       for (const user of ['keyadmin', 'admin2', 'auditor']) {
-        const r = await api(url, 'PUT', `/v1/apps/${user}/grants/k1`, { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } });
+        const r = await api(url, 'PUT', `/v1/apps/${user}/grants/k1`, { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } });
         assert.ok(r.status >= 400 && r.status < 500, `grant to ${user}: ${r.status} ${r.text}`);
         assert.equal(r.body.error.code, 'invalid_argument');
       }
@@ -257,7 +272,7 @@ describe('server authorization matrix', () => {
     it('grants are per operation', async () => {
       const made = await api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'enc-only' } });
       assert.equal(made.status, 200, made.text);
-      const g = await api(url, 'PUT', '/v1/apps/enc-only/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } });
+      const g = await api(url, 'PUT', '/v1/apps/enc-only/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt'] } });
       assert.equal(g.status, 200, g.text);
       const token = made.body.apiKey as string;
       const enc = await api(url, 'POST', '/v1/keys/k1/encrypt', { token, body: { plaintext: b64('only encrypt') } });

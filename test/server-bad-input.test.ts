@@ -75,7 +75,7 @@ describe('server bad input', () => {
       return res;
     };
     for (const k of ['k2', 'kscratch']) await ok(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: k } }), `create ${k}`);
-    await ok(api(url, 'PUT', '/v1/apps/app1/grants/k2', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant k2');
+    await ok(api(url, 'PUT', '/v1/apps/app1/grants/k2', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant k2');
     await ok(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'scratchuser', password: 'scratch-password-1', roles: [] } }), 'user');
     await ok(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'scratchapp' } }), 'app');
     ctK1 = (await ok(api(url, 'POST', '/v1/keys/k1/encrypt', { token: cast.appKey, body: { plaintext: b64('hello k1') } }), 'enc')).body.ciphertext;
@@ -148,9 +148,13 @@ describe('server bad input', () => {
     { method: 'POST', path: '/v1/users', token: () => cast.admin, valid: { name: 'someone', password: 'someone-password-1', roles: ['auditor'] }, required: ['name', 'password'] },
     { method: 'PUT', path: '/v1/users/scratchuser/roles', token: () => cast.admin, valid: { roles: ['auditor'] }, required: ['roles'] },
     { method: 'POST', path: '/v1/users/scratchuser/unlock', token: () => cast.admin, valid: {}, required: [] },
+    { method: 'POST', path: '/v1/users/scratchuser/disable', token: () => cast.admin, valid: {}, required: [] },
+    { method: 'POST', path: '/v1/users/scratchuser/enable', token: () => cast.admin, valid: {}, required: [] },
+    { method: 'PUT', path: '/v1/users/scratchuser/password', token: () => cast.admin, valid: { password: 'scratch-password-2' }, required: ['password'] },
+    { method: 'PUT', path: '/v1/auth/password', token: () => cast.auditor, valid: { currentPassword: 'auditor-password-123', newPassword: 'auditor-password-456' }, required: ['currentPassword', 'newPassword'] },
     { method: 'POST', path: '/v1/apps', token: () => cast.admin, valid: { name: 'someapp', description: 'd', certFingerprint: 'ab'.repeat(32) }, required: ['name'] },
     { method: 'POST', path: '/v1/apps/scratchapp/rotate-key', token: () => cast.admin, valid: {}, required: [] },
-    { method: 'PUT', path: '/v1/apps/scratchapp/grants/k1', token: () => cast.admin, valid: { operations: ['encrypt'] }, required: ['operations'] },
+    { method: 'PUT', path: '/v1/apps/scratchapp/grants/k1', token: () => cast.keyAdmin, valid: { operations: ['encrypt'] }, required: ['operations'] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/approve', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/deny', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/collect', token: () => cast.keyAdmin, valid: {}, required: [] },
@@ -206,7 +210,7 @@ describe('server bad input', () => {
   });
 
   it('DELETE and GET routes refuse bad bodies and bad query strings', async () => {
-    const del = (body: string, ct = 'application/json') => api(url, 'DELETE', '/v1/apps/scratchapp/grants/k1', { token: cast.admin, body, headers: { 'content-type': ct } });
+    const del = (body: string, ct = 'application/json') => api(url, 'DELETE', '/v1/apps/scratchapp/grants/k1', { token: cast.keyAdmin, body, headers: { 'content-type': ct } });
     await refused('DELETE malformed JSON', await del(`{"a": "${MARKER}`), { status: 400 });
     await refused('DELETE form body', await del('a=b', 'application/x-www-form-urlencoded'), { status: [400, 415] });
     const aud = (q: string) => api(url, 'GET', `/v1/audit?${q}`, { token: cast.auditor });
@@ -367,12 +371,12 @@ describe('server bad input', () => {
     for (const n of ['Admin', 'a b', '-x', 'x'.repeat(65), '%C3%A9']) {
       await refused(`roles of ${n.slice(0, 10)}`, await api(url, 'PUT', `/v1/users/${n}/roles`, { token: cast.admin, body: { roles: [] } }), { status: 400 });
       await refused(`rotate-key of ${n.slice(0, 10)}`, await api(url, 'POST', `/v1/apps/${n}/rotate-key`, { token: cast.admin, body: {} }), { status: 400 });
-      await refused(`grant for ${n.slice(0, 10)}`, await api(url, 'PUT', `/v1/apps/${n}/grants/k1`, { token: cast.admin, body: { operations: ['encrypt'] } }), { status: 400 });
+      await refused(`grant for ${n.slice(0, 10)}`, await api(url, 'PUT', `/v1/apps/${n}/grants/k1`, { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), { status: 400 });
     }
-    await refused('grant on a bad key name', await api(url, 'PUT', '/v1/apps/scratchapp/grants/bad%20key', { token: cast.admin, body: { operations: ['encrypt'] } }), { status: 400 });
-    await refused('grant on a missing key', await api(url, 'PUT', '/v1/apps/scratchapp/grants/no-such-key', { token: cast.admin, body: { operations: ['encrypt'] } }), { status: 404 });
-    await refused('grant for a missing app', await api(url, 'PUT', '/v1/apps/no-such-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } }), { status: 404 });
-    await refused('revoke a grant that does not exist', await api(url, 'DELETE', '/v1/apps/scratchapp/grants/k1', { token: cast.admin }), { status: 404 });
+    await refused('grant on a bad key name', await api(url, 'PUT', '/v1/apps/scratchapp/grants/bad%20key', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), { status: 400 });
+    await refused('grant on a missing key', await api(url, 'PUT', '/v1/apps/scratchapp/grants/no-such-key', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), { status: 404 });
+    await refused('grant for a missing app', await api(url, 'PUT', '/v1/apps/no-such-app/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), { status: 404 });
+    await refused('revoke a grant that does not exist', await api(url, 'DELETE', '/v1/apps/scratchapp/grants/k1', { token: cast.keyAdmin }), { status: 404 });
     for (const id of ['xyz', '0123456789abcde', '0123456789ABCDEF', '0123456789abcdef0', 'g123456789abcdef', `${MARKER}`]) {
       await refused(`approval id ${id}`, await api(url, 'GET', `/v1/approvals/${id}`, { token: cast.keyAdmin }), { status: 400, code: 'invalid_argument' });
       await refused(`approve ${id}`, await api(url, 'POST', `/v1/approvals/${id}/approve`, { token: cast.keyAdmin, body: {} }), { status: 400, code: 'invalid_argument' });

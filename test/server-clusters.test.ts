@@ -38,8 +38,8 @@ describe('plugin status probes and cluster reports', () => {
     for (const k of ['k2', 'k3']) await mustOk(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: k } }), `create ${k}`);
     const app2 = await mustOk(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'app2' } }), 'create app2');
     app2Key = app2.body.apiKey;
-    await mustOk(api(url, 'PUT', '/v1/apps/app2/grants/k2', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app2 k2');
-    await mustOk(api(url, 'PUT', '/v1/apps/app1/grants/k3', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app1 k3');
+    await mustOk(api(url, 'PUT', '/v1/apps/app2/grants/k2', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app2 k2');
+    await mustOk(api(url, 'PUT', '/v1/apps/app1/grants/k3', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant app1 k3');
   });
 
   after(async () => {
@@ -190,20 +190,20 @@ describe('plugin status probes and cluster reports', () => {
   it('only apps holding the encrypt and decrypt grants may probe: revoked, encrypt-only, decrypt-only, no grant, missing key, users', async () => {
     const made = await mustOk(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'probe-app' } }), 'create app');
     const token = made.body.apiKey as string;
-    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant');
+    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } }), 'grant');
     await mustOk(probe(token, 'k1', {}), 'probe with the grant');
-    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['encrypt'] } }), 'encrypt-only grant');
+    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), 'encrypt-only grant');
     // Grants are cached for up to 2 s.
     const encryptOnly = await waitFor(async () => {
       const r = await probe(token, 'k1', {});
       return r.status === 403 ? r : undefined;
     }, 'a probe without the decrypt grant to be refused');
     assert.match(encryptOnly.body.error.message, /no decrypt grant on key "k1"/);
-    await mustOk(api(url, 'DELETE', '/v1/apps/probe-app/grants/k1', { token: cast.admin }), 'revoke');
+    await mustOk(api(url, 'DELETE', '/v1/apps/probe-app/grants/k1', { token: cast.keyAdmin }), 'revoke');
     const revoked = await probe(token, 'k1', { cluster: 'revoked', node: 'n1' });
     assert.equal(revoked.status, 403, revoked.text);
     assert.equal(revoked.body.error.code, 'permission_denied');
-    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.admin, body: { operations: ['decrypt'] } }), 'decrypt-only grant');
+    await mustOk(api(url, 'PUT', '/v1/apps/probe-app/grants/k1', { token: cast.keyAdmin, body: { operations: ['decrypt'] } }), 'decrypt-only grant');
     const decryptOnly = await probe(token, 'k1', {});
     assert.equal(decryptOnly.status, 403, 'decrypt alone does not allow a probe');
     assert.deepEqual(await clusters('?app=probe-app'), []);

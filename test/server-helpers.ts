@@ -145,32 +145,58 @@ async function must(r: Promise<ApiResult>, what: string): Promise<ApiResult> {
   return res;
 }
 
+/**
+ * Creates a user with roles as `requester`; when the separation-of-duties
+ * floor (or a quorum policy) files an approval request, `approver` approves it.
+ */
+export async function createUserApproved(url: string, requester: string, approver: string, name: string, password: string, roles: string[]): Promise<void> {
+  const r = await must(api(url, 'POST', '/v1/users', { token: requester, body: { name, password, roles } }), `create user ${name}`);
+  if (r.status !== 202) return;
+  const a = await must(api(url, 'POST', `/v1/approvals/${r.body.approval.id}/approve`, { token: approver, body: {} }), `approve roles of ${name}`);
+  if (a.body.state !== 'executed') throw new Error(`roles of ${name} not given: ${a.text}`);
+}
+
+/**
+ * Issues a new API key for an app as `requester`; when it holds grants a
+ * key-admin (`approver`) approves first and the requester collects the key.
+ */
+export async function rotateAppKeyApproved(url: string, requester: string, approver: string, app: string): Promise<string> {
+  const r = await must(api(url, 'POST', `/v1/apps/${app}/rotate-key`, { token: requester, body: {} }), `rotate ${app}`);
+  if (r.status === 200) return r.body.apiKey;
+  const a = await must(api(url, 'POST', `/v1/approvals/${r.body.approval.id}/approve`, { token: approver, body: {} }), `approve rotation of ${app}`);
+  if (a.body.state !== 'executed') throw new Error(`rotation of ${app} not executed: ${a.text}`);
+  return (await must(api(url, 'POST', `/v1/approvals/${r.body.approval.id}/collect`, { token: requester, body: {} }), `collect ${app}`)).body.apiKey;
+}
+
 /** Initialises a fresh server and creates users, apps and a key. */
 export async function setupCast(url: string, key = 'k1'): Promise<Cast> {
   const init = await initServer(url);
   const admin = await login(url, init.admin.name, init.admin.password);
-  // Init makes the first key-admin ("keyadmin") as well.
   const passwords: Record<string, string> = { [init.admin.name]: init.admin.password, [init.keyAdmin.name]: init.keyAdmin.password };
-  const users: [string, string[]][] = [
-    ['admin2', ['security-admin']],
-    ['admin3', ['security-admin']],
-    ['keyadmin2', ['key-admin']],
-    ['keyadmin3', ['key-admin']],
-    ['auditor', ['auditor']],
-  ];
-  for (const [name, roles] of users) {
-    passwords[name] = `${name}-password-123`;
-    await must(api(url, 'POST', '/v1/users', { token: admin, body: { name, password: passwords[name], roles } }), `create user ${name}`);
-  }
+  const keyAdmin = await login(url, init.keyAdmin.name, init.keyAdmin.password);
   const tok = async (n: string) => login(url, n, passwords[n]!);
-  const keyAdmin = await tok('keyadmin');
+  // Admin roles need another admin's approval: the first admin asks, an eligible other admin approves.
+  const users: [string, string[], () => string][] = [
+    ['admin2', ['security-admin'], () => keyAdmin], // nobody else holds security-admin yet: any other admin
+    ['admin3', ['security-admin'], () => admin2],
+    ['keyadmin2', ['key-admin'], () => keyAdmin],
+    ['keyadmin3', ['key-admin'], () => keyAdmin],
+    ['auditor', ['auditor'], () => keyAdmin],
+  ];
+  let admin2 = '';
+  for (const [name, roles, approver] of users) {
+    passwords[name] = `${name}-password-123`;
+    await createUserApproved(url, admin, approver(), name, passwords[name], roles);
+    if (name === 'admin2') admin2 = await tok('admin2');
+  }
   await must(api(url, 'POST', '/v1/keys', { token: keyAdmin, body: { name: key } }), 'create key');
   const app = await must(api(url, 'POST', '/v1/apps', { token: admin, body: { name: 'app1' } }), 'create app');
   const stranger = await must(api(url, 'POST', '/v1/apps', { token: admin, body: { name: 'stranger' } }), 'create app');
-  await must(api(url, 'PUT', `/v1/apps/app1/grants/${key}`, { token: admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant');
+  // Grants are the key-admin's.
+  await must(api(url, 'PUT', `/v1/apps/app1/grants/${key}`, { token: keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant');
   return {
     admin,
-    admin2: await tok('admin2'),
+    admin2,
     admin3: await tok('admin3'),
     keyAdmin,
     keyAdmin2: await tok('keyadmin2'),

@@ -197,10 +197,14 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
   it('app API key rotation: the old key stops working, the new one works', async () => {
     const made = await must(call('POST', '/v1/apps', { token: await as('admin'), body: { name: 'rotator' } }), 200, 'create app');
     const oldKey = made.body.apiKey as string;
-    await must(call('PUT', '/v1/apps/rotator/grants/k1', { token: await as('admin'), body: { operations: ['encrypt'] } }), 200, 'grant');
+    await must(call('PUT', '/v1/apps/rotator/grants/k1', { token: await as('keyadmin'), body: { operations: ['encrypt'] } }), 200, 'grant');
     const enc = (token: string) => call('POST', '/v1/keys/k1/encrypt', { token, body: { plaintext: Buffer.from('rot').toString('base64') } });
     await must(enc(oldKey), 200, 'old key before rotation');
-    const rotated = await must(call('POST', '/v1/apps/rotator/rotate-key', { token: await as('admin'), body: {} }), 200, 'rotate');
+    // The app holds a grant, so a new key needs a key-admin's approval; the requester collects it.
+    const filed = await must(call('POST', '/v1/apps/rotator/rotate-key', { token: await as('admin'), body: {} }), 202, 'rotate');
+    await must(enc(oldKey), 200, 'old key while the rotation waits');
+    await must(call('POST', `/v1/approvals/${filed.body.approval.id}/approve`, { token: await as('keyadmin'), body: {} }), 200, 'approve');
+    const rotated = await must(call('POST', `/v1/approvals/${filed.body.approval.id}/collect`, { token: await as('admin'), body: {} }), 200, 'collect');
     const newKey = rotated.body.apiKey as string;
     assert.match(newKey, /^kha_/);
     assert.notEqual(newKey, oldKey);
@@ -216,7 +220,7 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     if (!requireDependency(t, HAVE_OPENSSL, 'openssl')) return;
     const made = await must(call('POST', '/v1/apps', { token: await as('admin'), body: { name: 'app-mtls', certFingerprint: pki.client.fingerprint } }), 200, 'create app');
     assert.equal(made.body.app.certFingerprint, pki.client.fingerprint.replace(/:/g, '').toLowerCase());
-    await must(call('PUT', '/v1/apps/app-mtls/grants/k1', { token: await as('admin'), body: { operations: ['encrypt', 'decrypt'] } }), 200, 'grant');
+    await must(call('PUT', '/v1/apps/app-mtls/grants/k1', { token: await as('keyadmin'), body: { operations: ['encrypt', 'decrypt'] } }), 200, 'grant');
     const withCert = new Agent({ connect: { ca: pki.ca, cert: pki.client.cert, key: pki.client.key } });
     agents.push(withCert);
     const who = await must(call('GET', '/v1/auth/whoami', { agent: withCert }), 200, 'whoami by certificate');

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { removeDir } from './helpers.js';
-import { api, login, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, createUserApproved, login, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 
 // M-of-N approvals through the HTTP API: each guarded operation files a
 // request (202), other eligible admins approve it, the last approval
@@ -98,7 +98,8 @@ describe('server quorum approvals', () => {
     app2Key = (await must(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'app2' } }), 200, 'create app2')).body.apiKey;
     plainUserPassword = 'plain-user-password-1';
     await must(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'plainuser', password: plainUserPassword, roles: [] } }), 200, 'plain user');
-    await must(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'exadmin', password: 'ex-admin-password-1', roles: ['key-admin'] } }), 200, 'exadmin');
+    // An admin role needs another admin's yes even before any policy applies.
+    await createUserApproved(url, cast.admin, cast.keyAdmin, 'exadmin', 'ex-admin-password-1', ['key-admin']);
   });
 
   after(async () => {
@@ -170,13 +171,13 @@ describe('server quorum approvals', () => {
     await checkAudit(id, { requester: 'user:keyadmin', approvers: ['user:keyadmin3', 'user:keyadmin2'], operation: 'key.policy' });
   });
 
-  it('an app grant goes through approval by security-admins only, then works', async () => {
+  it('an app grant goes through approval by key-admins only, then works', async () => {
     const app2 = app2Key;
     const enc = () => api(url, 'POST', '/v1/keys/k1/encrypt', { token: app2, body: { plaintext: Buffer.from('granted').toString('base64') } });
-    const { id } = await request('PUT', '/v1/apps/app2/grants/k1', cast.admin, { operations: ['encrypt'] }, 'app.grant', 'user:admin');
+    const { id } = await request('PUT', '/v1/apps/app2/grants/k1', cast.keyAdmin, { operations: ['encrypt'] }, 'app.grant', 'user:keyadmin');
     assert.equal((await enc()).status, 403, 'no grant before approval');
     for (const token of [cast.keyAdmin, cast.auditor, cast.admin]) assert.equal((await approve(token, id)).status, 403);
-    await approveTwice(id, cast.admin2, cast.admin3, 'user:admin2', 'user:admin3');
+    await approveTwice(id, cast.keyAdmin2, cast.keyAdmin3, 'user:keyadmin2', 'user:keyadmin3');
     let r = await enc();
     for (let i = 0; i < 30 && r.status !== 200; i++) {
       await new Promise((res) => setTimeout(res, 100));
@@ -184,17 +185,18 @@ describe('server quorum approvals', () => {
     }
     assert.equal(r.status, 200, r.text);
     assert.match(r.body.ciphertext, /^kh:v1:/);
-    await checkAudit(id, { requester: 'user:admin', approvers: ['user:admin2', 'user:admin3'], operation: 'app.grant' });
+    await checkAudit(id, { requester: 'user:keyadmin', approvers: ['user:keyadmin2', 'user:keyadmin3'], operation: 'app.grant' });
   });
 
-  it('rotating an app\'s API key goes through approval; only the requester collects the new key, once', async () => {
+  it('rotating an app\'s API key goes through approval by key-admins; only the requester collects the new key, once', async () => {
     const { id } = await request('POST', '/v1/apps/app2/rotate-key', cast.admin, {}, 'app.rotate-key', 'user:admin');
     const whoami = (token: string) => api(url, 'GET', '/v1/auth/whoami', { token });
     assert.equal((await whoami(app2Key)).status, 200, 'the old key works while the request is pending');
-    const done = await approveTwice(id, cast.admin2, cast.admin3, 'user:admin2', 'user:admin3');
+    assert.equal((await approve(cast.admin2, id)).status, 403, 'a security-admin cannot approve a new app key');
+    const done = await approveTwice(id, cast.keyAdmin2, cast.keyAdmin3, 'user:keyadmin2', 'user:keyadmin3');
     assert.doesNotMatch(JSON.stringify(done), /kha_/, 'the approval record holds no key');
     assert.doesNotMatch(JSON.stringify(await getApproval(id)), /kha_/);
-    for (const token of [cast.admin2, cast.admin3, cast.keyAdmin]) assert.equal((await api(url, 'POST', `/v1/approvals/${id}/collect`, { token, body: {} })).status, 403);
+    for (const token of [cast.admin2, cast.admin3, cast.keyAdmin, cast.keyAdmin2, cast.keyAdmin3]) assert.equal((await api(url, 'POST', `/v1/approvals/${id}/collect`, { token, body: {} })).status, 403);
     const got = await must(api(url, 'POST', `/v1/approvals/${id}/collect`, { token: cast.admin, body: {} }), 200, 'collect');
     assert.match(got.body.apiKey, /^kha_/);
     assert.equal((await api(url, 'POST', `/v1/approvals/${id}/collect`, { token: cast.admin, body: {} })).status, 404, 'collected once only');
@@ -212,11 +214,13 @@ describe('server quorum approvals', () => {
     const { id } = await request('PUT', '/v1/users/plainuser/roles', cast.admin2, { roles: ['key-admin'] }, 'admin.add', 'user:admin2');
     let who = await must(api(url, 'GET', '/v1/auth/whoami', { token: await login(url, 'plainuser', plainUserPassword) }), 200, 'whoami');
     assert.deepEqual(who.body.roles, []);
-    assert.equal((await approve(cast.keyAdmin, id)).status, 403, 'a key-admin cannot approve admin.add');
-    await approveTwice(id, cast.admin, cast.admin3, 'user:admin', 'user:admin3');
+    // Adding key-admin needs the yes of people who hold it.
+    assert.deepEqual((await getApproval(id)).approverRoles, ['key-admin']);
+    assert.equal((await approve(cast.admin, id)).status, 403, 'a security-admin cannot approve adding key-admin');
+    await approveTwice(id, cast.keyAdmin, cast.keyAdmin3, 'user:keyadmin', 'user:keyadmin3');
     who = await must(api(url, 'GET', '/v1/auth/whoami', { token: await login(url, 'plainuser', plainUserPassword) }), 200, 'whoami');
     assert.deepEqual(who.body.roles, ['key-admin']);
-    await checkAudit(id, { requester: 'user:admin2', approvers: ['user:admin', 'user:admin3'], operation: 'admin.add' });
+    await checkAudit(id, { requester: 'user:admin2', approvers: ['user:keyadmin', 'user:keyadmin3'], operation: 'admin.add' });
 
     // A new user with an admin role is made without it; the role waits for approval.
     const made = await must(api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'newadmin', password: 'new-admin-password-1', roles: ['security-admin'] } }), 202, 'create admin');
@@ -225,6 +229,7 @@ describe('server quorum approvals', () => {
     const newId = made.body.approval.id as string;
     const mk = async () => (await must(api(url, 'GET', '/v1/users', { token: cast.admin }), 200, 'users')).body.users.find((u: any) => u.name === 'newadmin');
     assert.deepEqual((await mk()).roles, []);
+    assert.equal((await approve(cast.keyAdmin, newId)).status, 403, 'a key-admin cannot approve adding security-admin while other security-admins exist');
     await approveTwice(newId, cast.admin2, cast.admin3, 'user:admin2', 'user:admin3');
     assert.deepEqual((await mk()).roles, ['security-admin']);
   });

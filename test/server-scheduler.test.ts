@@ -37,7 +37,7 @@ describe('key lifecycle over time', () => {
   const decrypt = (name: string, ciphertext: string) => api(s.url, 'POST', `/v1/keys/${name}/decrypt`, { token: cast.appKey, body: { ciphertext } });
   const newKey = async (name: string) => {
     assert.equal((await api(s.url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name } })).status, 200);
-    const g = await api(s.url, 'PUT', `/v1/apps/app1/grants/${name}`, { token: cast.admin, body: { operations: ['encrypt', 'decrypt', 'rewrap'] } });
+    const g = await api(s.url, 'PUT', `/v1/apps/app1/grants/${name}`, { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap'] } });
     assert.equal(g.status, 200, g.text);
   };
   const records = async (query: string): Promise<AuditRow[]> => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { removeDir } from './helpers.js';
-import { api, login, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
+import { api, login, rotateAppKeyApproved, setupCast, startServerProcess, type ApiResult, type Cast, type ServerProcess } from './server-helpers.js';
 import { byteForms } from './secret-forms.js';
 
 // Plant known secrets in a key server running at log level trace (passwords,
@@ -81,6 +81,16 @@ describe('server secrets hygiene', () => {
     const shortPw = `PWs${randomBytes(3).toString('hex')}`;
     plantText('a refused short password', shortPw);
     assert.equal((await api(url, 'POST', '/v1/users', { token: cast.admin, body: { name: 'bob', password: shortPw, roles: [] } })).status, 400);
+    // Passwords reset by an admin (at once, and waiting sealed in an approval request) and changed by their owner.
+    const resetPw = `PW-reset-${randomBytes(12).toString('hex')}`;
+    plantText('a reset password', resetPw);
+    await ok(api(url, 'PUT', '/v1/users/alice/password', { token: cast.admin, body: { password: resetPw } }), 'reset alice');
+    const pendingPw = `PW-pending-${randomBytes(12).toString('hex')}`;
+    plantText('a reset password waiting for approval', pendingPw);
+    const pending = await ok(api(url, 'PUT', '/v1/users/keyadmin3/password', { token: cast.admin, body: { password: pendingPw } }), 'reset keyadmin3');
+    assert.equal(pending.status, 202);
+    const aliceNow = await login(url, 'alice', resetPw);
+    await ok(api(url, 'PUT', '/v1/auth/password', { token: aliceNow, body: { currentPassword: resetPw, newPassword: alicePw } }), 'alice changes hers back');
     const toEnd = await login(url, 'alice', alicePw);
     plantToken('ended session', toEnd);
     await ok(api(url, 'POST', '/v1/auth/logout', { token: toEnd, body: {} }), 'logout');
@@ -90,9 +100,10 @@ describe('server secrets hygiene', () => {
     const made = await ok(api(url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'svc', description: 'secrets test' } }), 'create svc');
     const oldKey = made.body.apiKey as string;
     plantToken('api key of svc (rotated away)', oldKey);
-    await ok(api(url, 'PUT', '/v1/apps/svc/grants/k1', { token: cast.admin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant svc');
+    await ok(api(url, 'PUT', '/v1/apps/svc/grants/k1', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt', 'rewrap', 'datakey'] } }), 'grant svc');
     await ok(api(url, 'GET', '/v1/auth/whoami', { token: oldKey }), 'old key works before rotation');
-    const svcKey = (await ok(api(url, 'POST', '/v1/apps/svc/rotate-key', { token: cast.admin, body: {} }), 'rotate')).body.apiKey as string;
+    // svc holds grants: a key-admin approves the new key, the requester collects it once.
+    const svcKey = await rotateAppKeyApproved(url, cast.admin, cast.keyAdmin, 'svc');
     plantToken('api key of svc', svcKey);
     const forged = `${svcKey.slice(0, 21)}${randomBytes(32).toString('base64url')}`;
     plantToken('forged api key', forged, false);
@@ -130,7 +141,7 @@ describe('server secrets hygiene', () => {
     assert.equal((await api(url, 'POST', '/v1/keys/k1/decrypt', { token: cast.appKey, body: { ciphertext: `kh:v1:${blob.toString('base64')}` } })).status, 400);
     // A refused plaintext: the key is disabled.
     await ok(api(url, 'POST', '/v1/keys', { token: cast.keyAdmin, body: { name: 'kdis' } }), 'create kdis');
-    await ok(api(url, 'PUT', '/v1/apps/app1/grants/kdis', { token: cast.admin, body: { operations: ['encrypt'] } }), 'grant kdis');
+    await ok(api(url, 'PUT', '/v1/apps/app1/grants/kdis', { token: cast.keyAdmin, body: { operations: ['encrypt'] } }), 'grant kdis');
     await ok(api(url, 'POST', '/v1/keys/kdis/disable', { token: cast.keyAdmin, body: {} }), 'disable');
     const refusedEnc = await api(url, 'POST', '/v1/keys/kdis/encrypt', { token: cast.appKey, body: { plaintext: p6.toString('base64') } });
     assert.equal(refusedEnc.status, 409, refusedEnc.text);

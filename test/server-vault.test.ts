@@ -120,7 +120,7 @@ describe('Vault Transit compatibility API', () => {
   };
 
   const grant = async (appName: string, key: string, operations: string[]) => {
-    const r = await api(url, 'PUT', `/v1/apps/${appName}/grants/${key}`, { token: cast.admin, body: { operations } });
+    const r = await api(url, 'PUT', `/v1/apps/${appName}/grants/${key}`, { token: cast.keyAdmin, body: { operations } });
     assert.equal(r.status, 200, r.text);
   };
   const fetchVault = (method: string, path: string, token: string | undefined, body?: unknown, headers: Record<string, string> = {}): Promise<ApiResult> =>
@@ -678,7 +678,7 @@ describe('Vault Transit compatibility API', () => {
     // Only grants are guarded, so the key can be deleted outright.
     assert.equal((await api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 1, operations: ['app.grant'], ttlS: 3600 } })).status, 200);
     try {
-      const filed = await api(url, 'PUT', '/v1/apps/app1/grants/kre', { token: cast.admin, body: { operations: ['encrypt', 'decrypt'] } });
+      const filed = await api(url, 'PUT', '/v1/apps/app1/grants/kre', { token: cast.keyAdmin, body: { operations: ['encrypt', 'decrypt'] } });
       assert.equal(filed.status, 202, filed.text);
       const id = filed.body.approval.id as string;
       await admin.transitDeleteKey({ name: 'kre' });

@@ -4,7 +4,7 @@ import type { Barrier } from '../barrier/barrier.js';
 import { KeyhavenError } from '../errors.js';
 import type { PrincipalKind } from '../storage/schema.js';
 import type { CredentialRow, LoginThrottleRow, PrincipalRow, Store } from '../storage/store.js';
-import { parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
+import { ADMIN_ROLES, checkRoleSet, parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
 import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, takeHashSlot, validatePassword, verifyPassword } from './secrets.js';
 import { signInSource } from './sign-in-source.js';
 
@@ -91,7 +91,18 @@ interface CachedAuth {
 
 export interface Access {
   createUser(actor: Principal, input: { name: string; password: string; roles: readonly string[] }): Promise<PrincipalInfo>;
-  setRoles(actor: Principal, name: string, roles: readonly string[]): Promise<PrincipalInfo>;
+  /** `expectId`: the change was approved for this principal id; a name deleted and made again is someone else. */
+  setRoles(actor: Principal, name: string, roles: readonly string[], expectId?: string): Promise<PrincipalInfo>;
+  /** Disables or re-enables a user; either way its sessions end at once. Never yourself, never the last active security-admin. */
+  setUserState(actor: Principal, name: string, state: 'active' | 'disabled'): Promise<PrincipalInfo>;
+  /** Deletes a user and its credentials; the same guards as disabling. */
+  deleteUser(actor: Principal, name: string): Promise<void>;
+  /** A user changes their own password; their other sessions end. */
+  changePassword(actor: Principal, currentToken: string, currentPassword: string, newPassword: string): Promise<void>;
+  /** Sets another user's password from a hash made by hashNewPassword; the user's sessions end. */
+  resetPassword(actor: Principal, name: string, passwordHash: string, expectId?: string): Promise<PrincipalInfo>;
+  /** Active users holding a role (approver eligibility). */
+  activeHolders(role: Role): Promise<{ id: string; name: string }[]>;
   createApp(actor: Principal, input: { name: string; description?: string | undefined; certFingerprint?: string | undefined }): Promise<{ app: PrincipalInfo; apiKey: string }>;
   rotateAppKey(actor: Principal, name: string): Promise<{ apiKey: string }>;
   setGrant(actor: Principal, app: string, keyName: string, operations: readonly string[]): Promise<GrantInfo>;
@@ -176,8 +187,45 @@ function toInfo(row: PrincipalRow, lockedUntil: string | null = null): Principal
   };
 }
 
-export function createAccess(deps: { store: Store; barrier: Barrier; audit: AuditLog; options?: Partial<AccessOptions> }): Access {
+/** Validates a new password and hashes it (before any transaction: hashing is slow). */
+export async function hashNewPassword(password: string): Promise<string> {
+  validatePassword(password);
+  return hashPassword(password);
+}
+
+export function createAccess(deps: {
+  store: Store;
+  barrier: Barrier;
+  audit: AuditLog;
+  options?: Partial<AccessOptions>;
+  /** keyhaven dev only: one person may hold every role. */
+  singlePersonDev?: boolean;
+}): Access {
   const { store, barrier, audit } = deps;
+  const dev = deps.singlePersonDev === true;
+  // Outside dev a stored role set holding both admin roles (a database made by
+  // keyhaven dev, say) counts as neither: fail closed.
+  const principalFrom = (row: PrincipalRow, via: Principal['via']): Principal => {
+    const p = toPrincipal(row, via);
+    if (dev || !(p.roles.includes('security-admin') && p.roles.includes('key-admin'))) return p;
+    return { ...p, roles: p.roles.filter((r) => !ADMIN_ROLES.has(r)) };
+  };
+  const revokeSessions = async (tx: Store, principalId: string, keep?: string) => {
+    const now = new Date().toISOString();
+    for (const c of await tx.listCredentials(principalId)) {
+      if (c.kind === 'session' && c.revoked_at === null && c.id !== keep) await tx.updateCredential(c.id, { revoked_at: now });
+    }
+  };
+  // Disabling or deleting must leave someone able to administer identities.
+  const guardLifecycle = async (tx: Store, actor: Principal, row: PrincipalRow, what: string) => {
+    if (row.kind !== 'user') throw new KeyhavenError('invalid_argument', `"${row.name}" is an app, not a user`);
+    if (row.id === actor.id) throw new KeyhavenError('permission_denied', `nobody can ${what} themselves; ask another security-admin`);
+    const roles = JSON.parse(row.roles) as Role[];
+    if (row.state === 'active' && roles.includes('security-admin')) {
+      const others = (await tx.listPrincipals('user')).filter((u) => u.id !== row.id && u.state === 'active' && (JSON.parse(u.roles) as Role[]).includes('security-admin'));
+      if (others.length === 0) throw new KeyhavenError('failed_precondition', `"${row.name}" is the last active security-admin; nobody could administer users without them`);
+    }
+  };
   const opts: AccessOptions = { ...DEFAULT_ACCESS_OPTIONS, ...deps.options };
   const cache = new Map<string, CachedAuth>(); // credential id or "cert:<fp>" -> auth
   const grantCache = new Map<string, { grants: Map<string, ReadonlySet<CryptoOperation>>; until: number }>(); // principal id -> grants
@@ -271,7 +319,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
         cache.delete(id);
         throw new KeyhavenError('unauthenticated', 'the token is not valid');
       }
-      c = { principal: toPrincipal(row, cred.kind), credential: cred, until: now + opts.cacheTtlMs };
+      c = { principal: principalFrom(row, cred.kind), credential: cred, until: now + opts.cacheTtlMs };
       if (row.state !== 'active') c.credential = undefined;
       cache.set(id, c);
     }
@@ -287,6 +335,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       validateName(input.name, 'user');
       validatePassword(input.password);
       const roles = parseRoles(input.roles);
+      checkRoleSet(roles, dev);
       const hash = await hashPassword(input.password);
       const row = newPrincipalRow(input.name, 'user', roles);
       await change(actor, 'user.create', { user: input.name, roles: roles.join(',') }, async (tx) => {
@@ -297,15 +346,68 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       return toInfo(row);
     },
 
-    async setRoles(actor, name, rolesIn) {
+    async setRoles(actor, name, rolesIn, expectId) {
       const roles = parseRoles(rolesIn);
+      checkRoleSet(roles, dev);
       return change(actor, 'user.roles', { user: name, roles: roles.join(',') || '-' }, async (tx) => {
         const row = await mustFind(tx, name);
+        if (expectId !== undefined && row.id !== expectId) throw new KeyhavenError('failed_precondition', `"${name}" is not the user the request was approved for (deleted and made again?)`);
         if (row.kind !== 'user') throw new KeyhavenError('invalid_argument', `"${name}" is an app; apps hold key grants, not roles`);
         if (row.id === actor.id) throw new KeyhavenError('permission_denied', 'nobody changes their own roles; ask another security-admin');
         await tx.updatePrincipal(row.id, { roles: JSON.stringify(roles), updated_at: new Date().toISOString() });
         return toInfo({ ...row, roles: JSON.stringify(roles) }, (await latestLocks(tx, name)).get(name) ?? null);
       });
+    },
+
+    async setUserState(actor, name, state) {
+      return change(actor, state === 'disabled' ? 'user.disable' : 'user.enable', { user: name }, async (tx) => {
+        const row = await mustFind(tx, name);
+        await guardLifecycle(tx, actor, row, state === 'disabled' ? 'disable' : 'enable');
+        await tx.updatePrincipal(row.id, { state, updated_at: new Date().toISOString() });
+        await revokeSessions(tx, row.id);
+        return toInfo({ ...row, state });
+      });
+    },
+
+    async deleteUser(actor, name) {
+      await change(actor, 'user.delete', { user: name }, async (tx) => {
+        const row = await mustFind(tx, name);
+        await guardLifecycle(tx, actor, row, 'delete');
+        await barrier.delete(tx, passwordPath(row.id));
+        await tx.deletePrincipal(row.id);
+      });
+    },
+
+    async changePassword(actor, currentToken, currentPassword, newPassword) {
+      if (actor.kind !== 'user' || actor.via !== 'session') throw new KeyhavenError('permission_denied', 'only a signed-in user changes their password');
+      const parsed = parseToken(currentToken);
+      const hash = await hashNewPassword(newPassword);
+      const stored = await barrier.get(store, passwordPath(actor.id));
+      if (!stored || !(await verifyPassword(currentPassword.slice(0, 1024), stored.toString('utf8')))) {
+        throw new KeyhavenError('permission_denied', 'the current password is not right');
+      }
+      await change(actor, 'user.password', { user: actor.name }, async (tx) => {
+        await barrier.put(tx, passwordPath(actor.id), Buffer.from(hash, 'utf8'));
+        await tx.updatePrincipal(actor.id, { updated_at: new Date().toISOString() });
+        await revokeSessions(tx, actor.id, parsed?.id);
+      });
+    },
+
+    async resetPassword(actor, name, passwordHash, expectId) {
+      return change(actor, 'user.reset-password', { user: name }, async (tx) => {
+        const row = await mustFind(tx, name);
+        if (row.kind !== 'user') throw new KeyhavenError('invalid_argument', `"${name}" is an app; apps have API keys, not passwords`);
+        if (row.id === actor.id) throw new KeyhavenError('permission_denied', 'change your own password with PUT /v1/auth/password');
+        if (expectId !== undefined && row.id !== expectId) throw new KeyhavenError('failed_precondition', `"${name}" is not the user the request was approved for (deleted and made again?)`);
+        await barrier.put(tx, passwordPath(row.id), Buffer.from(passwordHash, 'utf8'));
+        await tx.updatePrincipal(row.id, { updated_at: new Date().toISOString() });
+        await revokeSessions(tx, row.id);
+        return toInfo(row);
+      });
+    },
+
+    async activeHolders(role) {
+      return (await store.listPrincipals('user')).filter((u) => u.state === 'active' && (JSON.parse(u.roles) as Role[]).includes(role)).map((u) => ({ id: u.id, name: u.name }));
     },
 
     async createApp(actor, input) {
@@ -423,7 +525,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
         await tx.deleteLoginThrottles(tried, source);
         await tx.insertCredential({ id: t.id, principal_id: principalId, kind: 'session', hash: t.hash, created_at: now.toISOString(), expires_at: expiresAt, revoked_at: null });
       });
-      return { token: t.token, expiresAt, principal: toPrincipal(row, 'session') };
+      return { token: t.token, expiresAt, principal: principalFrom(row, 'session') };
     },
 
     async unlock(actor, name) {
@@ -466,7 +568,7 @@ export function createAccess(deps: { store: Store; barrier: Barrier; audit: Audi
       if (!c || c.until < now) {
         const row = await store.findPrincipalByCert(fingerprint);
         if (!row || row.kind !== 'app' || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'the client certificate is not registered to an app');
-        c = { principal: toPrincipal(row, 'cert'), credential: undefined, until: now + opts.cacheTtlMs };
+        c = { principal: principalFrom(row, 'cert'), credential: undefined, until: now + opts.cacheTtlMs };
         cache.set(key, c);
       }
       return c.principal;

@@ -7,19 +7,65 @@ import { actorName, type Principal } from './access.js';
 import type { Role } from './roles.js';
 
 // Operations a quorum policy can put behind M-of-N approval, and the role an
-// approver must hold for each (the role that could perform it).
+// approver must hold for each by default.
 export const GUARDED_OPERATIONS = {
   'key.destroy': 'key-admin',
   'key.disable': 'key-admin',
   'key.policy': 'key-admin',
-  'app.grant': 'security-admin',
-  // A new API key gives crypto use of everything the app is granted.
-  'app.rotate-key': 'security-admin',
+  // Who may use a key is the key-admin's call.
+  'app.grant': 'key-admin',
+  // A new API key gives crypto use of everything the app is granted: the
+  // security-admin asks, a key-admin consents.
+  'app.rotate-key': 'key-admin',
   'admin.add': 'security-admin',
   'admin.remove': 'security-admin',
   'quorum.set': 'security-admin',
 } as const satisfies Record<string, Role>;
 export type GuardedOperation = keyof typeof GUARDED_OPERATIONS;
+
+/** Undoing a guarded operation needs what the operation needs (the policy lists only the operation). */
+export const UNDO_OPERATIONS = {
+  'key.enable': 'key.disable',
+  'key.destroy.cancel': 'key.destroy',
+} as const satisfies Record<string, GuardedOperation>;
+
+/** Every operation an approval request can carry: guarded ones, their undos, and the separation-of-duties floor's own. */
+export type ApprovableOperation = GuardedOperation | keyof typeof UNDO_OPERATIONS | 'user.reset-password';
+
+/** The role the requester must hold (at filing and again at execution). */
+export const PERFORMER: Record<ApprovableOperation, Role> = {
+  'key.destroy': 'key-admin',
+  'key.disable': 'key-admin',
+  'key.policy': 'key-admin',
+  'key.enable': 'key-admin',
+  'key.destroy.cancel': 'key-admin',
+  'app.grant': 'key-admin',
+  'app.rotate-key': 'security-admin',
+  'admin.add': 'security-admin',
+  'admin.remove': 'security-admin',
+  'quorum.set': 'security-admin',
+  'user.reset-password': 'security-admin',
+};
+
+const DEFAULT_APPROVERS: Record<ApprovableOperation, readonly Role[]> = {
+  ...(Object.fromEntries(Object.entries(GUARDED_OPERATIONS).map(([k, v]) => [k, [v]])) as Record<GuardedOperation, Role[]>),
+  'key.enable': ['key-admin'],
+  'key.destroy.cancel': ['key-admin'],
+  'user.reset-password': ['security-admin', 'key-admin'],
+};
+
+/** Who may approve a request, decided when it is filed and stored with it. */
+export interface ApproverRule {
+  readonly roles: readonly Role[];
+  /** Principal ids that may not approve (the target of the change). */
+  readonly exclude: readonly string[];
+  /** Principal id the change is about, re-checked at execution (a deleted and re-created name is another person). */
+  readonly targetId?: string | undefined;
+}
+
+// The approver rule travels inside the stored params under this key, so the
+// approvals table needs no new column.
+const RULE_KEY = '@approvers';
 
 export interface QuorumPolicy {
   /** Approvals needed from admins other than the requester; 0 turns approvals off. */
@@ -37,7 +83,13 @@ export interface ApprovalInfo {
   readonly operation: string;
   readonly params: Record<string, unknown>;
   readonly requester: string;
+  /** Internal: the requester's principal id (not part of the API view). */
+  readonly requesterId: string;
   readonly required: number;
+  /** Roles any of which an approver must hold. */
+  readonly approverRoles: readonly Role[];
+  /** Internal: the stored approver rule. */
+  readonly rule: ApproverRule;
   readonly approvals: readonly { name: string; at: string }[];
   readonly state: ApprovalRow['state'];
   readonly createdAt: string;
@@ -51,9 +103,19 @@ export interface Quorum {
   /** Validates a policy; storing it goes through the guarded operation 'quorum.set'. */
   checkPolicy(p: unknown): QuorumPolicy;
   setPolicy(actor: Principal, p: QuorumPolicy): Promise<QuorumPolicy>;
-  /** Whether this operation needs approval now. */
+  /** Whether this operation needs approval now under the policy alone. */
   needsApproval(operation: GuardedOperation): Promise<boolean>;
-  request(actor: Principal, operation: GuardedOperation, params: Record<string, unknown>): Promise<ApprovalInfo>;
+  /**
+   * Approvals this operation needs now: the policy's (an undo counts as the
+   * operation it undoes), raised to 1 when the separation-of-duties floor
+   * applies (outside keyhaven dev).
+   */
+  requirement(operation: ApprovableOperation, floor: boolean): Promise<number>;
+  request(actor: Principal, operation: ApprovableOperation, params: Record<string, unknown>, opts?: { required?: number; rule?: Partial<ApproverRule> }): Promise<ApprovalInfo>;
+  /** Keeps a request's secret input (a password hash) sealed until execution. */
+  stashInput(id: string, value: string): Promise<void>;
+  /** Reads and deletes a request's secret input. */
+  takeInput(id: string): Promise<string | undefined>;
   /** Adds an approval; when it is the last one needed, the request becomes 'approved' and is returned for execution. */
   approve(actor: Principal, id: string): Promise<{ info: ApprovalInfo; ready: boolean }>;
   deny(actor: Principal, id: string): Promise<ApprovalInfo>;
@@ -72,13 +134,23 @@ export interface Quorum {
   expire(now: Date): Promise<number>;
 }
 
+function ruleOf(operation: string, stored: unknown): ApproverRule {
+  const o = (stored ?? {}) as Partial<ApproverRule>;
+  return { roles: o.roles ?? DEFAULT_APPROVERS[operation as ApprovableOperation] ?? [], exclude: o.exclude ?? [], targetId: o.targetId };
+}
+
 function toInfo(r: ApprovalRow): ApprovalInfo {
+  const { [RULE_KEY]: stored, ...params } = JSON.parse(r.params) as Record<string, unknown>;
+  const rule = ruleOf(r.operation, stored);
   return {
     id: r.id,
     operation: r.operation,
-    params: JSON.parse(r.params) as Record<string, unknown>,
+    params,
     requester: r.requester_name,
+    requesterId: r.requester_id,
     required: r.required,
+    approverRoles: rule.roles,
+    rule,
     approvals: (JSON.parse(r.approvals) as { id: string; name: string; at: string }[]).map(({ name, at }) => ({ name, at })),
     state: r.state,
     createdAt: r.created_at,
@@ -88,9 +160,10 @@ function toInfo(r: ApprovalRow): ApprovalInfo {
   };
 }
 
-export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Barrier }): Quorum {
+export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Barrier; singlePersonDev?: boolean }): Quorum {
   const { store, audit, barrier } = deps;
   const secretPath = (id: string) => `approvals/${id}/secret`;
+  const inputPath = (id: string) => `approvals/${id}/input`;
 
   const checkPolicy = (p: unknown): QuorumPolicy => {
     const o = p as Partial<QuorumPolicy> | null;
@@ -112,9 +185,13 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
     return raw === undefined ? DEFAULT_QUORUM : checkPolicy(JSON.parse(raw));
   };
 
-  const eligible = (actor: Principal, op: string): boolean => {
-    const role = GUARDED_OPERATIONS[op as GuardedOperation] as Role | undefined;
-    return actor.kind === 'user' && role !== undefined && actor.roles.includes(role);
+  const eligible = (actor: Principal, row: ApprovalRow): boolean => {
+    const { rule } = toInfo(row);
+    return actor.kind === 'user' && rule.roles.some((r) => actor.roles.includes(r)) && !rule.exclude.includes(actor.id);
+  };
+  const needs = (row: ApprovalRow): string => {
+    const { rule } = toInfo(row);
+    return `${rule.roles.join(' or ')} role${rule.exclude.length ? ', and not being the person it is about' : ''}`;
   };
 
   const load = async (s: Store, id: string): Promise<ApprovalRow> => {
@@ -126,6 +203,7 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
   const expireRow = async (s: Store, row: ApprovalRow, now: Date): Promise<boolean> => {
     if (row.state !== 'pending' || Date.parse(row.expires_at) > now.getTime()) return false;
     await s.updateApproval(row.id, { state: 'expired', decided_at: now.toISOString() });
+    await barrier.delete(s, inputPath(row.id));
     await audit.recordIn(s, { actor: 'system:quorum', operation: 'approval.expire', result: 'ok', details: { approval: row.id, operation: row.operation } });
     return true;
   };
@@ -148,16 +226,24 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
       return p.required > 0 && p.operations.includes(operation);
     },
 
-    async request(actor, operation, params) {
+    async requirement(operation, floor) {
       const p = await policy();
+      const listed = (UNDO_OPERATIONS as Record<string, GuardedOperation>)[operation] ?? operation;
+      const base = p.operations.includes(listed as GuardedOperation) ? p.required : 0;
+      return floor && !deps.singlePersonDev ? Math.max(base, 1) : base;
+    },
+
+    async request(actor, operation, params, opts = {}) {
+      const p = await policy();
+      const rule = { ...ruleOf(operation, undefined), ...opts.rule };
       const now = new Date();
       const row: ApprovalRow = {
         id: randomBytes(8).toString('hex'),
         operation,
-        params: JSON.stringify(params),
+        params: JSON.stringify({ ...params, [RULE_KEY]: rule }),
         requester_id: actor.id,
         requester_name: actorName(actor),
-        required: p.required,
+        required: opts.required ?? p.required,
         approvals: '[]',
         state: 'pending',
         created_at: now.toISOString(),
@@ -183,7 +269,7 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
         }
         if (row.state !== 'pending') throw new KeyhavenError('failed_precondition', `approval request ${id} is ${row.state}, not pending`);
         if (row.requester_id === actor.id) throw new KeyhavenError('permission_denied', 'nobody approves their own request');
-        if (!eligible(actor, row.operation)) throw new KeyhavenError('permission_denied', `approving ${row.operation} needs the ${GUARDED_OPERATIONS[row.operation as GuardedOperation]} role`);
+        if (!eligible(actor, row)) throw new KeyhavenError('permission_denied', `approving ${row.operation} needs the ${needs(row)}`);
         const approvals = JSON.parse(row.approvals) as { id: string; name: string; at: string }[];
         if (approvals.some((a) => a.id === actor.id)) throw new KeyhavenError('already_exists', 'you have already approved this request');
         approvals.push({ id: actor.id, name: actorName(actor), at: now.toISOString() });
@@ -201,9 +287,10 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
       return store.transaction(async (tx) => {
         const row = await load(tx, id);
         if (row.state !== 'pending') throw new KeyhavenError('failed_precondition', `approval request ${id} is ${row.state}, not pending`);
-        if (row.requester_id !== actor.id && !eligible(actor, row.operation)) throw new KeyhavenError('permission_denied', `denying ${row.operation} needs the ${GUARDED_OPERATIONS[row.operation as GuardedOperation]} role`);
+        if (row.requester_id !== actor.id && !eligible(actor, row)) throw new KeyhavenError('permission_denied', `denying ${row.operation} needs the ${needs(row)}`);
         const patch = { state: 'denied' as const, decided_at: new Date().toISOString() };
         await tx.updateApproval(id, patch);
+        await barrier.delete(tx, inputPath(id));
         await audit.recordIn(tx, { actor: actorName(actor), operation: 'approval.deny', result: 'ok', details: { approval: id, operation: row.operation } });
         return toInfo({ ...row, ...patch });
       });
@@ -211,6 +298,16 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
 
     async stashSecret(id, secret) {
       await barrier.put(store, secretPath(id), Buffer.from(secret, 'utf8'));
+    },
+
+    async stashInput(id, value) {
+      await barrier.put(store, inputPath(id), Buffer.from(value, 'utf8'));
+    },
+
+    async takeInput(id) {
+      const v = await barrier.get(store, inputPath(id));
+      if (v) await barrier.delete(store, inputPath(id));
+      return v?.toString('utf8');
     },
 
     async collectSecret(actor, id) {

@@ -9,6 +9,17 @@ export type CryptoOperation = (typeof CRYPTO_OPERATIONS)[number];
 /** Roles that administer something; adding or removing one may need a quorum. */
 export const ADMIN_ROLES: ReadonlySet<Role> = new Set(['security-admin', 'key-admin']);
 
+/**
+ * Separation of duties: who administers identities must not also decide who
+ * uses keys, or one person could give themselves decryption. Only keyhaven
+ * dev (one person on a laptop) lifts this.
+ */
+export function checkRoleSet(roles: readonly Role[], singlePersonDev: boolean): void {
+  if (!singlePersonDev && roles.includes('security-admin') && roles.includes('key-admin')) {
+    throw new KeyhavenError('failed_precondition', 'no user may hold both security-admin and key-admin (separation of duties); give the roles to two people');
+  }
+}
+
 export function parseRoles(roles: readonly string[]): Role[] {
   const out = new Set<Role>();
   for (const r of roles) {

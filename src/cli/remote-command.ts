@@ -39,6 +39,8 @@ export interface ApprovalView {
   params: Record<string, unknown>;
   requester: string;
   required: number;
+  /** Roles any of which an approver holds. */
+  approverRoles?: string[];
   approvals: Array<{ name: string; at: string }>;
   state: string;
   createdAt: string;
@@ -59,7 +61,8 @@ export function reportApprovalFiled(body: { approval: ApprovalView }, output: Ou
   const a = body.approval;
   const n = a.required - a.approvals.length;
   process.stdout.write(`approval request ${a.id} filed; needs ${n} approval${n === 1 ? '' : 's'} (${a.operation}, expires ${a.expiresAt})\n`);
-  process.stdout.write(`another admin approves it with: keyhaven approval approve ${a.id}\n`);
+  const who = a.approverRoles?.length ? `another ${a.approverRoles.join(' or ')}` : 'another admin';
+  process.stdout.write(`${who} approves it with: keyhaven approval approve ${a.id}\n`);
   return 0;
 }
 

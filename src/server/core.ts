@@ -34,6 +34,8 @@ export interface Services {
   readonly access: Access;
   readonly quorum: Quorum;
   readonly storeId: string;
+  /** keyhaven dev: one person holds every role and the separation-of-duties floor is off. */
+  readonly singlePersonDev: boolean;
 }
 
 export interface SealStatus {
@@ -104,6 +106,8 @@ export interface CoreOptions {
   readonly access?: Partial<AccessOptions>;
   /** Called when a tick seals or unseals the server (an operator seal set or lifted on a server sharing the database), for logs. */
   readonly onSealChange?: (state: 'sealed' | 'unsealed') => void;
+  /** Set only by keyhaven dev (never from server.yaml): lifts the separation-of-duties rules. */
+  readonly singlePersonDev?: boolean;
   /** Called with each scheduled change, for logs. */
   readonly onScheduled?: (what: { rotated: readonly string[]; destroyed: readonly string[]; expiredApprovals: number }) => void;
   /** Receives the audit checkpoint key on unseal; writes a last checkpoint on seal. */
@@ -153,12 +157,13 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       headIntact = await audit.adoptHeadKey(hk, !fresh);
       headKey = hk;
       keys = createKeyStore({ store, barrier, audit });
-      const access = confirming(createAccess({ store, barrier, audit, options: opts.access }));
-      const quorum = createQuorum({ store, audit, barrier });
+      const singlePersonDev = opts.singlePersonDev === true;
+      const access = confirming(createAccess({ store, barrier, audit, options: opts.access, singlePersonDev }));
+      const quorum = createQuorum({ store, audit, barrier, singlePersonDev });
       const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
       audit.setCheckpointKey(deriveKey(rootKey, CHECKPOINT_KEY_INFO));
       opts.checkpoints?.unsealed(deriveKey(rootKey, CHECKPOINT_KEY_INFO), storeId);
-      services = { keys, access, quorum, storeId };
+      services = { keys, access, quorum, storeId, singlePersonDev };
     } finally {
       rootKey.fill(0);
     }
@@ -296,7 +301,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
             if (o.confirmed) await tx.deleteMeta(INIT_PENDING_META);
             else await tx.setMeta(INIT_PENDING_META, JSON.stringify({ at: new Date().toISOString() }));
             const barrier = await openBarrier(tx, rootKey);
-            const access = createAccess({ store: tx, barrier, audit, options: opts.access });
+            const access = createAccess({ store: tx, barrier, audit, options: opts.access, singlePersonDev: opts.singlePersonDev === true });
             await access.createUser(SYSTEM, { name: admin.name, password: admin.password, roles: ['security-admin'] });
             await access.createUser(SYSTEM, { name: keyAdmin.name, password: keyAdmin.password, roles: ['key-admin'] });
             await audit.recordIn(tx, { actor: 'system:seal', operation: 'sys.init', result: 'ok', details: { kind: seal.kind, admin: admin.name, keyAdmin: keyAdmin.name, ...(redo ? { redone: true } : {}) } });

@@ -38,6 +38,20 @@ export function registerAuthRoutes(app: FastifyInstance, { core, signInRateLimit
     return { ok: true as const };
   });
 
+  r.put('/v1/auth/password', {
+    config: { op: 'user.password', access: { anyPrincipal: true } },
+    schema: {
+      tags,
+      summary: 'Change your own password (a signed-in user); your other sessions end',
+      body: z.strictObject({ currentPassword: z.string().min(1).max(1024), newPassword: z.string().min(12, 'must have at least 12 characters').max(1024) }),
+      response: { 200: z.object({ ok: z.literal(true) }), 403: errorResponse },
+    },
+  }, async (req) => {
+    const h = req.headers.authorization ?? '';
+    await core.services().access.changePassword(principalOf(req), h.replace(/^Bearer +/i, ''), req.body.currentPassword, req.body.newPassword);
+    return { ok: true as const };
+  });
+
   r.get('/v1/auth/whoami', {
     config: { op: 'auth.whoami', access: { anyPrincipal: true } },
     schema: { tags, summary: 'Who the credentials belong to', response: { 200: whoami } },

@@ -88,8 +88,12 @@ export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS 
 
   r.post('/v1/keys/:name/enable', {
     config: { op: 'key.enable', access: admin },
-    schema: { tags, summary: 'Enable a disabled key', params: keyNameParam, body: emptyBody, response: { 200: keyInfo, 404: errorResponse, 409: errorResponse } },
-  }, async (req) => keyView(await core.services().keys.setEnabled(req.params.name, true, actorName(principalOf(req)))));
+    schema: { tags, summary: 'Enable a disabled key (undoing a disable needs the approvals a disable needs)', params: keyNameParam, body: emptyBody, response: keyOrApproval },
+  }, async (req, reply) => {
+    const s = core.services();
+    await s.keys.get(req.params.name);
+    return guarded(s, req, reply, 'key.enable', { key: req.params.name }) as never;
+  });
 
   r.post('/v1/keys/:name/destroy', {
     config: { op: 'key.destroy', access: admin },
@@ -109,6 +113,10 @@ export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS 
 
   r.post('/v1/keys/:name/cancel-destroy', {
     config: { op: 'key.destroy.cancel', access: admin },
-    schema: { tags, summary: 'Cancel a scheduled destruction; the key comes back disabled', params: keyNameParam, body: emptyBody, response: { 200: keyInfo, 404: errorResponse, 409: errorResponse } },
-  }, async (req) => keyView(await core.services().keys.cancelDestroy(req.params.name, actorName(principalOf(req)))));
+    schema: { tags, summary: 'Cancel a scheduled destruction; the key comes back disabled (needs the approvals a destroy needs)', params: keyNameParam, body: emptyBody, response: keyOrApproval },
+  }, async (req, reply) => {
+    const s = core.services();
+    await s.keys.get(req.params.name);
+    return guarded(s, req, reply, 'key.destroy.cancel', { key: req.params.name }) as never;
+  });
 }

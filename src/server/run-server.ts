@@ -82,7 +82,12 @@ function readTls(cfg: NonNullable<ServerConfig['tls']>) {
 }
 
 /** Opens storage and the seal, serves the API, runs the scheduler. */
-export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, extra: { store?: Store } = {}): Promise<RunningServer> {
+export async function startServer(
+  cfg: Readonly<ServerConfig>,
+  logger: Logger,
+  // singlePersonDev: keyhaven dev only; server.yaml has no way to set it.
+  extra: { store?: Store; singlePersonDev?: boolean } = {},
+): Promise<RunningServer> {
   const https = cfg.tls ? readTls(cfg.tls) : undefined;
   const store =
     extra.store ??
@@ -126,6 +131,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
       checkpoints,
       onSealChange: (state) =>
         logger.warn({ sealed: state === 'sealed' }, state === 'sealed' ? 'an operator sealed the servers sharing this database; sealed until a security-admin unseals (keyhaven operator unseal)' : 'the operator seal was lifted on a server sharing this database; unsealed again'),
+      singlePersonDev: extra.singlePersonDev === true,
     });
     if (checkpoints) core.audit.onStored(checkpoints.stored);
     if (sink) {

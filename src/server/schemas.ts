@@ -86,6 +86,7 @@ export const approvalInfo = z.object({
   params: z.record(z.string(), z.unknown()),
   requester: z.string(),
   required: z.number(),
+  approverRoles: z.array(z.string()),
   approvals: z.array(z.object({ name: z.string(), at: z.string() })),
   state: z.enum(['pending', 'approved', 'executed', 'failed', 'denied', 'expired']),
   createdAt: z.string(),

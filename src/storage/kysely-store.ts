@@ -185,6 +185,18 @@ export class KyselyStore implements Store {
     await this.db.updateTable('principals').set(patch).where('id', '=', id).execute();
   }
 
+  async deletePrincipal(id: string): Promise<boolean> {
+    return this.transaction(async (tx) => {
+      const { db } = tx as KyselyStore;
+      // Children first: they reference the principal row.
+      await db.deleteFrom('credentials').where('principal_id', '=', id).execute();
+      await db.deleteFrom('grants').where('principal_id', '=', id).execute();
+      await db.deleteFrom('plugin_clusters').where('app_id', '=', id).execute();
+      const res = await db.deleteFrom('principals').where('id', '=', id).executeTakeFirst();
+      return Number(res.numDeletedRows) > 0;
+    });
+  }
+
   async findCredential(id: string): Promise<CredentialRow | undefined> {
     return this.db.selectFrom('credentials').selectAll().where('id', '=', id).executeTakeFirst();
   }

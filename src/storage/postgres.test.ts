@@ -222,6 +222,8 @@ describe('postgres store', () => {
           updateKeyVersion: () => store.updateKeyVersion('k1', 1, { tag: 'v' }),
           insertPrincipal: () => store.insertPrincipal({ ...principal, id: 'p2', name: 'app2' }),
           updatePrincipal: () => store.updatePrincipal('p1', { failed_logins: 1 }),
+          // A principal that does not exist: the lock is what is under test.
+          deletePrincipal: () => store.deletePrincipal('none'),
           insertCredential: () => store.insertCredential({ id: 'c2', principal_id: 'p1', kind: 'api_key', hash: 'h', created_at: t0, expires_at: null, revoked_at: null }),
           updateCredential: () => store.updateCredential('c1', { revoked_at: t0 }),
           deleteExpiredSessions: () => store.deleteExpiredSessions('9999'),

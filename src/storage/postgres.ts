@@ -164,6 +164,7 @@ class PostgresStore extends KyselyStore {
   override deleteKey(...a: Args<'deleteKey'>) { return this.transaction((tx) => tx.deleteKey(...a)); }
   override insertPrincipal(...a: Args<'insertPrincipal'>) { return this.transaction((tx) => tx.insertPrincipal(...a)); }
   override updatePrincipal(...a: Args<'updatePrincipal'>) { return this.transaction((tx) => tx.updatePrincipal(...a)); }
+  override deletePrincipal(...a: Args<'deletePrincipal'>) { return this.transaction((tx) => tx.deletePrincipal(...a)); }
   override insertCredential(...a: Args<'insertCredential'>) { return this.transaction((tx) => tx.insertCredential(...a)); }
   override updateCredential(...a: Args<'updateCredential'>) { return this.transaction((tx) => tx.updateCredential(...a)); }
   override deleteExpiredSessions(...a: Args<'deleteExpiredSessions'>) { return this.transaction((tx) => tx.deleteExpiredSessions(...a)); }

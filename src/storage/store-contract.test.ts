@@ -370,6 +370,36 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
         assert.equal((await store.listKeys()).map((k) => k.name).join(','), 'gone,kept');
       }));
 
+    it('deletePrincipal: removes the principal, its credentials and grants, nothing else; the name is free again', (t) =>
+      withStore(t, async ({ store }) => {
+        const k = keyRow('pk');
+        await store.insertKey(k);
+        const gone = principalRow('gone-app', { kind: 'app', roles: '[]' });
+        const kept = principalRow('kept-app', { kind: 'app', roles: '[]' });
+        for (const p of [gone, kept]) {
+          await store.insertPrincipal(p);
+          await store.insertCredential({ id: hex(8), principal_id: p.id, kind: 'api_key', hash: hex(32), created_at: now(), expires_at: null, revoked_at: null });
+          await store.putGrant({ principal_id: p.id, key_id: k.id, operations: '["encrypt"]', created_at: now(), created_by: 'user:x' });
+        }
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            assert.equal(await tx.deletePrincipal(gone.id), true);
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        assert.deepEqual(await store.findPrincipalById(gone.id), gone);
+        assert.equal((await store.listCredentials(gone.id)).length, 1);
+        assert.equal(await store.deletePrincipal(gone.id), true);
+        assert.equal(await store.findPrincipalById(gone.id), undefined);
+        assert.deepEqual(await store.listCredentials(gone.id), []);
+        assert.deepEqual(await store.listGrants({ principalId: gone.id }), []);
+        assert.equal((await store.listCredentials(kept.id)).length, 1);
+        assert.equal((await store.listGrants({ principalId: kept.id })).length, 1);
+        assert.equal(await store.deletePrincipal(gone.id), false, 'deleting twice finds nothing');
+        await store.insertPrincipal(principalRow('gone-app', { kind: 'app', roles: '[]' }));
+      }));
+
     it('principals: unique names across kinds, lookup by certificate', (t) =>
       withStore(t, async ({ store }) => {
         const u = principalRow('carol');

@@ -78,6 +78,12 @@ export interface Store {
    * values (barrier rows) are the caller's to delete.
    */
   deleteAllPrincipals(): Promise<string[]>;
+  /**
+   * Deletes a principal's row with its credentials, grants and plugin
+   * reports; false if no such principal. Its barrier rows (a password hash)
+   * are the caller's to delete.
+   */
+  deletePrincipal(id: string): Promise<boolean>;
 
   findCredential(id: string): Promise<CredentialRow | undefined>;
   listCredentials(principalId: string): Promise<CredentialRow[]>;

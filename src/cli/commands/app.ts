@@ -20,7 +20,7 @@ function printApiKey(app: string, apiKey: string): void {
 }
 
 export function registerApp(program: Command, run: (fn: () => Promise<number>) => void): void {
-  const app = program.command('app').description('Manage apps (workloads such as a cluster\'s KMS plugin) and their key grants (security-admin)').addHelpText('after', SERVER_HELP);
+  const app = program.command('app').description('Manage apps (workloads such as a cluster\'s KMS plugin; security-admin) and their key grants (key-admin)').addHelpText('after', SERVER_HELP);
 
   connOptions(
     app
@@ -77,7 +77,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
   connOptions(
     app
       .command('grant <app> <key>')
-      .description('Grant an app crypto operations on a key, replacing its earlier grant on that key (may need approval)')
+      .description('Grant an app crypto operations on a key, replacing its earlier grant on that key (key-admin; may need approval)')
       .requiredOption('--ops <list>', 'comma list of encrypt, decrypt, rewrap, datakey'),
   ).action((appName: string, keyName: string, flags: RemoteFlags & { ops: string }) =>
     run(() =>
@@ -94,7 +94,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
     ),
   );
 
-  connOptions(app.command('revoke <app> <key>').description('Revoke an app\'s grant on a key')).action((appName: string, keyName: string, flags: RemoteFlags) =>
+  connOptions(app.command('revoke <app> <key>').description('Revoke an app\'s grant on a key (key-admin; never delayed)')).action((appName: string, keyName: string, flags: RemoteFlags) =>
     run(() =>
       withClient(flags, async (c) => {
         await c.call('DELETE', `/v1/apps/${seg(appName)}/grants/${seg(keyName)}`);
@@ -108,7 +108,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
   connOptions(
     app
       .command('rotate-key <app>')
-      .description('Issue a new API key for an app (printed once); the old one stops working at once. Under a quorum policy you collect the key once approved'),
+      .description('Issue a new API key for an app (printed once); the old one stops working then. For an app holding grants a key-admin approves first (and under a quorum policy): you collect the key once approved, the old key works until then'),
   ).action((appName: string, flags: RemoteFlags) =>
     run(() =>
       withClient(flags, async (c) => {

@@ -58,6 +58,7 @@ export function registerApproval(program: Command, run: (fn: () => Promise<numbe
             `id:         ${a.id}`,
             `operation:  ${a.operation} ${paramsText(a.params)}`,
             `requester:  ${a.requester}`,
+            ...(a.approverRoles?.length ? [`approvers:  ${a.approverRoles.join(' or ')} (not the requester${a.operation === 'admin.add' || a.operation === 'user.reset-password' ? ', nor the user it is about' : ''})`] : []),
             `state:      ${a.state}`,
             `approvals:  ${a.approvals.length} of ${a.required}${a.approvals.length ? ` (${a.approvals.map((x) => `${x.name} at ${x.at}`).join(', ')})` : ''}`,
             `created:    ${a.createdAt}`,

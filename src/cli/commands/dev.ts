@@ -90,14 +90,14 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
         );
         const apiKeyFile = join(dataDir, `${DEV_APP}.apikey`);
         const logger = createLogger({ level: flags.logLevel });
-        const server = await startServer(serverCfg, logger);
+        const server = await startServer(serverCfg, logger, { singlePersonDev: true });
         const core = server.core;
         let plugin;
         let state;
         try {
           const created = !core.status().initialized;
           const init = created ? await core.init({ adminName: DEV_ADMIN, confirmed: true }) : undefined;
-          state = { created, ...(await ensureDevState(core.services(), init?.admin.password, apiKeyFile)) };
+          state = { created, keyAdmin: init?.keyAdmin, ...(await ensureDevState(core.services(), init?.admin.password, apiKeyFile)) };
           // The production path: the plugin reaches the server over HTTP as app dev-plugin.
           const pluginCfg = parsePluginConfig(
             {
@@ -123,6 +123,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           state.password
             ? `  admin:   ${DEV_ADMIN} / ${state.password}   (shown once; roles: security-admin, key-admin, auditor)`
             : `  admin:   ${DEV_ADMIN} (password shown on the run that created it)`,
+          ...(state.keyAdmin ? [`  also:    ${state.keyAdmin.name} / ${state.keyAdmin.password}   (key-admin, as init makes on a real server; dev needs only ${DEV_ADMIN})`] : []),
           `  login:   ./bin/keyhaven login --server ${server.url} --name ${DEV_ADMIN}`,
           `  manage:  ./bin/keyhaven key list | rotate ${DEFAULT_KEY_NAME} | disable ${DEFAULT_KEY_NAME} | enable ${DEFAULT_KEY_NAME}`,
           `  api:     ${server.url}/v1/openapi.json   server metrics: ${server.url}/metrics`,

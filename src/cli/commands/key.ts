@@ -152,7 +152,7 @@ export function registerKey(program: Command, run: (fn: () => Promise<number>) =
   );
 
   both(
-    key.command('enable <name>').description('Allow use of a disabled key again'),
+    key.command('enable <name>').description('Allow use of a disabled key again (on the server: needs the approvals a disable needs)'),
     (flags, name: string) => withStore(flags, async (es) => (showLocal(await es.keys.setEnabled(name, true, localActor()), flags.output, 'enabled'), 0)),
     (c, flags, name: string) => remoteKey(c, flags, 'POST', `/v1/keys/${seg(name)}/enable`, 'enabled'),
   );
@@ -192,7 +192,7 @@ export function registerKey(program: Command, run: (fn: () => Promise<number>) =
   );
 
   both<[string]>(
-    key.command('cancel-destroy <name>').description('Cancel a scheduled destruction; the key comes back disabled (key server)'),
+    key.command('cancel-destroy <name>').description('Cancel a scheduled destruction; the key comes back disabled (key server; needs the approvals a destroy needs)'),
     () => Promise.reject(serverOnly('key cancel-destroy')),
     (c, flags, name: string) => remoteKey(c, flags, 'POST', `/v1/keys/${seg(name)}/cancel-destroy`, 'destruction cancelled'),
   );

@@ -52,7 +52,7 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
   connOptions(
     op
       .command('init')
-      .description('Initialise a new key server: its root key (and unseal shares), the first security-admin and the first key-admin')
+      .description('Initialise a new key server: its root key (and unseal shares), the first security-admin and the first key-admin (two different people)')
       .option('--shares <n>', 'unseal shares to make (shamir seal)')
       .option('--threshold <m>', 'shares needed to unseal (shamir seal)')
       .option('--admin <name>', 'name of the first security-admin', 'admin')
@@ -75,9 +75,9 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
         }
         const out: string[] = [`keyhaven server at ${c.connection.server} initialised.`, ''];
         out.push('WARNING: everything below is shown once and never again. Store each unseal share');
-        out.push('with a different person or place, and the admin password apart from the shares.');
-        out.push('Give the security-admin password and the key-admin password to two different people:');
-        out.push('nobody should hold both (one manages who exists, the other who may use which key).');
+        out.push('with a different person or place, and each admin password apart from the shares.');
+        out.push('The security-admin and the key-admin passwords go to two different people: one');
+        out.push('manages identities, the other decides who may use keys; neither alone can decrypt.');
         out.push('');
         const shares = r.body.shares ?? [];
         shares.forEach((s, i) => out.push(`unseal share ${i + 1} of ${shares.length}: ${s}`));
@@ -87,7 +87,7 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
         }
         out.push(`security-admin name:     ${r.body.admin.name}`, `security-admin password: ${r.body.admin.password}`, '');
         out.push(`key-admin name:          ${r.body.keyAdmin.name}`, `key-admin password:      ${r.body.keyAdmin.password}`, '');
-        out.push(`log in with: keyhaven login --server ${c.connection.server} --name ${r.body.admin.name}`);
+        out.push(`log in with: keyhaven login --server ${c.connection.server} --name ${r.body.admin.name}   (or --name ${r.body.keyAdmin.name})`);
         out.push('The first login of either user confirms the initialisation; until then it may be run again.');
         process.stdout.write(out.join('\n') + '\n');
         return 0;
