@@ -26,7 +26,19 @@ describe('server.yaml', () => {
     assert.equal(c.auth.sessionTTL, 8 * 3600_000);
     assert.equal(c.keys.destroyPending, 7 * 86400_000);
     assert.equal(c.http.bodyLimit, 1024 * 1024);
+    assert.deepEqual(c.audit.checkpoint, { every: 1000, interval: 10_000 });
     assert.ok(Object.isFrozen(c) && Object.isFrozen(c.auth));
+  });
+
+  it('audit checkpoints and the stdout sink', () => {
+    const c = parseServerConfig({ ...base, audit: { sink: { stdout: {} }, checkpoint: { path: 'cp.jsonl', every: 10, interval: '2s' } } }, 'server.yaml', '/etc/keyhaven');
+    assert.deepEqual(c.audit.sink, { stdout: {} });
+    assert.deepEqual(c.audit.checkpoint, { path: '/etc/keyhaven/cp.jsonl', every: 10, interval: 2000 });
+    refused({ ...base, audit: { checkpoint: { every: 0 } } }, /audit.checkpoint.every/);
+    refused({ ...base, audit: { checkpoint: { interval: '10ms' } } }, /audit.checkpoint.interval: must be between 100ms and 24h/);
+    refused({ ...base, audit: { checkpoint: { interval: 'soon' } } }, /audit.checkpoint.interval: must be a duration/);
+    refused({ ...base, audit: { checkpoint: { path: '' } } }, /audit.checkpoint.path/);
+    refused({ ...base, audit: { sink: { stdout: { pretty: true } } } }, /audit.sink/);
   });
 
   it('plain HTTP only on loopback unless allowed', () => {
