@@ -3,8 +3,11 @@ import { appendFileSync, cpSync, mkdirSync, readFileSync, statSync, writeFileSyn
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import BetterSqlite3 from 'better-sqlite3';
+import pg from 'pg';
 import { linkRecord } from '../src/audit/chain.js';
 import { cleanCliEnv, removeDir, runCli, tempDir, waitFor, type CliResult } from './helpers.js';
+import { freshPostgresDatabase, postgresAvailable, POSTGRES_REASON } from './pg.js';
+import { requireDependency } from './require.js';
 import { api, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // Attacks on the audit log by someone who can write the database but not the
@@ -353,6 +356,60 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
       const r = await kh(args, env);
       assert.equal(r.code, code, `${args.join(' ')}: ${r.stdout} ${r.stderr}`);
       assert.match(r.stderr, msg);
+    }
+  });
+});
+
+const pgAvailable = await postgresAvailable();
+
+describe('adversary: a rollback on PostgreSQL shared by two servers, each with its own checkpoint file', { timeout: 180_000 }, () => {
+  it('both servers\' checkpoints verify the shared chain; after the rollback either server reports it', async (t) => {
+    if (!requireDependency(t, pgAvailable, POSTGRES_REASON)) return;
+    const db = (await freshPostgresDatabase())!;
+    const [d1, d2, wdir] = [tempDir('kh-adv-pg-a-'), tempDir('kh-adv-pg-b-'), tempDir('kh-adv-pg-w-')];
+    const config = (name: string) => ({
+      storage: { postgres: { url: db.url, poolSize: 2 } },
+      seal: { keyfile: { path: join(d1, 'root.key') } },
+      audit: { fsync: true, checkpoint: { path: join(wdir, `${name}.jsonl`), interval: '1s' } },
+    });
+    const servers: ServerProcess[] = [];
+    const client = new pg.Client({ connectionString: db.url });
+    const lastPg = async () => Number((await client.query('select max(seq) as m from audit')).rows[0].m);
+    const cps = (name: string) => readFileSync(join(wdir, `${name}.jsonl`), 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { checkpoint: Checkpointed }).checkpoint);
+    try {
+      const a = await startServerProcess({ dir: d1, config: config('a') });
+      servers.push(a);
+      const pcast = await setupCast(a.url);
+      const b = await startServerProcess({ dir: d2, config: config('b') });
+      servers.push(b);
+      await client.connect();
+      for (let i = 0; i < 3; i++) assert.equal((await api(b.url, 'POST', '/v1/keys/k1/encrypt', { token: pcast.appKey, body: { plaintext: b64('pg') } })).status, 200);
+      const upTo = await lastPg();
+      await waitFor(() => (cps('a').some((c) => c.seq >= upTo) && cps('b').some((c) => c.seq >= upTo)) || undefined, `checkpoints of both servers at or after record ${upTo}`);
+      const head = (await client.query("select value from meta where name = 'audit_head'")).rows[0].value as string;
+      const saved = JSON.parse(head).seq as number;
+      const auditorB = await login(b.url, 'auditor', pcast.passwords.auditor!);
+      const intact = await kh(['audit', 'verify', '--witness', wdir, '-o', 'json'], { KEYHAVEN_ADDR: b.url, KEYHAVEN_TOKEN: auditorB });
+      assert.equal(intact.code, 0, intact.stdout + intact.stderr);
+
+      assert.equal((await api(a.url, 'POST', '/v1/apps', { token: pcast.admin, body: { name: 'sneaky' } })).status, 200);
+      const changed = await lastPg();
+      await waitFor(() => cps('a').some((c) => c.seq >= changed) || undefined, `a checkpoint at or after record ${changed}`);
+      await Promise.all(servers.splice(0).map((s) => s.stop()));
+      await client.query('delete from audit where seq > $1', [saved]);
+      await client.query("update meta set value = $1 where name = 'audit_head'", [head]);
+      const again = await startServerProcess({ dir: d2, config: config('b') });
+      servers.push(again);
+      const auditor = await login(again.url, 'auditor', pcast.passwords.auditor!);
+      const r = await kh(['audit', 'verify', '--witness', wdir, '-o', 'json'], { KEYHAVEN_ADDR: again.url, KEYHAVEN_TOKEN: auditor });
+      assert.equal(r.code, 1, `the rollback must be caught: ${r.stdout} ${r.stderr}`);
+      const res = JSON.parse(r.stdout) as WitnessResult;
+      assert.ok(res.witness.failures.some((f) => /truncated|diverged/.test(f.problem) && /a\.jsonl:\d+$/.test(f.at)), JSON.stringify(res.witness.failures.slice(0, 5)));
+    } finally {
+      await Promise.all(servers.map((s) => s.stop()));
+      await client.end().catch(() => {});
+      await db.drop();
+      for (const d of [d1, d2, wdir]) removeDir(d);
     }
   });
 });
