@@ -178,6 +178,35 @@ describe('checkpointer', () => {
     for (let i = 1; i < w.got.length; i++) assert.equal(w.got[i]!.prev, checkpointHash(w.got[i - 1]!));
   });
 
+  it('a witness that fails gets the checkpoint on the next attempt; every witness still links up', async () => {
+    const { store } = await newStore();
+    const log = createAuditLog(store, { headKey: HEAD_KEY });
+    await log.record({ actor: 'user:a', operation: 'x', result: 'ok' });
+    await log.flush();
+    const good = memoryWitness();
+    let fail = true;
+    const flaky = memoryWitness();
+    const errors: unknown[] = [];
+    const cper = startCheckpointer({
+      store,
+      witnesses: [good, { ...flaky, write: async (c) => (fail ? Promise.reject(new Error('disk full')) : flaky.write(c)) }],
+      every: 100,
+      intervalMs: 60_000,
+      onError: (e) => errors.push(e),
+    });
+    cper.unsealed(Buffer.from(KEY), 'abcd1234');
+    await cper.emitNow();
+    assert.equal(errors.length, 1);
+    fail = false;
+    await cper.emitNow();
+    await log.record({ actor: 'user:a', operation: 'x', result: 'ok' });
+    await log.flush();
+    await cper.stop();
+    assert.deepEqual(flaky.got.map((c) => c.seq), [1, 2]);
+    assert.deepEqual(good.got.map((c) => c.seq), [1, 1, 2]);
+    for (const w of [good, flaky]) assert.deepEqual(checkCheckpoints(KEY, 'abcd1234', entries(w.got), () => 'w').failures, []);
+  });
+
   it('checkpoint file: 0600, fsynced lines, continues the chain after a restart, refuses a file others can read', async () => {
     const { store } = await newStore();
     const log = createAuditLog(store, { headKey: HEAD_KEY });

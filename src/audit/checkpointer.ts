@@ -126,9 +126,11 @@ export function startCheckpointer(o: CheckpointerOptions): Checkpointer {
         failed ??= e;
       }
     }
+    // A witness that missed it gets the next attempt (same prev, so the
+    // others' copies still link); until then every tick retries.
+    if (failed !== undefined) throw failed;
     prev = checkpointHash(c);
     lastSeq = seq;
-    if (failed !== undefined) throw failed;
   };
 
   // One emit at a time; a request during one runs once more after it.
