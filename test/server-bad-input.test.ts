@@ -153,6 +153,7 @@ describe('server bad input', () => {
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/approve', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/deny', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/collect', token: () => cast.keyAdmin, valid: {}, required: [] },
+    { method: 'POST', path: '/v1/audit/verify', token: () => cast.auditor, valid: { checkpoints: [{ v: 1, store: '00', seq: 1, hash: '0'.repeat(64), time: '2026-01-01T00:00:00Z', prev: '0'.repeat(64), mac: '0'.repeat(64) }], at: ['w:1'] }, required: ['checkpoints'] },
   ];
 
   /** A value of another JSON type than `v`, carrying the marker where it is a string. */
