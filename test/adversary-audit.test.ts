@@ -155,8 +155,8 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
     finalSeq = lastSeq(dir);
   });
   after(async () => {
-    await Promise.all(started.map((s) => s.stop('SIGKILL')));
-    removeDir(base);
+    await Promise.all([srv, ...started].map((s) => s?.stop('SIGKILL')));
+    if (base) removeDir(base);
   });
 
   it('the checkpoint file is 0600, chained, and carries no secret', () => {
