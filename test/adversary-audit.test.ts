@@ -207,6 +207,7 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
       stop = true;
     }
     assert.ok((await load) > 0);
+    assert.doesNotMatch(s.output(), /does not match the checkpoint file/);
   });
 
   it('(1) the observed rollback: records after a saved head deleted and the old head put back', async () => {
@@ -220,6 +221,8 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
     assertCaught('rollback, offline', await offline(dir), /truncated|diverged/);
     const on = await online(dir);
     assertCaught('rollback, online', on, /truncated|diverged/);
+    // The restarted server says so in its log at once.
+    await waitFor(() => /the audit log does not match the checkpoint file/.test(on.s.output()) || undefined, 'the mismatch in the restarted server\'s log');
     // The sneaky app is still there: only the witness shows the change.
     const apps = await api(on.s.url, 'GET', '/v1/apps', { token: await login(on.s.url, 'admin', cast.passwords.admin!) });
     assert.ok(JSON.stringify(apps.body).includes('sneaky'));

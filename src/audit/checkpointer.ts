@@ -95,6 +95,11 @@ export interface CheckpointerOptions {
   /** The newest checkpoint already written (from the checkpoint file). */
   readonly last?: Checkpoint | undefined;
   readonly onError: (e: unknown) => void;
+  /**
+   * Told at unseal when the log no longer holds the newest checkpoint in the
+   * file (rolled back or wiped while the server was down).
+   */
+  readonly onMismatch?: (what: string) => void;
 }
 
 export function startCheckpointer(o: CheckpointerOptions): Checkpointer {
@@ -163,9 +168,16 @@ export function startCheckpointer(o: CheckpointerOptions): Checkpointer {
       key?.fill(0);
       key = k;
       storeId = id;
-      if (o.last && o.last.store === id && lastSeq === 0) {
-        prev = checkpointHash(o.last);
-        lastSeq = o.last.seq;
+      if (o.last && lastSeq === 0) {
+        const last = o.last;
+        prev = checkpointHash(last);
+        if (last.store === id) lastSeq = last.seq;
+        void (async () => {
+          if (last.store !== id) return o.onMismatch?.(`the checkpoint file's newest checkpoint is for store ${last.store}, this database is store ${id}`);
+          const [row] = await o.store.readAudit(last.seq - 1, 1);
+          if (!row || row.seq !== last.seq) o.onMismatch?.(`the audit log no longer holds record ${last.seq}, named by the newest checkpoint in the file: it was cut or wiped`);
+          else if (row.hash !== last.hash) o.onMismatch?.(`record ${last.seq} differs from the newest checkpoint in the file: the log was rolled back and rewritten`);
+        })().catch(o.onError);
       }
     },
     async sealing() {

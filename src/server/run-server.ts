@@ -98,6 +98,7 @@ export async function startServer(cfg: Readonly<ServerConfig>, logger: Logger, e
         intervalMs: cfg.audit.checkpoint.interval,
         last,
         onError: (e) => logger.error({ err: String(e) }, 'audit checkpoint write failed; will retry'),
+        onMismatch: (what) => logger.error({ problem: what }, 'the audit log does not match the checkpoint file; run keyhaven audit verify --witness'),
       });
     }
     core = await openServerCore({
