@@ -337,7 +337,7 @@ forged tail is found as long as the witness itself was out of reach.`,
           const { headChecked, ...res } = r;
           const note = headChecked
             ? '(hash chain and signed head)'
-            : '(hash chain only: without --root-key-file the signed head is not checked, so records cut from the end or a chain rewritten from scratch would go unnoticed)';
+            : '(hash chain only: without --root-key-file the head\'s signature is not checked, so records appended or a chain rewritten by someone without the root key would go unnoticed; a missing head or records cut below it are still found)';
           return reportVerify(res, flags.output, { source: 'db', checked: headChecked ? 'chain+head' : 'chain' }, note);
         }
         if (actsLocally(flags)) {
