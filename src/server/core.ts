@@ -95,7 +95,8 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       rootKey.fill(0);
     }
     // Signs the head over everything written while sealed.
-    await audit.record({ actor: 'system:seal', operation: 'sys.unseal', result: 'ok', details: { kind: seal.kind, ...(headIntact ? {} : { auditHeadBroken: true }) } });
+    const unsigned = audit.unsignedAtAdopt();
+    await audit.record({ actor: 'system:seal', operation: 'sys.unseal', result: 'ok', details: { kind: seal.kind, ...(headIntact ? {} : { auditHeadBroken: true }), ...(unsigned ? { unsignedRecordsAdopted: unsigned } : {}) } });
   };
 
   const status = (): SealStatus => {
