@@ -288,6 +288,30 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
     assertCaught('forged tail, online', await online(dir), /diverged/);
   });
 
+  it('(5b) records appended after the head by someone without the root key: caught by the head; a restart names them on its unseal record', async () => {
+    const dir = copyWith('appended', (db) => {
+      let prev = (db.prepare('select hash from audit where seq = ?').get(finalSeq) as { hash: string }).hash;
+      const insert = db.prepare('insert into audit (seq, time, actor, operation, key_name, key_version, result, request_id, details, prev_hash, hash) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)');
+      for (let seq = finalSeq + 1; seq <= finalSeq + 4; seq++) {
+        const draft = { time: new Date().toISOString(), actor: 'user:keyadmin', operation: 'key.rotate', key_name: 'k1', key_version: 2, result: 'ok', request_id: null, details: null };
+        const hash = linkRecord(prev, seq, draft);
+        insert.run(seq, draft.time, draft.actor, draft.operation, draft.key_name, draft.key_version, draft.result, draft.request_id, draft.details, prev, hash);
+        prev = hash;
+      }
+    });
+    const off = await offline(dir);
+    assert.equal(off.r.code, 1, off.r.stdout);
+    assert.equal(off.res.firstBroken?.seq, finalSeq + 1);
+    assert.match(off.res.firstBroken!.reason, /not covered by the signed chain head/);
+    // A restart adopts them like records written while sealed, and says how many on its unseal record.
+    const s = await startServerProcess({ dir, config: serverConfig(dir) });
+    started.push(s);
+    const auditor = await login(s.url, 'auditor', cast.passwords.auditor!);
+    const r = await api(s.url, 'GET', '/v1/audit?operation=sys.unseal&limit=10000', { token: auditor });
+    const last = r.text.split('\n').filter(Boolean).map((l) => JSON.parse(l)).at(-1);
+    assert.equal(JSON.parse(last.details).unsignedRecordsAdopted, 4);
+  });
+
   it('(6) a tampered witness line is reported, not trusted', async () => {
     const dir = copyWith('badwitness', () => {});
     const lines = readFileSync(checkpointPath(dir), 'utf8').split('\n').filter(Boolean);

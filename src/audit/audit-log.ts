@@ -63,6 +63,12 @@ export interface AuditLog {
    */
   adoptHeadKey(key: Buffer, expectHead?: boolean): Promise<boolean>;
   /**
+   * How many records after the stored head the last adoptHeadKey found (and
+   * the next signed write covers): written while sealed, or appended to the
+   * database by someone else. The unseal record names them.
+   */
+  unsignedAtAdopt(): number;
+  /**
    * Called after each batch is stored (sinks use it to forward records
    * promptly) with its last record; `change` is true for a record written
    * with a key or access change (recordIn).
@@ -120,6 +126,7 @@ export interface AuditLogOptions {
 export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
   let headKey = opts.headKey;
   let checkpointKey: Buffer | undefined;
+  let unsigned = 0;
   let head = headKey ? headValue(headKey) : undefined;
   const listeners: ((last: AuditRow, change: boolean) => void)[] = [];
   const notify = (rows: readonly AuditRow[], change: boolean) => {
@@ -239,9 +246,14 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
     },
     async adoptHeadKey(key, expectHead = false) {
       const held = await storedHeadHolds(store, key, expectHead);
+      const h = held ? await readHead(store) : undefined;
+      unsigned = h !== undefined && h !== 'unreadable' ? Math.max(0, (await store.lastAuditSeq()) - h.seq) : 0;
       headKey = key;
       head = held ? headValue(key) : undefined;
       return held;
+    },
+    unsignedAtAdopt() {
+      return unsigned;
     },
     onStored(listener) {
       listeners.push(listener);

@@ -167,7 +167,8 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     } finally {
       rootKey.fill(0);
     }
-    const details = { kind: seal.kind, ...(headIntact ? {} : { auditHeadBroken: true }) };
+    const unsigned = audit.unsignedAtAdopt();
+    const details = { kind: seal.kind, ...(headIntact ? {} : { auditHeadBroken: true }), ...(unsigned ? { unsignedRecordsAdopted: unsigned } : {}) };
     if (lift) {
       await store.transaction(async (tx) => {
         const lifted = (await tx.getMeta(OPERATOR_SEAL_META)) !== undefined;
