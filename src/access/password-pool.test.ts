@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes, scryptSync } from 'node:crypto';
 import { code } from '../../test/expect-error.js';
-import { PasswordPool } from './password-pool.js';
+import { DEFAULT_PASSWORD_POOL, PasswordPool } from './password-pool.js';
 import { configurePasswordHashing, hashPassword, passwordHashesInUse, takeHashSlot, verifyPassword } from './secrets.js';
 
 const params = { N: 1 << 14, r: 8, p: 1, len: 32 };
@@ -81,7 +81,7 @@ describe('password hashing pool', () => {
       assert.equal(await verifyPassword('correct horse battery', h), true);
       assert.equal(passwordHashesInUse(), 0, 'every slot given back');
     } finally {
-      configurePasswordHashing({ workers: 2, queue: 16 });
+      configurePasswordHashing(DEFAULT_PASSWORD_POOL);
     }
   });
 

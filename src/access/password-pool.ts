@@ -18,7 +18,7 @@ export interface PasswordPoolOptions {
   readonly queue: number;
 }
 
-export const DEFAULT_PASSWORD_POOL: PasswordPoolOptions = Object.freeze({ workers: 2, queue: 16 });
+export const DEFAULT_PASSWORD_POOL: PasswordPoolOptions = Object.freeze({ workers: 1, queue: 16 });
 
 /** One admitted hash: use it once (or not at all) and release it. */
 export interface HashSlot {
