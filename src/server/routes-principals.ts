@@ -66,7 +66,7 @@ export function registerPrincipalRoutes(app: FastifyInstance, { core }: RouteDep
     return (await s.access.setRoles(p, req.params.name, roles)) as never;
   });
 
-  // Sign-in throttling (part "login"): clears every failure counter and lock on a user's name.
+  // Sign-in throttling: clears every failure counter and lock on a user's name, from every source.
   r.post('/v1/users/:name/unlock', {
     config: { op: 'user.unlock', access: secAdmin },
     schema: {
