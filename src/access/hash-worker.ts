@@ -1,4 +1,6 @@
 import { scryptSync } from 'node:crypto';
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { parentPort } from 'node:worker_threads';
 
 // Runs scrypt for the password-hashing pool (password-pool.ts) on its own
@@ -16,6 +18,17 @@ export interface HashJob {
 }
 
 export type HashAnswer = { readonly id: number; readonly key: Uint8Array } | { readonly id: number; readonly error: string };
+
+// On Linux the nice value is per thread: this one runs at the lowest
+// priority, so when the CPU is short the event loop (crypto, health) is served
+// first and sign-ins wait (or are refused as busy). Elsewhere the thread keeps
+// the process's priority.
+try {
+  const tid = /\/task\/(\d+)$/.exec(readlinkSync('/proc/thread-self'))?.[1];
+  if (tid !== undefined) setPriority(Number(tid), 19);
+} catch {
+  // no /proc/thread-self, or not allowed: not needed for correctness
+}
 
 parentPort?.on('message', (job: HashJob) => {
   try {

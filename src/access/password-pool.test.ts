@@ -2,6 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes, scryptSync } from 'node:crypto';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { code } from '../../test/expect-error.js';
 import { DEFAULT_PASSWORD_POOL, PasswordPool } from './password-pool.js';
 import { configurePasswordHashing, hashPassword, passwordHashesInUse, takeHashSlot, verifyPassword } from './secrets.js';
@@ -61,6 +62,26 @@ describe('password hashing pool', () => {
     assert.equal((await b.scrypt('x', Buffer.alloc(16), params)).length, 32);
     b.release();
     await pool.close();
+  });
+
+  it('on Linux the hashing threads run at the lowest priority, the event loop thread as before', async (t) => {
+    if (!existsSync('/proc/thread-self')) return t.skip('no per-thread priorities here');
+    const niceOf = (tid: string) => {
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+    };
+    const before = niceOf(String(process.pid));
+    const pool = new PasswordPool({ workers: 1, queue: 0 });
+    try {
+      const slot = pool.tryAcquire()!;
+      await slot.scrypt('x', randomBytes(16), params);
+      slot.release();
+      const nices = readdirSync('/proc/self/task').map(niceOf);
+      assert.ok(nices.includes(19), `a thread at nice 19 (${nices.join(',')})`);
+      assert.equal(niceOf(String(process.pid)), before, 'the main thread keeps its priority');
+    } finally {
+      await pool.close();
+    }
   });
 
   it('rejects sizes it cannot run', () => {
