@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { cleanCliEnv, removeDir, runCli, tempDir } from './helpers.js';
-import { auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import { cleanCliEnv, removeDir, runCli, tempDir, waitFor } from './helpers.js';
+import { auditRecords, initServer, login, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 import { call, closeAgents, count, detailsOf, loginFrom, type Res } from './source-client.js';
 
 // Attacks on sign-in, against real server processes over real HTTP. Each test
@@ -134,3 +136,37 @@ describe('adversary: sign-in throttling, per (account, source)', () => {
   });
 });
 
+
+describe('sign-in locks end, and the scheduler forgets old failures', () => {
+  let srv: ServerProcess;
+
+  after(async () => {
+    await srv?.stop();
+    if (srv) removeDir(srv.dir);
+  });
+
+  it('a lock passes on its own; the row is swept once forgotten', async () => {
+    // A short lock; the 5 s forget window leaves ample time to see each row before it goes.
+    srv = await startServerProcess({ config: { auth: { maxFailedLogins: 2, lockBase: '1s', lockMax: '5s' } } });
+    const init = await initServer(srv.url);
+    const admin = await login(srv.url, init.admin.name, init.admin.password);
+    assert.equal((await call(srv.url, 'POST', '/v1/users', { token: admin, body: { name: 'sweepme', password: 'sweepme-password-1', roles: [] } })).status, 200);
+    for (let i = 0; i < 2; i++) assert.equal((await loginFrom(srv.url, '127.0.0.8', 'sweepme', `wrong-password-${i}`)).status, 401);
+    const db = new Database(join(srv.dir, 'keyhaven.db'), { readonly: true, fileMustExist: true });
+    try {
+      const rows = () => db.prepare("select count(*) as n from login_throttle where name = 'sweepme'").get() as { n: number };
+      const locked = db.prepare("select failures, locked_until from login_throttle where name = 'sweepme' and source = '127.0.0.8'").get() as { failures: number; locked_until: string | null };
+      assert.equal(locked.failures, 2);
+      assert.ok(locked.locked_until !== null, 'the second failure locked the pair');
+      // Lock over: the right password works again (and clears the row itself).
+      await waitFor(async () => (await loginFrom(srv.url, '127.0.0.8', 'sweepme', 'sweepme-password-1')).status === 200, 'the lock to pass');
+      assert.equal(rows().n, 0);
+      // Failures short of a lock are forgotten after lockMax and swept by the scheduler (interval 1 s).
+      assert.equal((await loginFrom(srv.url, '127.0.0.9', 'sweepme', 'wrong-password-x')).status, 401);
+      assert.equal(rows().n, 1);
+      await waitFor(() => rows().n === 0, 'the scheduler to sweep the forgotten row');
+    } finally {
+      db.close();
+    }
+  });
+});
