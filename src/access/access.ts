@@ -500,13 +500,14 @@ export function createAccess(deps: {
       const source = signInSource(clientAddress);
       // Counted under the name as tried; no real name is longer (DSM Basic pairs can be).
       const tried = name.slice(0, 64);
-      // A locked pair is refused on a plain read, without a write or a hash slot.
-      refuseIfLocked(await store.getLoginThrottle(tried, source), now);
-      // Admission to the hashing pool comes before counting: a refusal for load is no failed attempt.
+      // Admission to the hashing pool comes first: under a flood most attempts end here, at no
+      // storage cost, and a refusal for load is no failed attempt.
       const slot = takeHashSlot();
       let row: PrincipalRow | undefined;
       let stored: Buffer | undefined;
       try {
+        // A locked pair is refused on a plain read, without a write transaction.
+        refuseIfLocked(await store.getLoginThrottle(tried, source), now);
         await reserveAttempt(tried, source, now);
         row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
         stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
