@@ -127,7 +127,7 @@ describe('postgres store', () => {
         const done = await query<{ name: string }>(url, 'select name from kysely_migration order by name');
         assert.deepEqual(
           done.map((r) => r.name),
-          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat'],
+          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat', '0005_login_throttle'],
         );
         await stores[0]!.setMeta('x', '1');
         for (const s of stores) assert.equal(await s.getMeta('x'), '1');
@@ -224,6 +224,10 @@ describe('postgres store', () => {
           updatePrincipal: () => store.updatePrincipal('p1', { failed_logins: 1 }),
           // A principal that does not exist: the lock is what is under test.
           deletePrincipal: () => store.deletePrincipal('none'),
+          deleteMeta: () => store.deleteMeta('none'),
+          putLoginThrottle: () => store.putLoginThrottle({ name: 'u', source: '127.0.0.1', failures: 1, locked_until: null, expires_at: t0, updated_at: t0 }),
+          deleteLoginThrottles: () => store.deleteLoginThrottles('none'),
+          deleteExpiredLoginThrottles: () => store.deleteExpiredLoginThrottles('0000'),
           insertCredential: () => store.insertCredential({ id: 'c2', principal_id: 'p1', kind: 'api_key', hash: 'h', created_at: t0, expires_at: null, revoked_at: null }),
           updateCredential: () => store.updateCredential('c1', { revoked_at: t0 }),
           deleteExpiredSessions: () => store.deleteExpiredSessions('9999'),
@@ -238,7 +242,8 @@ describe('postgres store', () => {
         };
         // Every writing method of the store is in the list above.
         const readers = /^(constructor|get|find|list|read|query|lastAuditSeq$|barrierGet$|transaction$|close$|appendAuditInTransaction$)/;
-        assert.deepEqual(Object.getOwnPropertyNames(KyselyStore.prototype).filter((n) => !readers.test(n)).sort(), Object.keys(writes).sort());
+        // deleteAllPrincipals is checked on its own below: run among the others it would remove rows they refer to.
+        assert.deepEqual(Object.getOwnPropertyNames(KyselyStore.prototype).filter((n) => !readers.test(n)).sort(), [...Object.keys(writes), 'deleteAllPrincipals'].sort());
         const pending = Object.entries(writes).map(([name, w]) => w().then(() => finished.push(name)));
         // Reads go ahead meanwhile.
         assert.equal((await store.findKeyById('k1'))!.state, 'enabled');
@@ -250,6 +255,16 @@ describe('postgres store', () => {
         assert.equal(finished.length, Object.keys(writes).length);
         assert.equal((await store.findKeyById('k1'))!.state, 'disabled');
         assert.equal((await store.findApproval('a1'))!.state, 'denied');
+
+        await holder.query('begin');
+        await holder.query('select pg_advisory_xact_lock($1)', [WRITE_LOCK_ID.toString()]);
+        let wiped = false;
+        const wipe = store.deleteAllPrincipals().then(() => (wiped = true));
+        await new Promise((r) => setTimeout(r, 300));
+        assert.equal(wiped, false, 'deleteAllPrincipals waits for the held lock');
+        await holder.query('commit');
+        await wipe;
+        assert.deepEqual(await store.listPrincipals(), []);
       } finally {
         await holder.end();
         await store.close();

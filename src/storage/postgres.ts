@@ -155,6 +155,7 @@ type Args<K extends keyof Store> = Store[K] extends (...a: infer A) => unknown ?
 class PostgresStore extends KyselyStore {
   override setMeta(...a: Args<'setMeta'>) { return this.transaction((tx) => tx.setMeta(...a)); }
   override setMetaIfAbsent(...a: Args<'setMetaIfAbsent'>) { return this.transaction((tx) => tx.setMetaIfAbsent(...a)); }
+  override deleteMeta(...a: Args<'deleteMeta'>) { return this.transaction((tx) => tx.deleteMeta(...a)); }
   override barrierPut(...a: Args<'barrierPut'>) { return this.transaction((tx) => tx.barrierPut(...a)); }
   override barrierDelete(...a: Args<'barrierDelete'>) { return this.transaction((tx) => tx.barrierDelete(...a)); }
   override insertKey(...a: Args<'insertKey'>) { return this.transaction((tx) => tx.insertKey(...a)); }
@@ -173,4 +174,7 @@ class PostgresStore extends KyselyStore {
   override insertApproval(...a: Args<'insertApproval'>) { return this.transaction((tx) => tx.insertApproval(...a)); }
   override updateApproval(...a: Args<'updateApproval'>) { return this.transaction((tx) => tx.updateApproval(...a)); }
   override upsertPluginReport(...a: Args<'upsertPluginReport'>) { return this.transaction((tx) => tx.upsertPluginReport(...a)); }
+  override putLoginThrottle(...a: Args<'putLoginThrottle'>) { return this.transaction((tx) => tx.putLoginThrottle(...a)); }
+  override deleteLoginThrottles(...a: Args<'deleteLoginThrottles'>) { return this.transaction((tx) => tx.deleteLoginThrottles(...a)); }
+  override deleteExpiredLoginThrottles(...a: Args<'deleteExpiredLoginThrottles'>) { return this.transaction((tx) => tx.deleteExpiredLoginThrottles(...a)); }
 }
