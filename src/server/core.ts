@@ -269,9 +269,12 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       if (adminName === keyAdminName) throw new KeyhavenError('invalid_argument', 'the first security-admin and the first key-admin must be two different users');
       const run = async (): Promise<InitOutcome> => {
         // Another server sharing the database may have initialised or confirmed since.
-        record = (await readRecord(store, seal.kind)) ?? record;
-        initPending = record !== undefined && (await store.getMeta(INIT_PENDING_META)) !== undefined;
-        if (record && !initPending) throw new KeyhavenError('failed_precondition', 'the server is already initialised');
+        // Learned only when this init goes ahead: a refused one leaves the tick to pick up the other server's init.
+        const known = (await readRecord(store, seal.kind)) ?? record;
+        const pending = known !== undefined && (await store.getMeta(INIT_PENDING_META)) !== undefined;
+        if (known && !pending) throw new KeyhavenError('failed_precondition', 'the server is already initialised');
+        record = known;
+        initPending = pending;
         // What a seal leaves outside the database (a key file, an HSM wrapping key) is adopted by
         // the next try, so a crash before the commit below leaves a server that can be initialised again.
         const made = await seal.initialize({ shares: o.shares, threshold: o.threshold });
@@ -406,6 +409,12 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         initPending = (await store.getMeta(INIT_PENDING_META)) !== undefined;
         sealedBy = (await store.getMeta(OPERATOR_SEAL_META)) !== undefined ? 'operator' : undefined;
         if (!seal.needsShares && !sealedBy) await exclusive(async () => unsealWith(await seal.unseal(found)));
+        return;
+      }
+      if (record && !services && !sealedBy && !seal.needsShares && !unsealing) {
+        // Initialised (by another server) but never unsealed here, and no operator seal: unseal as at start-up.
+        const r = record;
+        await exclusive(async () => unsealWith(await seal.unseal(r)));
         return;
       }
       if (record && initPending && !unsealing) {
