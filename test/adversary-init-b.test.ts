@@ -8,9 +8,9 @@ import { crashLoop, spread } from './init-crash.js';
 // Never a server that is initialised with nobody able to administer it.
 
 describe('adversary: kill -9 during init', () => {
-  // 15 points over the call, every third one here; see adversary-init.test.ts (each file stays well within the runner's time limit on a busy machine).
+  // 10 points over the call, every second one here, the others in the other adversary-init file (each file stays well within the runner's time limit on a busy machine).
   it('SQLite: at 5 more points (set b) from 0 to 130% of a whole init into it, the restarted server can always be initialised or its answer logs in', async () => {
-    const seen = await crashLoop({ points: spread(15, 1, 3), config: () => ({}), freshDir: () => tempDir('kh-adv-init-b-'), fresh: async () => {} });
+    const seen = await crashLoop({ points: spread(10, 1, 2), config: () => ({}), freshDir: () => tempDir('kh-adv-init-b-'), fresh: async () => {} });
     // Not an assertion on timing: a report of which states the kills reached.
     process.stdout.write(`# kill -9 during init (SQLite, set b): ${JSON.stringify(seen)}\n`);
   });
