@@ -21,6 +21,21 @@ const COLUMNS = 'seq, time, actor, operation, key_name, key_version, result, req
  * root key file the signed head is checked too (the key derivation matches
  * the server's); without it only the hash chain.
  */
+
+/** A read stream that has opened, or a readable error naming the file (never its content). */
+async function openForReading(path: string, what: string): Promise<ReturnType<typeof createReadStream>> {
+  const input = createReadStream(path);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      input.once('open', () => resolve());
+      input.once('error', reject);
+    });
+  } catch (e) {
+    throw new KeyhavenError('config_invalid', `cannot read ${what}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
+  }
+  return input;
+}
+
 export async function verifyDatabase(path: string, rootKeyFile?: string, witness?: WitnessInput): Promise<(VerifyResult | WitnessVerifyResult) & { headChecked: boolean }> {
   let headKey: Buffer | undefined;
   let checkpointKey: Buffer | undefined;
@@ -110,16 +125,7 @@ export async function readWitness(path: string): Promise<WitnessInput> {
   const records: WitnessEntry<{ seq: number; hash: string }>[] = [];
   const malformed: WitnessEntry<string>[] = [];
   for (const file of files) {
-    const input = createReadStream(file);
-    const opened = new Promise<void>((resolve, reject) => {
-      input.once('open', () => resolve());
-      input.once('error', reject);
-    });
-    try {
-      await opened;
-    } catch (e) {
-      throw new KeyhavenError('config_invalid', `cannot read the witness file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-    }
+    const input = await openForReading(file, `the witness file ${file}`);
     const lines = createInterface({ input, crlfDelay: Infinity });
     let n = 0;
     try {
@@ -181,16 +187,7 @@ function asRow(v: unknown): AuditRow | undefined {
  * last hash with the live log ties it to the server.
  */
 export async function verifyExportFile(path: string): Promise<FileVerifyResult> {
-  const input = createReadStream(path);
-  const opened = new Promise<void>((resolve, reject) => {
-    input.once('open', () => resolve());
-    input.once('error', reject);
-  });
-  try {
-    await opened;
-  } catch (e) {
-    throw new KeyhavenError('config_invalid', `cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
+  const input = await openForReading(path, path);
   const lines = createInterface({ input, crlfDelay: Infinity });
   let batch: AuditRow[] = [];
   let prev: string | undefined;
