@@ -22,7 +22,6 @@ const READY_TIMEOUT_MS = 60_000;
 const PG_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
 const KEY = 'bench';
 const APP = 'bench-app';
-const KEY_ADMIN = 'bench-keys';
 const BODIES = 64;
 const AIM = { backend: 'sqlite', op: 'encrypt', concurrency: 16, ratio: 0.5 } as const;
 // Sign-in flood point: encrypt at this concurrency, quiet and with FLOOD_WAYS wrong-password loops running.
@@ -189,14 +188,13 @@ export async function startKeyServer(o: KeyServerOptions, children: Child[]): Pr
     await sleep(100);
   }
 
-  const init = await must<{ admin: { name: string; password: string } }>('POST /v1/sys/init', call(base, 'POST', '/v1/sys/init', {}));
+  // Init makes the first security-admin (apps) and the first key-admin (keys and grants).
+  const init = await must<{ admin: { name: string; password: string }; keyAdmin: { name: string; password: string } }>('POST /v1/sys/init', call(base, 'POST', '/v1/sys/init', {}));
   const admin = await must<{ token: string }>('admin login', call(base, 'POST', '/v1/auth/login', { name: init.admin.name, password: init.admin.password }));
-  const keyAdminPassword = randomBytes(18).toString('base64url');
-  await must('POST /v1/users', call(base, 'POST', '/v1/users', { name: KEY_ADMIN, password: keyAdminPassword, roles: ['key-admin'] }, admin.token));
-  const keyAdmin = await must<{ token: string }>('key-admin login', call(base, 'POST', '/v1/auth/login', { name: KEY_ADMIN, password: keyAdminPassword }));
+  const keyAdmin = await must<{ token: string }>('key-admin login', call(base, 'POST', '/v1/auth/login', { name: init.keyAdmin.name, password: init.keyAdmin.password }));
   const app = await must<{ apiKey: string }>('POST /v1/apps', call(base, 'POST', '/v1/apps', { name: o.app }, admin.token));
   await must('POST /v1/keys', call(base, 'POST', '/v1/keys', { name: o.key }, keyAdmin.token));
-  await must('PUT grants', call(base, 'PUT', `/v1/apps/${o.app}/grants/${o.key}`, { operations: ['encrypt', 'decrypt'] }, admin.token));
+  await must('PUT grants', call(base, 'PUT', `/v1/apps/${o.app}/grants/${o.key}`, { operations: ['encrypt', 'decrypt'] }, keyAdmin.token));
   return { child, url: base, apiKey: app.apiKey, setupSeconds: (Date.now() - started) / 1000 };
 }
 
