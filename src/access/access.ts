@@ -90,7 +90,8 @@ interface CachedAuth {
 }
 
 export interface Access {
-  createUser(actor: Principal, input: { name: string; password: string; roles: readonly string[] }): Promise<PrincipalInfo>;
+  /** With a password, or a hash made by hashNewPassword (when the call runs inside a transaction: hashing is slow). */
+  createUser(actor: Principal, input: { name: string; roles: readonly string[] } & ({ password: string } | { passwordHash: string })): Promise<PrincipalInfo>;
   /** `expectId`: the change was approved for this principal id; a name deleted and made again is someone else. */
   setRoles(actor: Principal, name: string, roles: readonly string[], expectId?: string): Promise<PrincipalInfo>;
   /** Disables or re-enables a user; either way its sessions end at once. Never yourself, never the last active security-admin. */
@@ -333,10 +334,10 @@ export function createAccess(deps: {
   return {
     async createUser(actor, input) {
       validateName(input.name, 'user');
-      validatePassword(input.password);
+      if ('password' in input) validatePassword(input.password);
       const roles = parseRoles(input.roles);
       checkRoleSet(roles, dev);
-      const hash = await hashPassword(input.password);
+      const hash = 'password' in input ? await hashPassword(input.password) : input.passwordHash;
       const row = newPrincipalRow(input.name, 'user', roles);
       await change(actor, 'user.create', { user: input.name, roles: roles.join(',') }, async (tx) => {
         await ensureNameFree(tx, input.name);

@@ -1,4 +1,4 @@
-import { actorName, createAccess, SYSTEM, type Access, type AccessOptions, type Principal } from '../access/access.js';
+import { actorName, createAccess, hashNewPassword, SYSTEM, type Access, type AccessOptions, type Principal } from '../access/access.js';
 import { createQuorum, type Quorum } from '../access/quorum.js';
 import { parseRoles } from '../access/roles.js';
 import { generatePassword, hashesEqual, parseToken } from '../access/secrets.js';
@@ -281,6 +281,8 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         const rootKey = made.rootKey;
         const admin = { name: adminName, password: generatePassword() };
         const keyAdmin = { name: keyAdminName, password: generatePassword() };
+        // Hashed before the transaction: it holds the write lock every server shares.
+        const [adminHash, keyAdminHash] = await Promise.all([hashNewPassword(admin.password), hashNewPassword(keyAdmin.password)]);
         // Records written in the init transaction go unsigned; the unseal after it signs the head with the new root key.
         const previousHeadKey = headKey;
         audit.setHeadKey(undefined);
@@ -306,8 +308,8 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
             else await tx.setMeta(INIT_PENDING_META, JSON.stringify({ at: new Date().toISOString() }));
             const barrier = await openBarrier(tx, rootKey);
             const access = createAccess({ store: tx, barrier, audit, options: opts.access, singlePersonDev: opts.singlePersonDev === true });
-            await access.createUser(SYSTEM, { name: admin.name, password: admin.password, roles: ['security-admin'] });
-            await access.createUser(SYSTEM, { name: keyAdmin.name, password: keyAdmin.password, roles: ['key-admin'] });
+            await access.createUser(SYSTEM, { name: admin.name, passwordHash: adminHash, roles: ['security-admin'] });
+            await access.createUser(SYSTEM, { name: keyAdmin.name, passwordHash: keyAdminHash, roles: ['key-admin'] });
             await audit.recordIn(tx, { actor: 'system:seal', operation: 'sys.init', result: 'ok', details: { kind: seal.kind, admin: admin.name, keyAdmin: keyAdmin.name, ...(redo ? { redone: true } : {}) } });
           });
         } catch (e) {

@@ -91,7 +91,7 @@ export async function startServer(
   const https = cfg.tls ? readTls(cfg.tls) : undefined;
   const store =
     extra.store ??
-    (await openStore('sqlite' in cfg.storage ? { sqlite: { path: cfg.storage.sqlite.path, create: true } } : { postgres: { url: cfg.storage.postgres.url, poolSize: cfg.storage.postgres.poolSize } }));
+    (await openStore('sqlite' in cfg.storage ? { sqlite: { path: cfg.storage.sqlite.path, create: true } } : { postgres: { url: cfg.storage.postgres.url, poolSize: cfg.storage.postgres.poolSize, lockHoldMs: cfg.storage.postgres.lockHold, lockWaitMs: cfg.storage.postgres.lockWait } }));
   let core: ServerCore | undefined;
   let pump: SinkPump | undefined;
   let app: FastifyInstance | undefined;

@@ -44,7 +44,9 @@ export interface AuditAppender {
 /**
  * Starts an exclusive transaction on a single connection and hands it over.
  * `durable: false` lets a runner commit without waiting for the disk (the
- * appendAudit `fsync: false` option); runners may ignore it.
+ * appendAudit `fsync: false` option); runners may ignore it. A runner may
+ * run fn again after a run the database confirms was rolled back (see
+ * Store.transaction).
  */
 export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, opts?: { durable?: boolean }) => Promise<T>;
 

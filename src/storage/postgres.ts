@@ -13,6 +13,14 @@ export interface PostgresOptions {
   readonly poolSize?: number;
   /** Told about errors on idle pooled connections (the pool drops them and reconnects). */
   readonly onIdleError?: (err: Error) => void;
+  /**
+   * The longest this server may sit idle inside a write transaction (a
+   * stopped process, a partition, a long pause) before PostgreSQL ends the
+   * transaction and so releases the write lock to the other servers (default 500 ms).
+   */
+  readonly lockHoldMs?: number;
+  /** How long a writer waits for the write lock before failing with `unavailable` (default 5 s). */
+  readonly lockWaitMs?: number;
 }
 
 // Every transaction (and every write outside one) takes this
@@ -20,17 +28,28 @@ export interface PostgresOptions {
 // processes sharing the database, as SQLite's `begin immediate` does:
 // read-modify-write code (current_version + 1, the audit chain's last
 // seq/hash) needs no retry logic. ASCII "khwrite1".
+//
+// The lock is held across round trips, so a holder that stops answering (a
+// stopped or partitioned process, a long pause) would stall every server.
+// PostgreSQL itself fences it: idle_in_transaction_session_timeout (lockHold)
+// ends a session that sits idle inside a transaction, which rolls the
+// transaction back and releases the lock. A resumed holder finds its session
+// gone and cannot commit; nothing it wrote under the lost lock survives.
+// Each process also queues its own writers, so at most one of its sessions
+// holds or awaits the lock: a hung process costs the others one lockHold at
+// most, not one per pooled connection it had waiting.
 export const WRITE_LOCK_ID = 7739567292915410225n;
 // Held (session scope, on its own connection) while migrating at start-up, so
 // servers starting together migrate one at a time. ASCII "khmigrat".
 const MIGRATE_LOCK_ID = 7739556259110740340n;
 
-// A writer waits this long for the write lock before failing with
-// `unavailable`, instead of piling up behind a stuck transaction.
-const LOCK_TIMEOUT_MS = 10_000;
-// A transaction left open this long (a hung process) is ended by the server,
-// which releases the write lock for everyone else.
-const IDLE_IN_TRANSACTION_MS = 60_000;
+export const DEFAULT_LOCK_HOLD_MS = 500;
+export const DEFAULT_LOCK_WAIT_MS = 5_000;
+// SQLSTATE of a session PostgreSQL ended for idling inside a transaction.
+const IDLE_IN_TRANSACTION_TIMEOUT = '25P03';
+// Times a transaction that lost its session that way (this process was
+// slow, not hung) is run again, once PostgreSQL confirms it rolled back.
+const FENCED_RETRIES = 2;
 const CONNECT_TIMEOUT_MS = 10_000;
 const MIGRATE_WAIT_MS = 300_000;
 
@@ -75,6 +94,8 @@ function reasonOf(e: unknown, url: string): string {
 
 export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   const target = describeTarget(opts.url);
+  const lockHoldMs = opts.lockHoldMs ?? DEFAULT_LOCK_HOLD_MS;
+  const lockWaitMs = opts.lockWaitMs ?? DEFAULT_LOCK_WAIT_MS;
   const types = new pg.TypeOverrides();
   types.setTypeParser(pg.types.builtins.INT8, parseInt8);
   const config: pg.PoolConfig = {
@@ -82,8 +103,8 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     types,
     connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
     keepAlive: true,
-    lock_timeout: LOCK_TIMEOUT_MS,
-    idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_MS,
+    lock_timeout: lockWaitMs,
+    idle_in_transaction_session_timeout: lockHoldMs,
   };
 
   // A dedicated connection checks the server is there and holds the
@@ -104,15 +125,31 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   // An idle client whose server connection drops emits on the pool; without
   // a listener that would be an uncaught error and end the process.
   pool.on('error', (err) => opts.onIdleError?.(err));
+  // PostgreSQL ends a fenced session with an error message the client reads
+  // when it runs again, often while the connection is checked out (no pool
+  // listener then): without this, that would be an uncaught error. Counted,
+  // so the transaction that owned the session knows it lost the lock.
+  let fenced = 0;
+  pool.on('connect', (client) => {
+    client.on('error', (err) => {
+      if ((err as { code?: unknown }).code === IDLE_IN_TRANSACTION_TIMEOUT) fenced += 1;
+    });
+  });
   const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
 
+  // Migrations run on a connection of their own: lockHold is for the write
+  // lock of serving servers, not for a migration that may take its time.
+  const migrationPool = new pg.Pool({ ...config, max: 1, idle_in_transaction_session_timeout: MIGRATE_WAIT_MS });
+  migrationPool.on('error', () => {}); // reported by the awaited call instead
+  const migrationDb = new Kysely<Database>({ dialect: new PostgresDialect({ pool: migrationPool }) });
   try {
     await admin.query('select pg_advisory_lock($1)', [MIGRATE_LOCK_ID.toString()]);
     // kysely's Migrator also takes its own advisory lock on PostgreSQL; ours
     // covers the bookkeeping tables it creates before taking that lock.
-    const { error } = await new Migrator({ db, provider: migrationProviderFor('postgres') }).migrateToLatest();
+    const { error } = await new Migrator({ db: migrationDb, provider: migrationProviderFor('postgres') }).migrateToLatest();
     if (error) throw new KeyhavenError('config_invalid', `PostgreSQL database ${target} could not be migrated: ${reasonOf(error, opts.url)}`);
   } catch (e) {
+    await migrationDb.destroy().catch(() => {});
     await db.destroy().catch(() => {});
     if (e instanceof KeyhavenError) throw e;
     throw new KeyhavenError('config_invalid', `cannot prepare PostgreSQL database ${target}: ${reasonOf(e, opts.url)}`);
@@ -120,29 +157,103 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     // Ending the session releases the migration lock.
     await admin.end().catch(() => {});
   }
+  await migrationDb.destroy().catch(() => {});
 
-  const lock = sql`select pg_advisory_xact_lock(${sql.lit(WRITE_LOCK_ID)})`;
+  // The transaction's id comes back with the lock, in the same round trip: if
+  // the session is lost around the commit, its fate can still be looked up.
+  const lock = sql<{ xid: number }>`select pg_advisory_xact_lock(${sql.lit(WRITE_LOCK_ID)}), txid_current() as xid`;
   // synchronous_commit=off: the commit returns once the record is in the
   // server's WAL buffers; a keyhaven crash loses nothing, a PostgreSQL crash
   // within about 3 x wal_writer_delay (600 ms by default) may lose the newest
   // records, never reorder or corrupt them. Same statement, no extra round trip.
-  const lockRelaxed = sql`select pg_advisory_xact_lock(${sql.lit(WRITE_LOCK_ID)}), set_config('synchronous_commit', 'off', true)`;
+  const lockRelaxed = sql<{ xid: number }>`select pg_advisory_xact_lock(${sql.lit(WRITE_LOCK_ID)}), txid_current() as xid, set_config('synchronous_commit', 'off', true)`;
 
-  const runTransaction: TransactionRunner = async <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean }): Promise<T> => {
+  // This process's writers, one at a time (see WRITE_LOCK_ID).
+  let writers: Promise<unknown> = Promise.resolve();
+  const queued = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = writers.then(fn, fn);
+    writers = run.catch(() => {});
+    return run;
+  };
+
+  /** committed or aborted, from a fresh session; undefined when that cannot be told. */
+  const fateOf = async (xid: number): Promise<'committed' | 'aborted' | undefined> => {
+    // A session PostgreSQL is still ending shows its transaction in progress for a moment.
+    for (let i = 0; i < 20; i++) {
+      try {
+        const { rows } = await sql<{ status: string | null }>`select txid_status(${xid}) as status`.execute(db);
+        const status = rows[0]?.status;
+        if (status === 'committed' || status === 'aborted') return status;
+        if (status !== 'in progress') return undefined;
+      } catch {
+        return undefined;
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return undefined;
+  };
+
+  const once = async <T>(fn: (trx: Kysely<Database>) => Promise<T>, durable: boolean): Promise<T> => {
+    const before = fenced;
+    let xid: number | undefined;
+    let out: { value: T } | undefined;
     try {
       return await db.transaction().execute(async (trx) => {
-        await (o?.durable === false ? lockRelaxed : lock).execute(trx);
-        return fn(trx);
+        xid = (await (durable ? lock : lockRelaxed).execute(trx)).rows[0]?.xid;
+        out = { value: await fn(trx) };
+        return out.value;
       });
     } catch (e) {
-      if ((e as { code?: unknown }).code === '55P03') {
-        throw new KeyhavenError('unavailable', `PostgreSQL write lock not obtained within ${LOCK_TIMEOUT_MS / 1000} s`, { cause: e });
+      const code = (e as { code?: unknown }).code;
+      if (code === '55P03') {
+        throw new KeyhavenError('unavailable', `PostgreSQL write lock not obtained within ${lockWaitMs / 1000} s`, { cause: e });
       }
+      const idled = code === IDLE_IN_TRANSACTION_TIMEOUT || fenced > before;
+      if (!idled && !sessionLost(e)) throw e;
+      // The session ended under the transaction: before its lock (nothing
+      // written), or later, when PostgreSQL knows whether it committed.
+      const fate = xid === undefined ? 'aborted' : await fateOf(xid);
+      if (fate === 'committed' && out) return out.value;
+      if (fate === 'aborted') throw new Fenced(idled ? `this server sat idle for over ${lockHoldMs} ms inside a write transaction, so PostgreSQL ended it and released the write lock to the other servers` : 'the connection to PostgreSQL was lost inside a write transaction', e);
       throw e;
     }
   };
 
+  const runTransaction: TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean }): Promise<T> =>
+    queued(async () => {
+      const durable = o?.durable !== false;
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await once(fn, durable);
+        } catch (e) {
+          if (!(e instanceof Fenced)) throw e;
+          if (attempt >= FENCED_RETRIES) throw e.error;
+        }
+      }
+    });
+
   return new PostgresStore(db, runTransaction, () => db.destroy());
+}
+
+/** A transaction known to be rolled back because its session ended (idled past lockHold, or lost). */
+class Fenced extends Error {
+  readonly error: KeyhavenError;
+  constructor(why: string, cause: unknown) {
+    super('fenced');
+    this.error = new KeyhavenError('unavailable', `${why}; nothing of it was written`, { cause });
+  }
+}
+
+// SQLSTATE classes 08 (connection exception) and 57P0x (the server ended the session).
+const SESSION_GONE = /^(08|57P0)/;
+// node-postgres reports a dead socket without a SQLSTATE.
+const SOCKET_GONE = /Connection terminated|not queryable|ECONNRESET|EPIPE/;
+
+/** Whether an error says the session (and with it any open transaction) is gone. */
+function sessionLost(e: unknown): boolean {
+  const err = e as { code?: unknown; message?: unknown };
+  if (typeof err?.code === 'string' && (SESSION_GONE.test(err.code) || err.code === 'ECONNRESET' || err.code === 'EPIPE')) return true;
+  return typeof err?.message === 'string' && SOCKET_GONE.test(err.message);
 }
 
 type Args<K extends keyof Store> = Store[K] extends (...a: infer A) => unknown ? A : never;

@@ -133,7 +133,13 @@ export interface Store {
    */
   readonly syncLater?: (() => Promise<void>) | undefined;
 
-  /** Runs fn in one exclusive write transaction (across processes too). */
+  /**
+   * Runs fn in one exclusive write transaction (across processes too). fn
+   * may run more than once: after a run the database confirms was rolled back
+   * because its session ended (PostgreSQL's write-lock fencing), it runs
+   * again. So fn acts through tx alone and leaves other effects until the
+   * call returns.
+   */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   close(): Promise<void>;
 }

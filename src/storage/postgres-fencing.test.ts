@@ -1,0 +1,200 @@
+import { describe, it, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { linkRecord, verifyRecords } from '../audit/chain.js';
+import { KeyhavenError } from '../errors.js';
+import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
+import { requireDependency } from '../../test/require.js';
+import { openPostgresStore } from './postgres.js';
+import type { AuditDraft } from './store.js';
+
+// The write lock of servers sharing PostgreSQL is held across round trips; a
+// holder that stops answering must lose it within lockHold, and must not be
+// able to write under it once it runs again (docs/server.md, "Write lock").
+
+async function withDatabase(t: TestContext, fn: (url: string) => Promise<void>): Promise<void> {
+  if (!requireDependency(t, await postgresAvailable(), POSTGRES_REASON)) return;
+  const db = await freshPostgresDatabase();
+  assert.ok(db);
+  try {
+    await fn(db.url);
+  } finally {
+    await db.drop();
+  }
+}
+
+const draft = (actor: string, i: number): AuditDraft => ({
+  time: new Date(Date.UTC(2025, 0, 1, 0, 0, i % 60)).toISOString(),
+  actor,
+  operation: 'encrypt',
+  key_name: 'k',
+  key_version: 1,
+  result: 'ok',
+  request_id: String(i),
+  details: null,
+});
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('postgres write lock fencing', () => {
+  it('a holder idle inside its transaction loses the lock to another server; its work is rolled back and done again', (t) =>
+    withDatabase(t, async (url) => {
+      const a = await openPostgresStore({ url, lockHoldMs: 300, lockWaitMs: 2000 });
+      const b = await openPostgresStore({ url, lockHoldMs: 300, lockWaitMs: 2000 });
+      try {
+        const events: string[] = [];
+        let release!: () => void;
+        const stalled = new Promise<void>((r) => (release = r));
+        let runs = 0;
+        // A holds the lock, then idles (as a stopped process would) until released.
+        const held = a.transaction(async (tx) => {
+          runs += 1;
+          await tx.setMeta('from-a', `run ${runs}`);
+          events.push(`a holds the lock (run ${runs})`);
+          await stalled;
+          await tx.setMeta('a-seen-b', (await tx.getMeta('from-b')) ?? 'no');
+        });
+        while (!events.includes('a holds the lock (run 1)')) await sleep(5);
+        // B's write gets the lock although A never ends its transaction itself
+        // (B would give up after lockWait, 2 s, if A kept it).
+        await b.setMeta('from-b', 'yes');
+        events.push('b wrote');
+        // Fenced: nothing A wrote under the lost lock is there.
+        assert.equal(await b.getMeta('from-a'), undefined);
+        release();
+        await held;
+        assert.deepEqual(events, ['a holds the lock (run 1)', 'b wrote', 'a holds the lock (run 2)']);
+        // The second run started over after B's write: it saw it, and only it committed.
+        assert.equal(await b.getMeta('from-a'), 'run 2');
+        assert.equal(await b.getMeta('a-seen-b'), 'yes');
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    }));
+
+  it('a holder that stays idle run after run gets a clear error, and the store carries on', (t) =>
+    withDatabase(t, async (url) => {
+      const a = await openPostgresStore({ url, lockHoldMs: 200, lockWaitMs: 2000 });
+      try {
+        let runs = 0;
+        const outcome = await a
+          .transaction(async (tx) => {
+            runs += 1;
+            await tx.setMeta('stuck', String(runs));
+            await sleep(800);
+            await tx.setMeta('stuck-after', 'x');
+          })
+          .then(
+            () => 'committed',
+            (e: unknown) => e,
+          );
+        assert.ok(outcome instanceof KeyhavenError, `expected an error, got ${String(outcome)}`);
+        assert.equal(outcome.code, 'unavailable');
+        assert.match(outcome.message, /idle for over 200 ms inside a write transaction.*nothing of it was written/);
+        assert.equal(runs, 3, 'run once and again twice');
+        assert.equal(await a.getMeta('stuck'), undefined);
+        await a.setMeta('later', 'ok');
+        assert.equal(await a.getMeta('later'), 'ok');
+      } finally {
+        await a.close();
+      }
+    }));
+
+  it('a server stopped (SIGSTOP) at random moments under load never stalls another beyond lockHold, and loses no write of its own', (t) =>
+    withDatabase(t, async (url) => {
+      const storeModule = new URL('./postgres.js', import.meta.url).href;
+      const chainModule = new URL('../audit/chain.js', import.meta.url).href;
+      // The child appends audit records (one transaction each, as a server's
+      // audit writer does) as fast as it can, and counts what succeeded.
+      const program = `
+        const { openPostgresStore } = await import(${JSON.stringify(storeModule)});
+        const { linkRecord } = await import(${JSON.stringify(chainModule)});
+        const store = await openPostgresStore({ url: process.env.KH_URL, lockHoldMs: 300, lockWaitMs: 2000 });
+        let ok = 0, failed = 0, i = 0, stop = false;
+        process.on('SIGTERM', () => { stop = true; });
+        process.stdout.write('ready\\n');
+        while (!stop) {
+          i += 1;
+          try {
+            await store.appendAudit([{ time: new Date().toISOString(), actor: 'app:child', operation: 'encrypt', key_name: 'k', key_version: 1, result: 'ok', request_id: String(i), details: null }], linkRecord);
+            ok += 1;
+          } catch (e) {
+            failed += 1;
+            process.stderr.write('child write failed: ' + e.message + '\\n');
+          }
+        }
+        await store.close();
+        process.stdout.write('done ' + ok + ' ' + failed + '\\n');
+      `;
+      const env: NodeJS.ProcessEnv = { ...process.env, KH_URL: url };
+      delete env.NODE_TEST_CONTEXT;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', program], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const exited = new Promise<number | string | null>((r) => child.once('exit', (code, sig) => r(sig ?? code)));
+      t.after(() => {
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGCONT');
+          child.kill('SIGKILL');
+        }
+      });
+      const store = await openPostgresStore({ url, lockHoldMs: 300, lockWaitMs: 2000 });
+      try {
+        for (let i = 0; i < 1000 && !out.includes('ready') && child.exitCode === null; i++) await sleep(10);
+        assert.ok(out.includes('ready'), `child did not start:\n${err}`);
+
+        // This process writes all along; a stop of the child that held the
+        // lock for longer than lockWait (2 s) would fail these writes.
+        let running = true;
+        let mine = 0;
+        const failures: string[] = [];
+        const writer = (async () => {
+          for (let i = 0; running; i++) {
+            try {
+              await store.appendAudit([draft('app:parent', i)], linkRecord);
+              mine += 1;
+            } catch (e) {
+              failures.push((e as Error).message);
+            }
+          }
+        })();
+        const stops = 5;
+        for (let s = 0; s < stops; s++) {
+          // Random moments: some land while the child holds the lock.
+          await sleep(150 + Math.floor(Math.random() * 400));
+          child.kill('SIGSTOP');
+          await sleep(3000);
+          child.kill('SIGCONT');
+        }
+        await sleep(500);
+        running = false;
+        await writer;
+        child.kill('SIGTERM');
+        assert.equal(await exited, 0, `child ended badly:\n${err}`);
+        const [, okText, failedText] = /done (\d+) (\d+)/.exec(out) ?? [];
+        const childOk = Number(okText);
+        t.diagnostic(`parent writes ${mine}, failed ${failures.length}; child writes ${childOk}, failed ${failedText}; ${stops} stops of 3 s`);
+        assert.deepEqual(failures, [], 'no write of the server that kept running failed');
+        // The resumed child loses its transaction but runs it again: nothing it was asked to write is lost.
+        assert.equal(Number(failedText), 0, `child writes failed:\n${err}`);
+        assert.ok(mine > stops && childOk > 0);
+
+        // One chain, every acknowledged record in it once, and it verifies.
+        const rows = [];
+        for (let after = 0; ; ) {
+          const page = await store.readAudit(after, 1000);
+          if (page.length === 0) break;
+          rows.push(...page);
+          after = page[page.length - 1]!.seq;
+        }
+        assert.deepEqual(verifyRecords(rows), { ok: true, records: rows.length });
+        assert.equal(rows.filter((r) => r.actor === 'app:parent').length, mine);
+        assert.equal(rows.filter((r) => r.actor === 'app:child').length, childOk);
+      } finally {
+        await store.close();
+      }
+    }));
+});
