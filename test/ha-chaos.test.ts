@@ -114,7 +114,7 @@ describe('HA chaos: two key servers on one PostgreSQL, plugins with the local KE
         const p = prefers(i);
         const back = await timeUntil(async () => (await c.serverUp(p, i)) === 1, BACK_IN_USE_CAP_MS);
         backInUse.push(`${name(i)} back in use by ${p.spec.name} ${back === undefined ? `not within ${BACK_IN_USE_CAP_MS} ms` : `${back} ms after its restart`}`);
-        await l.okCalls(200, `calls after ${name(i)} came back`);
+        await l.okCalls(100, `calls after ${name(i)} came back`);
       }
     } catch (e) {
       driveError = e;
