@@ -4,17 +4,20 @@
 // with its embedded key store, and with the remote provider (type: keyhaven)
 // against a real `keyhaven server`, local KEK on and off; then the key
 // server's HTTP Encrypt/Decrypt against a bare node:http server
-// (bench/server-bench.ts).
+// (bench/server-bench.ts); then the chaos point: the remote provider against
+// two servers on one PostgreSQL, one of them stopped and continued every few
+// seconds, beside the same load with no faults (bench/chaos-bench.ts).
 //
-//   node dist/bench/run.js [plugin|server] [--only LIST]
+//   node dist/bench/run.js [plugin|server|chaos] [--only LIST]
 //   LIST: comma-separated echo, embedded, remote (= kek-on,kek-off), kek-on, kek-off,
-//         plugin (= embedded,remote), server
+//         plugin (= embedded,remote), server, chaos
 //   env: BENCH_SECONDS (measured seconds per plugin point, default 5),
 //        BENCH_SERVER_SECONDS (measured seconds per server point, default 3),
 //        BENCH_WARMUP (unmeasured seconds before each point, default 1),
 //        BENCH_STORM_N (seeds in the restart storm, default 10000),
 //        BENCH_SERVER_FLOOD (0 skips the sign-in flood point),
-//        BENCH_SERVER_NODE_ARGS (extra node flags for the key server, e.g. --cpu-prof)
+//        BENCH_SERVER_NODE_ARGS (extra node flags for the key server, e.g. --cpu-prof),
+//        BENCH_CHAOS_SECONDS, BENCH_CHAOS_EVERY_MS, BENCH_CHAOS_STOP_MS (the chaos point)
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
@@ -26,6 +29,7 @@ import {
   BenchError, type Child, cpuSeconds, envNumber, exited, fmt, freePort, interrupted, log, machineBusySeconds, ratio, registerTmp, ROOT, run,
   selfAndReapedCpuSeconds, shutdown, stopAll, stopChild, table, track,
 } from './procs.js';
+import { runChaosSection } from './chaos-bench.js';
 import { runServerSection, startKeyServer, type KeyServer } from './server-bench.js';
 
 const GO_CLIENT_DIR = join(ROOT, 'bench', 'go-client');
@@ -652,15 +656,17 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
 }
 
 /** What `--only` (and the positional section name) selects. */
-function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; server: boolean } {
+function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; server: boolean; chaos: boolean } {
   if (positional !== undefined && only !== undefined) throw new BenchError('give either a section name or --only, not both');
-  if (positional === 'server') return { plugin: [], server: true };
-  if (positional === 'plugin') return { plugin: [...TARGETS], server: false };
-  if (positional !== undefined) throw new BenchError(`unexpected argument ${JSON.stringify(positional)}; the section names are "plugin" and "server"`);
-  if (only === undefined) return { plugin: [...TARGETS], server: true };
+  if (positional === 'server') return { plugin: [], server: true, chaos: false };
+  if (positional === 'plugin') return { plugin: [...TARGETS], server: false, chaos: false };
+  if (positional === 'chaos') return { plugin: [], server: false, chaos: true };
+  if (positional !== undefined) throw new BenchError(`unexpected argument ${JSON.stringify(positional)}; the section names are "plugin", "server" and "chaos"`);
+  if (only === undefined) return { plugin: [...TARGETS], server: true, chaos: true };
   const words = only.split(',').map((w) => w.trim()).filter(Boolean);
   const picked = new Set<TargetName>();
   let server = false;
+  let chaos = false;
   const groups: Record<string, readonly TargetName[]> = {
     echo: ['echo'],
     embedded: ['embedded'],
@@ -671,11 +677,12 @@ function selection(positional: string | undefined, only: string | undefined): { 
   };
   for (const w of words) {
     if (w === 'server') server = true;
+    else if (w === 'chaos') chaos = true;
     else if (groups[w]) for (const n of groups[w]) picked.add(n);
-    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, server; got ${JSON.stringify(w)}`);
+    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, server, chaos; got ${JSON.stringify(w)}`);
   }
   if (words.length === 0) throw new BenchError('--only needs a value');
-  return { plugin: TARGETS.filter((n) => picked.has(n)), server };
+  return { plugin: TARGETS.filter((n) => picked.has(n)), server, chaos };
 }
 
 async function main(): Promise<void> {
@@ -686,11 +693,12 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     process.stdout.write(
-      'usage: node dist/bench/run.js [plugin|server] [--only LIST]\n' +
+      'usage: node dist/bench/run.js [plugin|server|chaos] [--only LIST]\n' +
         '  LIST: comma-separated echo, embedded, kek-on, kek-off, remote (= kek-on,kek-off),\n' +
-        '        plugin (= embedded,remote), server; "plugin" as a section = echo plus every plugin target\n' +
+        '        plugin (= embedded,remote), server, chaos; "plugin" as a section = echo plus every plugin target\n' +
         '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N,\n' +
-        '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_FLOOD, BENCH_SERVER_NODE_ARGS (see bench/README.md)\n',
+        '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_FLOOD, BENCH_SERVER_NODE_ARGS,\n' +
+        '      BENCH_CHAOS_SECONDS, BENCH_CHAOS_EVERY_MS, BENCH_CHAOS_STOP_MS (see bench/README.md)\n',
     );
     return;
   }
@@ -721,6 +729,16 @@ async function main(): Promise<void> {
     if (sel.plugin.length > 0) process.stdout.write('\n');
     process.stdout.write(`${r.text}\n`);
     if (r.failed) log('key server: some calls failed (see the errors columns)');
+    failed = r.failed || failed;
+  }
+  if (sel.chaos) {
+    ensureGo();
+    log('building the Go client');
+    buildClient();
+    const r = await runChaosSection({ warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot, kmsload: KMSLOAD });
+    if (sel.plugin.length > 0 || sel.server) process.stdout.write('\n');
+    process.stdout.write(`${r.text}\n`);
+    if (r.failed) log('chaos: calls failed with no faults, or a plaintext was wrong');
     failed = r.failed || failed;
   }
   if (failed) process.exitCode = 1;

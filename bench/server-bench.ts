@@ -268,7 +268,7 @@ async function pgAdmin<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
 }
 
 /** A throwaway database, or the reason there is none. */
-async function pgDatabase(): Promise<{ url: string; drop(): Promise<void> } | { skip: string }> {
+export async function pgDatabase(): Promise<{ url: string; drop(): Promise<void> } | { skip: string }> {
   try {
     await pgAdmin((c) => c.query('select 1'));
   } catch (e) {

@@ -47,6 +47,7 @@ type report struct {
 	CallsPerSec  float64  `json:"callsPerSec"`
 	P50Ms        float64  `json:"p50Ms"`
 	P99Ms        float64  `json:"p99Ms"`
+	MaxMs        float64  `json:"maxMs"`
 	TotalSeconds *float64 `json:"totalSeconds,omitempty"`
 	Mismatches   *int64   `json:"mismatches,omitempty"`
 }
@@ -275,6 +276,7 @@ func summarize(lats [][]int64, elapsed time.Duration) report {
 	}
 	r.P50Ms = round(percentile(all, 0.50), 3)
 	r.P99Ms = round(percentile(all, 0.99), 3)
+	r.MaxMs = round(percentile(all, 1), 3)
 	return r
 }
 
