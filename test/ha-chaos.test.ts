@@ -245,6 +245,7 @@ describe('HA chaos: two key servers on one PostgreSQL, plugins with the local KE
       }
     });
     t.diagnostic(`${backwards.length} replies carried an older key_id than the plugin had already reported`);
+    if (count(recs).failed > 0) t.diagnostic(`failed calls: ${errorSample(recs.filter((r) => !r.ok))}`);
     assert.deepEqual(l.wrong, [], 'no call answered a wrong plaintext');
     assert.equal(backwards.length, 0, `the key_id went backwards ${backwards.length} times:\n${[...new Set(backwards)].slice(0, 8).join('\n')}`);
     if (driveError) throw driveError;
