@@ -77,6 +77,21 @@ describe('server.yaml', () => {
     refused({ storage: base.storage }, /seal/);
   });
 
+  it('the PostgreSQL write lock bounds default, parse and refuse nonsense', () => {
+    const pgBase = { ...base, storage: { postgres: { url: 'postgres://db/keyhaven' } } };
+    const c = parseServerConfig(pgBase, 'server.yaml');
+    assert.ok('postgres' in c.storage);
+    assert.equal(c.storage.postgres.lockHold, 500);
+    assert.equal(c.storage.postgres.lockWait, 5000);
+    const tuned = parseServerConfig({ ...base, storage: { postgres: { url: 'postgres://db/k', lockHold: '250ms', lockWait: '2s' } } }, 'x');
+    assert.ok('postgres' in tuned.storage && tuned.storage.postgres.lockHold === 250 && tuned.storage.postgres.lockWait === 2000);
+    const refusedPg = (pg: Record<string, unknown>, pattern: RegExp) => refused({ ...base, storage: { postgres: { url: 'postgres://db/k', ...pg } } }, pattern);
+    refusedPg({ lockHold: '10ms' }, /storage.postgres.lockHold: must be between 100ms and 60s/);
+    refusedPg({ lockHold: 'forever' }, /storage.postgres.lockHold: must be a duration/);
+    refusedPg({ lockHold: '2s', lockWait: '1s' }, /storage.postgres.lockWait: lockWait must be longer than lockHold/);
+    refusedPg({ lockWait: -1 }, /storage.postgres.lockWait/);
+  });
+
   it('pkcs11 takes the PIN from a file or the environment, never inline', () => {
     const ok = parseServerConfig({ ...base, seal: { pkcs11: { module: '/m.so', tokenLabel: 't', pinEnv: 'PIN' } } }, 'x');
     assert.ok('pkcs11' in ok.seal && ok.seal.pkcs11.keyLabel === 'keyhaven-root-wrap');
