@@ -12,24 +12,25 @@ const hostPort = z
 
 const file = z.string().min(1);
 
-const storage = z.union([
-  z.strictObject({ sqlite: z.strictObject({ path: file }) }),
-  z.strictObject({
-    postgres: z.strictObject({
-      url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
-      poolSize: z.number().int().min(1).max(100).default(10),
-      // Longest a server may idle inside a write transaction before PostgreSQL
-      // ends it, releasing the write lock (bounds the stall a hung server causes).
-      lockHold: durationMs
-        .prefault('500ms')
-        .refine((v) => v >= 100 && v <= 60_000, 'must be between 100ms and 60s'),
-      // How long a writer waits for the write lock before answering `unavailable`.
-      lockWait: durationMs
-        .prefault('5s')
-        .refine((v) => v >= 100 && v <= 300_000, 'must be between 100ms and 5m'),
-    }).refine((v) => v.lockWait > v.lockHold, { error: 'lockWait must be longer than lockHold (a waiter must outlast a hung holder)', path: ['lockWait'] }),
-  }),
-], { error: () => 'must be {sqlite: {path}} or {postgres: {url}}' });
+const sqliteStorage = z.strictObject({ path: file });
+const postgresStorage = z
+  .strictObject({
+    url: z.string().regex(/^postgres(ql)?:\/\//, 'must be a postgres:// URL'),
+    poolSize: z.number().int().min(1).max(100).default(10),
+    // Longest a server may idle inside a write transaction before PostgreSQL
+    // ends it, releasing the write lock (bounds the stall a hung server causes).
+    lockHold: durationMs.prefault('500ms').refine((v) => v >= 100 && v <= 60_000, 'must be between 100ms and 60s'),
+    // How long a writer waits for the write lock before answering `unavailable`.
+    lockWait: durationMs.prefault('5s').refine((v) => v >= 100 && v <= 300_000, 'must be between 100ms and 5m'),
+  })
+  .refine((v) => v.lockWait > v.lockHold, { error: 'lockWait must be longer than lockHold (a waiter must outlast a hung holder)', path: ['lockWait'] });
+
+// One object with exactly one of its keys (not a union), so a problem inside
+// the chosen backend is reported at its own field.
+const storage = z
+  .strictObject({ sqlite: sqliteStorage.optional(), postgres: postgresStorage.optional() })
+  .refine((v) => (v.sqlite === undefined) !== (v.postgres === undefined), 'must be {sqlite: {path}} or {postgres: {url}}')
+  .transform((v): { sqlite: z.output<typeof sqliteStorage> } | { postgres: z.output<typeof postgresStorage> } => (v.sqlite ? { sqlite: v.sqlite } : { postgres: v.postgres! }));
 
 const seal = z.union([
   z.strictObject({ keyfile: z.strictObject({ path: file }) }),
