@@ -23,7 +23,7 @@ const postgresStorage = z
     // How long a writer waits for the write lock before answering `unavailable`.
     lockWait: durationMs.prefault('5s').refine((v) => v >= 100 && v <= 300_000, 'must be between 100ms and 5m'),
   })
-  .refine((v) => v.lockWait > v.lockHold, { error: 'lockWait must be longer than lockHold (a waiter must outlast a hung holder)', path: ['lockWait'] });
+  .refine((v) => !(v.lockHold >= v.lockWait), { error: 'lockWait must be longer than lockHold (a waiter must outlast a hung holder)', path: ['lockWait'] });
 
 // One object with exactly one of its keys (not a union), so a problem inside
 // the chosen backend is reported at its own field.
