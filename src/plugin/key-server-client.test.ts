@@ -978,6 +978,33 @@ describe('plugin/key-server-client: background health probes', () => {
     assert.equal(probesOfB, 1, 'the calls shared the one probe');
   });
 
+  it('when the healthy server dies and the other\'s back-off ends within the deadline, concurrent calls wait for its probe', async (t) => {
+    const b = await startServer(t, sealed);
+    const a = await startServer(t, healthy);
+    // B first in the list, marked down by one call; A serves. B's next probe is 1.1 to 1.9 s away.
+    const { client, states } = makeClient(t, [b.url, a.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 1_500, backoffMaxMs: 1_500, attemptTimeoutMs: 1_000, timeoutMs: 5_000 });
+    await client.post('status', '/s', {});
+    assert.deepEqual(states.map(([s, up]) => [s, up]), [[b.url, false]]);
+    b.handler = healthy;
+    await a.close();
+    const calls = Array.from({ length: 16 }, (_, n) => client.post('status', '/s', { n }));
+    const out = await Promise.allSettled(calls);
+    const failed = out.filter((r) => r.status === 'rejected');
+    assert.equal(failed.length, 0, `failed calls: ${failed.map((r) => String((r as PromiseRejectedResult).reason)).join('; ')}`);
+    assert.equal(b.seen.filter((x) => x.path === HEALTH).length, 1, 'one probe, at the end of the back-off, shared by every call');
+    assert.equal(b.seen.filter((x) => x.path === '/s').length, 17);
+  });
+
+  it('fails at once when every server is down and no probe is due before the call\'s deadline', async (t) => {
+    const b = await startServer(t, sealed);
+    const { client } = makeClient(t, [b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 10_000, backoffMaxMs: 10_000, timeoutMs: 2_000 });
+    await assert.rejects(client.post('status', '/s', {}), fails('sealed'));
+    const started = Date.now();
+    await assert.rejects(client.post('status', '/s', {}), fails('unavailable', /^every key server is failing; next attempt in/));
+    assert.ok(Date.now() - started < 1_000, 'did not wait');
+    assert.equal(b.seen.length, 1);
+  });
+
   it('a call waiting for a probe that fails goes on, and fails with the reason when nothing is left', async (t) => {
     let release: (() => void) | undefined;
     const b = await startServer(t, sealed);

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
-import { buildConnector, Pool } from 'undici';
+import { buildConnector, Client, Pool } from 'undici';
 import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
 
 /**
@@ -217,9 +217,10 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     if (ep.timer) clearTimeout(ep.timer);
     delete ep.timer;
   };
-  const failed = (ep: Endpoint, reason: string, sentAt: number) => {
-    // Requests already in flight when the breaker opened fail with it: one blip, not fifty.
-    if (ep.failures > 0 && sentAt <= ep.openedAt) return;
+  const failed = (ep: Endpoint, reason: string, sentAt: number, isProbe = false) => {
+    // Requests already in flight when the breaker opened fail with it: one blip, not fifty. A probe (one at a
+    // time) always counts, so the next one waits a full back-off.
+    if (!isProbe && ep.failures > 0 && sentAt <= ep.openedAt) return;
     // Open the breaker; each failure in a row doubles the wait, with jitter so plugins do not retry in step.
     ep.failures += 1;
     ep.openedAt = now();
@@ -247,8 +248,11 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
 
   async function probeOnce(ep: Endpoint, hp: HealthProbe): Promise<string | undefined> {
     const signal = AbortSignal.any([AbortSignal.timeout(opts.attemptTimeoutMs), closing.signal]);
+    // A connection of its own, closed after: an aborted request on the pool makes it open a spare connection at once,
+    // which a hung server would hold, one more each probe.
+    const conn = new Client(ep.url, { pipelining: 1, connect });
     try {
-      const res = await ep.pool.request({ method: 'GET', path: hp.path, signal, headersTimeout: opts.attemptTimeoutMs, bodyTimeout: opts.attemptTimeoutMs });
+      const res = await conn.request({ method: 'GET', path: hp.path, signal, headersTimeout: opts.attemptTimeoutMs, bodyTimeout: opts.attemptTimeoutMs });
       const chunks: Buffer[] = [];
       let size = 0;
       for await (const chunk of res.body as AsyncIterable<Buffer>) {
@@ -269,6 +273,8 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       return why === undefined ? undefined : `key server ${ep.url} is not ready (${why})`;
     } catch (e) {
       return transportError(ep.url, e, signal.aborted).message;
+    } finally {
+      void conn.destroy().catch(() => {});
     }
   }
 
@@ -286,7 +292,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
         succeeded(ep);
         return true;
       }
-      failed(ep, why, sentAt);
+      failed(ep, why, sentAt, true);
       return false;
     })();
     ep.probing = run;
@@ -311,10 +317,12 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
    * server back, so a call never has to). Without: configured order, so a
    * server whose back-off is over is tried again (a probe) in its place; put
    * after the healthy ones it would never be tried while a later one answers.
-   * Servers in back-off with no probe in flight are left out.
+   * Servers in back-off with no probe in flight are left out, except, with a
+   * health probe, those whose next probe is due before `until` (a call with
+   * no healthy server left waits for it).
    */
-  const candidates = (): Endpoint[] => {
-    const t = now();
+  const candidates = (until: number): Endpoint[] => {
+    const t = probe ? until : now();
     const usable = endpoints.filter((e) => e.failures === 0 || e.probing !== undefined || e.retryAt <= t);
     return probe ? [...usable.filter((e) => e.failures === 0), ...usable.filter((e) => e.failures > 0)] : usable;
   };
@@ -382,7 +390,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
   async function request<T>(method: HttpMethod, operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
       const deadline = Math.min(now() + opts.timeoutMs, callOpts.deadlineAt ?? Infinity);
       const payload = body === undefined ? undefined : JSON.stringify(body);
-      const tried = candidates();
+      const tried = candidates(deadline - MIN_ATTEMPT_MS);
       if (tried.length === 0) {
         const next = Math.min(...endpoints.map((e) => e.retryAt)) - now();
         const last = endpoints.map((e) => `${e.url}: ${e.lastError ?? 'failing'}`).join('; ');
@@ -399,11 +407,26 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
         if (ep.failures > 0) {
           // A server believed healthy further on serves this call sooner than a failing one's probe.
           const healthyLater = tried.slice(i + 1).some((e) => e.failures === 0);
-          const inFlight = ep.probing ?? (probe && ep.retryAt <= now() ? startProbe(ep) : undefined);
-          if (inFlight) {
+          if (probe) {
             if (healthyLater) continue;
-            // No healthy server left: wait for the probe within this call's deadline rather than fail.
-            if (!(await awaitProbe(inFlight, deadline - MIN_ATTEMPT_MS)) || ep.failures > 0) {
+            // No healthy server left: wait for this one's probe (in flight, or due before this call's deadline) rather than fail.
+            const until = deadline - MIN_ATTEMPT_MS;
+            if (!ep.probing && ep.retryAt > now()) {
+              if (ep.retryAt >= until) continue;
+              await new Promise((r) => setTimeout(r, ep.retryAt - now()));
+            }
+            if (ep.failures > 0) {
+              // The back-off may have been extended meanwhile by a probe that failed: then not again before its end.
+              const p = ep.probing ?? (!closed && ep.retryAt <= now() ? startProbe(ep) : undefined);
+              if (!p || !(await awaitProbe(p, until)) || ep.failures > 0) {
+                lastError = notReady(ep);
+                continue;
+              }
+            }
+          } else if (ep.probing) {
+            if (healthyLater) continue;
+            // Another call is trying it: wait for its answer within this call's deadline rather than fail.
+            if (!(await awaitProbe(ep.probing, deadline - MIN_ATTEMPT_MS)) || ep.failures > 0) {
               lastError = notReady(ep);
               continue;
             }
@@ -411,6 +434,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
             // Its breaker opened while this call was trying the servers before it.
             continue;
           } else {
+            // This call is the probe: the others wait for its answer or go on.
             ep.probing = new Promise<boolean>((resolve) => (ownProbe = resolve));
           }
         }
