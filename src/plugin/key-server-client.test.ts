@@ -2,11 +2,11 @@ import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
-import { apiKeySource, createKeyServerClient, type KeyServerClientOptions } from './key-server-client.js';
+import { apiKeySource, createKeyServerClient, KEYHAVEN_HEALTH_PROBE, type KeyServerClientOptions } from './key-server-client.js';
 import { code as fails } from '../../test/expect-error.js';
 import { freePort } from '../../test/ports.js';
 
@@ -822,5 +822,225 @@ describe('key server client: breaker and deadline accounting', () => {
     // Both go out with the old key; the first to come back reloads, the second must not fail.
     const both = await Promise.all([client.post('encrypt', '/x', {}), client.post('encrypt', '/x', {})]);
     assert.equal(both.length, 2);
+  });
+});
+
+// With a health probe (what the keyhaven provider uses): failing servers are
+// probed in the background, and a call with no healthy server left waits for
+// a failing server's probe. Real time passes here; only counts and generous
+// bounds are asserted.
+
+const HEALTH = '/v1/sys/health';
+const healthy: Handler = (seen, res) => (seen.path === HEALTH ? json(res, 200, { initialized: true, sealed: false, version: 't' }) : ok(seen, res));
+const sealed: Handler = (seen, res) =>
+  seen.path === HEALTH ? json(res, 503, { initialized: true, sealed: true, version: 't' }) : json(res, 503, { error: { code: 'sealed', message: 'the server is sealed' } });
+
+/** A raw TCP listener that counts connections and either holds them open without a byte of answer, or resets them at once. */
+async function tcpListener(t: TestContext, mode: 'stall' | 'reset') {
+  const sockets = new Set<Socket>();
+  const l = { connections: 0, open: 0, maxOpen: 0, port: 0 };
+  const server = createTcpServer((sock) => {
+    l.connections += 1;
+    if (mode === 'reset') {
+      sock.resetAndDestroy();
+      return;
+    }
+    // Read, so that the client closing its end is seen.
+    sock.resume();
+    sockets.add(sock);
+    l.open = sockets.size;
+    l.maxOpen = Math.max(l.maxOpen, l.open);
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      sockets.delete(sock);
+      l.open = sockets.size;
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  l.port = (server.address() as AddressInfo).port;
+  t.after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return l;
+}
+
+async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+describe('plugin/key-server-client: background health probes', () => {
+  it('reads keyhaven\'s health answer: only initialised and unsealed is healthy', () => {
+    const u = KEYHAVEN_HEALTH_PROBE.unhealthy;
+    assert.equal(u(200, { initialized: true, sealed: false, version: '1' }), undefined);
+    assert.equal(u(503, { initialized: true, sealed: true, version: '1' }), 'sealed');
+    assert.equal(u(200, { initialized: true, sealed: true }), 'sealed', 'a 200 that says sealed is not healthy');
+    assert.equal(u(503, { initialized: false, sealed: true }), 'not initialised');
+    assert.equal(u(503, { error: { code: 'audit_failed' } }), 'HTTP 503', 'the health request\'s audit record could not be stored');
+    assert.equal(u(200, undefined), 'an unexpected health answer');
+    assert.equal(u(404, undefined), 'HTTP 404');
+  });
+
+  it('probes a failing server in the background while another serves, and prefers it again once healthy', async (t) => {
+    const a = await startServer(t, sealed);
+    const b = await startServer(t, healthy);
+    const { client, states, attempts } = makeClient(t, [a.url, b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 50, backoffMaxMs: 100 });
+    await client.post('status', '/s', {});
+    assert.deepEqual(states[0]!.slice(0, 2), [a.url, false]);
+    // Sealed: probed again and again in the background, never sent a call.
+    await until('three health probes of the sealed server', () => a.seen.filter((x) => x.path === HEALTH).length >= 3);
+    for (let i = 0; i < 5; i++) await client.post('status', '/s', {});
+    assert.equal(a.seen.filter((x) => x.path !== HEALTH).length, 1, 'only the first call reached it');
+    assert.equal(client.servers()[0]!.up, false);
+    for (const h of a.seen.filter((x) => x.path === HEALTH)) assert.equal(h.headers.authorization, undefined, 'no credential on the health probe');
+    assert.ok(attempts.some(([s, op, r]) => s === a.url && op === 'health' && r === 'unavailable'));
+
+    // Unsealed: the next probe marks it up, with no call needed, and calls go to it first again.
+    a.handler = healthy;
+    await until('the server marked up', () => states.some(([s, up]) => s === a.url && up));
+    assert.equal(a.seen.filter((x) => x.path !== HEALTH).length, 1, 'marked up by the probe alone');
+    const before = b.seen.length;
+    await client.post('status', '/s', { n: 1 });
+    assert.equal(a.seen.at(-1)!.path, '/s');
+    assert.equal(b.seen.length, before);
+    // Healthy: no more probes.
+    const probes = a.seen.filter((x) => x.path === HEALTH).length;
+    await sleep(300);
+    assert.equal(a.seen.filter((x) => x.path === HEALTH).length, probes);
+  });
+
+  for (const mode of ['stall', 'reset'] as const) {
+    it(`probes a server that stays down (${mode === 'stall' ? 'accepts and never answers' : 'accepts and resets'}) at the back-off rate, one probe at a time`, async (t) => {
+      const l = await tcpListener(t, mode);
+      const b = await startServer(t, healthy);
+      const aUrl = `http://127.0.0.1:${l.port}`;
+      const min = 100;
+      const max = 400;
+      const { client, attempts } = makeClient(t, [aUrl, b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: min, backoffMaxMs: max, attemptTimeoutMs: 300, timeoutMs: 2_000 });
+      await client.post('status', '/s', {});
+      assert.equal(client.servers()[0]!.up, false);
+      const from = l.connections;
+      // The first call's own connection may stay open; from here on only probes connect.
+      const base = l.open;
+      l.maxOpen = base;
+      const started = Date.now();
+      // Calls keep coming meanwhile, all served by the other server.
+      let served = 0;
+      while (Date.now() - started < 3_000) {
+        await client.post('status', '/s', {});
+        served += 1;
+        await sleep(5);
+      }
+      const elapsed = Date.now() - started;
+      const probes = l.connections - from;
+      const healthAttempts = attempts.filter(([s, op]) => s === aUrl && op === 'health').length;
+      // Each probe waits at least 75 % of the back-off (which doubles from min to max) after the last one ended.
+      const gaps = [];
+      for (let w = min; gaps.reduce((x, y) => x + y, 0) < elapsed; w = Math.min(w * 2, max)) gaps.push(0.75 * w);
+      assert.ok(probes >= 2, `probed again (${probes} probes)`);
+      assert.ok(probes <= gaps.length + 2, `${probes} probes in ${elapsed} ms: not hammered (at most ${gaps.length + 2} at the back-off rate)`);
+      assert.ok(served > probes * 3, `${served} calls served elsewhere meanwhile`);
+      assert.ok(Math.abs(healthAttempts - probes) <= 1, `every connection was a probe (${healthAttempts} probes counted, ${probes} connections)`);
+      if (mode === 'stall') assert.ok(l.maxOpen <= base + 1, `never more than one probe in flight (${l.maxOpen - base} at once)`);
+    });
+  }
+
+  it('when the healthy server dies, concurrent calls wait for the probe of the recovering one instead of failing', async (t) => {
+    let release: (() => void) | undefined;
+    const a = await startServer(t, (seen, res) => (seen.path === HEALTH ? healthy(seen, res) : json(res, 503, { error: { code: 'unavailable', message: 'A is busy' } })));
+    const b = await startServer(t, sealed);
+    const { client, states } = makeClient(t, [a.url, b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 50, backoffMaxMs: 100, attemptTimeoutMs: 3_000, timeoutMs: 5_000 });
+    await assert.rejects(client.post('status', '/s', {}), fails('sealed'));
+    await until('A marked up by its probe', () => states.some(([s, up]) => s === a.url && up));
+    a.handler = ok;
+    // B recovers, but its probe is slow to answer: hold it.
+    let probesOfB = 0;
+    b.handler = (seen, res) => {
+      if (seen.path === HEALTH) {
+        probesOfB += 1;
+        release = () => healthy(seen, res);
+      } else ok(seen, res);
+    };
+    await until('a probe of B in flight', () => release !== undefined);
+    await a.close();
+    const sentToB = b.seen.filter((x) => x.path === '/s').length;
+    const calls = Array.from({ length: 16 }, (_, n) => client.post('status', '/s', { n }));
+    await sleep(200);
+    release!();
+    const out = await Promise.allSettled(calls);
+    const failed = out.filter((r) => r.status === 'rejected');
+    assert.equal(failed.length, 0, `failed calls: ${failed.map((r) => String((r as PromiseRejectedResult).reason)).join('; ')}`);
+    assert.equal(b.seen.filter((x) => x.path === '/s').length - sentToB, 16);
+    assert.equal(probesOfB, 1, 'the calls shared the one probe');
+  });
+
+  it('when the healthy server dies and the other\'s back-off ends within the deadline, concurrent calls wait for its probe', async (t) => {
+    const b = await startServer(t, sealed);
+    const a = await startServer(t, healthy);
+    // B first in the list, marked down by one call; A serves. B's next probe is 1.1 to 1.9 s away.
+    const { client, states } = makeClient(t, [b.url, a.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 1_500, backoffMaxMs: 1_500, attemptTimeoutMs: 1_000, timeoutMs: 5_000 });
+    await client.post('status', '/s', {});
+    assert.deepEqual(states.map(([s, up]) => [s, up]), [[b.url, false]]);
+    b.handler = healthy;
+    await a.close();
+    const calls = Array.from({ length: 16 }, (_, n) => client.post('status', '/s', { n }));
+    const out = await Promise.allSettled(calls);
+    const failed = out.filter((r) => r.status === 'rejected');
+    assert.equal(failed.length, 0, `failed calls: ${failed.map((r) => String((r as PromiseRejectedResult).reason)).join('; ')}`);
+    assert.equal(b.seen.filter((x) => x.path === HEALTH).length, 1, 'one probe, at the end of the back-off, shared by every call');
+    assert.equal(b.seen.filter((x) => x.path === '/s').length, 17);
+  });
+
+  it('fails at once when every server is down and no probe is due before the call\'s deadline', async (t) => {
+    const b = await startServer(t, sealed);
+    const { client } = makeClient(t, [b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 10_000, backoffMaxMs: 10_000, timeoutMs: 2_000 });
+    await assert.rejects(client.post('status', '/s', {}), fails('sealed'));
+    const started = Date.now();
+    await assert.rejects(client.post('status', '/s', {}), fails('unavailable', /^every key server is failing; next attempt in/));
+    assert.ok(Date.now() - started < 1_000, 'did not wait');
+    assert.equal(b.seen.length, 1);
+  });
+
+  it('a call waiting for a probe that fails goes on, and fails with the reason when nothing is left', async (t) => {
+    let release: (() => void) | undefined;
+    const b = await startServer(t, sealed);
+    const { client } = makeClient(t, [b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 50, backoffMaxMs: 100, attemptTimeoutMs: 3_000, timeoutMs: 5_000 });
+    await assert.rejects(client.post('status', '/s', {}), fails('sealed'));
+    b.handler = (seen, res) => {
+      if (seen.path === HEALTH) release = () => sealed(seen, res);
+      else ok(seen, res);
+    };
+    await until('a probe in flight', () => release !== undefined);
+    const call = client.post('status', '/s', {});
+    await sleep(100);
+    release!();
+    await assert.rejects(call, fails('unavailable', new RegExp(`key server ${escape(b.url)} is not ready \\(sealed\\)`)));
+    assert.equal(b.seen.filter((x) => x.path === '/s').length, 1, 'only the first call was sent');
+  });
+
+  it('close() stops the background probes', async (t) => {
+    const l = await tcpListener(t, 'reset');
+    const { client } = makeClient(t, [`http://127.0.0.1:${l.port}`], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 50, backoffMaxMs: 50 });
+    await assert.rejects(client.post('status', '/s', {}), fails('unavailable'));
+    await until('two probes', () => l.connections >= 3);
+    await client.close();
+    const n = l.connections;
+    await sleep(400);
+    assert.ok(l.connections <= n + 1, `no probes after close (${l.connections - n} more connections)`);
+  });
+
+  it('an answer the caller finds unusable goes to the next server, without blaming the first', async (t) => {
+    const a = await startServer(t, (_seen, res) => json(res, 200, { version: 1 }));
+    const b = await startServer(t, (_seen, res) => json(res, 200, { version: 2 }));
+    const { client } = makeClient(t, [a.url, b.url], { healthProbe: KEYHAVEN_HEALTH_PROBE });
+    const behind = (body: unknown) => ((body as { version: number }).version < 2 ? 'is behind' : undefined);
+    assert.deepEqual(await client.post('encrypt', '/x', {}, { unusable: behind }), { version: 2 });
+    assert.equal(client.servers()[0]!.up, true);
+    const one = makeClient(t, [a.url]).client;
+    await assert.rejects(one.post('encrypt', '/x', {}, { unusable: behind }), fails('unavailable', new RegExp(`key server ${escape(a.url)} is behind`)));
   });
 });

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import type { TLSSocket } from 'node:tls';
-import { buildConnector, Pool } from 'undici';
+import { buildConnector, Client, Pool } from 'undici';
 import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
 
 /**
@@ -8,6 +8,12 @@ import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
  * pools, servers tried in order with healthy ones first, a circuit breaker
  * per server so a dead one does not eat the deadline, and one deadline per
  * call across every server tried.
+ *
+ * With a health probe, a server whose breaker is open is probed in the
+ * background at the back-off rate (one probe in flight per server), so the
+ * client knows a server is healthy again before it needs it. A call that finds
+ * no healthy server left waits for a failing server's probe within its own
+ * deadline instead of failing at once.
  */
 
 export interface TlsOptions {
@@ -42,7 +48,37 @@ export interface KeyServerClientOptions {
   readonly headers?: (credential: string) => Record<string, string>;
   /** For other HTTP key services: reads an error answer (JSON, or text when not JSON) into a code and message. */
   readonly errorOf?: (status: number, body: unknown, text: string) => { code: ErrorCode; message: string };
+  /**
+   * A cheap request that says "this server can serve a call now", sent
+   * without credentials. With it, failing servers are re-probed in the
+   * background and come back only through a good probe; without it, a call
+   * after the back-off is the probe (one at a time).
+   */
+  readonly healthProbe?: HealthProbe;
 }
+
+export interface HealthProbe {
+  readonly path: string;
+  /** Why the answer does not mean healthy, or undefined when it does. */
+  readonly unhealthy: (status: number, body: unknown) => string | undefined;
+}
+
+/**
+ * keyhaven's health: GET /v1/sys/health answers 200 only when the server is
+ * initialised and unsealed, and only after its audit record is stored, so a
+ * 200 also says the store takes writes (an Encrypt is audited the same way).
+ */
+export const KEYHAVEN_HEALTH_PROBE: HealthProbe = {
+  path: '/v1/sys/health',
+  unhealthy: (status, body) => {
+    const b = body as { initialized?: unknown; sealed?: unknown } | undefined;
+    if (b?.initialized === false) return 'not initialised';
+    if (b?.sealed === true) return 'sealed';
+    if (status !== 200) return `HTTP ${status}`;
+    if (b?.initialized !== true || b?.sealed !== false) return 'an unexpected health answer';
+    return undefined;
+  },
+};
 
 export interface ServerState {
   readonly url: string;
@@ -58,6 +94,12 @@ export interface CallOptions {
   readonly uid?: string;
   /** Epoch ms by which the call must end, when that is sooner than `timeoutMs` from now (several calls sharing one budget). */
   readonly deadlineAt?: number;
+  /**
+   * Checks a 2xx answer; a reason means this server's answer cannot be used
+   * (a server behind the others): the next server is tried, and this one is
+   * not blamed, for it answered.
+   */
+  readonly unusable?: (body: unknown) => string | undefined;
 }
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'DELETE' | 'LIST';
@@ -85,6 +127,10 @@ interface Endpoint {
   openedAt: number;
   backoffMs: number;
   lastError?: string;
+  /** The one probe in flight: resolves true when the server answered it. */
+  probing?: Promise<boolean>;
+  /** The background probe's timer while the breaker is open. */
+  timer?: NodeJS.Timeout;
 }
 
 /** A failure of one attempt; `elsewhere` says whether another server may succeed. */
@@ -158,6 +204,9 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     backoffMs: opts.backoffMinMs,
   }));
 
+  let closed = false;
+  const closing = new AbortController();
+
   const succeeded = (ep: Endpoint) => {
     if (ep.failures > 0) opts.onServerState?.(ep.url, true);
     ep.failures = 0;
@@ -165,10 +214,13 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     ep.openedAt = 0;
     ep.backoffMs = opts.backoffMinMs;
     delete ep.lastError;
+    if (ep.timer) clearTimeout(ep.timer);
+    delete ep.timer;
   };
-  const failed = (ep: Endpoint, reason: string, sentAt: number) => {
-    // Requests already in flight when the breaker opened fail with it: one blip, not fifty.
-    if (ep.failures > 0 && sentAt <= ep.openedAt) return;
+  const failed = (ep: Endpoint, reason: string, sentAt: number, isProbe = false) => {
+    // Requests already in flight when the breaker opened fail with it: one blip, not fifty. A probe (one at a
+    // time) always counts, so the next one waits a full back-off.
+    if (!isProbe && ep.failures > 0 && sentAt <= ep.openedAt) return;
     // Open the breaker; each failure in a row doubles the wait, with jitter so plugins do not retry in step.
     ep.failures += 1;
     ep.openedAt = now();
@@ -177,17 +229,102 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
     ep.backoffMs = Math.min(ep.backoffMs * 2, opts.backoffMaxMs);
     if (ep.failures === 1 || ep.lastError !== reason) opts.onServerState?.(ep.url, false, reason);
     ep.lastError = reason;
+    schedule(ep);
   };
 
+  const probe = opts.healthProbe;
+
+  /** Arms the background probe of a failing server for the end of its back-off (with a health probe only). */
+  function schedule(ep: Endpoint): void {
+    if (!probe || closed || ep.failures === 0 || ep.probing) return;
+    if (ep.timer) clearTimeout(ep.timer);
+    ep.timer = setTimeout(() => {
+      delete ep.timer;
+      void startProbe(ep);
+    }, Math.max(0, ep.retryAt - now()));
+    // A plugin with nothing else to do may exit: the probe is no reason to stay up.
+    ep.timer.unref();
+  }
+
+  async function probeOnce(ep: Endpoint, hp: HealthProbe): Promise<string | undefined> {
+    const signal = AbortSignal.any([AbortSignal.timeout(opts.attemptTimeoutMs), closing.signal]);
+    // A connection of its own, closed after: an aborted request on the pool makes it open a spare connection at once,
+    // which a hung server would hold, one more each probe.
+    const conn = new Client(ep.url, { pipelining: 1, connect });
+    try {
+      const res = await conn.request({ method: 'GET', path: hp.path, signal, headersTimeout: opts.attemptTimeoutMs, bodyTimeout: opts.attemptTimeoutMs });
+      const chunks: Buffer[] = [];
+      let size = 0;
+      for await (const chunk of res.body as AsyncIterable<Buffer>) {
+        size += chunk.length;
+        if (size > 64 * 1024) {
+          res.body.destroy();
+          return `key server ${ep.url} answered its health check with more than 64 KiB`;
+        }
+        chunks.push(chunk);
+      }
+      let body: unknown;
+      try {
+        body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      } catch {
+        body = undefined;
+      }
+      const why = hp.unhealthy(res.statusCode, body);
+      return why === undefined ? undefined : `key server ${ep.url} is not ready (${why})`;
+    } catch (e) {
+      return transportError(ep.url, e, signal.aborted).message;
+    } finally {
+      void conn.destroy().catch(() => {});
+    }
+  }
+
+  /** The one probe of a failing server: a health request, never more than one in flight per server. */
+  function startProbe(ep: Endpoint): Promise<boolean> {
+    if (ep.probing) return ep.probing;
+    if (ep.timer) clearTimeout(ep.timer);
+    delete ep.timer;
+    const sentAt = now();
+    const run = (async () => {
+      const why = await probeOnce(ep, probe!);
+      if (closed) return false;
+      opts.onAttempt?.(ep.url, 'health', why === undefined ? 'ok' : 'unavailable');
+      if (why === undefined) {
+        succeeded(ep);
+        return true;
+      }
+      failed(ep, why, sentAt, true);
+      return false;
+    })();
+    ep.probing = run;
+    void run.finally(() => {
+      if (ep.probing === run) delete ep.probing;
+      schedule(ep);
+    });
+    return run;
+  }
+
+  /** Waits for a failing server's probe, at most until `until`; true when it answered. */
+  async function awaitProbe(p: Promise<boolean>, until: number): Promise<boolean> {
+    let timer: NodeJS.Timeout | undefined;
+    const out = await Promise.race([p, new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), Math.max(0, until - now()))))]);
+    clearTimeout(timer);
+    return out;
+  }
+
   /**
-   * Servers in configured order, leaving out those still in their back-off.
-   * A server whose back-off is over takes its place again (a probe): put after
-   * the healthy ones it would never be tried while a later server answers, and
-   * a recovered first server would never be preferred again.
+   * The servers a call goes through. With a health probe: the healthy ones in
+   * configured order, then the failing ones (the background probe brings a
+   * server back, so a call never has to). Without: configured order, so a
+   * server whose back-off is over is tried again (a probe) in its place; put
+   * after the healthy ones it would never be tried while a later one answers.
+   * Servers in back-off with no probe in flight are left out, except, with a
+   * health probe, those whose next probe is due before `until` (a call with
+   * no healthy server left waits for it).
    */
-  const candidates = (): Endpoint[] => {
-    const t = now();
-    return endpoints.filter((e) => e.failures === 0 || e.retryAt <= t);
+  const candidates = (until: number): Endpoint[] => {
+    const t = probe ? until : now();
+    const usable = endpoints.filter((e) => e.failures === 0 || e.probing !== undefined || e.retryAt <= t);
+    return probe ? [...usable.filter((e) => e.failures === 0), ...usable.filter((e) => e.failures > 0)] : usable;
   };
 
   let apiKey = opts.apiKey(false);
@@ -253,7 +390,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
   async function request<T>(method: HttpMethod, operation: string, path: string, body: unknown, callOpts: CallOptions = {}): Promise<T> {
       const deadline = Math.min(now() + opts.timeoutMs, callOpts.deadlineAt ?? Infinity);
       const payload = body === undefined ? undefined : JSON.stringify(body);
-      const tried = candidates();
+      const tried = candidates(deadline - MIN_ATTEMPT_MS);
       if (tried.length === 0) {
         const next = Math.min(...endpoints.map((e) => e.retryAt)) - now();
         const last = endpoints.map((e) => `${e.url}: ${e.lastError ?? 'failing'}`).join('; ');
@@ -261,35 +398,74 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       }
       let lastError: KeyhavenError | undefined;
       let authRetries = 0;
+      const notReady = (ep: Endpoint) => new KeyhavenError('unavailable', ep.lastError ?? `key server ${ep.url} did not pass its health check in time`);
       for (let i = 0; i < tried.length; i++) {
         const ep = tried[i]!;
         if (deadline - now() < MIN_ATTEMPT_MS) break;
-        // Its breaker may have opened while this call was trying the servers before it.
-        if (ep.failures > 0 && ep.retryAt > now()) continue;
-        // One call at a time probes a failing server: the others keep it out until the probe has answered.
-        const probing = ep.failures > 0;
-        if (probing) ep.retryAt = deadline;
+        // Set when this call is the probe of a failing server (no health probe): the others wait for its answer.
+        let ownProbe: ((answered: boolean) => void) | undefined;
+        if (ep.failures > 0) {
+          // A server believed healthy further on serves this call sooner than a failing one's probe.
+          const healthyLater = tried.slice(i + 1).some((e) => e.failures === 0);
+          if (probe) {
+            if (healthyLater) continue;
+            // No healthy server left: wait for this one's probe (in flight, or due before this call's deadline) rather than fail.
+            const until = deadline - MIN_ATTEMPT_MS;
+            if (!ep.probing && ep.retryAt > now()) {
+              if (ep.retryAt >= until) continue;
+              await new Promise((r) => setTimeout(r, ep.retryAt - now()));
+            }
+            if (ep.failures > 0) {
+              // The back-off may have been extended meanwhile by a probe that failed: then not again before its end.
+              const p = ep.probing ?? (!closed && ep.retryAt <= now() ? startProbe(ep) : undefined);
+              if (!p || !(await awaitProbe(p, until)) || ep.failures > 0) {
+                lastError = notReady(ep);
+                continue;
+              }
+            }
+          } else if (ep.probing) {
+            if (healthyLater) continue;
+            // Another call is trying it: wait for its answer within this call's deadline rather than fail.
+            if (!(await awaitProbe(ep.probing, deadline - MIN_ATTEMPT_MS)) || ep.failures > 0) {
+              lastError = notReady(ep);
+              continue;
+            }
+          } else if (ep.retryAt > now()) {
+            // Its breaker opened while this call was trying the servers before it.
+            continue;
+          } else {
+            // This call is the probe: the others wait for its answer or go on.
+            ep.probing = new Promise<boolean>((resolve) => (ownProbe = resolve));
+          }
+        }
         const sentAt = now();
         const key = apiKey;
+        let answered = false;
         try {
           const out = await attempt<T>(ep, method, operation, path, payload, callOpts.uid, deadline, key);
+          answered = true;
           succeeded(ep);
+          const why = callOpts.unusable?.(out);
+          if (why !== undefined) {
+            // It answered, so it is not failing; its answer is only of no use to this call.
+            opts.onAttempt?.(ep.url, operation, 'unavailable');
+            lastError = new KeyhavenError('unavailable', `key server ${ep.url} ${why}`);
+            continue;
+          }
           opts.onAttempt?.(ep.url, operation, 'ok');
           return out;
         } catch (e) {
           if (!(e instanceof AttemptError)) throw e;
           opts.onAttempt?.(ep.url, operation, e.error.code);
           lastError = e.error;
-          if (e.cutShort) {
-            // Our deadline ran out, not the server's time: no blame, and the next call may probe it.
-            if (probing) ep.retryAt = now();
-            continue;
-          }
+          // Our deadline ran out, not the server's time: no blame, and the next call may probe it.
+          if (e.cutShort) continue;
           if (e.elsewhere) {
             failed(ep, e.error.message, sentAt);
             continue;
           }
           // The server answered: it is up, and the answer stands.
+          answered = true;
           succeeded(ep);
           if (e.error.code === 'unauthenticated' && authRetries < 2) {
             authRetries += 1;
@@ -310,6 +486,11 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
             }
           }
           throw e.error;
+        } finally {
+          if (ownProbe) {
+            delete ep.probing;
+            ownProbe(answered);
+          }
         }
       }
       throw lastError ?? new KeyhavenError('unavailable', 'the deadline passed before any key server could be tried');
@@ -322,6 +503,12 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       return endpoints.map((e) => ({ url: e.url, up: e.failures === 0, consecutiveFailures: e.failures, retryAt: e.retryAt, ...(e.lastError ? { lastError: e.lastError } : {}) }));
     },
     async close() {
+      closed = true;
+      for (const e of endpoints) {
+        if (e.timer) clearTimeout(e.timer);
+        delete e.timer;
+      }
+      closing.abort();
       await Promise.all(endpoints.map((e) => e.pool.close().catch(() => {})));
     },
   };

@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -11,7 +13,7 @@ import { parseKeyId } from '../keys/key-id.js';
 import { createLogger } from '../log/logger.js';
 import type { Services } from '../server/core.js';
 import { startServer, type RunningServer } from '../server/run-server.js';
-import { createKeyServerClient } from './key-server-client.js';
+import { createKeyServerClient, KEYHAVEN_HEALTH_PROBE } from './key-server-client.js';
 import type { KmsProvider } from './provider.js';
 import { code } from '../../test/expect-error.js';
 import { createRemoteProvider, type RemoteProviderOptions } from './remote-provider.js';
@@ -53,10 +55,12 @@ describe('remote provider (real key server over HTTP)', () => {
   });
 
   /** A provider and a tally of its server calls by operation. */
-  function provider(over: Partial<RemoteProviderOptions> & { kek?: boolean; maxUses?: number; now?: () => number } = {}) {
+  function provider(over: Partial<RemoteProviderOptions> & { kek?: boolean; maxUses?: number; now?: () => number; servers?: string[] } = {}) {
     const calls: Record<string, number> = {} as Record<string, number>;
+    const { servers, ...rest } = over;
     const client = createKeyServerClient({
-      servers: [server.url],
+      servers: servers ?? [server.url],
+      ...(servers ? { healthProbe: KEYHAVEN_HEALTH_PROBE } : {}),
       tls: {},
       apiKey: () => apiKey,
       cluster: 'unit',
@@ -76,11 +80,60 @@ describe('remote provider (real key server over HTTP)', () => {
       reportIntervalMs: 60_000,
       staleAfterMs: 60_000,
       checkTimeoutMs: 2000,
-      ...over,
+      ...rest,
     });
     open.push(p);
-    return { p, calls };
+    return { p, calls, client };
   }
+
+  /**
+   * A lagging key server double: a proxy in front of the real server that,
+   * once lagging, answers status and encrypt as the real server did before
+   * `freeze()` (what a server that has not yet seen a rotation answers), or
+   * is down (503) and answers nothing useful.
+   */
+  async function laggingDouble() {
+    const d = { url: '', mode: 'pass' as 'pass' | 'lag' | 'down', replayed: 0, recent: new Map<string, string>(), frozen: new Map<string, string>(), freeze: () => (d.frozen = new Map(d.recent)) };
+    const srv: Server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        void (async () => {
+          const route = (req.url ?? '').split('/').pop()!;
+          const send = (status: number, body: string) => res.writeHead(status, { 'content-type': 'application/json' }).end(body);
+          if (d.mode === 'down') return send(503, JSON.stringify({ error: { code: 'unavailable', message: 'down' } }));
+          const old = d.frozen.get(route);
+          if (d.mode === 'lag' && old !== undefined) {
+            d.replayed += 1;
+            return send(200, old);
+          }
+          const headers: Record<string, string> = {};
+          for (const h of ['authorization', 'content-type', 'x-keyhaven-cluster', 'x-keyhaven-uid']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h] as string;
+          const r = await fetch(server.url + req.url, { method: req.method!, headers, ...(chunks.length ? { body: Buffer.concat(chunks) } : {}) });
+          const text = await r.text();
+          if (r.status === 200 && (route === 'status' || route === 'encrypt')) d.recent.set(route, text);
+          send(r.status, text);
+        })().catch(() => res.destroy());
+      });
+    });
+    await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve));
+    d.url = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
+    doubles.push(srv);
+    return d;
+  }
+  const doubles: Server[] = [];
+  after(async () => {
+    for (const d of doubles) {
+      d.closeAllConnections();
+      await new Promise<void>((resolve) => d.close(() => resolve()));
+    }
+  });
+
+  const untilUp = async (p: { healthCheck(): Promise<string> }, check: () => boolean) => {
+    for (let i = 0; i < 500 && !check(); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(check(), 'the double was marked up again');
+    return p;
+  };
 
   it('reports the server\'s key_id and seals seeds locally under one server-wrapped KEK', async () => {
     const { p, calls } = provider();
@@ -287,6 +340,74 @@ describe('remote provider (real key server over HTTP)', () => {
     } finally {
       await s.access.setGrant(SYSTEM, 'plugin-app', KEY, ['encrypt', 'decrypt']);
     }
+  });
+
+  it('key_id never goes backwards with the local KEK off: a lagging server double is not believed', async () => {
+    const lag = await laggingDouble();
+    const { p, client } = provider({ kek: false, servers: [lag.url, server.url] });
+    const keyId1 = await p.healthCheck();
+    await p.encrypt(randomBytes(32), V2);
+    lag.freeze();
+    await s.keys.rotate(KEY, actorName(SYSTEM));
+    // The double is down for a moment: the real server gives the new version.
+    lag.mode = 'down';
+    const keyId2 = await p.healthCheck();
+    assert.equal(parseKeyId(keyId2).version, parseKeyId(keyId1).version + 1);
+    // Back, but behind: its status and encrypt answers are from before the rotation.
+    lag.mode = 'lag';
+    await untilUp(p, () => client.servers()[0]!.up);
+    const replayed = lag.replayed;
+    assert.equal(await p.healthCheck(), keyId2, 'Status keeps the newest key_id');
+    const v2 = await p.encrypt(randomBytes(32), V2);
+    assert.equal(v2.keyId, keyId2, 'Encrypt under the old version was retried on the other server');
+    const v1 = await p.encrypt(randomBytes(32), V1);
+    assert.equal(v1.keyId, keyId2);
+    assert.equal(lag.replayed - replayed, 3, 'the lagging answers were given (status, two encrypts) and not used');
+    assert.equal(await p.healthCheck(), keyId2);
+
+    // With only the lagging server: Encrypt fails as unavailable (the apiserver retries); Status still keeps the newest.
+    lag.mode = 'pass';
+    const only = provider({ kek: false, servers: [lag.url] });
+    assert.equal(await only.p.healthCheck(), keyId2);
+    lag.mode = 'lag';
+    assert.equal(await only.p.healthCheck(), keyId2);
+    await assert.rejects(only.p.encrypt(randomBytes(32), V2), code('unavailable', /older than version \d+ already in use \(this server is behind the others\)/));
+    await assert.rejects(only.p.encrypt(randomBytes(32), V1), code('unavailable', /behind the others/));
+  });
+
+  it('key_id never goes backwards with the local KEK on: no KEK is wrapped under an older version (lagging server double)', async () => {
+    const lag = await laggingDouble();
+    const { p, calls, client } = provider({ kek: true, maxUses: 3, servers: [lag.url, server.url] });
+    await p.healthCheck();
+    lag.freeze();
+    await s.keys.rotate(KEY, actorName(SYSTEM));
+    lag.mode = 'down';
+    const keyId2 = await p.healthCheck();
+    lag.mode = 'lag';
+    await untilUp(p, () => client.servers()[0]!.up);
+    const wraps = calls.wrap;
+    assert.equal(await p.healthCheck(), keyId2, 'a status answer from before the rotation does not take the key_id back');
+    assert.equal(calls.wrap, wraps, 'and makes no new KEK');
+    const seed = randomBytes(32);
+    let e = await p.encrypt(seed, V2);
+    assert.equal(e.keyId, keyId2);
+    for (let i = 0; i < 3; i++) e = await p.encrypt(seed, V2);
+    // maxUses reached: the new KEK's wrap by the lagging server is under the old version, so the other server wraps it.
+    const replayed = lag.replayed;
+    assert.equal(await p.healthCheck(), keyId2);
+    assert.equal(lag.replayed - replayed, 2, 'the lagging server answered status and wrap');
+    const fresh = await p.encrypt(seed, V2);
+    assert.equal(fresh.keyId, keyId2);
+    assert.notDeepEqual(fresh.annotations![KEK_ANNOTATION], e.annotations![KEK_ANNOTATION], 'a new KEK');
+    assert.deepEqual((await p.decrypt(fresh.ciphertext, fresh.keyId, fresh.annotations!, DEC)).plaintext, seed);
+
+    // Only the lagging server: the due KEK cannot be wrapped under the current version, so the check fails (Status coasts on its grace period).
+    lag.mode = 'pass';
+    const only = provider({ kek: true, maxUses: 1, servers: [lag.url] });
+    assert.equal(await only.p.healthCheck(), keyId2);
+    await only.p.encrypt(seed, V2);
+    lag.mode = 'lag';
+    await assert.rejects(only.p.healthCheck(), code('unavailable', /behind the others/));
   });
 
   it('during an outage: cached KEKs decrypt, Encrypt works until the grace period ends (runs last: stops the server)', async () => {

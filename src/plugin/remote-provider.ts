@@ -72,6 +72,30 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   let current: LocalKek | undefined;
   // What Status last reported, and so what Encrypt must use (the apiserver drops a reply with another key_id).
   let statusKeyId: string | undefined;
+  let statusVersion = 0;
+  // The newest key version this plugin has seen from any server or reported. Servers sharing a
+  // database may lag one another after a rotation: an answer under an older version is "behind",
+  // and is never reported (the apiserver would see the key go backwards and make new seeds).
+  let highest = 0;
+  // key_ids of the versions seen, so a version already known needs no new probe (which may reach a server that is behind).
+  const keyIds = new Map<number, string>();
+  const learn = (p: Probe) => {
+    keyIds.set(p.version, p.keyId);
+    for (const v of keyIds.keys()) if (v < p.minDecryptionVersion || keyIds.size > 64) keyIds.delete(v);
+    if (p.version > highest) highest = p.version;
+  };
+  /** Reason a server's answer under `version` cannot be used: it is older than one already seen. */
+  const behind = (version: number | undefined, floor = highest): string | undefined =>
+    version !== undefined && version < floor ? `answered under version ${version} of key "${keyName}", older than version ${floor} already in use (this server is behind the others)` : undefined;
+  const ciphertextVersion = (res: unknown): number | undefined => {
+    const text = (res as { ciphertext?: unknown })?.ciphertext;
+    if (typeof text !== 'string') return undefined;
+    try {
+      return parseServerCiphertext(text, 'ciphertext').version;
+    } catch {
+      return undefined;
+    }
+  };
 
   const cacheSize = () => opts.onKekCacheSize?.(cache.size);
 
@@ -92,8 +116,10 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     ...(lastSuccessAt !== undefined ? { lastSuccess: new Date(lastSuccessAt).toISOString() } : {}),
   });
 
-  async function callProbe(withReport: boolean, deadlineAt?: number): Promise<Probe> {
-    const p = readProbe(await client.post('status', `${base}/status`, withReport ? report() : {}, deadlineAt ? { deadlineAt } : {}));
+  /** The key's status from a server; with `atLeast`, an answer under an older version is taken from another server. */
+  async function callProbe(withReport: boolean, deadlineAt?: number, atLeast?: number): Promise<Probe> {
+    const unusable = atLeast === undefined ? undefined : (r: unknown) => behind((r as { version?: unknown })?.version as number | undefined, atLeast);
+    const p = readProbe(await client.post('status', `${base}/status`, withReport ? report() : {}, { ...(deadlineAt ? { deadlineAt } : {}), ...(unusable ? { unusable } : {}) }));
     if (withReport) {
       lastReportAt = now();
       reportedKeyId = statusKeyId;
@@ -115,21 +141,28 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     }
   };
 
-  /** The key_id of `version`: the probe's, or a fresh probe's if the server rotated in between. */
-  async function keyIdOf(version: number, p: Probe, deadlineAt?: number): Promise<string> {
-    if (version === p.version) return p.keyId;
-    const again = await callProbe(false, deadlineAt);
+  /** The key_id of `version`: one already seen, or a fresh probe's if the server rotated in between. */
+  async function keyIdOf(version: number, p: Probe | undefined, deadlineAt?: number): Promise<string> {
+    if (p && version === p.version) return p.keyId;
+    const known = keyIds.get(version);
+    if (known) return known;
+    const again = await callProbe(false, deadlineAt, version);
     if (again.version !== version) throw new KeyhavenError('unavailable', `the key server rotated key "${keyName}" twice during one call; retrying at the next Status`);
+    learn(again);
     return again.keyId;
   }
 
   async function newKek(p: Probe, reason: string, deadlineAt: number): Promise<LocalKek> {
     const kek = randomBytes(32);
     try {
-      const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') }, { deadlineAt });
+      // A KEK wrapped under an older version than this plugin uses would take its key_id backwards: another server wraps it.
+      const floor = Math.max(highest, p.version);
+      const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') }, { deadlineAt, unusable: (r) => behind(ciphertextVersion(r), floor) });
       if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
       const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
       if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
+      const stale = behind(wrapped.version, floor);
+      if (stale) throw new KeyhavenError('unavailable', `the key server ${stale}`);
       const keyId = await keyIdOf(wrapped.version, p, deadlineAt);
       cache.set(wrapped.text, { kek: Buffer.from(kek), version: wrapped.version });
       cacheSize();
@@ -143,7 +176,8 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
 
   const kekDue = (p: Probe): string | undefined => {
     if (!current) return 'first';
-    if (current.version !== p.version) return 'key rotated on the server';
+    // Only forwards: a server that is behind does not take the KEK back to an older version.
+    if (p.version > current.version) return 'key rotated on the server';
     if (current.uses >= opts.localKek.maxUses) return 'maxUses reached';
     if (now() - current.createdAt >= opts.localKek.maxAgeMs) return 'maxAge reached';
     return undefined;
@@ -175,7 +209,9 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   const reprobe = (): Promise<void> =>
     (reprobing ??= callProbe(false)
       .then((p) => {
-        probe = p;
+        learn(p);
+        // A server that is behind does not replace a newer answer.
+        if (!probe || p.version >= probe.version) probe = p;
       })
       .finally(() => {
         reprobing = undefined;
@@ -204,7 +240,15 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
       let p: Probe;
       try {
-        p = await callProbe(reportDue, deadlineAt);
+        const answer = await callProbe(reportDue, deadlineAt);
+        if (probe && answer.parsed.keyRef !== probe.parsed.keyRef) {
+          // Another key under the same name (deleted and made again): its versions start over.
+          highest = 0;
+          statusVersion = 0;
+          keyIds.clear();
+        }
+        // A server behind the others confirms the key is usable, but its version is not taken: Status keeps the newest.
+        p = probe && probe.parsed.keyRef === answer.parsed.keyRef && answer.version < Math.max(probe.version, highest) ? probe : answer;
         if (opts.localKek.enabled) {
           const why = kekDue(p);
           if (why) {
@@ -221,10 +265,17 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       blocked = undefined;
       failing = false;
       probe = p;
+      learn(p);
       // Retired versions can no longer decrypt on the server; their KEKs go as well.
       if (cache.drop((e) => e.version < p.minDecryptionVersion)) cacheSize();
       const previous = statusKeyId;
-      statusKeyId = opts.localKek.enabled ? current!.keyId : p.keyId;
+      const next = opts.localKek.enabled ? { keyId: current!.keyId, version: current!.version } : { keyId: p.keyId, version: p.version };
+      // Never backwards, whatever answered: a newer key_id already reported stays until a newer one comes.
+      if (next.version >= statusVersion || statusKeyId === undefined) {
+        statusKeyId = next.keyId;
+        statusVersion = next.version;
+      }
+      if (statusVersion > highest) highest = statusVersion;
       lastSuccessAt = started;
       // Tell the central team at once when this cluster moves to a new key version.
       if (previous !== undefined && previous !== statusKeyId) void callProbe(true).catch(() => {});
@@ -241,15 +292,19 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
         if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'sealed seed exceeds 1024 bytes');
         return { ciphertext, keyId: k.keyId, keyName, keyVersion: k.version, ...(ctx.annotations ? { annotations: { [KEK_ANNOTATION]: k.wrapped } } : {}) };
       }
-      const p = probe!;
-      const res = await client.post<{ ciphertext?: unknown }>('encrypt', `${base}/encrypt`, { plaintext: plaintext.toString('base64') }, { uid: ctx.uid });
+      // A server that is behind answers under an older version than this plugin reported: another server is asked.
+      const floor = Math.max(highest, statusVersion);
+      const res = await client.post<{ ciphertext?: unknown }>('encrypt', `${base}/encrypt`, { plaintext: plaintext.toString('base64') }, { uid: ctx.uid, unusable: (r) => behind(ciphertextVersion(r), floor) });
       if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
       const c = parseServerCiphertext(res.ciphertext, 'the key server\'s ciphertext');
-      if (ctx.annotations && c.version !== p.version) {
+      const stale = behind(c.version, floor);
+      if (stale) throw new KeyhavenError('unavailable', `the key server ${stale}`);
+      if (ctx.annotations && c.version !== statusVersion) {
         // KMS v2 drops a reply whose key_id is not Status's; the next Status reports the new version.
         throw new KeyhavenError('unavailable', `key "${keyName}" was rotated on the server since the last Status; the apiserver retries after its next Status`);
       }
-      const keyId = await keyIdOf(c.version, p);
+      const keyId = await keyIdOf(c.version, probe);
+      if (c.version > highest) highest = c.version;
       return { ciphertext: Buffer.from(c.text, 'latin1'), keyId, keyName, keyVersion: c.version };
     },
     async decrypt(ciphertext, keyId, annotations, ctx) {

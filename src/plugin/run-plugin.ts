@@ -12,7 +12,7 @@ import type { AuditLog } from '../audit/audit-log.js';
 import { createEmbeddedProvider } from './embedded-provider.js';
 import { startHealthServer, type HealthServer } from './health-server.js';
 import { createKmsHandlers } from './kms-service.js';
-import { createKeyServerClient, apiKeySource } from './key-server-client.js';
+import { createKeyServerClient, apiKeySource, KEYHAVEN_HEALTH_PROBE } from './key-server-client.js';
 import { createPluginMetrics, type PluginMetrics } from './metrics.js';
 import { buildAwsKmsProvider } from './providers/aws-kms.js';
 import { buildFortanixDsmProvider } from './providers/fortanix-dsm.js';
@@ -70,6 +70,7 @@ function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provide
     tls,
     apiKey,
     cluster: p.cluster,
+    healthProbe: KEYHAVEN_HEALTH_PROBE,
     ...deadlineOptions(p),
     ...observedClientOptions({ logger, metrics }, p.servers, { up: 'key server answers again', down: 'key server failing; trying the others first' }),
   });
