@@ -776,6 +776,26 @@ describe('keys/embedded-store: two instances on one data dir (plugin and CLI)', 
     }
   });
 
+  it('a load still reading when the key store is wiped (the server sealed) puts nothing back', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    await cli.keys.create('k', 't');
+    let armed = true;
+    const s = await countingKeys(dir, async (method) => {
+      if (method !== 'listKeyVersions' || !armed) return;
+      armed = false;
+      s.keys.wipe();
+    });
+    try {
+      await assert.rejects(s.keys.refresh('k'), code('sealed'));
+      assert.equal(armed, false);
+      assert.equal(s.keys.idOf('k'), undefined);
+      assert.throws(() => s.keys.encrypt('k', PT), code('not_found'));
+    } finally {
+      await s.store.close();
+    }
+  });
+
   it('both write one intact audit chain', async () => {
     const dir = newDir();
     const a = await open(dir);

@@ -220,6 +220,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   // cannot put back an older current version (or an enabled state) after this
   // server's own rotate or disable loaded the newer row.
   let generation = 0;
+  // Counts wipe() calls: a load still reading when the server sealed must not put material back.
+  let wipes = 0;
 
   const info = async (row: KeyRow, s: Store = store): Promise<KeyInfo> => {
     const versions = await s.listKeyVersions(row.id);
@@ -266,6 +268,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   // Loads a key's metadata and the material of versions not cached yet.
   // `readAt`: the generation taken before `row` was read.
   const load = async (row: KeyRow, readAt: number): Promise<CachedKey> => {
+    const wipesAtStart = wipes;
     const versions = await store.listKeyVersions(row.id);
     const prev = byId.get(row.id);
     const material = new Map<number, Buffer>();
@@ -295,6 +298,10 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       }
       material.set(v.version, m);
       readNow.push(m);
+    }
+    if (wipes !== wipesAtStart) {
+      for (const m of readNow) m.fill(0);
+      throw new KeyhavenError('sealed', 'the server was sealed');
     }
     const current = byId.get(row.id);
     if (current && current.readAt > readAt) {
@@ -563,6 +570,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     },
 
     wipe() {
+      wipes += 1;
       for (const entry of byId.values()) for (const m of entry.material.values()) m.fill(0);
       byId.clear();
       idByName.clear();
