@@ -682,6 +682,120 @@ describe('keys/embedded-store: two instances on one data dir (plugin and CLI)', 
     }
   });
 
+  /** A key store of its own on the data dir's database, counting the store calls it makes. */
+  async function countingKeys(dir: string, hook?: (method: string) => Promise<void>) {
+    const store = await openSqliteStore({ path: join(dir, DB_FILE), create: false });
+    const calls: string[] = [];
+    const counted = new Proxy(store, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        return async (...args: unknown[]) => {
+          calls.push(String(prop));
+          const out = await (v as (...a: unknown[]) => Promise<unknown>).apply(target, args);
+          await hook?.(String(prop));
+          return out;
+        };
+      },
+    });
+    const barrier = await openBarrier(store, readKeyFile(join(dir, ROOT_KEY_FILE)));
+    const keys = createKeyStore({ store: counted, barrier, audit: createAuditLog(store, { headKey: Buffer.alloc(32, 9) }) });
+    return { store, keys, calls };
+  }
+
+  it('refreshChanged() picks up a rotation, a disable and a destroyed version made by the other instance', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    await cli.keys.create('k', 't');
+    await cli.keys.create('other', 't');
+    const plugin = await open(dir, { create: false });
+    await plugin.keys.refresh('k');
+    await plugin.keys.refresh('other');
+    const ct1 = plugin.keys.encrypt('k', PT).ciphertext;
+    await cli.keys.rotate('k', 't');
+    await plugin.keys.refreshChanged();
+    assert.equal(plugin.keys.encrypt('k', PT).version, 2);
+    await cli.keys.setEnabled('k', false, 't');
+    await plugin.keys.refreshChanged();
+    assert.throws(() => plugin.keys.encrypt('k', PT), code('key_disabled'));
+    await cli.keys.setEnabled('k', true, 't');
+    await cli.keys.destroyVersion('k', 1, 't');
+    await plugin.keys.refreshChanged();
+    assert.equal(plugin.keys.encrypt('k', PT).version, 2);
+    await assert.rejects(plugin.keys.decrypt(ct1), code('key_destroyed'));
+    await cli.keys.setPolicy('other', { deletionAllowed: true }, 't');
+    await cli.keys.delete('other', 't');
+    await plugin.keys.refreshChanged();
+    assert.throws(() => plugin.keys.encrypt('other', PT), code('not_found'));
+  });
+
+  it('refreshChanged() costs one query for all keys, and reloads only the key whose row changed', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    for (const k of ['a', 'b', 'c']) await cli.keys.create(k, 't');
+    const s = await countingKeys(dir);
+    try {
+      for (const k of ['a', 'b', 'c']) await s.keys.refresh(k);
+      s.calls.length = 0;
+      await s.keys.refreshChanged();
+      assert.deepEqual(s.calls, ['listKeys'], 'nothing changed: one read of the keys table');
+      await cli.keys.rotate('b', 't');
+      s.calls.length = 0;
+      await s.keys.refreshChanged();
+      assert.deepEqual(s.calls.filter((c) => c === 'listKeys').length, 1);
+      assert.deepEqual(s.calls.filter((c) => c === 'listKeyVersions').length, 1, `only b is reloaded: ${s.calls.join(',')}`);
+      assert.equal(s.keys.encrypt('b', PT).version, 2);
+      assert.equal(s.keys.encrypt('a', PT).version, 1);
+    } finally {
+      await s.store.close();
+    }
+  });
+
+  it('a refresh that read the key rows before this instance rotated never puts the older version back', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    await cli.keys.create('k', 't');
+    let armed = false;
+    let rotated: Promise<unknown> | undefined;
+    const s = await countingKeys(dir, async (method) => {
+      // The key rows are read; this instance then rotates (and loads the new row) before the refresh goes on.
+      if (method !== 'listKeys' || !armed) return;
+      armed = false;
+      rotated = s.keys.rotate('k', 't');
+      await rotated;
+    });
+    try {
+      await s.keys.refresh('k');
+      await cli.keys.setPolicy('k', { deletionAllowed: true }, 't'); // the row differs from the cached one
+      armed = true;
+      await s.keys.refreshChanged();
+      assert.ok(rotated, 'the rotation ran between the read and the reload');
+      assert.equal(s.keys.encrypt('k', PT).version, 2, 'the current version never goes back');
+    } finally {
+      await s.store.close();
+    }
+  });
+
+  it('a load still reading when the key store is wiped (the server sealed) puts nothing back', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    await cli.keys.create('k', 't');
+    let armed = true;
+    const s = await countingKeys(dir, async (method) => {
+      if (method !== 'listKeyVersions' || !armed) return;
+      armed = false;
+      s.keys.wipe();
+    });
+    try {
+      await assert.rejects(s.keys.refresh('k'), code('sealed'));
+      assert.equal(armed, false);
+      assert.equal(s.keys.idOf('k'), undefined);
+      assert.throws(() => s.keys.encrypt('k', PT), code('not_found'));
+    } finally {
+      await s.store.close();
+    }
+  });
+
   it('both write one intact audit chain', async () => {
     const dir = newDir();
     const a = await open(dir);

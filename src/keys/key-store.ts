@@ -84,6 +84,8 @@ interface CachedKey {
   material: Map<number, Buffer>;
   tags: Map<number, string>;
   destroyed: Set<number>;
+  /** The read generation this entry came from (see `generation` in createKeyStore). */
+  readAt: number;
 }
 
 /** Bytes a ciphertext adds to its plaintext (header, nonce, tag). */
@@ -141,6 +143,13 @@ export interface KeyStore {
   /** Re-reads every key held in memory: disables and destroyed versions take effect. */
   refreshCached(): Promise<void>;
   /**
+   * Cheap catch-up with changes made by other servers sharing the database:
+   * one query reads every key row, and only cached keys whose row changed
+   * (rotation, enable/disable, minimum versions, destroyed versions) are
+   * reloaded; deleted ones are dropped. Keys not cached are left alone.
+   */
+  refreshChanged(): Promise<void>;
+  /**
    * Encrypts with the newest version of a key as cached (refresh() updates
    * it), or with `version` when given: the plugin pins the version its last
    * Status reported, so Encrypt and Status never disagree on the key_id.
@@ -191,6 +200,12 @@ function nextRotation(period: number | null, fromIso: string): string | null {
   return period === null ? null : new Date(Date.parse(fromIso) + period * 1000).toISOString();
 }
 
+/** Whether two reads of a key row agree on every column. */
+function sameRow(a: KeyRow, b: KeyRow): boolean {
+  const ka = Object.keys(a) as (keyof KeyRow)[];
+  return ka.length === Object.keys(b).length && ka.every((k) => a[k] === b[k]);
+}
+
 function requireLive(row: KeyRow): void {
   if (row.state === 'pending_destruction') throw new KeyhavenError('failed_precondition', `key "${row.name}" is scheduled for destruction; cancel that first`);
   if (row.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${row.name}" has been destroyed`);
@@ -200,6 +215,13 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   const { store, barrier, audit } = deps;
   const byId = new Map<string, CachedKey>();
   const idByName = new Map<string, string>();
+  // Taken before each read of a key row: a load whose read began earlier never
+  // replaces the entry of one that began later, so a slow background refresh
+  // cannot put back an older current version (or an enabled state) after this
+  // server's own rotate or disable loaded the newer row.
+  let generation = 0;
+  // Counts wipe() calls: a load still reading when the server sealed must not put material back.
+  let wipes = 0;
 
   const info = async (row: KeyRow, s: Store = store): Promise<KeyInfo> => {
     const versions = await s.listKeyVersions(row.id);
@@ -229,6 +251,13 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     return { version };
   };
 
+  /** Reads a key's row and loads it. */
+  const reload = async (find: () => Promise<KeyRow | undefined>): Promise<CachedKey | undefined> => {
+    const readAt = ++generation;
+    const row = await find();
+    return row ? load(row, readAt) : undefined;
+  };
+
   const mustFind = async (s: Store, name: string): Promise<KeyRow> => {
     validateName(name);
     const row = await s.findKeyByName(name);
@@ -237,10 +266,13 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   };
 
   // Loads a key's metadata and the material of versions not cached yet.
-  const load = async (row: KeyRow): Promise<CachedKey> => {
+  // `readAt`: the generation taken before `row` was read.
+  const load = async (row: KeyRow, readAt: number): Promise<CachedKey> => {
+    const wipesAtStart = wipes;
     const versions = await store.listKeyVersions(row.id);
     const prev = byId.get(row.id);
     const material = new Map<number, Buffer>();
+    const readNow: Buffer[] = [];
     const tags = new Map<number, string>();
     const destroyed = new Set<number>();
     for (const v of versions) {
@@ -265,8 +297,19 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         throw new KeyhavenError('integrity', `key "${row.name}" version ${v.version} has no stored material`);
       }
       material.set(v.version, m);
+      readNow.push(m);
     }
-    const entry: CachedKey = { row, ref: Buffer.from(row.id, 'hex'), material, tags, destroyed };
+    if (wipes !== wipesAtStart) {
+      for (const m of readNow) m.fill(0);
+      throw new KeyhavenError('sealed', 'the server was sealed');
+    }
+    const current = byId.get(row.id);
+    if (current && current.readAt > readAt) {
+      // A read that began later already finished: keep it, wipe what this one read.
+      for (const m of readNow) m.fill(0);
+      return current;
+    }
+    const entry: CachedKey = { row, ref: Buffer.from(row.id, 'hex'), material, tags, destroyed, readAt };
     byId.set(row.id, entry);
     idByName.set(row.name, row.id);
     return entry;
@@ -286,9 +329,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         await audit.recordIn(tx, { actor, operation, keyName: name, keyVersion: out.version, result: 'ok', details: out.details });
         return { row };
       });
-      const fresh = await store.findKeyById(row.id);
-      await load(fresh!);
-      return info(fresh!);
+      const entry = await reload(() => store.findKeyById(row.id));
+      return info(entry!.row);
     } catch (e) {
       const code = e instanceof KeyhavenError ? e.code : 'internal';
       await audit.record({ actor, operation, keyName: KEY_NAME.test(name) ? name : undefined, result: code }).catch(() => {});
@@ -334,9 +376,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         await audit.record({ actor, operation: 'key.create', keyName: name, result: e instanceof KeyhavenError ? e.code : 'internal' }).catch(() => {});
         throw e;
       }
-      const row = (await store.findKeyById(id))!;
-      await load(row);
-      return info(row);
+      const entry = await reload(() => store.findKeyById(id));
+      return info(entry!.row);
     },
 
     async list() {
@@ -510,10 +551,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         });
         if (done === 'rotated') rotated.push(candidate.name);
         if (done === 'destroyed') destroyed.push(candidate.name);
-        if (done) {
-          const fresh = await store.findKeyById(candidate.id);
-          if (fresh && byId.has(fresh.id)) await load(fresh);
-        }
+        if (done && byId.has(candidate.id)) await reload(() => store.findKeyById(candidate.id));
       }
       return { rotated, destroyed };
     },
@@ -532,6 +570,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     },
 
     wipe() {
+      wipes += 1;
       for (const entry of byId.values()) for (const m of entry.material.values()) m.fill(0);
       byId.clear();
       idByName.clear();
@@ -539,7 +578,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
 
     async ensureLoaded(name) {
       if (idByName.has(name)) return;
-      await load(await mustFind(store, name));
+      await reload(() => mustFind(store, name));
     },
 
     destroyVersion(name, version, actor) {
@@ -551,16 +590,18 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
         const v = (await tx.listKeyVersions(row.id)).find((x) => x.version === version);
         if (!v) throw new KeyhavenError('not_found', `key "${name}" has no version ${version}`);
         if (v.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${name}" version ${version} is already destroyed`);
+        const at = new Date().toISOString();
         await barrier.delete(tx, versionPath(row.id, version));
-        await tx.updateKeyVersion(row.id, version, { state: 'destroyed', destroyed_at: new Date().toISOString() });
+        await tx.updateKeyVersion(row.id, version, { state: 'destroyed', destroyed_at: at });
+        // The key row changes too: other servers notice changes by their key rows (refreshChanged).
+        await tx.updateKey(row.id, { updated_at: at });
         return { version };
       });
     },
 
     async refresh(name) {
-      const row = await mustFind(store, name);
-      await load(row);
-      return info(row);
+      const entry = await reload(() => mustFind(store, name));
+      return info(entry!.row);
     },
 
     describe(ciphertext) {
@@ -578,9 +619,23 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
 
     async refreshCached() {
       for (const id of [...byId.keys()]) {
-        const row = await store.findKeyById(id);
-        if (row) await load(row);
-        else forget(id); // deleted by another process
+        const entry = await reload(() => store.findKeyById(id));
+        if (!entry) forget(id); // deleted by another process
+      }
+    },
+
+    async refreshChanged() {
+      if (byId.size === 0) return;
+      const readAt = ++generation;
+      const rows = new Map((await store.listKeys()).map((r) => [r.id, r]));
+      for (const [id, entry] of [...byId]) {
+        const row = rows.get(id);
+        if (!row) {
+          // Deleted by another server, unless this one loaded it after the read.
+          if (entry.readAt < readAt) forget(id);
+          continue;
+        }
+        if (!sameRow(entry.row, row)) await load(row, readAt);
       }
     },
 
@@ -602,9 +657,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       let entry = byId.get(id);
       if (!entry || (!entry.material.has(header.version) && !entry.destroyed.has(header.version))) {
         // Not cached: another process may have created or rotated the key.
-        const row = await store.findKeyById(id);
-        if (!row) throw new KeyhavenError('unknown_key_id', 'ciphertext names a key this store does not hold');
-        entry = await load(row);
+        entry = await reload(() => store.findKeyById(id));
+        if (!entry) throw new KeyhavenError('unknown_key_id', 'ciphertext names a key this store does not hold');
       }
       if (allowedKeys && !allowedKeys.has(entry.row.name)) {
         throw new KeyhavenError('permission_denied', `ciphertext was made with key "${entry.row.name}", which this plugin is not configured to use`);
@@ -635,7 +689,7 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       const id = idByName.get(name);
       let entry = id === undefined ? undefined : byId.get(id);
       // Not cached (or a version rotated in by another process): read it.
-      if (!entry || (pinned !== undefined && !entry.tags.has(pinned))) entry = await load(await mustFind(store, name));
+      if (!entry || (pinned !== undefined && !entry.tags.has(pinned))) entry = (await reload(() => mustFind(store, name)))!;
       const row = entry.row;
       if (row.state === 'destroyed') throw new KeyhavenError('key_destroyed', `key "${name}" has been destroyed`);
       if (row.state === 'pending_destruction') throw new KeyhavenError('key_disabled', `key "${name}" is scheduled for destruction; cancel it to use the key again`);

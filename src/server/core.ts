@@ -94,6 +94,21 @@ export interface ServerCore {
   unseal(proof: UnsealProof, identified?: (p: Principal) => void): Promise<SealStatus>;
   /** With `by`: an operator seal, recorded durably (it survives a restart and seals servers sharing the database). */
   seal(by?: Principal): Promise<void>;
+  /**
+   * Called when the server is asked for its state (status, health, unseal):
+   * a server that believes it is uninitialised reads the store now, and if
+   * another server sharing the database has run init, takes the tick's path
+   * at once (auto kinds unseal as at start-up unless an operator seal holds;
+   * shamir waits for shares). Concurrent calls share one check, and a check
+   * is not repeated within a second, so anonymous callers cannot make it work hard.
+   */
+  catchUp(): Promise<void>;
+  /**
+   * Applies key changes made by other servers sharing the database (rotation,
+   * enable/disable, minimum versions, destroyed versions): one query for all
+   * keys. Nothing to do while sealed.
+   */
+  refreshKeys(): Promise<void>;
   /** Scheduled work: rotations, destructions, approval expiry, session sweep. */
   tick(now?: Date): Promise<void>;
   close(): Promise<void>;
@@ -217,6 +232,36 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
 
   // Auto kinds unseal themselves at start-up only, and not while an operator seal holds.
   if (record && !seal.needsShares && !sealedBy) await unsealWith(await seal.unseal(record));
+
+  /**
+   * The tick's path for a server that has not yet seen another server's init
+   * (or learned of it from a refused init of its own): adopt the seal record,
+   * and for auto kinds unseal as at start-up, unless an operator seal holds.
+   * True when it acted.
+   */
+  const adoptPeerInit = async (): Promise<boolean> => {
+    if (unsealing) return false;
+    if (!record) {
+      const found = await readRecord(store, seal.kind);
+      if (record || unsealing || !found) return false;
+      record = found;
+      initPending = (await store.getMeta(INIT_PENDING_META)) !== undefined;
+      sealedBy = (await store.getMeta(OPERATOR_SEAL_META)) !== undefined ? 'operator' : undefined;
+      if (!seal.needsShares && !sealedBy && !unsealing && !services) await exclusive(async () => unsealWith(await seal.unseal(found)));
+      return true;
+    }
+    if (!services && !sealedBy && !seal.needsShares) {
+      // Initialised (by another server) but never unsealed here, and no operator seal: unseal as at start-up.
+      const r = record;
+      await exclusive(async () => unsealWith(await seal.unseal(r)));
+      return true;
+    }
+    return false;
+  };
+
+  let catchingUp: Promise<void> | undefined;
+  let lastCatchUp = -Infinity;
+  const CATCH_UP_EVERY_MS = 1000;
 
   const requireEntitled = (p: Principal): void => {
     if (p.kind === 'user' && p.roles.includes('security-admin')) return;
@@ -343,12 +388,33 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       }
     },
 
+    catchUp() {
+      // Only a server that never unsealed with the current record has anything to learn here.
+      const behind = !unsealing && (!record || (!services && !sealedBy && !seal.needsShares));
+      if (!behind) return Promise.resolve();
+      if (catchingUp) return catchingUp;
+      if (Date.now() - lastCatchUp < CATCH_UP_EVERY_MS) return Promise.resolve();
+      catchingUp = adoptPeerInit()
+        .then(
+          () => undefined,
+          // The caller still gets the current state; the tick tries again and logs the failure.
+          () => undefined,
+        )
+        .finally(() => {
+          lastCatchUp = Date.now();
+          catchingUp = undefined;
+        });
+      return catchingUp;
+    },
+
+    async refreshKeys() {
+      if (unsealing) return;
+      await services?.keys.refreshChanged();
+    },
+
     async unseal(proof, identified) {
-      // Another server sharing the database may have run init since start-up.
-      if (!record && !unsealing) {
-        const found = await readRecord(store, seal.kind);
-        record ??= found;
-      }
+      // Another server sharing the database may have run init since start-up: learn it now, not at the next tick.
+      await core.catchUp();
       if (!record) throw new KeyhavenError('sealed', 'the server is not initialised; run keyhaven operator init');
       if (services) return status();
       if (unsealing) await unsealing.catch(() => {});
@@ -403,22 +469,12 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     },
 
     async tick(now = new Date()) {
+      // Initialised by another server sharing the database: auto kinds unseal as at start-up.
       if (!record && !unsealing) {
-        // Initialised by another server sharing the database: auto kinds unseal as at start-up.
-        const found = await readRecord(store, seal.kind);
-        if (record || unsealing || !found) return;
-        record = found;
-        initPending = (await store.getMeta(INIT_PENDING_META)) !== undefined;
-        sealedBy = (await store.getMeta(OPERATOR_SEAL_META)) !== undefined ? 'operator' : undefined;
-        if (!seal.needsShares && !sealedBy) await exclusive(async () => unsealWith(await seal.unseal(found)));
+        await adoptPeerInit();
         return;
       }
-      if (record && !services && !sealedBy && !seal.needsShares && !unsealing) {
-        // Initialised (by another server) but never unsealed here, and no operator seal: unseal as at start-up.
-        const r = record;
-        await exclusive(async () => unsealWith(await seal.unseal(r)));
-        return;
-      }
+      if (await adoptPeerInit()) return;
       if (record && initPending && !unsealing) {
         // Until confirmed, init may be redone on another server sharing the database: a new seal record means a new root key.
         initPending = (await store.getMeta(INIT_PENDING_META)) !== undefined;

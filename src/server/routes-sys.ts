@@ -27,6 +27,8 @@ export function registerSysRoutes(app: FastifyInstance, { core }: RouteDeps): vo
     config: { op: 'sys.health', access: { public: true, sealedOk: true } },
     schema: { ...sys, summary: 'Liveness and seal state; 200 only when unsealed', response: { 200: z.object({ initialized: z.boolean(), sealed: z.boolean(), version: z.string() }), 503: z.object({ initialized: z.boolean(), sealed: z.boolean(), version: z.string() }) } },
   }, async (_req, reply) => {
+    // A server that has not yet noticed another server's init learns of it now, not at its next tick.
+    await core.catchUp();
     const s = core.status();
     if (s.sealed) void reply.code(503);
     return { initialized: s.initialized, sealed: s.sealed, version: PACKAGE_VERSION };
@@ -35,7 +37,10 @@ export function registerSysRoutes(app: FastifyInstance, { core }: RouteDeps): vo
   r.get('/v1/sys/seal-status', {
     config: { op: 'sys.seal-status', access: { public: true, sealedOk: true } },
     schema: { ...sys, summary: 'Seal kind and unseal progress', response: { 200: sealStatus } },
-  }, async () => core.status());
+  }, async () => {
+    await core.catchUp();
+    return core.status();
+  });
 
   r.post('/v1/sys/init', {
     config: { op: 'sys.init', access: { public: true, sealedOk: true } },

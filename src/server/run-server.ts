@@ -81,6 +81,9 @@ function readTls(cfg: NonNullable<ServerConfig['tls']>) {
   };
 }
 
+/** How often a server sharing PostgreSQL re-reads the key rows (see refreshKeys). */
+const KEY_POLL_MS = 1000;
+
 /** Opens storage and the seal, serves the API, runs the scheduler. */
 export async function startServer(
   cfg: Readonly<ServerConfig>,
@@ -187,6 +190,34 @@ export async function startServer(
         ticking = undefined;
       });
   }, cfg.scheduler.interval);
+  // Several servers may share a PostgreSQL database: each re-reads the key rows
+  // every second, so a rotation or a disable made through another server applies
+  // here within about a second rather than at the next tick. One SQLite file
+  // belongs to one server (and the CLI, whose changes the tick picks up), so no poll there.
+  let polling: Promise<void> | undefined;
+  let pollFailed = false;
+  const keyPoll =
+    'postgres' in cfg.storage
+      ? setInterval(() => {
+          if (polling) return;
+          polling = c
+            .refreshKeys()
+            .then(
+              () => {
+                if (pollFailed) logger.info('reading key changes made by other servers works again');
+                pollFailed = false;
+              },
+              (e: unknown) => {
+                // Once per outage, not every second; the tick logs its own failures.
+                if (!pollFailed) logger.warn({ err: String(e) }, 'cannot read key changes made by other servers; will retry every second');
+                pollFailed = true;
+              },
+            )
+            .finally(() => {
+              polling = undefined;
+            });
+        }, KEY_POLL_MS)
+      : undefined;
   const a = app;
   const p = pump;
   const cps = checkpoints;
@@ -196,8 +227,10 @@ export async function startServer(
     url,
     async close() {
       clearInterval(timer);
+      if (keyPoll) clearInterval(keyPoll);
       await a.close();
       await ticking;
+      await polling;
       await c.close();
       // After the last record: the final checkpoint covers the whole log.
       await cps?.stop();

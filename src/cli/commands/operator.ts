@@ -119,10 +119,13 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
     .action((share: string | undefined, flags: RemoteFlags & { shareStdin?: boolean; name?: string; passwordStdin?: boolean }) =>
       run(() =>
         withClient(flags, async (c) => {
+          // Asking for the status makes a server that has not yet noticed another server's init (on a shared database) catch up.
           const status = (await c.call<SealStatus>('GET', '/v1/sys/seal-status', { auth: false })).body;
           let after: SealStatus;
-          if (!status.initialized) throw new KeyhavenError('sealed', 'the server is not initialised; run keyhaven operator init');
-          if (!status.sealed) after = status;
+          // The server decides, not this client: it reads the store again, and answers with its state
+          // (unsealed by then, for a keyfile or pkcs11 server another server initialised) or says why not.
+          if (!status.initialized) after = (await c.call<SealStatus>('POST', '/v1/sys/unseal', { body: {}, auth: false })).body;
+          else if (!status.sealed) after = status;
           else if (status.kind !== 'shamir') {
             // A security-admin lifts the seal: the saved session, or a name and password.
             if (flags.name === undefined && !flags.passwordStdin && c.connection.token) {
