@@ -68,6 +68,17 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
     assert.equal((await api(b.url, 'GET', '/v1/auth/whoami', { token: tok })).status, 200);
   });
 
+  it('keyfile: the first request of any kind lets B catch up (a sign-in, with no status call before it)', async (t) => {
+    if (!requireDependency(t, available, POSTGRES_REASON)) return;
+    const { dirs, start } = await pair(t);
+    const seal = { keyfile: { path: join(dirs[0], 'root.key') } };
+    const [a, b] = await Promise.all([start(0, seal), start(1, seal)]);
+    startedUninitialised(b);
+    const init = await initServer(a.url);
+    const tok = await login(b.url, init.admin.name, init.admin.password);
+    assert.equal((await api(b.url, 'GET', '/v1/auth/whoami', { token: tok })).status, 200);
+  });
+
   it('keyfile: the status call alone lets B catch up; an operator seal set meanwhile still needs a security-admin', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
     const { dirs, start } = await pair(t);

@@ -223,9 +223,14 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     const cfg = req.routeOptions.config;
     const rule = cfg.access;
     if (!rule) return; // the not-found handler
-    const status = core.status();
+    let status = core.status();
     const sealedOk = 'public' in rule && rule.sealedOk === true;
-    if (status.sealed && !sealedOk) core.services(); // throws `sealed`
+    if (status.sealed && !sealedOk) {
+      // Another server on the database may have run init since: learn it now (at most one check a second).
+      await core.catchUp();
+      status = core.status();
+      if (status.sealed) core.services(); // throws `sealed`
+    }
     if (!('public' in rule)) await authenticate(core, req);
     if (!allowed(rule, req)) {
       if (!req.principal) throw new KeyhavenError('unauthenticated', 'authentication required: send "Authorization: Bearer <token>"');
