@@ -1,6 +1,7 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import pg from 'pg';
 import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { KeyhavenError } from '../errors.js';
 import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
@@ -127,11 +128,23 @@ describe('postgres write lock fencing', () => {
         await store.close();
         process.stdout.write('done ' + ok + ' ' + failed + '\\n');
       `;
-      const env: NodeJS.ProcessEnv = { ...process.env, KH_URL: url };
+      const childUrl = new URL(url);
+      childUrl.searchParams.set('application_name', 'fencing-child');
+      const env: NodeJS.ProcessEnv = { ...process.env, KH_URL: childUrl.toString() };
       delete env.NODE_TEST_CONTEXT;
       const child = spawn(process.execPath, ['--input-type=module', '-e', program], { env, stdio: ['ignore', 'pipe', 'pipe'] });
       let out = '';
       let err = '';
+      // Whether the stopped child had a transaction open (holding or awaiting the lock), seen from PostgreSQL.
+      const watcher = new pg.Client({ connectionString: url });
+      watcher.on('error', () => {}); // the database is dropped under it at the end
+      await watcher.connect();
+      const childInTransaction = async (): Promise<boolean> => {
+        const { rows } = await watcher.query<{ n: number }>(
+          `select count(*)::int as n from pg_stat_activity where application_name = 'fencing-child' and xact_start is not null`,
+        );
+        return rows[0]!.n > 0;
+      };
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
       child.stderr.on('data', (d: Buffer) => (err += d.toString()));
       const exited = new Promise<number | string | null>((r) => child.once('exit', (code, sig) => r(sig ?? code)));
@@ -162,10 +175,12 @@ describe('postgres write lock fencing', () => {
           }
         })();
         const stops = 5;
+        let midTransaction = 0;
         for (let s = 0; s < stops; s++) {
-          // Random moments: some land while the child holds the lock.
+          // Random moments: most land inside one of the child's transactions.
           await sleep(150 + Math.floor(Math.random() * 400));
           child.kill('SIGSTOP');
+          if (await childInTransaction()) midTransaction += 1;
           await sleep(3000);
           child.kill('SIGCONT');
         }
@@ -176,7 +191,7 @@ describe('postgres write lock fencing', () => {
         assert.equal(await exited, 0, `child ended badly:\n${err}`);
         const [, okText, failedText] = /done (\d+) (\d+)/.exec(out) ?? [];
         const childOk = Number(okText);
-        t.diagnostic(`parent writes ${mine}, failed ${failures.length}; child writes ${childOk}, failed ${failedText}; ${stops} stops of 3 s`);
+        t.diagnostic(`parent writes ${mine}, failed ${failures.length}; child writes ${childOk}, failed ${failedText}; ${stops} stops of 3 s, ${midTransaction} of them inside a child transaction`);
         assert.deepEqual(failures, [], 'no write of the server that kept running failed');
         // The resumed child loses its transaction but runs it again: nothing it was asked to write is lost.
         assert.equal(Number(failedText), 0, `child writes failed:\n${err}`);
@@ -194,6 +209,7 @@ describe('postgres write lock fencing', () => {
         assert.equal(rows.filter((r) => r.actor === 'app:parent').length, mine);
         assert.equal(rows.filter((r) => r.actor === 'app:child').length, childOk);
       } finally {
+        await watcher.end().catch(() => {});
         await store.close();
       }
     }));
