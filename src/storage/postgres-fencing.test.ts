@@ -102,6 +102,32 @@ describe('postgres write lock fencing', () => {
       }
     }));
 
+  it('a write awaited inside another transaction of the same process fails after lockWait instead of waiting forever', (t) =>
+    withDatabase(t, async (url) => {
+      const a = await openPostgresStore({ url, lockHoldMs: 2000, lockWaitMs: 500 });
+      try {
+        const outcome = await a
+          .transaction(async (tx) => {
+            await tx.setMeta('inner', 'kept');
+            // A mistake: the outer store, not tx. It queues behind this very transaction.
+            await a.setMeta('outer', 'never');
+          })
+          .then(
+            () => 'committed',
+            (e: unknown) => e,
+          );
+        assert.ok(outcome instanceof KeyhavenError, `expected an error, got ${String(outcome)}`);
+        assert.equal(outcome.code, 'unavailable');
+        assert.match(outcome.message, /write lock not obtained within 0.5 s/);
+        assert.equal(await a.getMeta('inner'), undefined, 'the transaction rolled back');
+        assert.equal(await a.getMeta('outer'), undefined, 'the write that gave up never ran');
+        await a.setMeta('after', 'ok');
+        assert.equal(await a.getMeta('after'), 'ok');
+      } finally {
+        await a.close();
+      }
+    }));
+
   it('a server stopped (SIGSTOP) at random moments under load never stalls another beyond lockHold, and loses no write of its own', (t) =>
     withDatabase(t, async (url) => {
       const storeModule = new URL('./postgres.js', import.meta.url).href;

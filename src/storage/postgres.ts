@@ -170,10 +170,28 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
 
   // This process's writers, one at a time (see WRITE_LOCK_ID).
   let writers: Promise<unknown> = Promise.resolve();
+  // A writer waits its turn here at most lockWait, as it would for the lock
+  // itself: a write awaited inside another transaction of this process would
+  // otherwise wait for that transaction forever.
   const queued = <T>(fn: () => Promise<T>): Promise<T> => {
-    const run = writers.then(fn, fn);
-    writers = run.catch(() => {});
-    return run;
+    let timer: NodeJS.Timeout | undefined;
+    let gaveUp = false;
+    const turn = writers.then(() => {
+      clearTimeout(timer);
+      if (gaveUp) return undefined;
+      return fn();
+    });
+    writers = turn.catch(() => {});
+    return Promise.race([
+      turn as Promise<T>,
+      new Promise<T>((_, reject) => {
+        timer = setTimeout(() => {
+          gaveUp = true;
+          reject(new KeyhavenError('unavailable', `PostgreSQL write lock not obtained within ${lockWaitMs / 1000} s (this server's earlier writes still hold it)`));
+        }, lockWaitMs);
+        timer.unref();
+      }),
+    ]);
   };
 
   /** committed or aborted, from a fresh session; undefined when that cannot be told. */
