@@ -1,5 +1,6 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { chmodSync, copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cleanCliEnv, removeDir, runCli, tempDir, waitFor } from './helpers.js';
 import { freshPostgresDatabase, postgresAvailable, POSTGRES_REASON } from './pg.js';
@@ -104,6 +105,32 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
     assert.equal(lifted.code, 0, lifted.stderr);
     assert.equal(JSON.parse(lifted.stdout).sealed, false);
     assert.equal((await api(b.url, 'GET', '/v1/sys/health')).status, 200);
+  });
+
+  it('keyfile: a server whose own unseal failed stays shut by an operator seal made meanwhile, whatever anonymous requests it gets', async (t) => {
+    if (!requireDependency(t, available, POSTGRES_REASON)) return;
+    const { dirs, start } = await pair(t);
+    const keyA = join(dirs[0], 'root.key');
+    const keyB = join(dirs[1], 'root.key'); // absent until copied below
+    const [a, b] = await Promise.all([start(0, { keyfile: { path: keyA } }), start(1, { keyfile: { path: keyB } })]);
+    startedUninitialised(b);
+    const init = await initServer(a.url);
+    // B learns of the init but cannot unseal: its key file is missing.
+    assert.equal((await api(b.url, 'GET', '/v1/sys/health')).status, 503);
+    const admin = await login(a.url, init.admin.name, init.admin.password);
+    const sealed = await api(a.url, 'POST', '/v1/sys/seal', { token: admin });
+    assert.equal(sealed.status, 200, sealed.text);
+    copyFileSync(keyA, keyB);
+    chmodSync(keyB, 0o600);
+    // Past the one-check-a-second limit, so the anonymous calls below do reach the store.
+    await new Promise((r) => setTimeout(r, 1100));
+    for (let i = 0; i < 3; i++) {
+      const h = await api(b.url, 'GET', '/v1/sys/health');
+      assert.equal(h.status, 503, `B must stay sealed: ${h.text}`);
+      await new Promise((r) => setTimeout(r, 600));
+    }
+    const st = await api(b.url, 'GET', '/v1/sys/seal-status');
+    assert.deepEqual([st.body.sealed, st.body.sealedBy], [true, 'operator']);
   });
 
   it('shamir: keyhaven operator unseal --server B asks B for shares at once and they unseal it', async (t) => {

@@ -251,9 +251,17 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       return true;
     }
     if (!services && !sealedBy && !seal.needsShares) {
-      // Initialised (by another server) but never unsealed here, and no operator seal: unseal as at start-up.
-      const r = record;
-      await exclusive(async () => unsealWith(await seal.unseal(r)));
+      // Initialised (by another server) but never unsealed here: unseal as at start-up, unless an
+      // operator seal (or a redone init) came through another server since this server last looked.
+      const [found, operatorSeal] = await Promise.all([readRecord(store, seal.kind), store.getMeta(OPERATOR_SEAL_META)]);
+      if (unsealing || services) return false;
+      if (operatorSeal !== undefined) {
+        sealedBy = 'operator';
+        return true;
+      }
+      if (!found) return false;
+      record = found;
+      await exclusive(async () => unsealWith(await seal.unseal(found)));
       return true;
     }
     return false;
