@@ -46,9 +46,10 @@ export interface AuditAppender {
  * `durable: false` lets a runner commit without waiting for the disk (the
  * appendAudit `fsync: false` option); runners may ignore it. A runner may
  * run fn again after a run the database confirms was rolled back (see
- * Store.transaction).
+ * Store.transaction); `record`: fn only appends audit records, which may be
+ * run again however late.
  */
-export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, opts?: { durable?: boolean }) => Promise<T>;
+export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, opts?: { durable?: boolean; record?: boolean }) => Promise<T>;
 
 // One code path for every SQL backend: dialect differences stay in the
 // factory that builds the Kysely instance and its transaction runner.
@@ -325,6 +326,7 @@ export class KyselyStore implements Store {
     if (!this.runTransaction) return this.appendAuditInTransaction(drafts, link, opts);
     return this.runTransaction((trx) => new KyselyStore(trx, undefined, undefined, this.fastAudit).appendAuditInTransaction(drafts, link, opts), {
       durable: opts.fsync !== false,
+      record: true,
     });
   }
 

@@ -76,7 +76,7 @@ describe('postgres write lock fencing', () => {
 
   it('a holder that stays idle run after run gets a clear error, and the store carries on', (t) =>
     withDatabase(t, async (url) => {
-      const a = await openPostgresStore({ url, lockHoldMs: 200, lockWaitMs: 2000 });
+      const a = await openPostgresStore({ url, lockHoldMs: 200, lockWaitMs: 10_000 });
       try {
         let runs = 0;
         const outcome = await a
@@ -97,6 +97,31 @@ describe('postgres write lock fencing', () => {
         assert.equal(await a.getMeta('stuck'), undefined);
         await a.setMeta('later', 'ok');
         assert.equal(await a.getMeta('later'), 'ok');
+      } finally {
+        await a.close();
+      }
+    }));
+
+  it('a change whose call is older than lockWait is not run again: its caller has likely retried elsewhere', (t) =>
+    withDatabase(t, async (url) => {
+      const a = await openPostgresStore({ url, lockHoldMs: 200, lockWaitMs: 500 });
+      try {
+        let runs = 0;
+        const outcome = await a
+          .transaction(async (tx) => {
+            runs += 1;
+            await tx.setMeta('late', String(runs));
+            await sleep(1000); // a stopped server: longer than lockWait
+            await tx.setMeta('late-after', 'x');
+          })
+          .then(
+            () => 'committed',
+            (e: unknown) => e,
+          );
+        assert.ok(outcome instanceof KeyhavenError, `expected an error, got ${String(outcome)}`);
+        assert.equal(outcome.code, 'unavailable');
+        assert.equal(runs, 1);
+        assert.equal(await a.getMeta('late'), undefined);
       } finally {
         await a.close();
       }

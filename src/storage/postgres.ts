@@ -237,8 +237,9 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     }
   };
 
-  const runTransaction: TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean }): Promise<T> =>
-    queued(async () => {
+  const runTransaction: TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean; record?: boolean }): Promise<T> => {
+    const called = Date.now();
+    return queued(async () => {
       const durable = o?.durable !== false;
       for (let attempt = 0; ; attempt++) {
         try {
@@ -246,9 +247,14 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
         } catch (e) {
           if (!(e instanceof Fenced)) throw e;
           if (attempt >= FENCED_RETRIES) throw e.error;
+          // A change whose caller has waited this long (this server was stopped) has likely been
+          // retried elsewhere: doing it now could undo what came since (a second API key rotation).
+          // Audit records describe what already happened, so they are written however late.
+          if (!o?.record && Date.now() - called > lockWaitMs) throw e.error;
         }
       }
     });
+  };
 
   return new PostgresStore(db, runTransaction, () => db.destroy());
 }

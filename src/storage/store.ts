@@ -137,8 +137,9 @@ export interface Store {
    * Runs fn in one exclusive write transaction (across processes too). fn
    * may run more than once: after a run the database confirms was rolled back
    * because its session ended (PostgreSQL's write-lock fencing), it runs
-   * again. So fn acts through tx alone and leaves other effects until the
-   * call returns.
+   * again, unless the call is already older than the lock wait (its caller
+   * has likely given up and retried elsewhere). So fn acts through tx alone
+   * and leaves other effects until the call returns.
    */
   transaction<T>(fn: (tx: Store) => Promise<T>): Promise<T>;
   close(): Promise<void>;
