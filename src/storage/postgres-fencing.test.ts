@@ -1,6 +1,7 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import pg from 'pg';
 import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { KeyhavenError } from '../errors.js';
@@ -150,6 +151,64 @@ describe('postgres write lock fencing', () => {
         assert.equal(await a.getMeta('after'), 'ok');
       } finally {
         await a.close();
+      }
+    }));
+
+  it('a write whose connection stops answering (half-open after a partition) is cut and done again on a new one; no write waits forever', (t) =>
+    withDatabase(t, async (url) => {
+      // A TCP proxy to PostgreSQL that can silently drop every byte of the connections open so far.
+      const target = new URL(url);
+      const dead = new Set<Socket>();
+      const open = new Set<Socket>();
+      const proxy = createServer((client) => {
+        const upstream = connect(Number(target.port || 5432), target.hostname);
+        for (const s of [client, upstream]) {
+          open.add(s);
+          s.on('error', () => {});
+          s.on('close', () => open.delete(s));
+        }
+        client.on('data', (d: Buffer) => void (dead.has(client) || upstream.write(d)));
+        upstream.on('data', (d: Buffer) => void (dead.has(client) || client.write(d)));
+        client.on('close', () => upstream.destroy());
+        upstream.on('close', () => client.destroy());
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      const proxied = new URL(url);
+      proxied.hostname = '127.0.0.1';
+      proxied.port = String((proxy.address() as AddressInfo).port);
+      const partition = () => {
+        for (const s of open) dead.add(s);
+      };
+      const store = await openPostgresStore({ url: proxied.toString(), lockHoldMs: 300, lockWaitMs: 1000 });
+      const direct = await openPostgresStore({ url });
+      // Fails the test instead of hanging it if a write never settles.
+      const settled = <T>(p: Promise<T>) =>
+        Promise.race([p.then((v) => ({ v }), (e: unknown) => ({ e })), sleep(30_000).then(() => ({ hung: true as const }))]);
+      try {
+        await store.appendAudit([draft('app:a', 1)], linkRecord);
+        partition();
+        // Audit records: cut after the deadline, then written on a new connection.
+        const appended = await settled(store.appendAudit([draft('app:a', 2)], linkRecord));
+        assert.ok(!('hung' in appended), 'the audit append never settled');
+        assert.ok('v' in appended, `the audit append failed: ${String((appended as { e?: unknown }).e)}`);
+        partition();
+        // A change: cut, and refused (its call is older than lockWait by then) with a clear error.
+        const changed = await settled(store.setMeta('k', 'v'));
+        assert.ok(!('hung' in changed), 'the change never settled');
+        assert.ok('e' in changed && changed.e instanceof KeyhavenError, `expected a refusal, got ${JSON.stringify(changed)}`);
+        assert.equal(changed.e.code, 'unavailable');
+        assert.match(changed.e.message, /did not answer a write transaction within 2.6 s/);
+        // New connections work: the store carries on.
+        await store.setMeta('k', 'later');
+        const rows = await direct.readAudit(0, 10);
+        assert.deepEqual(rows.map((r) => r.seq), [1, 2]);
+        assert.deepEqual(verifyRecords(rows), { ok: true, records: 2 });
+        assert.equal(await direct.getMeta('k'), 'later');
+      } finally {
+        await Promise.race([store.close(), sleep(2000)]);
+        await direct.close();
+        for (const s of open) s.destroy();
+        await new Promise((r) => proxy.close(r));
       }
     }));
 

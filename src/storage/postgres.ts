@@ -125,17 +125,37 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   // An idle client whose server connection drops emits on the pool; without
   // a listener that would be an uncaught error and end the process.
   pool.on('error', (err) => opts.onIdleError?.(err));
+  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+
+  // Write transactions have a connection of their own (they run one at a
+  // time anyway), so a stuck one can be found and cut (see `once`).
+  const writePool = new pg.Pool({ ...config, max: 1 });
+  writePool.on('error', (err) => opts.onIdleError?.(err));
+  let writeClient: pg.PoolClient | undefined;
   // PostgreSQL ends a fenced session with an error message the client reads
   // when it runs again, often while the connection is checked out (no pool
   // listener then): without this, that would be an uncaught error. Counted,
   // so the transaction that owned the session knows it lost the lock.
   let fenced = 0;
-  pool.on('connect', (client) => {
+  writePool.on('connect', (client) => {
+    writeClient = client;
     client.on('error', (err) => {
       if ((err as { code?: unknown }).code === IDLE_IN_TRANSACTION_TIMEOUT) fenced += 1;
     });
   });
-  const db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+  writePool.on('remove', (client) => {
+    if (writeClient === client) writeClient = undefined;
+  });
+  const writeDb = new Kysely<Database>({ dialect: new PostgresDialect({ pool: writePool }) });
+  // A transaction's answers may stop coming (a half-open connection after a
+  // partition: TCP keepalive would take hours to notice). Past this, its
+  // connection is cut and its fate looked up, so this server's writes never
+  // wait on a dead socket.
+  const transactionDeadlineMs = lockWaitMs + 2 * lockHoldMs + 1000;
+  const cutWriteConnection = (): void => {
+    // node-postgres has no public way to drop a socket at once; end() waits for the peer.
+    (writeClient as unknown as { connection?: { stream?: { destroy(): void } } } | undefined)?.connection?.stream?.destroy();
+  };
 
   // Migrations run on a connection of their own: lockHold is for the write
   // lock of serving servers, not for a migration that may take its time.
@@ -151,6 +171,7 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   } catch (e) {
     await migrationDb.destroy().catch(() => {});
     await db.destroy().catch(() => {});
+    await writeDb.destroy().catch(() => {});
     if (e instanceof KeyhavenError) throw e;
     throw new KeyhavenError('config_invalid', `cannot prepare PostgreSQL database ${target}: ${reasonOf(e, opts.url)}`);
   } finally {
@@ -194,29 +215,39 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     ]);
   };
 
-  /** committed or aborted, from a fresh session; undefined when that cannot be told. */
+  /** committed or aborted, from a new connection (pooled ones may be as dead as the lost one); undefined when that cannot be told. */
   const fateOf = async (xid: number): Promise<'committed' | 'aborted' | undefined> => {
-    // A session PostgreSQL is still ending shows its transaction in progress for a moment.
-    for (let i = 0; i < 20; i++) {
-      try {
-        const { rows } = await sql<{ status: string | null }>`select txid_status(${xid}) as status`.execute(db);
+    const c = new pg.Client({ ...config, connectionTimeoutMillis: lockWaitMs, query_timeout: lockWaitMs });
+    c.on('error', () => {}); // reported by the awaited call instead
+    try {
+      await c.connect();
+      // A session PostgreSQL is still ending shows its transaction in progress for a moment.
+      for (let i = 0; i < 20; i++) {
+        const { rows } = await c.query<{ status: string | null }>('select txid_status($1) as status', [xid]);
         const status = rows[0]?.status;
         if (status === 'committed' || status === 'aborted') return status;
         if (status !== 'in progress') return undefined;
-      } catch {
-        return undefined;
+        await new Promise((r) => setTimeout(r, 50));
       }
-      await new Promise((r) => setTimeout(r, 50));
+      return undefined;
+    } catch {
+      return undefined;
+    } finally {
+      void c.end().catch(() => {});
     }
-    return undefined;
   };
 
   const once = async <T>(fn: (trx: Kysely<Database>) => Promise<T>, durable: boolean): Promise<T> => {
     const before = fenced;
     let xid: number | undefined;
     let out: { value: T } | undefined;
+    let cut = false;
+    const watchdog = setTimeout(() => {
+      cut = true;
+      cutWriteConnection();
+    }, transactionDeadlineMs);
     try {
-      return await db.transaction().execute(async (trx) => {
+      return await writeDb.transaction().execute(async (trx) => {
         xid = (await (durable ? lock : lockRelaxed).execute(trx)).rows[0]?.xid;
         out = { value: await fn(trx) };
         return out.value;
@@ -232,8 +263,17 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
       // written), or later, when PostgreSQL knows whether it committed.
       const fate = xid === undefined ? 'aborted' : await fateOf(xid);
       if (fate === 'committed' && out) return out.value;
-      if (fate === 'aborted') throw new Fenced(idled ? `this server sat idle for over ${lockHoldMs} ms inside a write transaction, so PostgreSQL ended it and released the write lock to the other servers` : 'the connection to PostgreSQL was lost inside a write transaction', e);
+      if (fate === 'aborted') {
+        const why = idled
+          ? `this server sat idle for over ${lockHoldMs} ms inside a write transaction, so PostgreSQL ended it and released the write lock to the other servers`
+          : cut
+            ? `PostgreSQL did not answer a write transaction within ${transactionDeadlineMs / 1000} s, so its connection was dropped`
+            : 'the connection to PostgreSQL was lost inside a write transaction';
+        throw new Fenced(why, e);
+      }
       throw e;
+    } finally {
+      clearTimeout(watchdog);
     }
   };
 
@@ -256,7 +296,9 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     });
   };
 
-  return new PostgresStore(db, runTransaction, () => db.destroy());
+  return new PostgresStore(db, runTransaction, async () => {
+    await Promise.all([db.destroy(), writeDb.destroy()]);
+  });
 }
 
 /** A transaction known to be rolled back because its session ended (idled past lockHold, or lost). */
