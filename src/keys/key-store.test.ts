@@ -796,6 +796,33 @@ describe('keys/embedded-store: two instances on one data dir (plugin and CLI)', 
     }
   });
 
+  it('material of a version destroyed elsewhere, dropped by a refresh, is zeroed at the next wipe', async () => {
+    const dir = newDir();
+    const cli = await open(dir);
+    await cli.keys.create('k', 't');
+    await cli.keys.rotate('k', 't');
+    const store = await openSqliteStore({ path: join(dir, DB_FILE), create: false });
+    try {
+      const barrier = await openBarrier(store, readKeyFile(join(dir, ROOT_KEY_FILE)));
+      const read: Buffer[] = [];
+      const watched = { ...barrier, get: async (...a: Parameters<typeof barrier.get>) => {
+        const m = await barrier.get(...a);
+        if (m) read.push(m);
+        return m;
+      } };
+      const keys = createKeyStore({ store, barrier: watched, audit: createAuditLog(store, { headKey: Buffer.alloc(32, 9) }) });
+      await keys.refresh('k');
+      assert.equal(read.length, 2, 'both versions read');
+      await cli.keys.destroyVersion('k', 1, 't');
+      await keys.refreshChanged();
+      assert.throws(() => keys.encrypt('k', PT, 1), code('key_destroyed'));
+      keys.wipe();
+      assert.ok(read.every((m) => m.every((b) => b === 0)), 'no key material left after the wipe');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('both write one intact audit chain', async () => {
     const dir = newDir();
     const a = await open(dir);

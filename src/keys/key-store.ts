@@ -222,6 +222,10 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
   let generation = 0;
   // Counts wipe() calls: a load still reading when the server sealed must not put material back.
   let wipes = 0;
+  // Material an entry held that its replacement does not (a version destroyed
+  // elsewhere, or read twice by overlapping loads). Not zeroed at once: a call
+  // already holding it may still be using it. Zeroed at the next wipe().
+  let retired: Buffer[] = [];
 
   const info = async (row: KeyRow, s: Store = store): Promise<KeyInfo> => {
     const versions = await s.listKeyVersions(row.id);
@@ -310,6 +314,10 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
       return current;
     }
     const entry: CachedKey = { row, ref: Buffer.from(row.id, 'hex'), material, tags, destroyed, readAt };
+    if (current) {
+      const kept = new Set(material.values());
+      for (const m of current.material.values()) if (!kept.has(m)) retired.push(m);
+    }
     byId.set(row.id, entry);
     idByName.set(row.name, row.id);
     return entry;
@@ -572,6 +580,8 @@ export function createKeyStore(deps: { store: Store; barrier: Barrier; audit: Au
     wipe() {
       wipes += 1;
       for (const entry of byId.values()) for (const m of entry.material.values()) m.fill(0);
+      for (const m of retired) m.fill(0);
+      retired = [];
       byId.clear();
       idByName.clear();
     },
