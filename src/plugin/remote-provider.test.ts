@@ -251,6 +251,24 @@ describe('remote provider (real key server over HTTP)', () => {
     assert.equal((await p.encrypt(randomBytes(32), V2)).keyId, keyId);
   });
 
+  it('a key deleted and made again under the same name: Encrypt (local KEK off) never labels its ciphertext with the old key_id', async () => {
+    const name = 'recreated';
+    const actor = actorName(SYSTEM);
+    await s.keys.create(name, actor);
+    await s.access.setGrant(SYSTEM, 'plugin-app', name, ['encrypt', 'decrypt']);
+    const { p } = provider({ kek: false, keyName: name });
+    const oldKeyId = await p.healthCheck();
+    await s.keys.setPolicy(name, { deletionAllowed: true }, actor);
+    await s.keys.delete(name, actor);
+    await s.keys.create(name, actor);
+    await s.access.setGrant(SYSTEM, 'plugin-app', name, ['encrypt', 'decrypt']);
+    // Same name, same version number, another key: refused until a Status has checked the new key.
+    await assert.rejects(p.encrypt(randomBytes(32), V2), code('unavailable', /not the key this plugin last checked/));
+    const newKeyId = await p.healthCheck();
+    assert.notEqual(newKeyId, oldKeyId);
+    assert.equal((await p.encrypt(randomBytes(32), V2)).keyId, newKeyId);
+  });
+
   it('follows a rotation: new key_id and KEK at the next health check, old ciphertexts still decrypt', async () => {
     const { p, calls } = provider();
     const before = await p.healthCheck();

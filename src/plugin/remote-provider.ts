@@ -303,6 +303,8 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
         // KMS v2 drops a reply whose key_id is not Status's; the next Status reports the new version.
         throw new KeyhavenError('unavailable', `key "${keyName}" was rotated on the server since the last Status; the apiserver retries after its next Status`);
       }
+      // A key deleted and made again under the same name: its ciphertext must not carry the old key's key_id.
+      if (probe && c.keyRef !== probe.parsed.keyRef) throw new KeyhavenError('unavailable', `key "${keyName}" on the key server is not the key this plugin last checked (deleted and made again?); the next Status checks it`);
       const keyId = await keyIdOf(c.version, probe);
       if (c.version > highest) highest = c.version;
       return { ciphertext: Buffer.from(c.text, 'latin1'), keyId, keyName, keyVersion: c.version };
