@@ -8,7 +8,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
-import { BenchError, Child, envNumber, exited, fmt, freePort, interrupted, log, onCleanup, ratio, ROOT, run, table } from './procs.js';
+import { BenchError, Child, envNumber, exited, fmt, freePort, interrupted, kmsload, type KmsLoadReport, log, onCleanup, ratio, ROOT, run, table } from './procs.js';
 import { pgDatabase, startKeyServer } from './server-bench.js';
 
 const KEY = 'bench';
@@ -38,16 +38,7 @@ export interface ChaosSectionResult {
   readonly failed: boolean;
 }
 
-interface LoadReport {
-  calls: number;
-  errors: number;
-  seconds: number;
-  callsPerSec: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-  mismatches?: number;
-}
+type LoadReport = KmsLoadReport;
 
 interface ChaosPoint {
   target: TargetName;
@@ -80,13 +71,6 @@ async function startSecondServer(dir: string, storage: unknown, rootKey: string,
   const url = `http://127.0.0.1:${port}`;
   await waitHealthy('chaos server B', url, child);
   return { child, url };
-}
-
-async function kmsload(bin: string, label: string, args: string[]): Promise<LoadReport> {
-  const r = await run(bin, args);
-  for (const line of r.stderr.split('\n')) if (line.trim()) log(`${label}: ${line}`);
-  if (r.code !== 0) throw new BenchError(`${label}: kmsload ${args.join(' ')} exited ${r.code ?? r.signal}`);
-  return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as LoadReport;
 }
 
 async function startPlugin(bin: string, label: string, dir: string, servers: string[], apiKey: string, localKek: boolean, children: Child[]): Promise<string> {

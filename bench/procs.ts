@@ -247,3 +247,26 @@ export function table(head: string[], rows: string[][], left = 2): string {
     cells.map((c, i) => (i < left ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
 }
+
+/** One JSON line of the Go KMS load client (bench/go-client, `kmsload`). */
+export interface KmsLoadReport {
+  mode: string;
+  concurrency: number;
+  calls: number;
+  errors: number;
+  seconds: number;
+  callsPerSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  totalSeconds?: number;
+  mismatches?: number;
+}
+
+/** Runs kmsload, forwarding its progress lines under `label`, and reads its last stdout line. */
+export async function kmsload(bin: string, label: string, args: string[]): Promise<KmsLoadReport> {
+  const r = await run(bin, args);
+  for (const line of r.stderr.split('\n')) if (line.trim()) log(`${label}: ${line}`);
+  if (r.code !== 0) throw new BenchError(`${label}: kmsload ${args.join(' ')} exited ${r.code ?? r.signal}`);
+  return JSON.parse(r.stdout.trim().split('\n').pop() ?? '') as KmsLoadReport;
+}

@@ -27,7 +27,7 @@ import { parseArgs } from 'node:util';
 import { request } from 'undici';
 import {
   BenchError, type Child, cpuSeconds, envNumber, exited, fmt, freePort, interrupted, log, machineBusySeconds, ratio, registerTmp, ROOT, run,
-  selfAndReapedCpuSeconds, shutdown, stopAll, stopChild, table, track,
+  kmsload, type KmsLoadReport, selfAndReapedCpuSeconds, shutdown, stopAll, stopChild, table, track,
 } from './procs.js';
 import { runChaosSection } from './chaos-bench.js';
 import { runServerSection, startKeyServer, type KeyServer } from './server-bench.js';
@@ -62,18 +62,7 @@ const LABEL: Record<TargetName, string> = { echo: 'echo', embedded: 'embedded', 
 
 const isRemote = (n: TargetName): n is RemoteName => n === 'kekOn' || n === 'kekOff';
 
-interface LoadReport {
-  mode: string;
-  concurrency: number;
-  calls: number;
-  errors: number;
-  seconds: number;
-  callsPerSec: number;
-  p50Ms: number;
-  p99Ms: number;
-  totalSeconds?: number;
-  mismatches?: number;
-}
+type LoadReport = KmsLoadReport;
 
 interface Measured extends LoadReport {
   /** Cores used by processes other than the bench's own (runner, client, targets, key server) during the run, warm-up included. */
@@ -137,14 +126,6 @@ function buildClient(): void {
   if (r.status !== 0) {
     throw new BenchError(`building the Go client failed:\n${r.stderr || r.error?.message || ''}\n(needs ${DEBIAN_PACKAGES.join(' ')})`);
   }
-}
-
-async function kmsload(label: string, args: string[]): Promise<LoadReport> {
-  const r = await run(KMSLOAD, args);
-  for (const line of r.stderr.split('\n')) if (line.trim()) log(`${label}: ${line}`);
-  if (r.code !== 0) throw new BenchError(`${label}: kmsload ${args.join(' ')} exited ${r.code ?? r.signal}`);
-  const last = r.stdout.trim().split('\n').pop() ?? '';
-  return JSON.parse(last) as LoadReport;
 }
 
 async function statusOnce(socket: string): Promise<StatusReport | undefined> {
@@ -446,7 +427,7 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
     for (const t of targets) {
       log(`${t.label}: warm-up 3 s of mixed Encrypt/Decrypt`);
       await t.poll();
-      await kmsload(t.label, ['-socket', t.socket, '-mode', 'mixed', '-c', '16', '-warmup', '0s', '-duration', '3s', checkFlag(t)]);
+      await kmsload(KMSLOAD, t.label, ['-socket', t.socket, '-mode', 'mixed', '-c', '16', '-warmup', '0s', '-duration', '3s', checkFlag(t)]);
     }
 
     // Interleave targets per point so drift on the machine hits all alike.
@@ -457,7 +438,7 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
         for (const t of targets) {
           await t.poll();
           const r = await withNoise(ours, () =>
-            kmsload(t.label, [
+            kmsload(KMSLOAD, t.label, [
               '-socket', t.socket, '-mode', op, '-c', String(c),
               '-warmup', `${warmup}s`, '-duration', `${seconds}s`, checkFlag(t),
             ]),
@@ -483,7 +464,7 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
     for (const t of targets) {
       log(`${t.label}: wrapping ${stormN} seeds for the restart storm`);
       await t.poll();
-      const g = await kmsload(t.label, ['-socket', t.socket, '-mode', 'gen', '-n', String(stormN), '-c', '64', '-out', genFile(t)]);
+      const g = await kmsload(KMSLOAD, t.label, ['-socket', t.socket, '-mode', 'gen', '-n', String(stormN), '-c', '64', '-out', genFile(t)]);
       if (g.errors > 0) throw new BenchError(`${t.label}: ${g.errors} Encrypt calls failed while preparing the storm`);
     }
 
@@ -494,7 +475,7 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
         log(`${t.label}: restart, then Decrypt ${stormN} seeds at c=${c}`);
         await t.restart();
         const before = await t.keyServerCalls();
-        const r: StormReport = await kmsload(t.label, ['-socket', t.socket, '-mode', 'storm', '-c', String(c), '-in', genFile(t), checkFlag(t)]);
+        const r: StormReport = await kmsload(KMSLOAD, t.label, ['-socket', t.socket, '-mode', 'storm', '-c', String(c), '-in', genFile(t), checkFlag(t)]);
         const after = await t.keyServerCalls();
         if (before !== undefined && after !== undefined) r.keyServerCalls = after - before;
         s.results[t.name] = r;
