@@ -39,6 +39,16 @@ function startedUninitialised(s: ServerProcess): void {
   assert.match(s.output(), /"initialized":false[^\n]*"msg":"keyhaven server listening"/, 'the server started before the init');
 }
 
+/** Two servers started together before any init, each with the seal `sealOf` gives for its folder (A's by default for both). */
+async function startedBeforeInit(t: TestContext, sealOf: (dirs: readonly [string, string], i: 0 | 1) => Record<string, unknown>) {
+  const { dirs, start } = await pair(t);
+  const [a, b] = await Promise.all([start(0, sealOf(dirs, 0)), start(1, sealOf(dirs, 1))]);
+  startedUninitialised(b);
+  return { dirs, a, b };
+}
+
+const sharedKeyFile = (dirs: readonly [string, string]) => ({ keyfile: { path: join(dirs[0], 'root.key') } });
+
 function cliEnv(dir: string): NodeJS.ProcessEnv {
   return { ...cleanCliEnv(), XDG_CONFIG_HOME: join(dir, 'cli') };
 }
@@ -46,10 +56,7 @@ function cliEnv(dir: string): NodeJS.ProcessEnv {
 describe('a server started before another one ran init (PostgreSQL)', () => {
   it('keyfile: keyhaven operator unseal --server B unseals B at once', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
-    const { dirs, start } = await pair(t);
-    const seal = { keyfile: { path: join(dirs[0], 'root.key') } };
-    const [a, b] = await Promise.all([start(0, seal), start(1, seal)]);
-    startedUninitialised(b);
+    const { dirs, a, b } = await startedBeforeInit(t, sharedKeyFile);
     // Before any init the server itself answers (the CLI does not decide on its own): it names the way in.
     const early = await runCli(['operator', 'unseal', '--server', b.url], { env: cliEnv(dirs[1]) });
     assert.notEqual(early.code, 0);
@@ -71,10 +78,7 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
 
   it('keyfile: the first request of any kind lets B catch up (a sign-in, with no status call before it)', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
-    const { dirs, start } = await pair(t);
-    const seal = { keyfile: { path: join(dirs[0], 'root.key') } };
-    const [a, b] = await Promise.all([start(0, seal), start(1, seal)]);
-    startedUninitialised(b);
+    const { a, b } = await startedBeforeInit(t, sharedKeyFile);
     const init = await initServer(a.url);
     const tok = await login(b.url, init.admin.name, init.admin.password);
     assert.equal((await api(b.url, 'GET', '/v1/auth/whoami', { token: tok })).status, 200);
@@ -82,10 +86,7 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
 
   it('keyfile: the status call alone lets B catch up; an operator seal set meanwhile still needs a security-admin', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
-    const { dirs, start } = await pair(t);
-    const seal = { keyfile: { path: join(dirs[0], 'root.key') } };
-    const [a, b] = await Promise.all([start(0, seal), start(1, seal)]);
-    startedUninitialised(b);
+    const { dirs, a, b } = await startedBeforeInit(t, sharedKeyFile);
     const init = await initServer(a.url);
     const admin = await login(a.url, init.admin.name, init.admin.password);
     const sealed = await api(a.url, 'POST', '/v1/sys/seal', { token: admin });
@@ -109,11 +110,10 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
 
   it('keyfile: a server whose own unseal failed stays shut by an operator seal made meanwhile, whatever anonymous requests it gets', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
-    const { dirs, start } = await pair(t);
+    // B's own key file is absent until copied below.
+    const { dirs, a, b } = await startedBeforeInit(t, (d, i) => ({ keyfile: { path: join(d[i], 'root.key') } }));
     const keyA = join(dirs[0], 'root.key');
-    const keyB = join(dirs[1], 'root.key'); // absent until copied below
-    const [a, b] = await Promise.all([start(0, { keyfile: { path: keyA } }), start(1, { keyfile: { path: keyB } })]);
-    startedUninitialised(b);
+    const keyB = join(dirs[1], 'root.key');
     const init = await initServer(a.url);
     // B learns of the init but cannot unseal: its key file is missing.
     assert.equal((await api(b.url, 'GET', '/v1/sys/health')).status, 503);
@@ -135,10 +135,7 @@ describe('a server started before another one ran init (PostgreSQL)', () => {
 
   it('shamir: keyhaven operator unseal --server B asks B for shares at once and they unseal it', async (t) => {
     if (!requireDependency(t, available, POSTGRES_REASON)) return;
-    const { dirs, start } = await pair(t);
-    const seal = { shamir: {} };
-    const [a, b] = await Promise.all([start(0, seal), start(1, seal)]);
-    startedUninitialised(b);
+    const { dirs, a, b } = await startedBeforeInit(t, () => ({ shamir: {} }));
     const init = await initServer(a.url, { shares: 3, threshold: 2 });
     assert.equal(init.shares?.length, 3);
 

@@ -1,5 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import type { TestContext } from 'node:test';
 import pg from 'pg';
+import { requireDependency } from './require.js';
 
 // PostgreSQL for tests: each caller gets a database of its own, created
 // through the maintenance database and dropped afterwards.
@@ -48,4 +50,19 @@ export async function freshPostgresDatabase(): Promise<{ url: string; name: stri
     // force: ends sessions a test left open (PostgreSQL 13+).
     drop: () => admin(async (c) => void (await c.query(`drop database if exists ${name} with (force)`))),
   };
+}
+
+/**
+ * Runs fn with the URL of a fresh database, dropped afterwards whatever
+ * happens; skips (or, under KEYHAVEN_REQUIRE_ALL, fails) without PostgreSQL.
+ */
+export async function withPostgresDatabase(t: TestContext, fn: (url: string) => Promise<void>): Promise<void> {
+  if (!requireDependency(t, await postgresAvailable(), POSTGRES_REASON)) return;
+  const db = await freshPostgresDatabase();
+  if (!db) throw new Error('PostgreSQL answered, then could not create a database');
+  try {
+    await fn(db.url);
+  } finally {
+    await db.drop();
+  }
 }

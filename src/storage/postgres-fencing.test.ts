@@ -1,12 +1,11 @@
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import pg from 'pg';
 import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { KeyhavenError } from '../errors.js';
-import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
-import { requireDependency } from '../../test/require.js';
+import { withPostgresDatabase } from '../../test/pg.js';
 import { openPostgresStore } from './postgres.js';
 import type { AuditDraft } from './store.js';
 
@@ -14,16 +13,7 @@ import type { AuditDraft } from './store.js';
 // holder that stops answering must lose it within lockHold, and must not be
 // able to write under it once it runs again (docs/server.md, "Write lock").
 
-async function withDatabase(t: TestContext, fn: (url: string) => Promise<void>): Promise<void> {
-  if (!requireDependency(t, await postgresAvailable(), POSTGRES_REASON)) return;
-  const db = await freshPostgresDatabase();
-  assert.ok(db);
-  try {
-    await fn(db.url);
-  } finally {
-    await db.drop();
-  }
-}
+const withDatabase = withPostgresDatabase;
 
 const draft = (actor: string, i: number): AuditDraft => ({
   time: new Date(Date.UTC(2025, 0, 1, 0, 0, i % 60)).toISOString(),

@@ -1,4 +1,4 @@
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
@@ -7,7 +7,7 @@ import pg from 'pg';
 import { sql, type Kysely } from 'kysely';
 import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { KeyhavenError } from '../errors.js';
-import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
+import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable, withPostgresDatabase } from '../../test/pg.js';
 import { requireDependency } from '../../test/require.js';
 import { KyselyStore } from './kysely-store.js';
 import { openStore } from './open-store.js';
@@ -18,16 +18,7 @@ import type { AuditDraft, Store } from './store.js';
 
 const PASSWORD = 'hunter2-Sup3rS3cret';
 
-async function withDatabase(t: TestContext, fn: (url: string) => Promise<void>): Promise<void> {
-  if (!requireDependency(t, await postgresAvailable(), POSTGRES_REASON)) return;
-  const db = await freshPostgresDatabase();
-  assert.ok(db);
-  try {
-    await fn(db.url);
-  } finally {
-    await db.drop();
-  }
-}
+const withDatabase = withPostgresDatabase;
 
 async function query<T extends pg.QueryResultRow>(url: string, text: string, values: unknown[] = []): Promise<T[]> {
   const c = new pg.Client({ connectionString: url });
