@@ -3,11 +3,11 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import BetterSqlite3 from 'better-sqlite3';
 import { verifyStore } from '../audit/audit-log.js';
-import { CHECKPOINT_KEY_INFO, parseCheckpoint, type Checkpoint, type WitnessEntry } from '../audit/checkpoint.js';
+import { parseCheckpoint, type Checkpoint, type WitnessEntry } from '../audit/checkpoint.js';
 import { verifyWithWitness, type WitnessInput, type WitnessVerifyResult } from '../audit/checkpoint-verify.js';
 import { verifyRecords, type VerifyResult } from '../audit/chain.js';
-import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
+import { openAuditKeys, STORE_ID_META } from '../keys/open-keyhaven.js';
 import { readKeyFile } from '../seal/keyfile.js';
 import type { AuditRow, Store } from '../storage/store.js';
 
@@ -40,19 +40,13 @@ export async function verifyDatabase(path: string, rootKeyFile?: string, witness
   let headKey: Buffer | undefined;
   let checkpointKey: Buffer | undefined;
   if (witness && !rootKeyFile) throw new KeyhavenError('invalid_argument', '--witness needs --root-key-file: checkpoints are signed with a key derived from the root key');
-  if (rootKeyFile) {
-    const rootKey = readKeyFile(rootKeyFile);
-    try {
-      headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
-      checkpointKey = deriveKey(rootKey, CHECKPOINT_KEY_INFO);
-    } finally {
-      rootKey.fill(0);
-    }
-  }
+  // Read before the database is opened: a bad key file is named before anything else.
+  const rootKey = rootKeyFile ? readKeyFile(rootKeyFile) : undefined;
   let db: BetterSqlite3.Database;
   try {
     db = new BetterSqlite3(path, { readonly: true, fileMustExist: true });
   } catch (e) {
+    rootKey?.fill(0);
     throw new KeyhavenError('config_invalid', `cannot open database ${path} read-only: ${(e as Error).message}`);
   }
   try {
@@ -67,12 +61,14 @@ export async function verifyDatabase(path: string, rootKeyFile?: string, witness
       getMeta: async (name: string) => meta.get(name)?.value,
       barrierGet: async (p: string) => barrier.get(p)?.value,
     } as Pick<Store, 'readAudit' | 'getMeta' | 'barrierGet'> as Store;
+    // The same derivation as the server and the embedded store; a key that does not open this database is refused here.
+    if (rootKey) ({ headKey, checkpointKey } = await openAuditKeys(reader, rootKey));
     // One read transaction: the chain and its head come from the same snapshot
     // even while a server keeps appending.
     db.exec('begin');
     try {
       if (witness) {
-        const res = await verifyWithWitness((anchors) => verifyStore(reader, headKey, { anchors }), await reader.getMeta('store_id'), checkpointKey!, witness);
+        const res = await verifyWithWitness((anchors) => verifyStore(reader, headKey, { anchors }), await reader.getMeta(STORE_ID_META), checkpointKey!, witness);
         return { ...res, headChecked: true };
       }
       return { ...(await verifyStore(reader, headKey)), headChecked: headKey !== undefined };
@@ -84,6 +80,7 @@ export async function verifyDatabase(path: string, rootKeyFile?: string, witness
     throw new KeyhavenError('config_invalid', `cannot read the audit log in ${path}: ${(e as Error).message}`);
   } finally {
     db.close();
+    rootKey?.fill(0);
     headKey?.fill(0);
     checkpointKey?.fill(0);
   }

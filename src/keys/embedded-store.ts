@@ -1,14 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
-import { openBarrier } from '../barrier/barrier.js';
-import { deriveKey } from '../crypto/kdf.js';
+import type { AuditLog } from '../audit/audit-log.js';
 import { KeyhavenError } from '../errors.js';
 import { createKeyFile, readKeyFile } from '../seal/keyfile.js';
 import { openSqliteStore } from '../storage/sqlite.js';
 import type { Store } from '../storage/store.js';
-import { createKeyStore, type KeyStore } from './key-store.js';
+import type { KeyStore } from './key-store.js';
+import { openKeyhaven } from './open-keyhaven.js';
 
 export const DB_FILE = 'keyhaven.db';
 export const ROOT_KEY_FILE = 'root.key';
@@ -49,21 +47,8 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
   const rootKey = readKeyFile(rootKeyFile);
   const store = await openSqliteStore({ path: dbPath, create: opts.create });
   try {
-    let barrier;
-    let headKey;
-    // A store opened before has signed its log: a missing head now is a deleted one.
-    const signedBefore = (await store.barrierGet('sys/canary')) !== undefined;
-    try {
-      barrier = await openBarrier(store, rootKey);
-      headKey = deriveKey(rootKey, 'keyhaven audit head key v1');
-    } finally {
-      rootKey.fill(0);
-    }
-    const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-    const audit = createAuditLog(store, { fsync: opts.auditFsync ?? false });
-    // A head that no longer matches the log (records cut) is not re-signed over the damage.
-    await audit.adoptHeadKey(headKey, signedBefore);
-    const keys = createKeyStore({ store, barrier, audit });
+    // A store opened before has signed its log: a missing head now is a deleted one (openKeyhaven's default).
+    const { keys, audit, storeId } = await openKeyhaven({ store, rootKey, auditFsync: opts.auditFsync ?? false }).finally(() => rootKey.fill(0));
     return {
       store,
       keys,

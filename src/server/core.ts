@@ -3,15 +3,13 @@ import { createQuorum, type Quorum } from '../access/quorum.js';
 import { parseRoles } from '../access/roles.js';
 import { generatePassword, hashesEqual, parseToken } from '../access/secrets.js';
 import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
-import { CHECKPOINT_KEY_INFO } from '../audit/checkpoint.js';
 import type { CheckpointKeyHolder } from '../audit/checkpointer.js';
 import { CANARY_PATH, openBarrier } from '../barrier/barrier.js';
-import { deriveKey } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
-import { createKeyStore, type KeyStore } from '../keys/key-store.js';
+import type { KeyStore } from '../keys/key-store.js';
+import { openKeyhaven } from '../keys/open-keyhaven.js';
 import type { Seal, SealKind, SealRecord } from '../seal/seal.js';
 import { checkShare } from '../seal/shamir.js';
-import { randomBytes } from 'node:crypto';
 import type { Store } from '../storage/store.js';
 
 // The key server's state: uninitialised → (init) → sealed ⇄ unsealed. Only an
@@ -26,7 +24,6 @@ const OPERATOR_SEAL_META = 'operator_seal';
 // Written with init and removed by the first login of an init-made user:
 // until then the answer (passwords, shares) may have been lost, so init may be redone.
 const INIT_PENDING_META = 'init_unconfirmed';
-const HEAD_KEY_INFO = 'keyhaven audit head key v1';
 const AUDIT_HEAD_META = 'audit_head';
 
 export interface Services {
@@ -166,18 +163,17 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
   const unsealWith = async (rootKey: Buffer, lift?: { actor: string }, fresh = false): Promise<void> => {
     let headIntact: boolean;
     try {
-      const barrier = await openBarrier(store, rootKey);
       // A head that no longer matches the chain is left as it is, so verify keeps reporting it.
-      const hk = deriveKey(rootKey, HEAD_KEY_INFO);
-      headIntact = await audit.adoptHeadKey(hk, !fresh);
-      headKey = hk;
-      keys = createKeyStore({ store, barrier, audit });
+      const stack = await openKeyhaven({ store, rootKey, audit, expectSignedHead: !fresh });
+      const { barrier, storeId } = stack;
+      headIntact = stack.headIntact;
+      headKey = stack.headKey;
+      keys = stack.keys;
       const singlePersonDev = opts.singlePersonDev === true;
       const access = confirming(createAccess({ store, barrier, audit, options: opts.access, singlePersonDev }));
       const quorum = createQuorum({ store, audit, barrier, singlePersonDev });
-      const storeId = await store.setMetaIfAbsent('store_id', randomBytes(8).toString('hex'));
-      audit.setCheckpointKey(deriveKey(rootKey, CHECKPOINT_KEY_INFO));
-      opts.checkpoints?.unsealed(deriveKey(rootKey, CHECKPOINT_KEY_INFO), storeId);
+      // A copy: the checkpointer wipes its key on seal, independently of the log.
+      opts.checkpoints?.unsealed(Buffer.from(stack.checkpointKey), storeId);
       services = { keys, access, quorum, storeId, singlePersonDev };
     } finally {
       rootKey.fill(0);
