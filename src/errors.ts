@@ -36,10 +36,6 @@ export class KeyhavenError extends Error {
   }
 }
 
-export function isKeyhavenError(e: unknown): e is KeyhavenError {
-  return e instanceof KeyhavenError;
-}
-
 /** Wraps anything thrown into a KeyhavenError without leaking its message. */
 export function asKeyhavenError(e: unknown): KeyhavenError {
   if (e instanceof KeyhavenError) return e;

@@ -6,7 +6,7 @@ import { readSession, type Session } from './session.js';
 // The CLI's HTTP client for the key server's /v1 API. undici's request on a
 // keep-alive Agent: commands that page (audit export) reuse one connection.
 
-export const DEFAULT_SERVER = 'http://127.0.0.1:8200';
+const DEFAULT_SERVER = 'http://127.0.0.1:8200';
 
 // What the server accepts after "Bearer ".
 const TOKEN = /^[\x21-\x7e]{1,512}$/;
@@ -25,7 +25,7 @@ export interface Connection {
   readonly noTokenReason?: string;
 }
 
-export function normalizeServer(raw: string, from: string): string {
+function normalizeServer(raw: string, from: string): string {
   let u: URL;
   try {
     u = new URL(raw);
@@ -111,7 +111,7 @@ function isErrorCode(c: unknown): c is ErrorCode {
 }
 
 /** The server's error answer as a KeyhavenError, so exit.ts maps it to an exit code. */
-export function serverError(status: number, text: string, conn: Connection): KeyhavenError {
+function serverError(status: number, text: string, conn: Connection): KeyhavenError {
   let parsed: { error?: { code?: unknown; message?: unknown; requestId?: unknown } } | undefined;
   try {
     parsed = JSON.parse(text) as typeof parsed;

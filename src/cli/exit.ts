@@ -18,7 +18,7 @@ const EXIT: Partial<Record<ErrorCode, number>> = {
   too_large: 2,
 };
 
-export function exitCodeFor(e: unknown): number {
+function exitCodeFor(e: unknown): number {
   return e instanceof KeyhavenError ? (EXIT[e.code] ?? 1) : 1;
 }
 

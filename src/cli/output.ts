@@ -23,7 +23,3 @@ export function formatKeyTable<K extends KeyRowView>(keys: readonly K[], extra?:
   }
   return formatTable(rows);
 }
-
-export function write(text: string): void {
-  process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
-}

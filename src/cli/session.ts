@@ -14,13 +14,13 @@ export interface Session {
   readonly caFile?: string;
 }
 
-export function configDir(): string {
+function configDir(): string {
   // XDG: a relative XDG_CONFIG_HOME is invalid and ignored.
   const xdg = process.env.XDG_CONFIG_HOME;
   return join(xdg && isAbsolute(xdg) ? xdg : join(homedir(), '.config'), 'keyhaven');
 }
 
-export function sessionPath(): string {
+function sessionPath(): string {
   return join(configDir(), 'session.json');
 }
 

@@ -84,7 +84,6 @@ export const pluginConfigSchema = z.strictObject({
 });
 
 export type PluginConfig = z.output<typeof pluginConfigSchema>;
-export type PluginConfigInput = z.input<typeof pluginConfigSchema>;
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -131,7 +131,6 @@ export const serverConfigSchema = z.strictObject({
 });
 
 export type ServerConfig = z.output<typeof serverConfigSchema>;
-export type ServerConfigInput = z.input<typeof serverConfigSchema>;
 
 function isLoopback(listen: string): boolean {
   const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');

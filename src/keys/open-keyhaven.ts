@@ -12,7 +12,7 @@ import { createKeyStore, type KeyStore } from './key-store.js';
 // drifted would make verification fail on every existing database.
 
 /** HKDF info of the key that signs the audit chain head (existing databases are signed with it: never change). */
-export const AUDIT_HEAD_KEY_INFO = 'keyhaven audit head key v1';
+const AUDIT_HEAD_KEY_INFO = 'keyhaven audit head key v1';
 /** Meta row holding the random per-store id (part of every key_id and checkpoint). */
 export const STORE_ID_META = 'store_id';
 
@@ -22,7 +22,7 @@ export interface AuditKeys {
   readonly checkpointKey: Buffer;
 }
 
-export function deriveAuditKeys(rootKey: Buffer): AuditKeys {
+function deriveAuditKeys(rootKey: Buffer): AuditKeys {
   return { headKey: deriveKey(rootKey, AUDIT_HEAD_KEY_INFO), checkpointKey: deriveKey(rootKey, CHECKPOINT_KEY_INFO) };
 }
 

@@ -10,7 +10,7 @@ import { printJson } from '../output.js';
 import { storeOptions, type StoreFlags } from '../store-command.js';
 
 /** Creates the store if absent and makes sure the key exists; idempotent. */
-export async function ensureStore(dataDir: string, keyName: string, rootKeyFile?: string): Promise<{ created: boolean; keyCreated: boolean }> {
+async function ensureStore(dataDir: string, keyName: string, rootKeyFile?: string): Promise<{ created: boolean; keyCreated: boolean }> {
   const created = !existsSync(join(dataDir, 'keyhaven.db'));
   const es = await openEmbeddedStore({ dataDir, rootKeyFile, create: true });
   try {

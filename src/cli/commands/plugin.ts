@@ -44,7 +44,7 @@ function overridesFrom(f: PluginFlags): Record<string, unknown> {
   };
 }
 
-export async function servePlugin(cfg: Readonly<PluginConfig>, logger: Logger): Promise<number> {
+async function servePlugin(cfg: Readonly<PluginConfig>, logger: Logger): Promise<number> {
   const plugin = await startPlugin(cfg, logger);
   const code = await serveUntilSignal(() => plugin.close(), logger);
   await new Promise<void>((r) => logger.flush(() => r()));
