@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -119,6 +120,15 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', { timeout: 120
     const r = await kh(['audit', 'verify', '--db', copy]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout, /audit chain BROKEN at record 7: record content does not match its hash \(edited\)/);
+  });
+
+  it('audit verify --db refuses a root key file that does not open the database, naming the key', async () => {
+    const other = join(base, 'other-root.key');
+    writeFileSync(other, randomBytes(32), { mode: 0o600 });
+    const r = await kh(['audit', 'verify', '--db', join(srv.dir, 'keyhaven.db'), '--root-key-file', other]);
+    assert.equal(r.code, 78, r.stderr);
+    assert.match(r.stderr, /the root key does not match this database/);
+    assert.doesNotMatch(r.stdout, /BROKEN/);
   });
 
   it('audit tail shows the last records; tail -f prints new ones, not its own polls, until SIGINT', async () => {
