@@ -43,6 +43,9 @@ export function principalOf(req: FastifyRequest): Principal {
   return req.principal;
 }
 
+/** The services of an unsealed server, for a handler. */
+export type ServicesOf = () => Services;
+
 /** Checks that an app holds `op` on the key, which must exist; returns the key id. */
 export async function requireGrant(services: Services, req: FastifyRequest, keyName: string, op: CryptoOperation): Promise<string> {
   const p = principalOf(req);
