@@ -9,21 +9,22 @@ import { KeyhavenError, type ErrorCode } from '../errors.js';
 import { HTTP_STATUS } from '../http-status.js';
 import type { Logger } from '../log/logger.js';
 import { PACKAGE_VERSION } from '../paths.js';
-import { dsmBasicPrincipal, isDsmPath, registerDsmRoutes, sendDsmError } from './compat-dsm.js';
-import { registerVaultRoutes } from './compat-vault.js';
-import { answerVaultList, listOwnsSocket } from './compat-vault-list.js';
-import { isVaultPath, sendVaultError, sendVaultNoRoute, vaultErrorPayload, vaultToken } from './compat-vault-envelope.js';
-import type { AccessRule } from './context.js';
+import { dsmBasicPrincipal, isDsmPath, registerDsmRoutes, sendDsmError } from './dsm/index.js';
+import { registerVaultRoutes } from './vault/index.js';
+import { answerVaultList, listOwnsSocket } from './vault/list.js';
+import { isVaultPath, sendVaultError, sendVaultNoRoute, vaultErrorPayload, vaultToken } from './vault/envelope.js';
+import type { AccessRule } from './pipeline/context.js';
 import type { ServerCore } from './core.js';
 import type { ServerMetrics } from './metrics.js';
-import { registerApprovalRoutes } from './routes-approvals.js';
-import { registerAuditRoutes } from './routes-audit.js';
-import { registerAuthRoutes } from './routes-auth.js';
-import { registerClusterRoutes } from './routes-clusters.js';
-import { registerCryptoRoutes } from './routes-crypto.js';
-import { registerKeyRoutes } from './routes-keys.js';
-import { registerPrincipalRoutes } from './routes-principals.js';
-import { registerSysRoutes } from './routes-sys.js';
+import type { RouteDeps } from './route-deps.js';
+import { registerApprovalRoutes } from './native/approvals.js';
+import { registerAuditRoutes } from './native/audit.js';
+import { registerAuthRoutes } from './native/auth.js';
+import { registerClusterRoutes } from './native/clusters.js';
+import { registerCryptoRoutes } from './native/crypto.js';
+import { registerKeyRoutes } from './native/keys.js';
+import { registerPrincipalRoutes } from './native/principals.js';
+import { registerSysRoutes } from './native/sys.js';
 
 export interface AppOptions {
   readonly core: ServerCore;
@@ -341,12 +342,4 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     return metrics.registry.metrics();
   });
   return app;
-}
-
-export interface RouteDeps {
-  readonly core: ServerCore;
-  readonly metrics: ServerMetrics;
-  readonly destroyPendingS: number;
-  /** For the sign-in routes' `config.rateLimit`. */
-  readonly signInRateLimit: { readonly max: number; readonly timeWindow: number };
 }

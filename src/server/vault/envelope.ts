@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { KeyhavenError, type ErrorCode } from '../../errors.js';
 
 // Vault's HTTP shapes: every answer is the response envelope, every error
 // {"errors": [...]}, with Vault's status codes. The Transit and token routes

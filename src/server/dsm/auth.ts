@@ -1,5 +1,5 @@
-import type { Access, Principal } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
+import type { Access, Principal } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
 
 // DSM authentication, mapped onto keyhaven credentials.
 //

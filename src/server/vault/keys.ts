@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { actorName } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo, KeyPolicy } from '../keys/key-store.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { envelope, readBody, sendVaultStatus } from './compat-vault-envelope.js';
-import { keyName, vaultKeyView, writeFailed } from './compat-vault-shared.js';
-import { guarded } from './guard.js';
+import { actorName } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import type { KeyInfo, KeyPolicy } from '../../keys/key-store.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import { envelope, readBody, sendVaultStatus } from './envelope.js';
+import { keyName, vaultKeyView, writeFailed } from './shared.js';
+import { guarded } from '../guard.js';
 
 // Transit key management: /v1/transit/keys[/:name[/config|rotate|trim]].
 // A Transit key is a keyhaven key (one name space); these routes need the

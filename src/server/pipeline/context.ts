@@ -1,8 +1,8 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { Principal } from '../access/access.js';
-import type { CryptoOperation, Role } from '../access/roles.js';
-import { KeyhavenError } from '../errors.js';
-import type { Services } from './core.js';
+import type { Principal } from '../../access/access.js';
+import type { CryptoOperation, Role } from '../../access/roles.js';
+import { KeyhavenError } from '../../errors.js';
+import type { Services } from '../core.js';
 
 /** Who may call a route. Checked before the body is parsed. */
 export type AccessRule =

@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo } from '../keys/key-store.js';
+import { KeyhavenError } from '../../errors.js';
+import type { KeyInfo } from '../../keys/key-store.js';
 
 // Pieces the Vault key and crypto routes share.
 

@@ -1,9 +1,9 @@
 import type { FastifyInstance } from 'fastify';
-import { KeyhavenError } from '../errors.js';
-import type { RouteDeps } from './app.js';
-import { registerVaultCryptoRoutes } from './compat-vault-crypto.js';
-import { registerVaultKeyRoutes } from './compat-vault-keys.js';
-import { registerVaultTokenRoutes } from './compat-vault-token.js';
+import { KeyhavenError } from '../../errors.js';
+import type { RouteDeps } from '../route-deps.js';
+import { registerVaultCryptoRoutes } from './crypto.js';
+import { registerVaultKeyRoutes } from './keys.js';
+import { registerVaultTokenRoutes } from './token.js';
 
 // The Vault / OpenBao Transit compatibility API (docs/compat-vault.md):
 // /v1/transit/* and /v1/auth/token/{lookup-self,renew-self}, in Vault's

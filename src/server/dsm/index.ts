@@ -1,15 +1,15 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { actorName, type Principal } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo } from '../keys/key-store.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import type { Services } from './core.js';
-import { apiKeyOf, authenticateAppKey, isDsmPath, parseBasic } from './compat-dsm-auth.js';
-import { decryptBody, dsmDecrypt, dsmEncrypt, encryptBody, keyDescriptor, type DecryptBody, type EncryptBody } from './compat-dsm-crypto.js';
-import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidIndex } from './compat-dsm-objects.js';
+import { actorName, type Principal } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import type { KeyInfo } from '../../keys/key-store.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import type { Services } from '../core.js';
+import { apiKeyOf, authenticateAppKey, isDsmPath, parseBasic } from './auth.js';
+import { decryptBody, dsmDecrypt, dsmEncrypt, encryptBody, keyDescriptor, type DecryptBody, type EncryptBody } from './crypto.js';
+import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidIndex } from './objects.js';
 
 // Fortanix DSM (SmartKey) compatibility API: the subset that DSM clients
 // doing symmetric encryption use (session auth, security-object metadata,
@@ -17,7 +17,7 @@ import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidInd
 // errors are a status with a plain-text message, as DSM answers them.
 // Hidden from /v1/openapi.json; documented in docs/compat-dsm.md.
 
-export { dsmBasicPrincipal, isDsmPath } from './compat-dsm-auth.js';
+export { dsmBasicPrincipal, isDsmPath } from './auth.js';
 
 /** Sends an error in DSM's shape (status, plain-text message) if `url` is a DSM path; false otherwise. */
 export function sendDsmError(url: string, reply: FastifyReply, status: number, message: string): boolean {

@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { actorName } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { guarded } from './guard.js';
-import { approvalAccepted, emptyBody, errorResponse, keyInfo, keyNameParam, periodString } from './schemas.js';
-import { keyView, parsePeriodS } from './views.js';
+import { actorName } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import { guarded } from '../guard.js';
+import { approvalAccepted, emptyBody, errorResponse, keyInfo, keyNameParam, periodString } from '../schemas.js';
+import { keyView, parsePeriodS } from '../views.js';
 
 export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS }: RouteDeps): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
