@@ -11,11 +11,6 @@ import { KeyhavenError } from '../../errors.js';
 // POST /sys/v1/session/auth (a login, counted towards lock-out like
 // /v1/auth/login); users then send the Bearer access_token it returns.
 
-/** The DSM compatibility paths: /sys/v1/... and /crypto/v1/... */
-export function isDsmPath(url: string): boolean {
-  return /^\/(?:sys|crypto)\/v1(?:[/?]|$)/.test(url);
-}
-
 export interface BasicPair {
   readonly user: string;
   readonly pass: string;

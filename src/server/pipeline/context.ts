@@ -2,7 +2,10 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Principal } from '../../access/access.js';
 import type { CryptoOperation, Role } from '../../access/roles.js';
 import { KeyhavenError } from '../../errors.js';
+import type { KeyInfo } from '../../keys/key-store.js';
 import type { Services } from '../core.js';
+import type { Dialect } from './dialect.js';
+import type { RouteSeries } from './metrics.js';
 
 /** Who may call a route. Checked before the body is parsed. */
 export type AccessRule =
@@ -11,10 +14,27 @@ export type AccessRule =
   | { readonly apps: 'granted' }
   | { readonly anyPrincipal: true };
 
+/**
+ * Every route's config: the audit operation and who may call it. Required by
+ * type (FastifyContextConfig below) and checked again when a route is added
+ * (pipeline.ts), so no route can forget either.
+ */
 export interface RouteConfig {
   /** The audit operation name, e.g. "key.rotate". */
   readonly op: string;
   readonly access: AccessRule;
+}
+
+/** What the pipeline adds to each route's config when it is registered (pipeline.ts). */
+export interface RouteStamp {
+  /** The API dialect whose route this is: its error shape, extra credentials. */
+  readonly dialect: Dialect;
+  /** The route's metric series, bound once. */
+  readonly series: RouteSeries;
+  /** The not-found handler of a dialect (audited as http.unknown with the path). */
+  readonly notFound?: boolean;
+  /** The route's `name` path parameter names a key (noted in the audit record). */
+  readonly keyParam?: boolean;
 }
 
 /** What a handler adds to its request's audit record. */
@@ -27,9 +47,9 @@ export interface AuditNote {
 }
 
 declare module 'fastify' {
-  interface FastifyContextConfig {
-    op?: string;
-    access?: AccessRule;
+  interface FastifyContextConfig extends RouteConfig {
+    /** Set by the pipeline, never by a route. */
+    readonly stamp?: RouteStamp;
   }
   interface FastifyRequest {
     principal: Principal | undefined;
@@ -42,9 +62,6 @@ export function principalOf(req: FastifyRequest): Principal {
   if (!req.principal) throw new KeyhavenError('unauthenticated', 'authentication required');
   return req.principal;
 }
-
-/** The services of an unsealed server, for a handler. */
-export type ServicesOf = () => Services;
 
 /** Checks that an app holds `op` on the key, which must exist; returns the key id. */
 export async function requireGrant(services: Services, req: FastifyRequest, keyName: string, op: CryptoOperation): Promise<string> {
@@ -63,4 +80,28 @@ export async function requireGrant(services: Services, req: FastifyRequest, keyN
 
 export function accepted(reply: FastifyReply): FastifyReply {
   return reply.code(202);
+}
+
+/**
+ * Whether a principal may see a key's metadata: every admin role that may
+ * call the route does; an app only with a grant on the key. The one place of
+ * this rule, for all three dialects.
+ */
+export async function canSeeKey(services: Services, p: Principal, keyId: string): Promise<boolean> {
+  return p.kind !== 'app' || (await services.access.grantedOperations(p, keyId)).size > 0;
+}
+
+/**
+ * Reads a key for a principal. An app gets `hidden` both for a key that does
+ * not exist and for one it holds no grant on, so it cannot learn which keys
+ * exist; others get the key store's own errors (not_found).
+ */
+export async function visibleKey(services: Services, p: Principal, name: string, hidden: () => KeyhavenError): Promise<KeyInfo> {
+  if (p.kind === 'app') {
+    await services.keys.ensureLoaded(name).catch(() => {
+      throw hidden();
+    });
+    if (!(await canSeeKey(services, p, services.keys.idOf(name)!))) throw hidden();
+  }
+  return services.keys.get(name);
 }
