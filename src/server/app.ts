@@ -109,8 +109,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       const path = Buffer.isBuffer(err.rawPacket) ? REQUEST_LINE.exec(err.rawPacket.subarray(0, 4096).toString('latin1'))?.[1] : undefined;
       const a = dialectOfPath(DIALECTS, nativeDialect, path ?? '').error(code, message, id);
       const head = `HTTP/1.1 ${status}\r\ncontent-type: ${a.type}\r\ncontent-length: ${Buffer.byteLength(a.body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n`;
-      const body = a.body;
-      if (socket.writable) socket.write(head + body);
+      if (socket.writable) socket.write(head + a.body);
       socket.destroy(err);
     },
     ...(opts.https ? { https: opts.https } : {}),

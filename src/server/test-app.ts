@@ -42,7 +42,7 @@ export interface TestApp extends BareTestApp {
   };
 }
 
-export interface TestAppOptions {
+interface TestAppOptions {
   /** Request body limit in bytes (default 64 KiB). */
   readonly bodyLimit?: number;
 }

@@ -6,7 +6,7 @@ import type { Dialect } from '../pipeline/dialect.js';
 // with the status of HTTP_STATUS. It is also the server-wide not-found
 // answer (prefix "/").
 
-export function errorBody(code: ErrorCode, message: string, requestId: string): string {
+function errorBody(code: ErrorCode, message: string, requestId: string): string {
   return JSON.stringify({ error: { code, message, requestId } });
 }
 

@@ -21,7 +21,7 @@ const BEARER = /^Bearer +([\x21-\x7e]{1,512})$/i;
 // Routes whose `name` parameter is a key's name (audited with the key).
 const KEY_ROUTE = /^\/v1\/keys\/:name(?:\/|$)/;
 
-export interface NativeOptions {
+interface NativeOptions {
   /** When set, /metrics needs "Authorization: Bearer <this>". */
   readonly metricsToken?: Buffer | undefined;
 }

@@ -16,7 +16,7 @@ import { RouteSeries } from './metrics.js';
 // (metrics). The dialect of a request comes from its route's config, stamped
 // when the route is registered (registerDialect), never from its URL.
 
-export interface PipelineDeps {
+interface PipelineDeps {
   readonly core: ServerCore;
   readonly metrics: ServerMetrics;
 }
@@ -159,14 +159,14 @@ export function installPipeline(app: FastifyInstance, { core, metrics }: Pipelin
 }
 
 /** Throws unless the route names its audit operation and a well-formed access rule. */
-export function checkRouteConfig(r: Pick<RouteOptions, 'method' | 'url' | 'config'>): void {
+function checkRouteConfig(r: Pick<RouteOptions, 'method' | 'url' | 'config'>): void {
   const cfg = r.config as Partial<RouteConfig> | undefined;
   if (typeof cfg?.op !== 'string' || cfg.op === '' || !isAccessRule(cfg.access)) {
     throw new KeyhavenError('internal', `route ${String(r.method)} ${r.url} needs config.op (its audit operation) and config.access (who may call it)`);
   }
 }
 
-export interface DialectOptions {
+interface DialectOptions {
   readonly metrics: ServerMetrics;
   /** Series for requests that reach no route (one "unknown" route label across dialects). */
   readonly notFoundSeries: RouteSeries;

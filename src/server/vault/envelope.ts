@@ -32,7 +32,7 @@ export function vaultNoRoute(url: string): { status: 404 | 405; message: string 
 }
 
 /** Vault's status for each keyhaven error code. */
-export function vaultStatus(code: ErrorCode): number {
+function vaultStatus(code: ErrorCode): number {
   switch (code) {
     case 'not_found':
       return 404;
@@ -62,7 +62,7 @@ export function vaultStatus(code: ErrorCode): number {
  * clients match on it ("permission denied", "Vault is sealed"); keyhaven's own
  * message follows as a second entry.
  */
-export function vaultErrors(code: ErrorCode, message: string): string[] {
+function vaultErrors(code: ErrorCode, message: string): string[] {
   switch (code) {
     case 'unauthenticated':
     case 'permission_denied':
