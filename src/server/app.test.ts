@@ -107,6 +107,17 @@ describe('server pipeline and dialects (in process)', () => {
       dsmError(await t.inject({ method: 'POST', url: '/crypto/v1/encrypt', headers: { authorization: basic('granted', t.tokens.granted), 'content-type': 'application/json' }, payload: big }), 413, /larger than the server accepts/);
     });
 
+    it('a POST without a body is read as {} where the body is optional; an explicit null or an empty JSON body is refused', async () => {
+      const bare = await t.inject({ method: 'POST', url: '/v1/keys/k2/rotate', headers: bearer(t.tokens.keyAdmin) });
+      assert.equal(bare.statusCode, 200, bare.body);
+      assert.equal((bare.json() as { currentVersion: number }).currentVersion, 2);
+      nativeError(await t.inject({ method: 'POST', url: '/v1/keys/k2/rotate', headers: { ...bearer(t.tokens.keyAdmin), 'content-type': 'application/json' }, payload: 'null' }), 400, 'invalid_argument');
+      nativeError(await t.inject({ method: 'POST', url: '/v1/keys/k2/rotate', headers: { ...bearer(t.tokens.keyAdmin), 'content-type': 'application/json' }, payload: '' }), 400, 'invalid_argument', /body is empty/);
+      // A body that is sent is the body validated: {} does not stand in for it.
+      nativeError(await t.inject({ method: 'POST', url: '/v1/keys/k2/rotate', headers: bearer(t.tokens.keyAdmin), payload: { extra: 1 } }), 400, 'invalid_argument', /body/);
+      assert.equal((await t.core.services().keys.get('k2')).currentVersion, 2, 'only the bare POST rotated');
+    });
+
     it('a URL the router refuses (bad percent-encoding) is answered in the dialect of its path and audited', async () => {
       nativeError(await t.inject({ method: 'GET', url: '/v1/keys/%zz' }), 400, 'invalid_argument', /not validly encoded/);
       vaultError(await t.inject({ method: 'GET', url: '/v1/transit/keys/%zz' }), 400, /not validly encoded/);

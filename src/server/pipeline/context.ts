@@ -35,6 +35,8 @@ export interface RouteStamp {
   readonly notFound?: boolean;
   /** The route's `name` path parameter names a key (noted in the audit record). */
   readonly keyParam?: boolean;
+  /** The route has a body schema (a request without a body is read as {}). */
+  readonly body?: boolean;
 }
 
 /** What a handler adds to its request's audit record. */
