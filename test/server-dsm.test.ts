@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { createKidIndex, dsmKid } from '../src/server/compat-dsm-objects.js';
+import { createKidIndex, dsmKid } from '../src/server/dsm/objects.js';
 import { openSqliteStore } from '../src/storage/sqlite.js';
 import { removeDir, tempDir } from './helpers.js';
 import { api, auditRecords, rotateAppKeyApproved, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';

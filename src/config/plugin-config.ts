@@ -10,6 +10,7 @@ import { awsKmsProviderSchema, checkAwsKmsProvider } from './providers/aws-kms.j
 import { checkFortanixDsmProvider, fortanixDsmProviderSchema } from './providers/fortanix-dsm.js';
 import { checkPkcs11Provider, pkcs11ProviderSchema } from './providers/pkcs11.js';
 import { checkVaultProvider, vaultProviderSchema } from './providers/vault.js';
+import { KEY_NAME } from '../key-name.js';
 
 export const DEFAULT_KEY_NAME = 'kubernetes-secrets';
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -22,13 +23,13 @@ const hostPort = z
 const embeddedProvider = z.strictObject({
   type: z.literal('embedded'),
   dataDir: z.string().min(1),
-  key: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"').default(DEFAULT_KEY_NAME),
+  key: z.string().regex(KEY_NAME, 'must be 1-128 letters, digits, ".", "_" or "-"').default(DEFAULT_KEY_NAME),
   rootKeyFile: z.string().min(1).optional(),
   // Keys Decrypt still accepts after the cluster moved to `key` (Encrypt never uses them).
-  previousKeys: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be key names')).max(16).default([]),
+  previousKeys: z.array(z.string().regex(KEY_NAME, 'must be key names')).max(16).default([]),
 });
 
-const keyName = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be 1-128 letters, digits, ".", "_" or "-"');
+const keyName = z.string().regex(KEY_NAME, 'must be 1-128 letters, digits, ".", "_" or "-"');
 
 const serverUrl = originUrl();
 

@@ -7,8 +7,8 @@ import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import type { KeyState } from '../storage/schema.js';
 import type { KeyRow, Store } from '../storage/store.js';
+import { KEY_NAME } from '../key-name.js';
 
-const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export interface KeyVersionInfo {
   readonly version: number;

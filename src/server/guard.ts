@@ -3,7 +3,7 @@ import { actorName, type Principal } from '../access/access.js';
 import { PERFORMER, type ApprovableOperation, type ApprovalInfo, type ApproverRule, type QuorumPolicy } from '../access/quorum.js';
 import { KeyhavenError } from '../errors.js';
 import type { Services } from './core.js';
-import { principalOf } from './context.js';
+import { principalOf } from './pipeline/context.js';
 import { keyView } from './views.js';
 
 // What each approvable operation does once approved. Parameters are stored in

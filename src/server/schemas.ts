@@ -1,11 +1,12 @@
 import { z } from 'zod';
 import { ROLES, CRYPTO_OPERATIONS } from '../access/roles.js';
+import { KEY_NAME } from '../key-name.js';
 
 // Request and response shapes: the same schemas validate requests and
 // produce the OpenAPI document.
 
 export const keyNameParam = z.strictObject({
-  name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/, 'must be a key name: 1-128 letters, digits, ".", "_" or "-"'),
+  name: z.string().regex(KEY_NAME, 'must be a key name: 1-128 letters, digits, ".", "_" or "-"'),
 });
 
 export const principalNameParam = z.strictObject({

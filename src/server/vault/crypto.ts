@@ -1,14 +1,14 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import type { CryptoOperation } from '../access/roles.js';
-import { asKeyhavenError, KeyhavenError, type ErrorCode } from '../errors.js';
-import type { KeyInfo } from '../keys/key-store.js';
-import type { RouteDeps } from './app.js';
-import { requireGrant } from './context.js';
-import type { Services } from './core.js';
-import { boundData, formatVaultCiphertext, parseVaultCiphertext } from './compat-vault-ciphertext.js';
-import { base64Field, envelope, readBody, type FieldType, type Fields } from './compat-vault-envelope.js';
-import { keyName } from './compat-vault-shared.js';
+import type { CryptoOperation } from '../../access/roles.js';
+import { asKeyhavenError, KeyhavenError, type ErrorCode } from '../../errors.js';
+import type { KeyInfo } from '../../keys/key-store.js';
+import type { RouteDeps } from '../route-deps.js';
+import { requireGrant } from '../pipeline/context.js';
+import type { Services } from '../core.js';
+import { boundData, formatVaultCiphertext, parseVaultCiphertext } from './ciphertext.js';
+import { base64Field, envelope, readBody, type FieldType, type Fields } from './envelope.js';
+import { keyName } from './shared.js';
 
 // Transit encrypt / decrypt / rewrap / datakey. The grants are the native
 // ones (requireGrant, as /v1/keys/{name}/encrypt ...), the crypto is the key

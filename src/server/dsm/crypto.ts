@@ -1,11 +1,11 @@
 import type { FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { KeyhavenError } from '../errors.js';
-import { cbcDecrypt, cbcEncrypt, gcmDecrypt, gcmEncrypt, GCM_TAG_BITS, rawSubkey } from '../keys/raw-cipher.js';
-import { principalOf, requireGrant } from './context.js';
-import type { Services } from './core.js';
-import { dsmKid, parseObjectName, UUID, type KidIndex } from './compat-dsm-objects.js';
-import { base64 } from './schemas.js';
+import { KeyhavenError } from '../../errors.js';
+import { cbcDecrypt, cbcEncrypt, gcmDecrypt, gcmEncrypt, GCM_TAG_BITS, rawSubkey } from '../../keys/raw-cipher.js';
+import { principalOf, requireGrant } from '../pipeline/context.js';
+import type { Services } from '../core.js';
+import { dsmKid, parseObjectName, UUID, type KidIndex } from './objects.js';
+import { base64 } from '../schemas.js';
 
 // DSM encrypt and decrypt: raw AES-256 output (cipher, iv, tag) under a
 // sub-key of one key version (see keys/raw-cipher.ts), with the app's

@@ -1,5 +1,5 @@
-import type { Access, Principal } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
+import type { Access, Principal } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
 
 // DSM authentication, mapped onto keyhaven credentials.
 //
@@ -10,11 +10,6 @@ import { KeyhavenError } from '../errors.js';
 // Any other Basic pair is a user's name and password, accepted only by
 // POST /sys/v1/session/auth (a login, counted towards lock-out like
 // /v1/auth/login); users then send the Bearer access_token it returns.
-
-/** The DSM compatibility paths: /sys/v1/... and /crypto/v1/... */
-export function isDsmPath(url: string): boolean {
-  return /^\/(?:sys|crypto)\/v1(?:[/?]|$)/.test(url);
-}
 
 export interface BasicPair {
   readonly user: string;

@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { actorName } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo, KeyPolicy } from '../keys/key-store.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { envelope, readBody, sendVaultStatus } from './compat-vault-envelope.js';
-import { keyName, vaultKeyView, writeFailed } from './compat-vault-shared.js';
-import { guarded } from './guard.js';
+import { actorName } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import type { KeyInfo, KeyPolicy } from '../../keys/key-store.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf, visibleKey } from '../pipeline/context.js';
+import { envelope, readBody, sendVaultStatus } from './envelope.js';
+import { keyName, vaultKeyView, writeFailed } from './shared.js';
+import { guarded } from '../guard.js';
 
 // Transit key management: /v1/transit/keys[/:name[/config|rotate|trim]].
 // A Transit key is a keyhaven key (one name space); these routes need the
@@ -90,18 +90,9 @@ export function registerVaultKeyRoutes(app: FastifyInstance, { core }: RouteDeps
   app.get('/v1/transit/keys/:name', { config: { op: 'transit.keys.read', access: { ...readers, apps: 'granted' } }, schema: hide }, async (req, reply) => {
     const name = keyName(req);
     const s = core.services();
-    const p = principalOf(req);
-    if (p.kind === 'app') {
-      // An app sees only keys it holds a grant on (as GET /v1/keys/{name}).
-      const denied = new KeyhavenError('permission_denied', `no grant on key "${name}"`);
-      await s.keys.ensureLoaded(name).catch(() => {
-        throw denied;
-      });
-      if ((await s.access.grantedOperations(p, s.keys.idOf(name)!)).size === 0) throw denied;
-    }
     let k: KeyInfo;
     try {
-      k = await s.keys.get(name);
+      k = await visibleKey(s, principalOf(req), name, () => new KeyhavenError('permission_denied', `no grant on key "${name}"`));
     } catch (e) {
       // Vault answers a read of a missing key with 404 and no errors.
       if (e instanceof KeyhavenError && e.code === 'not_found') return sendVaultStatus(req, reply, 404, [], 'not_found');

@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { GUARDED_OPERATIONS, type GuardedOperation } from '../access/quorum.js';
-import { PACKAGE_VERSION } from '../paths.js';
-import type { RouteDeps } from './app.js';
-import { approvalAccepted, emptyBody, errorResponse, sealStatus } from './schemas.js';
-import { guarded } from './guard.js';
-import { principalOf } from './context.js';
-import { KeyhavenError } from '../errors.js';
+import { GUARDED_OPERATIONS, type GuardedOperation } from '../../access/quorum.js';
+import { PACKAGE_VERSION } from '../../paths.js';
+import type { RouteDeps } from '../route-deps.js';
+import { approvalAccepted, emptyBody, errorResponse, sealStatus } from '../schemas.js';
+import { guarded } from '../guard.js';
+import { principalOf } from '../pipeline/context.js';
+import { KeyhavenError } from '../../errors.js';
 
 const USER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const userName = z.string().regex(USER_NAME, 'must be a user name');

@@ -1,10 +1,10 @@
 import type { FastifyRequest } from 'fastify';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo } from '../keys/key-store.js';
+import { KeyhavenError } from '../../errors.js';
+import { KEY_NAME } from '../../key-name.js';
+import type { KeyInfo } from '../../keys/key-store.js';
 
 // Pieces the Vault key and crypto routes share.
 
-export const KEY_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 /** The route's key name, checked, and noted for the audit record. */
 export function keyName(req: FastifyRequest): string {

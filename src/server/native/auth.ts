@@ -1,9 +1,9 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { emptyBody, errorResponse, roleEnum } from './schemas.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import { emptyBody, errorResponse, roleEnum } from '../schemas.js';
 
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 

@@ -2,12 +2,12 @@ import { randomBytes } from 'node:crypto';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { CryptoOperation } from '../access/roles.js';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
-import type { RouteDeps } from './app.js';
-import { requireGrant } from './context.js';
-import type { Services } from './core.js';
-import { base64, ciphertextString, errorResponse, keyNameParam } from './schemas.js';
+import type { CryptoOperation } from '../../access/roles.js';
+import { KeyhavenError, type ErrorCode } from '../../errors.js';
+import type { RouteDeps } from '../route-deps.js';
+import { requireGrant } from '../pipeline/context.js';
+import type { Services } from '../core.js';
+import { base64, ciphertextString, errorResponse, keyNameParam } from '../schemas.js';
 
 const MAX_PLAINTEXT = 64 * 1024;
 const MAX_CONTEXT = 4 * 1024;

@@ -1,5 +1,5 @@
-import { KeyhavenError } from '../errors.js';
-import type { Services } from './core.js';
+import { KeyhavenError } from '../../errors.js';
+import type { Services } from '../core.js';
 
 // The Vault Transit ciphertext format, `vault:v<N>:<base64>`, carrying
 // keyhaven's own blob (whose authenticated header names key and version), so

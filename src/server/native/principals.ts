@@ -1,13 +1,13 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { hashNewPassword } from '../access/access.js';
-import { ADMIN_ROLES, checkRoleSet, parseRoles } from '../access/roles.js';
-import { KeyhavenError } from '../errors.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { adminApprovers, guarded } from './guard.js';
-import { approvalAccepted, emptyBody, errorResponse, keyNameParam, operationEnum, principalInfo, principalNameParam, roleEnum } from './schemas.js';
+import { hashNewPassword } from '../../access/access.js';
+import { ADMIN_ROLES, checkRoleSet, parseRoles } from '../../access/roles.js';
+import { KeyhavenError } from '../../errors.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import { adminApprovers, guarded } from '../guard.js';
+import { approvalAccepted, emptyBody, errorResponse, keyNameParam, operationEnum, principalInfo, principalNameParam, roleEnum } from '../schemas.js';
 
 const principalName = principalNameParam.shape.name;
 

@@ -1,11 +1,11 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { KeyhavenError } from '../errors.js';
-import { formatKeyId, parseKeyId } from '../keys/key-id.js';
-import type { RouteDeps } from './app.js';
-import { principalOf, requireGrant } from './context.js';
-import { errorResponse, keyNameParam, principalNameParam } from './schemas.js';
+import { KeyhavenError } from '../../errors.js';
+import { formatKeyId, parseKeyId } from '../../keys/key-id.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf, requireGrant } from '../pipeline/context.js';
+import { errorResponse, keyNameParam, principalNameParam } from '../schemas.js';
 
 // The KMS plugin's remote provider probes its key here on every health
 // check, and reports which cluster node uses which key version; operators

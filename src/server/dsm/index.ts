@@ -1,15 +1,16 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { actorName, type Principal } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { KeyInfo } from '../keys/key-store.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import type { Services } from './core.js';
-import { apiKeyOf, authenticateAppKey, isDsmPath, parseBasic } from './compat-dsm-auth.js';
-import { decryptBody, dsmDecrypt, dsmEncrypt, encryptBody, keyDescriptor, type DecryptBody, type EncryptBody } from './compat-dsm-crypto.js';
-import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidIndex } from './compat-dsm-objects.js';
+import { actorName } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import { registerDialect } from '../pipeline/pipeline.js';
+import type { RouteSeries } from '../pipeline/metrics.js';
+import type { RouteDeps } from '../route-deps.js';
+import { dsmDialect } from './dialect.js';
+import { canSeeKey, principalOf } from '../pipeline/context.js';
+import { apiKeyOf, authenticateAppKey, parseBasic } from './auth.js';
+import { decryptBody, dsmDecrypt, dsmEncrypt, encryptBody, keyDescriptor, type DecryptBody, type EncryptBody } from './crypto.js';
+import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidIndex } from './objects.js';
 
 // Fortanix DSM (SmartKey) compatibility API: the subset that DSM clients
 // doing symmetric encryption use (session auth, security-object metadata,
@@ -17,25 +18,18 @@ import { createKidIndex, parseObjectName, sobjectView, uuidOf, UUID, type KidInd
 // errors are a status with a plain-text message, as DSM answers them.
 // Hidden from /v1/openapi.json; documented in docs/compat-dsm.md.
 
-export { dsmBasicPrincipal, isDsmPath } from './compat-dsm-auth.js';
-
-/** Sends an error in DSM's shape (status, plain-text message) if `url` is a DSM path; false otherwise. */
-export function sendDsmError(url: string, reply: FastifyReply, status: number, message: string): boolean {
-  if (!isDsmPath(url)) return false;
-  void reply.code(status).type('text/plain; charset=utf-8').send(message);
-  return true;
-}
-
 const USER_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const readers = ['key-admin', 'security-admin', 'auditor'] as const;
 const view = z.object({ view: z.enum(['json'], { error: 'view must be "json": keyhaven keys are not exportable' }).optional() });
 
-export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInRateLimit }: RouteDeps): void {
+/** The DSM dialect: its routes, error shape and not-found answer in one encapsulated context. */
+export function registerDsm(app: FastifyInstance, deps: RouteDeps, notFoundSeries: RouteSeries): Promise<void> {
+  return registerDialect(app, dsmDialect, { metrics: deps.metrics, notFoundSeries, routes: (scope) => registerDsmRoutes(scope, deps) });
+}
+
+function registerDsmRoutes(scope: FastifyInstance, { core, metrics, signInRateLimit }: RouteDeps): void {
   const kids: KidIndex = createKidIndex(core.store);
   const hide = { hide: true } as const;
-
-  // An app sees only keys it holds a grant on.
-  const visible = async (s: Services, p: Principal, k: KeyInfo) => p.kind !== 'app' || (await s.access.grantedOperations(p, k.id)).size > 0;
 
   /** The object a kid or name names, for reading metadata; apps get one 403 for unknown and ungranted. */
   const lookup = async (req: FastifyRequest, d: { kid?: string | undefined; name?: string | undefined }) => {
@@ -57,7 +51,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInR
       throw e instanceof KeyhavenError && (e.code === 'not_found' || e.code === 'invalid_argument') ? missing : e;
     });
     // keyId differs when the kid's key was deleted and its name taken again.
-    if ((keyId !== undefined && keyId !== k.id) || !(await visible(s, p, k))) throw missing;
+    if ((keyId !== undefined && keyId !== k.id) || !(await canSeeKey(s, p, k.id))) throw missing;
     const v = version ?? k.currentVersion;
     // An old-version name must name a version before the current one.
     const info = k.versions.find((x) => x.version === v);
@@ -90,7 +84,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInR
     }
   };
 
-  void app.register(async (scope) => {
+  {
     // DSM clients send JSON without a content-type (the Go SDK), and empty
     // bodies to session auth and terminate, some labelled JSON: read both as DSM does.
     scope.addHook('onRequest', async (req) => {
@@ -152,7 +146,7 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInR
       const p = principalOf(req);
       const all = [];
       for (const k of await s.keys.list()) {
-        if (!(await visible(s, p, k))) continue;
+        if (!(await canSeeKey(s, p, k.id))) continue;
         kids.learn(s.storeId, k);
         for (const v of [...k.versions].reverse()) all.push(sobjectView(s.storeId, k, v));
       }
@@ -221,5 +215,5 @@ export function registerDsmRoutes(app: FastifyInstance, { core, metrics, signInR
       crypt(req, req.params.kid, req.body, 'encrypt'));
     r.post('/crypto/v1/keys/:kid/decrypt', { config: { op: 'dsm.decrypt', access }, schema: { ...hide, params: kidParam, body: decryptBody } }, async (req) =>
       crypt(req, req.params.kid, req.body, 'decrypt'));
-  });
+  }
 }

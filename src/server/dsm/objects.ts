@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import type { KeyInfo, KeyVersionInfo } from '../keys/key-store.js';
-import type { Store } from '../storage/store.js';
+import type { KeyInfo, KeyVersionInfo } from '../../keys/key-store.js';
+import type { Store } from '../../storage/store.js';
 
 // Fortanix DSM security objects, as keyhaven key versions. DSM objects have
 // no versions: a rekey makes a new object linked to the old one. So each

@@ -1,14 +1,17 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { KeyhavenError, type ErrorCode } from '../../errors.js';
 
 // Vault's HTTP shapes: every answer is the response envelope, every error
 // {"errors": [...]}, with Vault's status codes. The Transit and token routes
-// use these; app.ts uses vaultErrorPayload for errors raised before or
-// outside a handler on these paths (authentication, bad JSON, no route).
+// use these; the Vault dialect (dialect.ts) uses vaultErrorPayload for errors
+// raised before or outside a handler (authentication, bad JSON, no route).
 
-/** Paths served in Vault's shapes. Native /v1/auth/* (login, whoami) keep the native shape. */
+/** The paths served in Vault's shapes. Native /v1/auth/* (login, whoami) keep the native shape. */
+export const VAULT_PREFIXES: readonly string[] = ['/v1/transit', '/v1/auth/token'];
+
+/** A path under VAULT_PREFIXES, for the raw LIST requests that never reach the router (list.ts). */
 export function isVaultPath(url: string): boolean {
-  return url === '/v1/transit' || url.startsWith('/v1/transit/') || url.startsWith('/v1/transit?') || url.startsWith('/v1/auth/token/');
+  return VAULT_PREFIXES.some((p) => url.startsWith(p) && (url.length === p.length || url[p.length] === '/' || url[p.length] === '?'));
 }
 
 // Every route of the Vault API, without its method: a path that matches one
@@ -29,7 +32,7 @@ export function vaultNoRoute(url: string): { status: 404 | 405; message: string 
 }
 
 /** Vault's status for each keyhaven error code. */
-export function vaultStatus(code: ErrorCode): number {
+function vaultStatus(code: ErrorCode): number {
   switch (code) {
     case 'not_found':
       return 404;
@@ -59,7 +62,7 @@ export function vaultStatus(code: ErrorCode): number {
  * clients match on it ("permission denied", "Vault is sealed"); keyhaven's own
  * message follows as a second entry.
  */
-export function vaultErrors(code: ErrorCode, message: string): string[] {
+function vaultErrors(code: ErrorCode, message: string): string[] {
   switch (code) {
     case 'unauthenticated':
     case 'permission_denied':
@@ -184,30 +187,14 @@ export function base64Field(field: string, v: string, maxBytes: number): Buffer 
   return Buffer.from(v, 'base64');
 }
 
-// ---- app.ts hooks: errors raised outside the Vault handlers ------------------
+// ---- credentials -------------------------------------------------------------
 
-/** Answers an error in Vault's shape if `url` is a Vault path; false otherwise. */
-export function sendVaultError(url: string, reply: FastifyReply, code: ErrorCode, message: string): boolean {
-  if (!isVaultPath(url)) return false;
-  const p = vaultErrorPayload(code, message);
-  void reply.code(p.status).type('application/json').send(p.body);
-  return true;
-}
+const TOKEN = /^[\x21-\x7e]{1,512}$/;
 
-/** The not-found answer on a Vault path: 405 for a known path with another method, else 404. */
-export function sendVaultNoRoute(req: FastifyRequest, reply: FastifyReply): boolean {
-  if (!isVaultPath(req.url)) return false;
-  const { status, message } = vaultNoRoute(req.url);
-  req.auditNote.result = status === 405 ? 'invalid_argument' : 'not_found';
-  void reply.code(status).type('application/json').send(JSON.stringify({ errors: [message] }));
-  return true;
-}
-
-/** The X-Vault-Token a request to a Vault path carries, if any (Vault reads it before Authorization). */
+/** The X-Vault-Token a request carries, if any (Vault reads it before Authorization). */
 export function vaultToken(req: FastifyRequest): string | undefined {
-  if (!isVaultPath(req.url)) return undefined;
   const v = req.headers['x-vault-token'];
   if (typeof v !== 'string' || v === '') return undefined;
-  if (!/^[\x21-\x7e]{1,512}$/.test(v)) throw new KeyhavenError('unauthenticated', 'the X-Vault-Token header must hold a keyhaven token or API key');
+  if (!TOKEN.test(v)) throw new KeyhavenError('unauthenticated', 'the X-Vault-Token header must hold a keyhaven token or API key');
   return v;
 }

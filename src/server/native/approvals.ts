@@ -1,10 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { executeApproved } from './guard.js';
-import { approvalInfo, errorResponse } from './schemas.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf } from '../pipeline/context.js';
+import { executeApproved } from '../guard.js';
+import { approvalInfo, errorResponse } from '../schemas.js';
 
 const idParam = z.strictObject({ id: z.string().regex(/^[0-9a-f]{16}$/, 'must be an approval request id (16 hex digits)') });
 

@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { actorName } from '../access/access.js';
-import { KeyhavenError } from '../errors.js';
-import type { RouteDeps } from './app.js';
-import { principalOf } from './context.js';
-import { guarded } from './guard.js';
-import { approvalAccepted, emptyBody, errorResponse, keyInfo, keyNameParam, periodString } from './schemas.js';
-import { keyView, parsePeriodS } from './views.js';
+import { actorName } from '../../access/access.js';
+import { KeyhavenError } from '../../errors.js';
+import type { RouteDeps } from '../route-deps.js';
+import { principalOf, visibleKey } from '../pipeline/context.js';
+import { guarded } from '../guard.js';
+import { approvalAccepted, emptyBody, errorResponse, keyInfo, keyNameParam, periodString } from '../schemas.js';
+import { keyView, parsePeriodS } from '../views.js';
 
 export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS }: RouteDeps): void {
   const r = app.withTypeProvider<ZodTypeProvider>();
@@ -37,17 +37,8 @@ export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS 
     config: { op: 'key.read', access: { roles: ['key-admin', 'security-admin', 'auditor'], apps: 'granted' } },
     schema: { tags, summary: 'Read a key\'s metadata (there is no export)', params: keyNameParam, response: { 200: keyInfo, 404: errorResponse } },
   }, async (req) => {
-    const s = core.services();
-    const p = principalOf(req);
-    if (p.kind === 'app') {
-      // An app sees only keys it holds a grant on.
-      const denied = new KeyhavenError('permission_denied', `no grant on key "${req.params.name}"`);
-      await s.keys.ensureLoaded(req.params.name).catch(() => {
-        throw denied;
-      });
-      if ((await s.access.grantedOperations(p, s.keys.idOf(req.params.name)!)).size === 0) throw denied;
-    }
-    return keyView(await s.keys.get(req.params.name));
+    const name = req.params.name;
+    return keyView(await visibleKey(core.services(), principalOf(req), name, () => new KeyhavenError('permission_denied', `no grant on key "${name}"`)));
   });
 
   r.post('/v1/keys/:name/rotate', {

@@ -1,10 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { actorName, type Principal } from '../access/access.js';
-import { parseToken } from '../access/secrets.js';
-import type { RouteDeps } from './app.js';
-import type { ServerCore } from './core.js';
-import { principalOf } from './context.js';
-import { envelope, readBody } from './compat-vault-envelope.js';
+import { actorName, type Principal } from '../../access/access.js';
+import { parseToken } from '../../access/secrets.js';
+import type { RouteDeps } from '../route-deps.js';
+import type { ServerCore } from '../core.js';
+import { principalOf } from '../pipeline/context.js';
+import { envelope, readBody } from './envelope.js';
 
 // Vault clients check their token at start (lookup-self) and keep it alive
 // (renew-self). Here the token is a keyhaven session (ttl from its expiry) or

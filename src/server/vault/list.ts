@@ -3,8 +3,8 @@ import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
 import type { FastifyInstance } from 'fastify';
-import type { AuditLog } from '../audit/audit-log.js';
-import { isVaultPath, vaultErrorPayload, vaultNoRoute } from './compat-vault-envelope.js';
+import type { AuditLog } from '../../audit/audit-log.js';
+import { isVaultPath, vaultErrorPayload, vaultNoRoute } from './envelope.js';
 
 // Vault lists with the LIST method. Node's HTTP parser (llhttp) knows a fixed
 // set of methods without LIST, so such a request never becomes a request:
