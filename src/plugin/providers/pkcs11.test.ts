@@ -8,7 +8,7 @@ import type * as P from 'pkcs11js';
 import { parsePluginConfig } from '../../config/plugin-config.js';
 import type { Pkcs11ProviderConfig } from '../../config/providers/pkcs11.js';
 import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import { acquireModule, ckr, releaseModule, trimPadded } from '../../seal/pkcs11-token.js';
+import { acquireModule, ckr, releaseModule, trimPadded } from '../../hsm/pkcs11-token.js';
 import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable } from '../../../test/softhsm.js';
 import { createPluginMetrics } from '../metrics.js';
 import type { KmsProvider } from '../provider.js';

@@ -1,6 +1,6 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
 import type { Pkcs11ProviderConfig } from '../../config/providers/pkcs11.js';
+import { readSecret } from '../../config/secret-file.js';
 import { KeyhavenError, type ErrorCode } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
 import {
@@ -20,7 +20,7 @@ import {
   trimPadded,
   type LoadedModule,
   type TokenSelector,
-} from '../../seal/pkcs11-token.js';
+} from '../../hsm/pkcs11-token.js';
 import type { KmsProvider, ProviderDecryptResult, ProviderEncryptResult } from '../provider.js';
 import type { ProviderBuildContext } from './context.js';
 import { aad, header, IV_BYTES, keyRef, MAX_PLAINTEXT_BYTES, parseEnvelope, pkcs11KeyId, TAG_BYTES, type ParsedEnvelope } from './pkcs11-envelope.js';
@@ -452,29 +452,8 @@ export function createPkcs11Provider(opts: Pkcs11ProviderOptions): KmsProvider {
   };
 }
 
-/** The user PIN from a 0600 file or an environment variable. */
-function readPin(p: Pkcs11ProviderConfig): string {
-  if (p.pinEnv) {
-    const v = process.env[p.pinEnv];
-    if (!v) throw new KeyhavenError('config_invalid', `environment variable ${p.pinEnv} (provider.pinEnv) is not set`);
-    return v;
-  }
-  const file = p.pinFile!;
-  let pin: string;
-  try {
-    // Like the API key file: a PIN others can read is refused, not used.
-    if ((statSync(file).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the HSM PIN file ${file} is readable or writable by group or others; chmod 600 it`);
-    pin = readFileSync(file, 'utf8').trim();
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read the HSM PIN file ${file}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  if (pin === '') throw new KeyhavenError('config_invalid', `the HSM PIN file ${file} is empty`);
-  return pin;
-}
-
 export async function buildPkcs11Provider(p: Pkcs11ProviderConfig, ctx: ProviderBuildContext): Promise<KmsProvider> {
-  const pin = readPin(p);
+  const pin = readSecret({ file: p.pinFile, env: p.pinEnv }, { what: 'the HSM PIN file', envField: 'provider.pinEnv' });
   // A module that cannot load is a configuration to fix: refuse to start. The
   // token itself is only reached by the first Status, so that a token that is
   // away (or a wrong PIN) fails Status with a precise reason instead.
