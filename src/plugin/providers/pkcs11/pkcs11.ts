@@ -1,8 +1,8 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import type { Pkcs11ProviderConfig } from '../../config/providers/pkcs11.js';
-import { readSecret } from '../../config/secret-file.js';
-import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import type { Logger } from '../../log/logger.js';
+import type { Pkcs11ProviderConfig } from '../../../config/providers/pkcs11.js';
+import { readSecret } from '../../../config/secret-file.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import type { Logger } from '../../../log/logger.js';
 import {
   acquireModule,
   aesGcm,
@@ -20,9 +20,9 @@ import {
   trimPadded,
   type LoadedModule,
   type TokenSelector,
-} from '../../hsm/pkcs11-token.js';
-import type { KmsProvider, ProviderDecryptResult, ProviderEncryptResult } from '../provider.js';
-import type { ProviderBuildContext } from './context.js';
+} from '../../../hsm/pkcs11-token.js';
+import type { KmsProvider, ProviderDecryptResult, ProviderEncryptResult } from '../../provider.js';
+import type { ProviderBuildContext } from '../context.js';
 import { aad, header, IV_BYTES, keyRef, MAX_PLAINTEXT_BYTES, parseEnvelope, pkcs11KeyId, TAG_BYTES, type ParsedEnvelope } from './pkcs11-envelope.js';
 
 /**

@@ -1,8 +1,8 @@
-import { KeyhavenError } from '../errors.js';
-import { CIPHERTEXT_OVERHEAD, type KeyStore } from '../keys/key-store.js';
-import { MAX_CIPHERTEXT_BYTES } from './limits.js';
-import { formatKeyId, parseKeyId } from '../keys/key-id.js';
-import type { KmsProvider } from './provider.js';
+import { KeyhavenError } from '../../../errors.js';
+import { CIPHERTEXT_OVERHEAD, type KeyStore } from '../../../keys/key-store.js';
+import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
+import { formatKeyId, parseKeyId } from '../../../keys/key-id.js';
+import type { KmsProvider } from '../../provider.js';
 
 /** The provider backed by the embedded key store (SQLite + root key file). */
 export function createEmbeddedProvider(deps: {

@@ -1,5 +1,5 @@
-import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClientOptions } from '../key-server-client.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClientOptions } from '../../key-server-client.js';
 
 /**
  * A DSM REST client with session handling on top of the plugin's key server

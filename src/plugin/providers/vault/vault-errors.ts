@@ -1,4 +1,4 @@
-import type { ErrorCode } from '../../errors.js';
+import type { ErrorCode } from '../../../errors.js';
 
 // Vault answers errors as {"errors": ["..."]}; the status says whose fault it
 // is. A 403 is first read as "unauthenticated"; the provider then asks

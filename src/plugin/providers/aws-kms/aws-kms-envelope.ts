@@ -1,6 +1,7 @@
-import { aeadOpen, NONCE_BYTES, TAG_BYTES } from '../../crypto/aead.js';
-import { kekAad, sealUnderLocalKek } from '../remote-envelope.js';
-import { KeyhavenError } from '../../errors.js';
+import { aeadOpen, NONCE_BYTES, TAG_BYTES } from '../../../crypto/aead.js';
+import { kekAad, sealUnderLocalKek } from '../keyhaven/remote-envelope.js';
+import { KeyhavenError } from '../../../errors.js';
+import { ENVELOPE_FORMAT, formatByteText, formatOwner } from '../../envelope-formats.js';
 
 // What the aws-kms provider hands the apiserver as a ciphertext. The first
 // byte says which form it is, so a cluster that turns the local KEK on or off
@@ -15,9 +16,9 @@ import { KeyhavenError } from '../../errors.js';
 // The wrapped KEK, with the form byte, is the AES-GCM associated data, so a
 // sealed seed cannot be paired with another KEK.
 export const AWS_KEK_ANNOTATION = 'kek.aws-kms.keyhaven.io';
-export const FORM_AWS_DIRECT = 0x41;
-export const FORM_AWS_KEK_ANNOTATED = 0x42;
-export const FORM_AWS_KEK_EMBEDDED = 0x43;
+export const FORM_AWS_DIRECT = ENVELOPE_FORMAT.AWS_DIRECT;
+export const FORM_AWS_KEK_ANNOTATED = ENVELOPE_FORMAT.AWS_KEK_ANNOTATED;
+export const FORM_AWS_KEK_EMBEDDED = ENVELOPE_FORMAT.AWS_KEK_EMBEDDED;
 
 // AWS KMS accepts CiphertextBlobs of at most 6144 bytes; one for a 32-byte KEK is about 180.
 const MAX_BLOB = 6144;
@@ -62,8 +63,8 @@ export function parseAwsEnvelope(ciphertext: Buffer, annotations: Readonly<Recor
     if (n === 0 || ciphertext.length < 3 + n + MIN_SEALED) throw new KeyhavenError('integrity', 'ciphertext is truncated or its wrapped KEK length is wrong');
     return { form, wrapped: ciphertext.subarray(3, 3 + n), sealed: ciphertext.subarray(3 + n) };
   }
-  if (form === 0x6b || form === 0x02 || form === 0x03) {
-    throw new KeyhavenError('invalid_argument', `ciphertext has format byte 0x${form.toString(16).padStart(2, '0')}: it was made by keyhaven's key server provider, not by aws-kms`);
+  if (formatOwner(form) === 'keyhaven') {
+    throw new KeyhavenError('invalid_argument', `ciphertext has format byte ${formatByteText(form)}: it was made by keyhaven's key server provider, not by aws-kms`);
   }
   throw new KeyhavenError('invalid_argument', `ciphertext has unknown format byte 0x${form.toString(16).padStart(2, '0')}; it was not made by keyhaven's aws-kms provider`);
 }

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { KeyhavenError } from '../../errors.js';
-import { MAX_CIPHERTEXT_BYTES } from '../limits.js';
+import { KeyhavenError } from '../../../errors.js';
+import { ENVELOPE_FORMAT } from '../../envelope-formats.js';
+import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 
 // The pkcs11 provider's ciphertext: a self-describing header, then what the
 // token's CKM_AES_GCM returned (ciphertext || tag).
@@ -11,7 +12,7 @@ import { MAX_CIPHERTEXT_BYTES } from '../limits.js';
 // apiserver's key_id (v1beta1 sends none). The whole header is the GCM
 // associated data: changing any byte of it fails the tag check in the token.
 
-export const PKCS11_FORMAT = 0x11;
+export const PKCS11_FORMAT = ENVELOPE_FORMAT.PKCS11;
 export const KEY_REF_BYTES = 8;
 export const IV_BYTES = 12;
 export const TAG_BYTES = 16;

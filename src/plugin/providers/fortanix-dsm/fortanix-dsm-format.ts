@@ -1,5 +1,6 @@
-import { KeyhavenError } from '../../errors.js';
-import { DSM_UUID } from '../../config/providers/fortanix-dsm.js';
+import { KeyhavenError } from '../../../errors.js';
+import { DSM_UUID } from '../../../config/providers/fortanix-dsm.js';
+import { ENVELOPE_FORMAT } from '../../envelope-formats.js';
 
 /**
  * The plugin's ciphertext for the fortanix-dsm provider. DSM returns the
@@ -17,7 +18,7 @@ import { DSM_UUID } from '../../config/providers/fortanix-dsm.js';
  * Whoever recovers by hand must send the same `ad` (docs/provider-fortanix-dsm.md).
  */
 
-export const DSM_FORMAT = 0x64;
+export const DSM_FORMAT = ENVELOPE_FORMAT.FORTANIX_DSM;
 const AD_PREFIX = 'keyhaven.io/kms-plugin/fortanix-dsm/v2';
 
 /**

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { code as fails } from '../../../test/expect-error.js';
-import { parsePluginConfig } from '../../config/plugin-config.js';
-import { KeyhavenError } from '../../errors.js';
+import { code as fails } from '../../../../test/expect-error.js';
+import { parsePluginConfig } from '../../../config/plugin-config.js';
+import { KeyhavenError } from '../../../errors.js';
 import { dsmErrorCode } from './fortanix-dsm-client.js';
 import { DSM_FORMAT, dsmKeyId, packDsmCiphertext, parseDsmCiphertext } from './fortanix-dsm-format.js';
 import { checkDsmApiKey } from './fortanix-dsm.js';

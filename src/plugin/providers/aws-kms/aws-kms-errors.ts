@@ -1,4 +1,4 @@
-import { KeyhavenError, type ErrorCode } from '../../errors.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
 
 // AWS KMS errors (their exception names, as the SDK reports them in
 // `error.name`) to keyhaven codes, so Status and metrics react to whose fault

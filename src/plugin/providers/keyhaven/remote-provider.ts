@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { KeyhavenError, type ErrorCode } from '../errors.js';
-import { parseKeyId, type ParsedKeyId } from '../keys/key-id.js';
-import { KekCache } from './kek-cache.js';
-import type { KeyServerClient } from './key-server-client.js';
-import { MAX_CIPHERTEXT_BYTES } from './limits.js';
-import type { KmsProvider } from './provider.js';
-import { assertConfirmed, isTransient } from './status-monitor.js';
-import { KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import { parseKeyId, type ParsedKeyId } from '../../../keys/key-id.js';
+import { KekCache } from '../../kek-cache.js';
+import type { KeyServerClient } from '../../key-server-client.js';
+import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
+import type { KmsProvider } from '../../provider.js';
+import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import { FORM_DIRECT, KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
 
 export interface RemoteProviderOptions {
   readonly client: KeyServerClient;
@@ -311,7 +311,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     },
     async decrypt(ciphertext, keyId, annotations, ctx) {
       const env = parseEnvelope(ciphertext, annotations);
-      if (env.form === 0x6b) {
+      if (env.form === FORM_DIRECT) {
         await checkKeyId(keyId, env.server.version, env.server.keyRef);
         const res = await client.post<{ plaintext?: unknown }>('decrypt', `${base}/decrypt`, { ciphertext: env.server.text }, { uid: ctx.uid });
         if (typeof res?.plaintext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered decrypt with an unexpected shape');

@@ -1,10 +1,10 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { KEY_ARN, parseKmsArn } from '../../config/providers/aws-kms.js';
-import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import { KekCache, type CachedKek } from '../kek-cache.js';
-import { MAX_CIPHERTEXT_BYTES } from '../limits.js';
-import type { KmsProvider } from '../provider.js';
-import { assertConfirmed, isTransient } from '../status-monitor.js';
+import { KEY_ARN, parseKmsArn } from '../../../config/providers/aws-kms.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import { KekCache, type CachedKek } from '../../kek-cache.js';
+import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
+import type { KmsProvider } from '../../provider.js';
+import { assertConfirmed, isTransient } from '../../status-monitor.js';
 import { keyStateError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION, direct, FORM_AWS_DIRECT, openWithAwsKek, parseAwsEnvelope, sealWithAwsKek } from './aws-kms-envelope.js';
 

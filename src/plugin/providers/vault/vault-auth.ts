@@ -1,5 +1,5 @@
-import { KeyhavenError } from '../../errors.js';
-import { isTransient } from '../status-monitor.js';
+import { KeyhavenError } from '../../../errors.js';
+import { isTransient } from '../../status-monitor.js';
 
 /**
  * The Vault token the plugin sends, and how it stays valid:

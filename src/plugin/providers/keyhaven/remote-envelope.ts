@@ -1,6 +1,7 @@
-import { aeadOpen, aeadSealInto, NONCE_BYTES, TAG_BYTES } from '../crypto/aead.js';
-import { parseHeader } from '../crypto/blob.js';
-import { KeyhavenError } from '../errors.js';
+import { aeadOpen, aeadSealInto, NONCE_BYTES, TAG_BYTES } from '../../../crypto/aead.js';
+import { parseHeader } from '../../../crypto/blob.js';
+import { KeyhavenError } from '../../../errors.js';
+import { ENVELOPE_FORMAT } from '../../envelope-formats.js';
 
 // What the remote provider hands the apiserver as a ciphertext. The first
 // byte says which form it is, so a cluster that turns the local KEK on or off
@@ -13,9 +14,10 @@ import { KeyhavenError } from '../errors.js';
 // The wrapped KEK is the AES-GCM associated data, with the form byte, so a
 // sealed seed cannot be paired with another KEK.
 export const KEK_ANNOTATION = 'kek.keyhaven.io';
-export const FORM_DIRECT = 0x6b;
-export const FORM_KEK_ANNOTATED = 0x02;
-export const FORM_KEK_EMBEDDED = 0x03;
+// The bytes themselves are in envelope-formats.ts, with every other provider's.
+export const FORM_DIRECT = ENVELOPE_FORMAT.KEYHAVEN_DIRECT;
+export const FORM_KEK_ANNOTATED = ENVELOPE_FORMAT.KEYHAVEN_KEK_ANNOTATED;
+export const FORM_KEK_EMBEDDED = ENVELOPE_FORMAT.KEYHAVEN_KEK_EMBEDDED;
 /** Bound as context when the server wraps a KEK, so a KEK and a seed can never be swapped. */
 export const KEK_CONTEXT = Buffer.from('keyhaven plugin local KEK v1');
 

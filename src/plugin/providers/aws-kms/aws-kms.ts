@@ -1,11 +1,11 @@
 import type { KMSClientConfig } from '@aws-sdk/client-kms';
-import type { AwsKmsProviderConfig } from '../../config/providers/aws-kms.js';
-import { KEY_ARN } from '../../config/providers/aws-kms.js';
-import { KeyhavenError } from '../../errors.js';
-import type { KmsProvider } from '../provider.js';
+import type { AwsKmsProviderConfig } from '../../../config/providers/aws-kms.js';
+import { KEY_ARN } from '../../../config/providers/aws-kms.js';
+import { KeyhavenError } from '../../../errors.js';
+import type { KmsProvider } from '../../provider.js';
 import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
 import { createAwsKmsProvider, type KmsApi } from './aws-kms-provider.js';
-import type { ProviderBuildContext } from './context.js';
+import type { ProviderBuildContext } from '../context.js';
 
 export interface SdkKmsApiOptions {
   readonly region: string;

@@ -3,9 +3,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { KeyhavenError } from '../../errors.js';
-import { code } from '../../../test/expect-error.js';
-import { startVaultStandin, type VaultStandin } from '../../../test/plugin-vault-standin.js';
+import { KeyhavenError } from '../../../errors.js';
+import { code } from '../../../../test/expect-error.js';
+import { startVaultStandin, type VaultStandin } from '../../../../test/plugin-vault-standin.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
 import { vaultErrorOf } from './vault-errors.js';
 

@@ -1,11 +1,11 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { KeyhavenError } from '../../errors.js';
-import { DSM_UUID, type FortanixDsmProviderConfig } from '../../config/providers/fortanix-dsm.js';
-import { apiKeySource } from '../key-server-client.js';
-import type { KmsProvider } from '../provider.js';
-import { assertConfirmed, isTransient } from '../status-monitor.js';
-import type { ProviderBuildContext } from './context.js';
-import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
+import { KeyhavenError } from '../../../errors.js';
+import { DSM_UUID, type FortanixDsmProviderConfig } from '../../../config/providers/fortanix-dsm.js';
+import { apiKeySource } from '../../key-server-client.js';
+import type { KmsProvider } from '../../provider.js';
+import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { ProviderBuildContext } from '../context.js';
+import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
 import { dsmAd, dsmKeyId, kidToBytes, packDsmCiphertext, parseDsmCiphertext, type DsmCiphertext } from './fortanix-dsm-format.js';
 

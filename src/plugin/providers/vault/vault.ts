@@ -1,12 +1,12 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { KeyhavenError } from '../../errors.js';
-import type { VaultProviderConfig } from '../../config/providers/vault.js';
-import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient } from '../key-server-client.js';
-import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../limits.js';
-import type { KmsProvider } from '../provider.js';
-import { assertConfirmed, isTransient } from '../status-monitor.js';
-import type { ProviderBuildContext } from './context.js';
-import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './http-client-wiring.js';
+import { KeyhavenError } from '../../../errors.js';
+import type { VaultProviderConfig } from '../../../config/providers/vault.js';
+import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient } from '../../key-server-client.js';
+import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../../limits.js';
+import type { KmsProvider } from '../../provider.js';
+import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { ProviderBuildContext } from '../context.js';
+import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
 import { scrubSecrets, vaultErrorOf } from './vault-errors.js';
 

@@ -4,10 +4,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { KeyhavenError } from '../errors.js';
-import { openEmbeddedStore, type EmbeddedStore } from '../keys/embedded-store.js';
+import { KeyhavenError } from '../../../errors.js';
+import { openEmbeddedStore, type EmbeddedStore } from '../../../keys/embedded-store.js';
 import { createEmbeddedProvider } from './embedded-provider.js';
-import { parseKeyId } from '../keys/key-id.js';
+import { parseKeyId } from '../../../keys/key-id.js';
 
 const ENC = { uid: 'test', annotations: true };
 const DEC = { uid: 'test' };

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, beforeEach, describe, it } from 'node:test';
-import { KmsStandIn } from '../../../test/aws-kms-standin.js';
-import { parsePluginConfig } from '../../config/plugin-config.js';
-import { KeyhavenError, type ErrorCode } from '../../errors.js';
-import { isFqdn } from '../annotations.js';
-import type { KmsProvider, ProviderEncryptResult } from '../provider.js';
+import { KmsStandIn } from '../../../../test/aws-kms-standin.js';
+import { parsePluginConfig } from '../../../config/plugin-config.js';
+import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import { isFqdn } from '../../annotations.js';
+import type { KmsProvider, ProviderEncryptResult } from '../../provider.js';
 import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION } from './aws-kms-envelope.js';
 import { createAwsKmsProvider, type AwsKmsProviderOptions } from './aws-kms-provider.js';
