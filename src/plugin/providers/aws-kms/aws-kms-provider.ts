@@ -1,10 +1,13 @@
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { KEY_ARN, parseKmsArn } from '../../../config/providers/aws-kms.js';
 import { KeyhavenError, type ErrorCode } from '../../../errors.js';
-import { KekCache, type CachedKek } from '../../kek-cache.js';
 import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 import type { KmsProvider } from '../../provider.js';
-import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { Clock } from '../../runtime/deadline.js';
+import { ACCESS_REVOKED } from '../../runtime/error-class.js';
+import type { CachedKek } from '../../runtime/kek-cache.js';
+import { KeyGate } from '../../runtime/key-gate.js';
+import { LocalKekLifecycle, type LocalKekEvents } from '../../runtime/local-kek.js';
 import { keyStateError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION, direct, FORM_AWS_DIRECT, openWithAwsKek, parseAwsEnvelope, sealWithAwsKek } from './aws-kms-envelope.js';
 
@@ -17,7 +20,7 @@ export interface KmsApi {
   close(): void;
 }
 
-export interface AwsKmsProviderOptions {
+export interface AwsKmsProviderOptions extends LocalKekEvents {
   readonly api: KmsApi;
   /** Key ARN or alias ARN from the config. */
   readonly keyArn: string;
@@ -29,10 +32,8 @@ export interface AwsKmsProviderOptions {
   readonly timeoutMs: number;
   /** Encrypt is refused when KMS has not confirmed the key for this long while checks fail (the Status grace period). */
   readonly staleAfterMs: number;
-  readonly now?: () => number;
-  readonly onKekLookup?: (result: 'hit' | 'miss' | 'joined') => void;
-  readonly onKekCacheSize?: (entries: number) => void;
-  readonly onKekRotated?: (event: { keyId: string; reason: string }) => void;
+  /** The clock of the grace period and of deadlines; the KmsApi's must be the same. */
+  readonly now?: Clock;
 }
 
 export const KEY_ID_PREFIX = 'aws-kms:';
@@ -40,7 +41,7 @@ export const KEY_ID_PREFIX = 'aws-kms:';
 const MAX_PLAINTEXT = 512;
 // Refusals that mean this plugin may no longer use the key: cached KEKs go too,
 // so disabling the key in AWS also stops Decrypts from the cache at the next check.
-const REVOKED: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['permission_denied', 'unauthenticated', 'not_found', 'key_destroyed', 'key_disabled']);
+const REVOKED: ReadonlySet<ErrorCode> = new Set<ErrorCode>([...ACCESS_REVOKED, 'key_disabled']);
 
 type Purpose = 'kms-seed' | 'local-kek' | 'health-check';
 
@@ -49,14 +50,6 @@ interface AwsCachedKek extends CachedKek {
   readonly arn: string;
 }
 
-interface LocalKek {
-  readonly kek: Buffer;
-  readonly wrapped: Buffer;
-  readonly arn: string;
-  readonly keyId: string;
-  readonly createdAt: number;
-  uses: number;
-}
 
 /** The key_id of a key ARN. AWS exposes no key versions: automatic rotation keeps the ARN, so the key_id too. */
 export function keyIdOfArn(arn: string): string {
@@ -77,21 +70,13 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
   const previous = new Set(opts.previousKeyArns);
   // Keys this process has seen as the current one (an alias moved meanwhile).
   const seen = new Set<string>();
-  const cache = new KekCache<AwsCachedKek>(opts.localKek.cacheSize);
-  const unwrapping = new Map<string, Promise<AwsCachedKek>>();
+  const keks = new LocalKekLifecycle<AwsCachedKek, { arn: string }>(opts.localKek, opts, now);
+  const gate = new KeyGate({ service: 'AWS KMS', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now, onRefused: (e) => REVOKED.has(e.code) && keks.forget() });
 
   let currentArn: string | undefined = configured.alias ? undefined : opts.keyArn;
-  let blocked: KeyhavenError | undefined;
-  let lastSuccessAt: number | undefined;
-  // True from a failed check until the next good one: only then does the grace period run out for Encrypt.
-  let failing = false;
-  let current: LocalKek | undefined;
   let statusKeyId: string | undefined;
-  // Bumped when cached KEKs are dropped, so an unwrap still in flight does not put one back.
-  let generation = 0;
 
   const context = (purpose: Purpose): Record<string, string> => ({ ...opts.encryptionContext, 'keyhaven:cluster': opts.cluster, 'keyhaven:purpose': purpose });
-  const cacheSize = () => opts.onKekCacheSize?.(cache.size);
 
   /**
    * Whether Decrypt may use this key. A key ARN in the config: that key, the
@@ -119,7 +104,7 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
   /** KMS Decrypt; in v1beta1 (no key_id) a blob of another key than the sole one named is an unknown key, not corruption. */
   const kmsDecrypt = async (blob: Buffer, purpose: Purpose, keyArn: string | undefined, fromKeyId: boolean) => {
     try {
-      return await api.decrypt(blob, context(purpose), keyArn, Date.now() + opts.timeoutMs);
+      return await api.decrypt(blob, context(purpose), keyArn, gate.deadline());
     } catch (e) {
       if (!fromKeyId && e instanceof KeyhavenError && e.code === 'integrity' && /IncorrectKeyException/.test(e.message)) {
         throw new KeyhavenError('unknown_key_id', `ciphertext was made with another AWS KMS key than ${keyArn} (list that key in provider.previousKeyArns if this cluster used it before)`);
@@ -128,24 +113,6 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
     }
   };
 
-  const forget = (reason: KeyhavenError) => {
-    blocked = reason;
-    if (REVOKED.has(reason.code)) {
-      generation += 1;
-      cache.drop();
-      current?.kek.fill(0);
-      current = undefined;
-      cacheSize();
-    }
-  };
-
-  const kekDue = (arn: string): string | undefined => {
-    if (!current) return 'first';
-    if (current.arn !== arn) return 'the key alias points at another key';
-    if (current.uses >= opts.localKek.maxUses) return 'maxUses reached';
-    if (now() - current.createdAt >= opts.localKek.maxAgeMs) return 'maxAge reached';
-    return undefined;
-  };
 
   /** Encrypts `value` under the key, decrypts the result and compares: the round trip a health check needs. */
   async function roundTrip(arn: string, value: Buffer, purpose: Purpose, deadlineAt: number): Promise<Buffer> {
@@ -162,109 +129,69 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
     return enc.blob;
   }
 
-  async function newKek(arn: string, reason: string, deadlineAt: number): Promise<LocalKek> {
-    const kek = randomBytes(32);
-    try {
-      const wrapped = await roundTrip(arn, kek, 'local-kek', deadlineAt);
-      // The embedded form must still fit 1024 bytes with the largest seed.
-      if (3 + wrapped.length + 12 + MAX_PLAINTEXT + 16 > MAX_CIPHERTEXT_BYTES) {
-        throw new KeyhavenError('internal', `AWS KMS returned a ${wrapped.length}-byte ciphertext for a 32-byte KEK; too large to embed`);
-      }
-      const keyId = keyIdOfArn(arn);
-      cache.set(wrapped.toString('base64'), { kek: Buffer.from(kek), version: 0, arn });
-      cacheSize();
-      opts.onKekRotated?.({ keyId, reason });
-      return { kek, wrapped, arn, keyId, createdAt: now(), uses: 0 };
-    } catch (e) {
-      kek.fill(0);
-      throw e;
+  /** KMS wraps a new local KEK (a round trip, so a KEK that KMS cannot unwrap is never used). */
+  const wrapKek = (arn: string, deadlineAt: number) => async (kek: Buffer) => {
+    const wrapped = await roundTrip(arn, kek, 'local-kek', deadlineAt);
+    // The embedded form must still fit 1024 bytes with the largest seed.
+    if (3 + wrapped.length + 12 + MAX_PLAINTEXT + 16 > MAX_CIPHERTEXT_BYTES) {
+      throw new KeyhavenError('internal', `AWS KMS returned a ${wrapped.length}-byte ciphertext for a 32-byte KEK; too large to embed`);
     }
-  }
+    return { wrapped, keyId: keyIdOfArn(arn), cacheKey: wrapped.toString('base64'), entry: { version: 0, arn }, extra: { arn } };
+  };
 
-  async function unwrap(wrapped: Buffer, keyArn: string | undefined, fromKeyId: boolean): Promise<AwsCachedKek> {
-    const text = wrapped.toString('base64');
-    const k = `${keyArn ?? ''} ${text}`;
-    let p = unwrapping.get(k);
-    if (!p) {
-      const gen = generation;
-      p = (async () => {
-        const res = await kmsDecrypt(wrapped, 'local-kek', keyArn, fromKeyId);
-        if (res.plaintext.length !== 32) {
-          res.plaintext.fill(0);
-          throw new KeyhavenError('integrity', 'AWS KMS returned something that is not a local KEK');
-        }
-        if (!acceptable(res.keyArn)) {
-          res.plaintext.fill(0);
-          throw new KeyhavenError('unknown_key_id', `the local KEK was wrapped by AWS KMS key ${res.keyArn}, which this plugin does not use`);
-        }
-        const entry = { kek: res.plaintext, version: 0, arn: res.keyArn };
-        // Revoked (or closed) meanwhile: answer this call, keep nothing.
-        if (gen === generation) {
-          cache.set(text, entry);
-          cacheSize();
-        }
-        return entry;
-      })().finally(() => unwrapping.delete(k));
-      unwrapping.set(k, p);
-      return p;
+  /** KMS unwraps a KEK this plugin has not seen (or no longer holds). */
+  const unwrapKek = (wrapped: Buffer, keyArn: string | undefined, fromKeyId: boolean) => async (): Promise<AwsCachedKek> => {
+    const res = await kmsDecrypt(wrapped, 'local-kek', keyArn, fromKeyId);
+    if (res.plaintext.length !== 32) {
+      res.plaintext.fill(0);
+      throw new KeyhavenError('integrity', 'AWS KMS returned something that is not a local KEK');
     }
-    opts.onKekLookup?.('joined');
-    return p;
-  }
+    if (!acceptable(res.keyArn)) {
+      res.plaintext.fill(0);
+      throw new KeyhavenError('unknown_key_id', `the local KEK was wrapped by AWS KMS key ${res.keyArn}, which this plugin does not use`);
+    }
+    return { kek: res.plaintext, version: 0, arn: res.keyArn };
+  };
 
   return {
     kind: 'aws-kms',
     maxPlaintextBytes: MAX_PLAINTEXT,
     async healthCheck() {
-      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
-      const started = now();
-      // Deadlines are wall-clock (the SDK aborts by them); `now` may be a test clock.
-      const deadlineAt = Date.now() + opts.timeoutMs;
-      let arn: string;
-      try {
+      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
+      const arn = await gate.check(async (deadlineAt) => {
         const meta = await api.describeKey(opts.keyArn, deadlineAt);
-        arn = meta.arn;
+        const arn = meta.arn;
         const stateError = keyStateError(meta.state, arn);
         if (stateError) throw stateError;
         if (meta.keyUsage !== 'ENCRYPT_DECRYPT' || meta.keySpec !== 'SYMMETRIC_DEFAULT') {
           throw new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is ${meta.keySpec ?? '?'} for ${meta.keyUsage ?? '?'}; the plugin needs a symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)`);
         }
         if (!configured.alias && arn !== opts.keyArn) throw new KeyhavenError('integrity', `AWS KMS described ${arn} when asked for ${opts.keyArn}`);
-        if (opts.localKek.enabled && kekDue(arn)) {
-          const next = await newKek(arn, kekDue(arn)!, deadlineAt);
-          current?.kek.fill(0);
-          current = next;
+        const due = opts.localKek.enabled ? keks.due((c) => (c.arn !== arn ? 'the key alias points at another key' : undefined)) : undefined;
+        if (due) {
+          await keks.rotate(due, wrapKek(arn, deadlineAt));
         } else {
           const probe = randomBytes(32);
           await roundTrip(arn, probe, 'health-check', deadlineAt);
         }
-      } catch (e) {
-        if (e instanceof KeyhavenError && !isTransient(e.code)) forget(e);
-        else failing = true;
-        throw e;
-      }
-      blocked = undefined;
-      failing = false;
+        return arn;
+      });
       currentArn = arn;
       seen.add(arn);
-      statusKeyId = opts.localKek.enabled ? current!.keyId : keyIdOfArn(arn);
-      lastSuccessAt = started;
+      statusKeyId = opts.localKek.enabled ? keks.current!.keyId : keyIdOfArn(arn);
       return statusKeyId;
     },
     async encrypt(plaintext, ctx) {
-      if (blocked) throw blocked;
-      assertConfirmed('AWS KMS', { lastSuccessAt: currentArn === undefined ? undefined : lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      gate.assertOpen();
       if (opts.localKek.enabled) {
-        const k = current;
-        if (!k) throw new KeyhavenError('unavailable', 'no local KEK yet: AWS KMS has not answered a health check');
-        k.uses += 1;
+        const k = keks.use(() => new KeyhavenError('unavailable', 'no local KEK yet: AWS KMS has not answered a health check'));
         const ciphertext = sealWithAwsKek(k.kek, k.wrapped, plaintext, !ctx.annotations);
         if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'sealed seed exceeds 1024 bytes');
         return { ciphertext, keyId: k.keyId, keyName: k.arn, keyVersion: 0, ...(ctx.annotations ? { annotations: { [AWS_KEK_ANNOTATION]: k.wrapped } } : {}) };
       }
       // The resolved ARN, not the alias: the reply's key_id must be the one Status reported.
       const arn = currentArn!;
-      const res = await api.encrypt(arn, plaintext, context('kms-seed'), Date.now() + opts.timeoutMs);
+      const res = await api.encrypt(arn, plaintext, context('kms-seed'), gate.deadline());
       if (res.keyArn !== arn) throw new KeyhavenError('integrity', `AWS KMS encrypted under ${res.keyArn} when asked for ${arn}`);
       const ciphertext = direct(res.blob);
       if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', `AWS KMS returned a ${res.blob.length}-byte ciphertext; the apiserver accepts at most ${MAX_CIPHERTEXT_BYTES}`);
@@ -281,23 +208,15 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
         }
         return { plaintext: res.plaintext, keyId: keyIdOfArn(res.keyArn), keyName: res.keyArn, keyVersion: 0 };
       }
-      let entry = cache.get(env.wrapped.toString('base64'));
-      if (entry) opts.onKekLookup?.('hit');
-      else {
-        const pending = unwrapping.has(`${expected ?? ''} ${env.wrapped.toString('base64')}`);
-        if (!pending) opts.onKekLookup?.('miss');
-        entry = await unwrap(env.wrapped, expected, keyId !== undefined);
-      }
+      const text = env.wrapped.toString('base64');
+      // Joined only with unwraps that expect the same key: KMS checks the key named.
+      const entry = await keks.lookup(text, `${expected ?? ''} ${text}`, unwrapKek(env.wrapped, expected, keyId !== undefined));
       if (expected !== undefined && entry.arn !== expected) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyIdOfArn(expected)}`);
       if (!acceptable(entry.arn)) throw new KeyhavenError('unknown_key_id', `ciphertext was made with AWS KMS key ${entry.arn}, which this plugin does not use`);
       return { plaintext: openWithAwsKek(entry.kek, env), keyId: keyIdOfArn(entry.arn), keyName: entry.arn, keyVersion: 0 };
     },
     async close() {
-      generation += 1;
-      cache.drop();
-      current?.kek.fill(0);
-      current = undefined;
-      cacheSize();
+      keks.forget();
       api.close();
     },
   };

@@ -3,6 +3,7 @@ import type { AwsKmsProviderConfig } from '../../../config/providers/aws-kms.js'
 import { KEY_ARN } from '../../../config/providers/aws-kms.js';
 import { KeyhavenError } from '../../../errors.js';
 import type { KmsProvider } from '../../provider.js';
+import type { Clock } from '../../runtime/deadline.js';
 import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
 import { createAwsKmsProvider, type KmsApi } from './aws-kms-provider.js';
 import type { ProviderBuildContext } from '../context.js';
@@ -17,6 +18,8 @@ export interface SdkKmsApiOptions {
   readonly credentials?: KMSClientConfig['credentials'];
   /** Called once per KMS call with its operation and result ("ok" or an error code). */
   readonly onCall?: (operation: string, result: string) => void;
+  /** The clock deadlines are measured on: the provider's (runtime/deadline.ts). */
+  readonly now?: Clock;
 }
 
 // AWS KMS limits (and so the largest reply this code accepts).
@@ -31,6 +34,7 @@ const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, 
 export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
   // Loaded on demand: the SDK costs ~150 ms at start and only this provider uses it.
   const sdk = await import('@aws-sdk/client-kms');
+  const now = o.now ?? Date.now;
   const client = new sdk.KMSClient({
     region: o.region,
     ...(o.endpoint ? { endpoint: o.endpoint } : {}),
@@ -83,7 +87,7 @@ export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
             ? new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS credentials could not be loaded in time (the SDK's credential chain did not answer)`)
             : new KeyhavenError('unavailable', `AWS KMS ${operation}: AWS KMS did not answer in time`),
         );
-      }, Math.max(1, deadlineAt - Date.now()));
+      }, Math.max(1, deadlineAt - now()));
       // Whatever settles after the deadline is dropped (the first settlement wins); a late plaintext is zeroed.
       work.then(
         (v) => {
@@ -108,11 +112,11 @@ export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
         err = e instanceof KeyhavenError ? e : classifyAwsError(e, operation);
         o.onCall?.(operation, err.code);
       }
-      if (n >= o.maxAttempts || Date.now() >= deadlineAt || (err.code !== 'unavailable' && err.code !== 'too_many_attempts')) throw err;
+      if (n >= o.maxAttempts || now() >= deadlineAt || (err.code !== 'unavailable' && err.code !== 'too_many_attempts')) throw err;
       // Exponential backoff with jitter, longer when throttled; never past the deadline.
       const ceiling = (err.code === 'too_many_attempts' ? 100 : 50) * 2 ** (n - 1);
       const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
-      if (Date.now() + delay >= deadlineAt) throw err;
+      if (now() + delay >= deadlineAt) throw err;
       await new Promise((r) => setTimeout(r, delay));
     }
   }

@@ -158,8 +158,9 @@ class StandIn {
   }
 }
 
+/** Real time plus jumps: deadlines still pass in real time, expiries and the grace period can be skipped over. */
 function manualClock() {
-  const c = { t: 1_700_000_000_000, now: () => c.t, advance: (ms: number) => void (c.t += ms) };
+  const c = { offset: 0, now: () => Date.now() + c.offset, advance: (ms: number) => void (c.offset += ms) };
   return c;
 }
 
@@ -169,7 +170,10 @@ async function closedPortUrl(): Promise<string> {
 
 function makeProvider(t: TestContext, endpoints: string[], over: { client?: Partial<DsmClientOptions>; provider?: Partial<DsmProviderOptions>; key?: DsmProviderOptions['key'] } = {}) {
   const events: Array<Record<string, unknown>> = [];
+  // One clock for the provider and its client, as the runtime's deadline rule needs.
+  const now = over.provider?.now ?? over.client?.now;
   const client = createDsmClient({
+    ...(now ? { now } : {}),
     endpoints,
     tls: {},
     apiKey: () => API_KEY,
@@ -183,8 +187,9 @@ function makeProvider(t: TestContext, endpoints: string[], over: { client?: Part
     client,
     cluster: 'prod-a',
     key: over.key ?? { name: 'k8s' },
-    checkTimeoutMs: 2000,
+    timeoutMs: 2000,
     staleAfterMs: 60_000,
+    ...(now ? { now } : {}),
     onKeyEvent: (e) => events.push(e),
     ...over.provider,
   });

@@ -3,7 +3,9 @@ import { KeyhavenError } from '../../../errors.js';
 import { DSM_UUID, type FortanixDsmProviderConfig } from '../../../config/providers/fortanix-dsm.js';
 import { apiKeySource } from '../../key-server-client.js';
 import type { KmsProvider } from '../../provider.js';
-import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { Clock } from '../../runtime/deadline.js';
+import { isTransient } from '../../runtime/error-class.js';
+import { KeyGate } from '../../runtime/key-gate.js';
 import type { ProviderBuildContext } from '../context.js';
 import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
@@ -18,10 +20,11 @@ export interface DsmProviderOptions {
   /** The security object: by name (the current object of that name: follows rekeys) or by kid (pinned). */
   readonly key: { readonly name: string } | { readonly kid: string };
   /** One health check (key read, encrypt, decrypt) ends within this, so Status answers inside the apiserver's deadline. */
-  readonly checkTimeoutMs: number;
+  readonly timeoutMs: number;
   /** Encrypt is refused when DSM has not confirmed the key for this long while checks fail (the Status grace period). */
   readonly staleAfterMs: number;
-  readonly now?: () => number;
+  /** The clock of the grace period and of deadlines; the client's must be the same. */
+  readonly now?: Clock;
   /** The object in use changed (a rekey when following a name), or the pinned one was rekeyed. */
   readonly onKeyEvent?: (event: { kind: 'current' | 'pinned-replaced' | 'history-incomplete'; kid: string; previousKid?: string; replacement?: string; reason?: string }) => void;
 }
@@ -92,9 +95,7 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
 
   // The kid Status last reported: Encrypt uses it (the apiserver drops a reply with another key_id).
   let statusKid: string | undefined;
-  let lastSuccessAt: number | undefined;
-  let failing = false;
-  let blocked: KeyhavenError | undefined;
+  const gate = new KeyGate({ service: 'DSM', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now });
   let warnedReplacement: string | undefined;
 
   async function currentObject(deadlineAt: number): Promise<Sobject> {
@@ -152,7 +153,7 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
     if (known.has(kid)) return;
     let why = '';
     try {
-      await refreshKnown(Date.now() + opts.checkTimeoutMs);
+      await refreshKnown(gate.deadline());
     } catch (e) {
       // DSM busy or away: the caller may try again. Anything else: say why the history is unknown.
       if (!(e instanceof KeyhavenError) || isTransient(e.code)) throw e;
@@ -202,16 +203,13 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
     kind: 'fortanix-dsm',
     maxPlaintextBytes: MAX_PLAINTEXT,
     async healthCheck() {
-      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
-      const started = now();
-      const deadlineAt = Date.now() + opts.checkTimeoutMs;
-      let kid: string;
-      let current: Sobject;
-      try {
+      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
+      let deadlineAt = 0;
+      const current = await gate.check(async (at) => {
+        deadlineAt = at;
         const o = await currentObject(deadlineAt);
-        current = o;
         checkSobject(o, label);
-        kid = o.kid;
+        const kid = o.kid;
         if (pinned !== undefined && o.links?.replacement && warnedReplacement !== o.links.replacement) {
           warnedReplacement = o.links.replacement;
           opts.onKeyEvent?.({ kind: 'pinned-replaced', kid, replacement: String(o.links.replacement).slice(0, 64) });
@@ -220,14 +218,9 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
         const probe = randomBytes(32);
         const opened = await decryptWith(parseDsmCiphertext(await encryptWith(kid, probe, { deadlineAt })), { deadlineAt });
         if (!timingSafeEqual(opened, probe)) throw new KeyhavenError('integrity', `${label}: the round trip returned other bytes`);
-      } catch (e) {
-        if (e instanceof KeyhavenError && !isTransient(e.code)) blocked = e;
-        else failing = true;
-        throw e;
-      }
-      blocked = undefined;
-      failing = false;
-      lastSuccessAt = started;
+        return o;
+      });
+      const kid = current.kid;
       if (kid !== statusKid) opts.onKeyEvent?.({ kind: 'current', kid, ...(statusKid ? { previousKid: statusKid } : {}) });
       statusKid = kid;
       known.add(kid);
@@ -241,8 +234,7 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
       return dsmKeyId(kid);
     },
     async encrypt(plaintext, ctx) {
-      if (blocked) throw blocked;
-      assertConfirmed('DSM', { lastSuccessAt: statusKid === undefined ? undefined : lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      gate.assertOpen();
       const kid = statusKid!;
       const ciphertext = await encryptWith(kid, plaintext, { uid: ctx.uid });
       return { ciphertext, keyId: dsmKeyId(kid), keyName, keyVersion: 0 };
@@ -296,7 +288,7 @@ export async function buildFortanixDsmProvider(p: FortanixDsmProviderConfig, ctx
     cluster: p.cluster,
     previousKids: p.previousKids,
     key: p.keyName !== undefined ? { name: p.keyName } : { kid: p.kid! },
-    checkTimeoutMs: p.timeout,
+    timeoutMs: p.timeout,
     staleAfterMs: cfg.status.gracePeriod,
     onKeyEvent: (e) => {
       if (e.kind === 'history-incomplete') logger.warn({ kid: e.kid, reason: e.reason }, 'cannot read the DSM objects this one replaced (links.replaced) now; trying again later');

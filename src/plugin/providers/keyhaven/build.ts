@@ -36,7 +36,7 @@ export async function buildKeyhavenProvider(p: KeyhavenProviderConfig, ctx: Prov
     localKek: { enabled: p.localKek.enabled, maxUses: p.localKek.maxUses, maxAgeMs: p.localKek.maxAge, cacheSize: p.localKek.cacheSize },
     reportIntervalMs: p.reportInterval,
     staleAfterMs: cfg.status.gracePeriod,
-    checkTimeoutMs: p.timeout,
+    timeoutMs: p.timeout,
     onKekLookup: (result) => metrics.kekLookups.inc({ result }),
     onKekCacheSize: (n) => metrics.kekCacheEntries.set(n),
     onKekRotated: ({ keyId, reason }) => logger.info({ keyId, reason }, 'new local KEK wrapped by the key server'),

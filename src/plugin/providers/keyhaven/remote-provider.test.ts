@@ -79,7 +79,7 @@ describe('remote provider (real key server over HTTP)', () => {
       localKek: { enabled: over.kek ?? true, maxUses: over.maxUses ?? 1000, maxAgeMs: 3_600_000, cacheSize: 16 },
       reportIntervalMs: 60_000,
       staleAfterMs: 60_000,
-      checkTimeoutMs: 2000,
+      timeoutMs: 2000,
       ...rest,
     });
     open.push(p);

@@ -1,14 +1,15 @@
-import { randomBytes } from 'node:crypto';
-import { KeyhavenError, type ErrorCode } from '../../../errors.js';
+import { KeyhavenError } from '../../../errors.js';
 import { parseKeyId, type ParsedKeyId } from '../../../keys/key-id.js';
-import { KekCache } from '../../kek-cache.js';
 import type { KeyServerClient } from '../../key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 import type { KmsProvider } from '../../provider.js';
-import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { Clock } from '../../runtime/deadline.js';
+import { ACCESS_REVOKED } from '../../runtime/error-class.js';
+import { KeyGate } from '../../runtime/key-gate.js';
+import { LocalKekLifecycle, type LocalKekEvents } from '../../runtime/local-kek.js';
 import { FORM_DIRECT, KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
 
-export interface RemoteProviderOptions {
+export interface RemoteProviderOptions extends LocalKekEvents {
   readonly client: KeyServerClient;
   readonly keyName: string;
   readonly cluster: string;
@@ -19,12 +20,9 @@ export interface RemoteProviderOptions {
   /** Encrypt is refused when the server has not confirmed the key for this long (the Status grace period). */
   readonly staleAfterMs: number;
   /** One health check (probe, KEK wrap, re-probe) ends within this, so Status answers inside the apiserver's deadline. */
-  readonly checkTimeoutMs: number;
-  readonly now?: () => number;
-  /** hit: cached; miss: asked the server; joined: waited for a server call already in flight. */
-  readonly onKekLookup?: (result: 'hit' | 'miss' | 'joined') => void;
-  readonly onKekCacheSize?: (entries: number) => void;
-  readonly onKekRotated?: (event: { keyId: string; reason: string }) => void;
+  readonly timeoutMs: number;
+  /** The clock of the grace period and of deadlines; the client's must be the same. */
+  readonly now?: Clock;
 }
 
 interface Probe {
@@ -36,17 +34,6 @@ interface Probe {
   readonly live: ReadonlySet<string>;
 }
 
-interface LocalKek {
-  readonly kek: Buffer;
-  readonly wrapped: Buffer;
-  readonly keyId: string;
-  readonly version: number;
-  readonly createdAt: number;
-  uses: number;
-}
-
-// Refusals that mean this app may no longer use the key: cached KEKs go too.
-const REVOKED: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['permission_denied', 'unauthenticated', 'not_found', 'key_destroyed']);
 // The largest seed that still fits the apiserver's 1024 bytes in every form.
 const MAX_PLAINTEXT = 512;
 
@@ -59,17 +46,14 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
   const { client, keyName } = opts;
   const now = opts.now ?? Date.now;
   const base = `/v1/keys/${encodeURIComponent(keyName)}`;
-  const cache = new KekCache(opts.localKek.cacheSize);
-  const unwrapping = new Map<string, Promise<{ kek: Buffer; version: number }>>();
+  // Version: the server key version that wrapped the KEK.
+  const keks = new LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>(opts.localKek, opts, now);
+  // Refusals that mean this app may no longer use the key: cached KEKs go too.
+  const gate = new KeyGate({ service: 'the key server', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now, onRefused: (e) => ACCESS_REVOKED.has(e.code) && keks.forget() });
 
   let probe: Probe | undefined;
-  let blocked: KeyhavenError | undefined;
-  let lastSuccessAt: number | undefined;
-  // True from a failed check until the next good one: only then does the grace period run out for Encrypt.
-  let failing = false;
   let lastReportAt = -Infinity;
   let reportedKeyId: string | undefined;
-  let current: LocalKek | undefined;
   // What Status last reported, and so what Encrypt must use (the apiserver drops a reply with another key_id).
   let statusKeyId: string | undefined;
   let statusVersion = 0;
@@ -97,8 +81,6 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     }
   };
 
-  const cacheSize = () => opts.onKekCacheSize?.(cache.size);
-
   const readProbe = (res: unknown): Probe => {
     const r = res as { keyId?: unknown; version?: unknown; minDecryptionVersion?: unknown; liveKeyIds?: unknown };
     if (typeof r?.keyId !== 'string' || !Number.isInteger(r.version) || !Number.isInteger(r.minDecryptionVersion) || !Array.isArray(r.liveKeyIds) || !r.liveKeyIds.every((k) => typeof k === 'string')) {
@@ -113,7 +95,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     node: opts.node,
     pluginVersion: opts.pluginVersion,
     ...(statusKeyId ? { keyId: statusKeyId } : {}),
-    ...(lastSuccessAt !== undefined ? { lastSuccess: new Date(lastSuccessAt).toISOString() } : {}),
+    ...(gate.lastSuccessAt !== undefined ? { lastSuccess: new Date(gate.lastSuccessAt).toISOString() } : {}),
   });
 
   /** The key's status from a server; with `atLeast`, an answer under an older version is taken from another server. */
@@ -127,20 +109,6 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     return p;
   }
 
-  // Bumped when cached KEKs are dropped, so an unwrap still in flight does not put one back.
-  let generation = 0;
-
-  const forget = (reason: KeyhavenError) => {
-    blocked = reason;
-    if (REVOKED.has(reason.code)) {
-      generation += 1;
-      cache.drop();
-      current?.kek.fill(0);
-      current = undefined;
-      cacheSize();
-    }
-  };
-
   /** The key_id of `version`: one already seen, or a fresh probe's if the server rotated in between. */
   async function keyIdOf(version: number, p: Probe | undefined, deadlineAt?: number): Promise<string> {
     if (p && version === p.version) return p.keyId;
@@ -152,57 +120,27 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     return again.keyId;
   }
 
-  async function newKek(p: Probe, reason: string, deadlineAt: number): Promise<LocalKek> {
-    const kek = randomBytes(32);
-    try {
-      // A KEK wrapped under an older version than this plugin uses would take its key_id backwards: another server wraps it.
-      const floor = Math.max(highest, p.version);
-      const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') }, { deadlineAt, unusable: (r) => behind(ciphertextVersion(r), floor) });
-      if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
-      const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
-      if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
-      const stale = behind(wrapped.version, floor);
-      if (stale) throw new KeyhavenError('unavailable', `the key server ${stale}`);
-      const keyId = await keyIdOf(wrapped.version, p, deadlineAt);
-      cache.set(wrapped.text, { kek: Buffer.from(kek), version: wrapped.version });
-      cacheSize();
-      opts.onKekRotated?.({ keyId, reason });
-      return { kek, wrapped: Buffer.from(wrapped.text, 'latin1'), keyId, version: wrapped.version, createdAt: now(), uses: 0 };
-    } catch (e) {
-      kek.fill(0);
-      throw e;
-    }
-  }
-
-  const kekDue = (p: Probe): string | undefined => {
-    if (!current) return 'first';
-    // Only forwards: a server that is behind does not take the KEK back to an older version.
-    if (p.version > current.version) return 'key rotated on the server';
-    if (current.uses >= opts.localKek.maxUses) return 'maxUses reached';
-    if (now() - current.createdAt >= opts.localKek.maxAgeMs) return 'maxAge reached';
-    return undefined;
+  /** Has the server wrap a new local KEK under the key's newest version. */
+  const wrapKek = (p: Probe, deadlineAt: number) => async (kek: Buffer) => {
+    // A KEK wrapped under an older version than this plugin uses would take its key_id backwards: another server wraps it.
+    const floor = Math.max(highest, p.version);
+    const res = await client.post<{ ciphertext?: unknown; version?: unknown }>('wrap', `${base}/encrypt`, { plaintext: kek.toString('base64'), context: KEK_CONTEXT.toString('base64') }, { deadlineAt, unusable: (r) => behind(ciphertextVersion(r), floor) });
+    if (typeof res?.ciphertext !== 'string') throw new KeyhavenError('unavailable', 'the key server answered encrypt with an unexpected shape');
+    const wrapped = parseServerCiphertext(res.ciphertext, 'the wrapped KEK');
+    if (wrapped.keyRef !== p.parsed.keyRef) throw new KeyhavenError('integrity', 'the key server wrapped the KEK under another key');
+    const stale = behind(wrapped.version, floor);
+    if (stale) throw new KeyhavenError('unavailable', `the key server ${stale}`);
+    const keyId = await keyIdOf(wrapped.version, p, deadlineAt);
+    return { wrapped: Buffer.from(wrapped.text, 'latin1'), keyId, cacheKey: wrapped.text, entry: { version: wrapped.version }, extra: { version: wrapped.version } };
   };
 
-  async function unwrap(text: string, uid: string | undefined): Promise<{ kek: Buffer; version: number }> {
-    let p = unwrapping.get(text);
-    if (!p) {
-      const gen = generation;
-      p = (async () => {
-        const res = await client.post<{ plaintext?: unknown; version?: unknown }>('unwrap', `${base}/decrypt`, { ciphertext: text, context: KEK_CONTEXT.toString('base64') }, uid ? { uid } : {});
-        const kek = typeof res?.plaintext === 'string' ? Buffer.from(res.plaintext, 'base64') : Buffer.alloc(0);
-        if (kek.length !== 32 || !Number.isInteger(res.version)) throw new KeyhavenError('integrity', 'the key server returned something that is not a local KEK');
-        const entry = { kek, version: res.version as number };
-        // Revoked (or closed) meanwhile: answer this call, keep nothing.
-        if (gen === generation) {
-          cache.set(text, entry);
-          cacheSize();
-        }
-        return entry;
-      })().finally(() => unwrapping.delete(text));
-      unwrapping.set(text, p);
-    }
-    return p;
-  }
+  /** The server unwraps a KEK this plugin has not seen (or no longer holds). */
+  const unwrapKek = (text: string, uid: string | undefined) => async (): Promise<{ kek: Buffer; version: number }> => {
+    const res = await client.post<{ plaintext?: unknown; version?: unknown }>('unwrap', `${base}/decrypt`, { ciphertext: text, context: KEK_CONTEXT.toString('base64') }, uid ? { uid } : {});
+    const kek = typeof res?.plaintext === 'string' ? Buffer.from(res.plaintext, 'base64') : Buffer.alloc(0);
+    if (kek.length !== 32 || !Number.isInteger(res.version)) throw new KeyhavenError('integrity', 'the key server returned something that is not a local KEK');
+    return { kek, version: res.version as number };
+  };
 
   // One re-probe at a time, for a key_id newer than this plugin's last check (another node saw the rotation first).
   let reprobing: Promise<void> | undefined;
@@ -234,12 +172,9 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     kind: 'keyhaven',
     maxPlaintextBytes: MAX_PLAINTEXT,
     async healthCheck() {
-      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
-      const started = now();
-      const deadlineAt = started + opts.checkTimeoutMs;
       const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
-      let p: Probe;
-      try {
+      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
+      const p = await gate.check(async (deadlineAt) => {
         const answer = await callProbe(reportDue, deadlineAt);
         if (probe && answer.parsed.keyRef !== probe.parsed.keyRef) {
           // Another key under the same name (deleted and made again): its versions start over.
@@ -248,46 +183,34 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
           keyIds.clear();
         }
         // A server behind the others confirms the key is usable, but its version is not taken: Status keeps the newest.
-        p = probe && probe.parsed.keyRef === answer.parsed.keyRef && answer.version < Math.max(probe.version, highest) ? probe : answer;
+        const p = probe && probe.parsed.keyRef === answer.parsed.keyRef && answer.version < Math.max(probe.version, highest) ? probe : answer;
         if (opts.localKek.enabled) {
-          const why = kekDue(p);
-          if (why) {
-            const next = await newKek(p, why, deadlineAt);
-            current?.kek.fill(0);
-            current = next;
-          }
+          // Only forwards: a server that is behind does not take the KEK back to an older version.
+          const why = keks.due((c) => (p.version > c.version ? 'key rotated on the server' : undefined));
+          if (why) await keks.rotate(why, wrapKek(p, deadlineAt));
         }
-      } catch (e) {
-        if (e instanceof KeyhavenError && !isTransient(e.code)) forget(e);
-        else failing = true;
-        throw e;
-      }
-      blocked = undefined;
-      failing = false;
+        return p;
+      });
       probe = p;
       learn(p);
       // Retired versions can no longer decrypt on the server; their KEKs go as well.
-      if (cache.drop((e) => e.version < p.minDecryptionVersion)) cacheSize();
+      keks.dropWhere((e) => e.version < p.minDecryptionVersion);
       const previous = statusKeyId;
-      const next = opts.localKek.enabled ? { keyId: current!.keyId, version: current!.version } : { keyId: p.keyId, version: p.version };
+      const next = opts.localKek.enabled ? { keyId: keks.current!.keyId, version: keks.current!.version } : { keyId: p.keyId, version: p.version };
       // Never backwards, whatever answered: a newer key_id already reported stays until a newer one comes.
       if (next.version >= statusVersion || statusKeyId === undefined) {
         statusKeyId = next.keyId;
         statusVersion = next.version;
       }
       if (statusVersion > highest) highest = statusVersion;
-      lastSuccessAt = started;
       // Tell the central team at once when this cluster moves to a new key version.
       if (previous !== undefined && previous !== statusKeyId) void callProbe(true).catch(() => {});
       return statusKeyId;
     },
     async encrypt(plaintext, ctx) {
-      if (blocked) throw blocked;
-      assertConfirmed('the key server', { lastSuccessAt, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      gate.assertOpen();
       if (opts.localKek.enabled) {
-        const k = current;
-        if (!k) throw new KeyhavenError('unavailable', 'no local KEK yet: the key server has not answered a Status check');
-        k.uses += 1;
+        const k = keks.use(() => new KeyhavenError('unavailable', 'no local KEK yet: the key server has not answered a Status check'));
         const ciphertext = sealWithKek(k.kek, k.wrapped, plaintext, !ctx.annotations);
         if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'sealed seed exceeds 1024 bytes');
         return { ciphertext, keyId: k.keyId, keyName, keyVersion: k.version, ...(ctx.annotations ? { annotations: { [KEK_ANNOTATION]: k.wrapped } } : {}) };
@@ -318,20 +241,12 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
         return { plaintext: Buffer.from(res.plaintext, 'base64'), keyId: keyId ?? keyIdForLog(env.server.version), keyName, keyVersion: env.server.version };
       }
       await checkKeyId(keyId, env.wrapped.version, env.wrapped.keyRef);
-      let entry = cache.get(env.wrapped.text);
-      if (entry) opts.onKekLookup?.('hit');
-      else {
-        opts.onKekLookup?.(unwrapping.has(env.wrapped.text) ? 'joined' : 'miss');
-        entry = await unwrap(env.wrapped.text, ctx.uid);
-      }
+      const entry = await keks.lookup(env.wrapped.text, env.wrapped.text, unwrapKek(env.wrapped.text, ctx.uid));
       if (entry.version !== env.wrapped.version) throw new KeyhavenError('integrity', 'the wrapped KEK\'s version does not match the server\'s answer');
       return { plaintext: openWithKek(entry.kek, env), keyId: keyId ?? keyIdForLog(entry.version), keyName, keyVersion: entry.version };
     },
     async close() {
-      generation += 1;
-      cache.drop();
-      current?.kek.fill(0);
-      current = undefined;
+      keks.forget();
       await client.close();
     },
   };

@@ -12,7 +12,8 @@ import { acquireModule, ckr, releaseModule, trimPadded } from '../../../hsm/pkcs
 import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable } from '../../../../test/softhsm.js';
 import { createPluginMetrics } from '../../metrics.js';
 import type { KmsProvider } from '../../provider.js';
-import { createStatusMonitor, isTransient } from '../../status-monitor.js';
+import { isTransient } from '../../runtime/error-class.js';
+import { createStatusMonitor } from '../../status-monitor.js';
 import { MAX_PLAINTEXT_BYTES, OVERHEAD_BYTES } from './pkcs11-envelope.js';
 import { buildPkcs11Provider, createPkcs11Provider, type Pkcs11ProviderOptions } from './pkcs11.js';
 

@@ -1,5 +1,5 @@
 import { KeyhavenError } from '../../../errors.js';
-import { isTransient } from '../../status-monitor.js';
+import { isTransient } from '../../runtime/error-class.js';
 
 /**
  * The Vault token the plugin sends, and how it stays valid:

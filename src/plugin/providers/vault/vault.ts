@@ -4,7 +4,9 @@ import type { VaultProviderConfig } from '../../../config/providers/vault.js';
 import { createKeyServerClient, type CallOptions, type HttpMethod, type KeyServerClient } from '../../key-server-client.js';
 import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../../limits.js';
 import type { KmsProvider } from '../../provider.js';
-import { assertConfirmed, isTransient } from '../../status-monitor.js';
+import type { Clock } from '../../runtime/deadline.js';
+import { isTransient } from '../../runtime/error-class.js';
+import { KeyGate } from '../../runtime/key-gate.js';
 import type { ProviderBuildContext } from '../context.js';
 import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
@@ -34,7 +36,8 @@ export interface VaultProviderOptions {
   readonly staleAfterMs: number;
   /** One call (and one health check) ends within this, refreshing the token included. */
   readonly timeoutMs: number;
-  readonly now?: () => number;
+  /** The clock of the grace period and of deadlines; the client's must be the same. */
+  readonly now?: Clock;
 }
 
 interface KeyInfo {
@@ -86,9 +89,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   let info: KeyInfo | undefined;
   // What Status last reported, and so what Encrypt must use (the apiserver drops a reply with another key_id).
   let statusInfo: KeyInfo | undefined;
-  let blocked: KeyhavenError | undefined;
-  let lastSuccessAt: number | undefined;
-  let failing = false;
+  const gate = new KeyGate({ service: 'Vault', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now });
   let reading: Promise<KeyInfo> | undefined;
 
   const tagOf = (version: number, created: string): string =>
@@ -255,35 +256,25 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     maxPlaintextBytes: MAX_PLAINTEXT,
     async healthCheck() {
       // Stamped at the start, as the Status monitor does, so both grace clocks agree.
-      const started = now();
-      const deadlineAt = started + opts.timeoutMs;
-      let k: KeyInfo;
-      try {
-        k = await readKey(deadlineAt);
+      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
+      const k = await gate.check(async (deadlineAt) => {
+        const k = await readKey(deadlineAt);
         // A real round trip with the version Status will report.
         const probe = randomBytes(32);
         const c = await transitEncrypt(probe, k.latest, { deadlineAt });
         if (c.version !== k.latest) throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} when asked for ${k.latest}`);
         const back = await transitDecrypt(c.text, { deadlineAt });
         if (back.length !== probe.length || !timingSafeEqual(back, probe)) throw new KeyhavenError('integrity', `Vault's round trip with ${keyPath} returned other bytes than it was given`);
-      } catch (e) {
-        const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'the Vault round trip failed', { cause: e });
-        if (!isTransient(err.code)) blocked = err;
-        else failing = true;
-        throw err;
-      }
-      blocked = undefined;
-      failing = false;
+        return k;
+      });
       statusInfo = k;
-      lastSuccessAt = started;
       return k.keyId;
     },
     async encrypt(plaintext, ctx) {
-      if (blocked) throw blocked;
-      assertConfirmed('Vault', { lastSuccessAt: statusInfo ? lastSuccessAt : undefined, failing, now: now(), staleAfterMs: opts.staleAfterMs });
+      gate.assertOpen();
       const s = statusInfo!;
       // KMS v2: the version Status reported, so the reply's key_id equals Status's; v1beta1 has no key_id to match.
-      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: now() + opts.timeoutMs });
+      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: gate.deadline() });
       if (ctx.annotations && c.version !== s.latest) {
         throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} instead of ${s.latest}; the apiserver retries after its next Status`);
       }
@@ -293,7 +284,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
     async decrypt(ciphertext, keyId, _annotations, ctx) {
       const c = parseVaultCiphertext(ciphertext);
       // One deadline for the whole Decrypt: the key re-read and the decrypt share it, within the apiserver's 3 s.
-      const deadlineAt = now() + opts.timeoutMs;
+      const deadlineAt = gate.deadline();
       await checkVersion(c.version, keyId, deadlineAt);
       const plaintext = await transitDecrypt(c.text, { uid: ctx.uid, deadlineAt });
       return { plaintext, keyId: keyId ?? (info ? keyIdOf(c.version, info.tags) : `${idPrefix}${c.version}`), keyName: label, keyVersion: c.version };
