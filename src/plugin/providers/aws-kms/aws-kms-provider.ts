@@ -6,7 +6,7 @@ import type { KmsProvider } from '../../provider.js';
 import type { Clock } from '../../runtime/deadline.js';
 import { ACCESS_REVOKED } from '../../runtime/error-class.js';
 import type { CachedKek } from '../../runtime/kek-cache.js';
-import { KeyGate } from '../../runtime/key-gate.js';
+import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
 import { LocalKekLifecycle, type LocalKekEvents } from '../../runtime/local-kek.js';
 import { keyStateError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION, direct, FORM_AWS_DIRECT, openWithAwsKek, parseAwsEnvelope, sealWithAwsKek } from './aws-kms-envelope.js';
@@ -63,18 +63,24 @@ export function keyIdOfArn(arn: string): string {
  * and throttles per account and region).
  */
 export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
+  const keks = new LocalKekLifecycle<AwsCachedKek, { arn: string }>(opts.localKek, opts, opts.now);
+  return createProviderRuntime(createAwsKmsBackend(opts, keks), {
+    graceMs: opts.staleAfterMs,
+    timeoutMs: opts.timeoutMs,
+    ...(opts.now ? { clock: opts.now } : {}),
+    onRefused: (e) => REVOKED.has(e.code) && keks.forget(),
+  });
+}
+
+/** AWS KMS as a KeyBackend, with the local KEK (when on) from the runtime's lifecycle; its state is the key ARN a probe resolved. */
+export function createAwsKmsBackend(opts: AwsKmsProviderOptions, keks: LocalKekLifecycle<AwsCachedKek, { arn: string }>): KeyBackend<string> {
   const { api } = opts;
-  const now = opts.now ?? Date.now;
   const configured = parseKmsArn(opts.keyArn);
   if (!configured) throw new KeyhavenError('config_invalid', 'provider.keyArn is not a KMS key or alias ARN');
   const previous = new Set(opts.previousKeyArns);
   // Keys this process has seen as the current one (an alias moved meanwhile).
   const seen = new Set<string>();
-  const keks = new LocalKekLifecycle<AwsCachedKek, { arn: string }>(opts.localKek, opts, now);
-  const gate = new KeyGate({ service: 'AWS KMS', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now, onRefused: (e) => REVOKED.has(e.code) && keks.forget() });
-
   let currentArn: string | undefined = configured.alias ? undefined : opts.keyArn;
-  let statusKeyId: string | undefined;
 
   const context = (purpose: Purpose): Record<string, string> => ({ ...opts.encryptionContext, 'keyhaven:cluster': opts.cluster, 'keyhaven:purpose': purpose });
 
@@ -102,9 +108,9 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
   const soleKey = (): string | undefined => (!configured.alias && previous.size === 0 ? opts.keyArn : undefined);
 
   /** KMS Decrypt; in v1beta1 (no key_id) a blob of another key than the sole one named is an unknown key, not corruption. */
-  const kmsDecrypt = async (blob: Buffer, purpose: Purpose, keyArn: string | undefined, fromKeyId: boolean) => {
+  const kmsDecrypt = async (blob: Buffer, purpose: Purpose, keyArn: string | undefined, fromKeyId: boolean, deadlineAt: number) => {
     try {
-      return await api.decrypt(blob, context(purpose), keyArn, gate.deadline());
+      return await api.decrypt(blob, context(purpose), keyArn, deadlineAt);
     } catch (e) {
       if (!fromKeyId && e instanceof KeyhavenError && e.code === 'integrity' && /IncorrectKeyException/.test(e.message)) {
         throw new KeyhavenError('unknown_key_id', `ciphertext was made with another AWS KMS key than ${keyArn} (list that key in provider.previousKeyArns if this cluster used it before)`);
@@ -140,8 +146,8 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
   };
 
   /** KMS unwraps a KEK this plugin has not seen (or no longer holds). */
-  const unwrapKek = (wrapped: Buffer, keyArn: string | undefined, fromKeyId: boolean) => async (): Promise<AwsCachedKek> => {
-    const res = await kmsDecrypt(wrapped, 'local-kek', keyArn, fromKeyId);
+  const unwrapKek = (wrapped: Buffer, keyArn: string | undefined, fromKeyId: boolean, deadlineAt: number) => async (): Promise<AwsCachedKek> => {
+    const res = await kmsDecrypt(wrapped, 'local-kek', keyArn, fromKeyId, deadlineAt);
     if (res.plaintext.length !== 32) {
       res.plaintext.fill(0);
       throw new KeyhavenError('integrity', 'AWS KMS returned something that is not a local KEK');
@@ -155,53 +161,47 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
 
   return {
     kind: 'aws-kms',
+    service: 'AWS KMS',
     maxPlaintextBytes: MAX_PLAINTEXT,
-    async healthCheck() {
-      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
-      const arn = await gate.check(async (deadlineAt) => {
-        const meta = await api.describeKey(opts.keyArn, deadlineAt);
-        const arn = meta.arn;
-        const stateError = keyStateError(meta.state, arn);
-        if (stateError) throw stateError;
-        if (meta.keyUsage !== 'ENCRYPT_DECRYPT' || meta.keySpec !== 'SYMMETRIC_DEFAULT') {
-          throw new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is ${meta.keySpec ?? '?'} for ${meta.keyUsage ?? '?'}; the plugin needs a symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)`);
-        }
-        if (!configured.alias && arn !== opts.keyArn) throw new KeyhavenError('integrity', `AWS KMS described ${arn} when asked for ${opts.keyArn}`);
-        const due = opts.localKek.enabled ? keks.due((c) => (c.arn !== arn ? 'the key alias points at another key' : undefined)) : undefined;
-        if (due) {
-          await keks.rotate(due, wrapKek(arn, deadlineAt));
-        } else {
-          const probe = randomBytes(32);
-          await roundTrip(arn, probe, 'health-check', deadlineAt);
-        }
-        return arn;
-      });
+    async probe(deadlineAt) {
+      const meta = await api.describeKey(opts.keyArn, deadlineAt);
+      const arn = meta.arn;
+      const stateError = keyStateError(meta.state, arn);
+      if (stateError) throw stateError;
+      if (meta.keyUsage !== 'ENCRYPT_DECRYPT' || meta.keySpec !== 'SYMMETRIC_DEFAULT') {
+        throw new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is ${meta.keySpec ?? '?'} for ${meta.keyUsage ?? '?'}; the plugin needs a symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)`);
+      }
+      if (!configured.alias && arn !== opts.keyArn) throw new KeyhavenError('integrity', `AWS KMS described ${arn} when asked for ${opts.keyArn}`);
+      const due = opts.localKek.enabled ? keks.due((c) => (c.arn !== arn ? 'the key alias points at another key' : undefined)) : undefined;
+      if (due) {
+        await keks.rotate(due, wrapKek(arn, deadlineAt));
+      } else {
+        const probe = randomBytes(32);
+        await roundTrip(arn, probe, 'health-check', deadlineAt);
+      }
       currentArn = arn;
       seen.add(arn);
-      statusKeyId = opts.localKek.enabled ? keks.current!.keyId : keyIdOfArn(arn);
-      return statusKeyId;
+      return { keyId: opts.localKek.enabled ? keks.current!.keyId : keyIdOfArn(arn), state: arn };
     },
-    async encrypt(plaintext, ctx) {
-      gate.assertOpen();
+    // arn: the key the last good probe resolved (not the alias): the reply's key_id must be the one Status reported.
+    async wrap(plaintext, arn, ctx) {
       if (opts.localKek.enabled) {
         const k = keks.use(() => new KeyhavenError('unavailable', 'no local KEK yet: AWS KMS has not answered a health check'));
         const ciphertext = sealWithAwsKek(k.kek, k.wrapped, plaintext, !ctx.annotations);
         if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', 'sealed seed exceeds 1024 bytes');
         return { ciphertext, keyId: k.keyId, keyName: k.arn, keyVersion: 0, ...(ctx.annotations ? { annotations: { [AWS_KEK_ANNOTATION]: k.wrapped } } : {}) };
       }
-      // The resolved ARN, not the alias: the reply's key_id must be the one Status reported.
-      const arn = currentArn!;
-      const res = await api.encrypt(arn, plaintext, context('kms-seed'), gate.deadline());
+      const res = await api.encrypt(arn, plaintext, context('kms-seed'), ctx.deadlineAt);
       if (res.keyArn !== arn) throw new KeyhavenError('integrity', `AWS KMS encrypted under ${res.keyArn} when asked for ${arn}`);
       const ciphertext = direct(res.blob);
       if (ciphertext.length > MAX_CIPHERTEXT_BYTES) throw new KeyhavenError('internal', `AWS KMS returned a ${res.blob.length}-byte ciphertext; the apiserver accepts at most ${MAX_CIPHERTEXT_BYTES}`);
       return { ciphertext, keyId: keyIdOfArn(arn), keyName: arn, keyVersion: 0 };
     },
-    async decrypt(ciphertext, keyId, annotations) {
+    async unwrap(ciphertext, keyId, annotations, ctx) {
       const env = parseAwsEnvelope(ciphertext, annotations);
       const expected = keyId !== undefined ? arnOfKeyId(keyId) : soleKey();
       if (env.form === FORM_AWS_DIRECT) {
-        const res = await kmsDecrypt(env.blob, 'kms-seed', expected, keyId !== undefined);
+        const res = await kmsDecrypt(env.blob, 'kms-seed', expected, keyId !== undefined, ctx.deadlineAt);
         if (!acceptable(res.keyArn) || (expected !== undefined && res.keyArn !== expected)) {
           res.plaintext.fill(0);
           throw new KeyhavenError('unknown_key_id', `ciphertext was made with AWS KMS key ${res.keyArn}, which this plugin does not use${expected ? ` (key_id names ${expected})` : ''}`);
@@ -210,7 +210,7 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
       }
       const text = env.wrapped.toString('base64');
       // Joined only with unwraps that expect the same key: KMS checks the key named.
-      const entry = await keks.lookup(text, `${expected ?? ''} ${text}`, unwrapKek(env.wrapped, expected, keyId !== undefined));
+      const entry = await keks.lookup(text, `${expected ?? ''} ${text}`, unwrapKek(env.wrapped, expected, keyId !== undefined, ctx.deadlineAt));
       if (expected !== undefined && entry.arn !== expected) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyIdOfArn(expected)}`);
       if (!acceptable(entry.arn)) throw new KeyhavenError('unknown_key_id', `ciphertext was made with AWS KMS key ${entry.arn}, which this plugin does not use`);
       return { plaintext: openWithAwsKek(entry.kek, env), keyId: keyIdOfArn(entry.arn), keyName: entry.arn, keyVersion: 0 };

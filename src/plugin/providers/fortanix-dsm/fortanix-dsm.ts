@@ -5,7 +5,7 @@ import { apiKeySource } from '../../key-server-client.js';
 import type { KmsProvider } from '../../provider.js';
 import type { Clock } from '../../runtime/deadline.js';
 import { isTransient } from '../../runtime/error-class.js';
-import { KeyGate } from '../../runtime/key-gate.js';
+import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
 import type { ProviderBuildContext } from '../context.js';
 import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createDsmClient, type DsmClient } from './fortanix-dsm-client.js';
@@ -75,8 +75,12 @@ function checkSobject(o: Sobject, label: string): void {
  * AES-256-GCM under the configured security object; the key_id is `dsm:<kid>`.
  */
 export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider {
+  return createProviderRuntime(createFortanixDsmBackend(opts), { graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, ...(opts.now ? { clock: opts.now } : {}) });
+}
+
+/** DSM as a KeyBackend; its state is the kid of the object a probe confirmed. */
+export function createFortanixDsmBackend(opts: DsmProviderOptions): KeyBackend<string> {
   const { client } = opts;
-  const now = opts.now ?? Date.now;
   const byName = 'name' in opts.key ? opts.key.name : undefined;
   const pinned = 'kid' in opts.key ? opts.key.kid.toLowerCase() : undefined;
   const label = byName !== undefined ? `DSM key "${byName}"` : `DSM key ${pinned}`;
@@ -93,9 +97,8 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
   const historyRead = new Set<string>();
   let refreshing: Promise<void> | undefined;
 
-  // The kid Status last reported: Encrypt uses it (the apiserver drops a reply with another key_id).
+  // The kid last confirmed, for the "current" event.
   let statusKid: string | undefined;
-  const gate = new KeyGate({ service: 'DSM', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now });
   let warnedReplacement: string | undefined;
 
   async function currentObject(deadlineAt: number): Promise<Sobject> {
@@ -149,11 +152,11 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
   }
 
   /** Refuses an object that is not this provider's key (current, earlier, or configured) with unknown_key_id. */
-  async function requireKnown(kid: string, what: string): Promise<void> {
+  async function requireKnown(kid: string, what: string, deadlineAt: number): Promise<void> {
     if (known.has(kid)) return;
     let why = '';
     try {
-      await refreshKnown(gate.deadline());
+      await refreshKnown(deadlineAt);
     } catch (e) {
       // DSM busy or away: the caller may try again. Anything else: say why the history is unknown.
       if (!(e instanceof KeyhavenError) || isTransient(e.code)) throw e;
@@ -201,26 +204,20 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
 
   return {
     kind: 'fortanix-dsm',
+    service: 'DSM',
     maxPlaintextBytes: MAX_PLAINTEXT,
-    async healthCheck() {
-      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
-      let deadlineAt = 0;
-      const current = await gate.check(async (at) => {
-        deadlineAt = at;
-        const o = await currentObject(deadlineAt);
-        checkSobject(o, label);
-        const kid = o.kid;
-        if (pinned !== undefined && o.links?.replacement && warnedReplacement !== o.links.replacement) {
-          warnedReplacement = o.links.replacement;
-          opts.onKeyEvent?.({ kind: 'pinned-replaced', kid, replacement: String(o.links.replacement).slice(0, 64) });
-        }
-        // A real round trip through the same code Encrypt and Decrypt use.
-        const probe = randomBytes(32);
-        const opened = await decryptWith(parseDsmCiphertext(await encryptWith(kid, probe, { deadlineAt })), { deadlineAt });
-        if (!timingSafeEqual(opened, probe)) throw new KeyhavenError('integrity', `${label}: the round trip returned other bytes`);
-        return o;
-      });
+    async probe(deadlineAt) {
+      const current = await currentObject(deadlineAt);
+      checkSobject(current, label);
       const kid = current.kid;
+      if (pinned !== undefined && current.links?.replacement && warnedReplacement !== current.links.replacement) {
+        warnedReplacement = current.links.replacement;
+        opts.onKeyEvent?.({ kind: 'pinned-replaced', kid, replacement: String(current.links.replacement).slice(0, 64) });
+      }
+      // A real round trip through the same code Encrypt and Decrypt use.
+      const probe = randomBytes(32);
+      const opened = await decryptWith(parseDsmCiphertext(await encryptWith(kid, probe, { deadlineAt })), { deadlineAt });
+      if (!timingSafeEqual(opened, probe)) throw new KeyhavenError('integrity', `${label}: the round trip returned other bytes`);
       if (kid !== statusKid) opts.onKeyEvent?.({ kind: 'current', kid, ...(statusKid ? { previousKid: statusKid } : {}) });
       statusKid = kid;
       known.add(kid);
@@ -231,25 +228,24 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
           opts.onKeyEvent?.({ kind: 'history-incomplete', kid, reason: e instanceof KeyhavenError ? e.message : 'error' });
         });
       }
-      return dsmKeyId(kid);
+      return { keyId: dsmKeyId(kid), state: kid };
     },
-    async encrypt(plaintext, ctx) {
-      gate.assertOpen();
-      const kid = statusKid!;
-      const ciphertext = await encryptWith(kid, plaintext, { uid: ctx.uid });
+    // The kid the last good probe confirmed: the apiserver drops a reply with another key_id than Status's.
+    async wrap(plaintext, kid, ctx) {
+      const ciphertext = await encryptWith(kid, plaintext, { uid: ctx.uid, deadlineAt: ctx.deadlineAt });
       return { ciphertext, keyId: dsmKeyId(kid), keyName, keyVersion: 0 };
     },
-    async decrypt(ciphertext, keyId, _annotations, ctx) {
+    async unwrap(ciphertext, keyId, _annotations, ctx) {
       const c = parseDsmCiphertext(ciphertext);
       if (keyId !== undefined) {
         const kid = keyId.startsWith('dsm:') ? keyId.slice(4) : '';
         if (!DSM_UUID.test(kid)) throw new KeyhavenError('unknown_key_id', `key_id ${keyId.slice(0, 80)} was not issued by the fortanix-dsm provider`);
-        await requireKnown(kid, `key_id ${keyId}`);
+        await requireKnown(kid, `key_id ${keyId}`, ctx.deadlineAt);
         if (kid !== c.kid) throw new KeyhavenError('invalid_argument', `ciphertext does not belong to key_id ${keyId}`);
       } else {
-        await requireKnown(c.kid, 'the ciphertext');
+        await requireKnown(c.kid, 'the ciphertext', ctx.deadlineAt);
       }
-      const plaintext = await decryptWith(c, { uid: ctx.uid });
+      const plaintext = await decryptWith(c, { uid: ctx.uid, deadlineAt: ctx.deadlineAt });
       return { plaintext, keyId: keyId ?? dsmKeyId(c.kid), keyName, keyVersion: 0 };
     },
     async close() {

@@ -5,7 +5,7 @@ import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 import type { KmsProvider } from '../../provider.js';
 import type { Clock } from '../../runtime/deadline.js';
 import { ACCESS_REVOKED } from '../../runtime/error-class.js';
-import { KeyGate } from '../../runtime/key-gate.js';
+import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
 import { LocalKekLifecycle, type LocalKekEvents } from '../../runtime/local-kek.js';
 import { FORM_DIRECT, KEK_ANNOTATION, KEK_CONTEXT, openWithKek, parseEnvelope, parseServerCiphertext, sealWithKek } from './remote-envelope.js';
 
@@ -43,13 +43,28 @@ const MAX_PLAINTEXT = 512;
  * with it; Decrypt asks the server only for KEKs it has not seen.
  */
 export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
+  // Version: the server key version that wrapped the KEK.
+  const keks = new LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>(opts.localKek, opts, opts.now);
+  return createProviderRuntime(createKeyhavenBackend(opts, keks), {
+    graceMs: opts.staleAfterMs,
+    timeoutMs: opts.timeoutMs,
+    ...(opts.now ? { clock: opts.now } : {}),
+    // Refusals that mean this app may no longer use the key: cached KEKs go too.
+    onRefused: (e) => ACCESS_REVOKED.has(e.code) && keks.forget(),
+  });
+}
+
+/**
+ * Keyhaven key servers as a KeyBackend, with the local KEK (when on) from the
+ * runtime's lifecycle. No state goes to Encrypt through the runtime: what
+ * Status reported (never backwards) is kept here, across servers that may lag.
+ */
+export function createKeyhavenBackend(opts: RemoteProviderOptions, keks: LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>): KeyBackend<void> {
   const { client, keyName } = opts;
   const now = opts.now ?? Date.now;
   const base = `/v1/keys/${encodeURIComponent(keyName)}`;
-  // Version: the server key version that wrapped the KEK.
-  const keks = new LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>(opts.localKek, opts, now);
-  // Refusals that mean this app may no longer use the key: cached KEKs go too.
-  const gate = new KeyGate({ service: 'the key server', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now, onRefused: (e) => ACCESS_REVOKED.has(e.code) && keks.forget() });
+  // When the last good probe started: the report tells the central team.
+  let lastConfirmedAt: number | undefined;
 
   let probe: Probe | undefined;
   let lastReportAt = -Infinity;
@@ -95,7 +110,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
     node: opts.node,
     pluginVersion: opts.pluginVersion,
     ...(statusKeyId ? { keyId: statusKeyId } : {}),
-    ...(gate.lastSuccessAt !== undefined ? { lastSuccess: new Date(gate.lastSuccessAt).toISOString() } : {}),
+    ...(lastConfirmedAt !== undefined ? { lastSuccess: new Date(lastConfirmedAt).toISOString() } : {}),
   });
 
   /** The key's status from a server; with `atLeast`, an answer under an older version is taken from another server. */
@@ -170,11 +185,12 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
 
   return {
     kind: 'keyhaven',
+    service: 'the key server',
     maxPlaintextBytes: MAX_PLAINTEXT,
-    async healthCheck() {
-      const reportDue = now() - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
-      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
-      const p = await gate.check(async (deadlineAt) => {
+    async probe(deadlineAt) {
+      const started = now();
+      const reportDue = started - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
+      const p = await (async () => {
         const answer = await callProbe(reportDue, deadlineAt);
         if (probe && answer.parsed.keyRef !== probe.parsed.keyRef) {
           // Another key under the same name (deleted and made again): its versions start over.
@@ -190,7 +206,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
           if (why) await keks.rotate(why, wrapKek(p, deadlineAt));
         }
         return p;
-      });
+      })();
       probe = p;
       learn(p);
       // Retired versions can no longer decrypt on the server; their KEKs go as well.
@@ -203,12 +219,12 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
         statusVersion = next.version;
       }
       if (statusVersion > highest) highest = statusVersion;
+      lastConfirmedAt = started;
       // Tell the central team at once when this cluster moves to a new key version.
       if (previous !== undefined && previous !== statusKeyId) void callProbe(true).catch(() => {});
-      return statusKeyId;
+      return { keyId: statusKeyId!, state: undefined };
     },
-    async encrypt(plaintext, ctx) {
-      gate.assertOpen();
+    async wrap(plaintext, _state, ctx) {
       if (opts.localKek.enabled) {
         const k = keks.use(() => new KeyhavenError('unavailable', 'no local KEK yet: the key server has not answered a Status check'));
         const ciphertext = sealWithKek(k.kek, k.wrapped, plaintext, !ctx.annotations);
@@ -232,7 +248,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
       if (c.version > highest) highest = c.version;
       return { ciphertext: Buffer.from(c.text, 'latin1'), keyId, keyName, keyVersion: c.version };
     },
-    async decrypt(ciphertext, keyId, annotations, ctx) {
+    async unwrap(ciphertext, keyId, annotations, ctx) {
       const env = parseEnvelope(ciphertext, annotations);
       if (env.form === FORM_DIRECT) {
         await checkKeyId(keyId, env.server.version, env.server.keyRef);

@@ -6,7 +6,7 @@ import { MAX_CIPHERTEXT_BYTES, MAX_KEY_ID_BYTES } from '../../limits.js';
 import type { KmsProvider } from '../../provider.js';
 import type { Clock } from '../../runtime/deadline.js';
 import { isTransient } from '../../runtime/error-class.js';
-import { KeyGate } from '../../runtime/key-gate.js';
+import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
 import type { ProviderBuildContext } from '../context.js';
 import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from '../http-client-wiring.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
@@ -78,6 +78,11 @@ function creationOf(v: unknown): string | undefined {
 }
 
 export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
+  return createProviderRuntime(createVaultBackend(opts), { graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, ...(opts.now ? { clock: opts.now } : {}) });
+}
+
+/** Vault Transit as a KeyBackend; its state is the key as the last good probe read it. */
+export function createVaultBackend(opts: VaultProviderOptions): KeyBackend<KeyInfo> {
   const { client, auth, mount, key } = opts;
   const now = opts.now ?? Date.now;
   const keyPath = `${mount}/keys/${key}`;
@@ -87,9 +92,6 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   const mountUrl = `/v1/${mount.split('/').map(enc).join('/')}`;
 
   let info: KeyInfo | undefined;
-  // What Status last reported, and so what Encrypt must use (the apiserver drops a reply with another key_id).
-  let statusInfo: KeyInfo | undefined;
-  const gate = new KeyGate({ service: 'Vault', graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, clock: now });
   let reading: Promise<KeyInfo> | undefined;
 
   const tagOf = (version: number, created: string): string =>
@@ -253,40 +255,33 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
 
   return {
     kind: 'vault',
+    service: 'Vault',
     maxPlaintextBytes: MAX_PLAINTEXT,
-    async healthCheck() {
-      // Stamped at the start, as the Status monitor does, so both grace clocks agree.
-      // The gate stamps the check's start, as the Status monitor does, so both grace clocks agree.
-      const k = await gate.check(async (deadlineAt) => {
-        const k = await readKey(deadlineAt);
-        // A real round trip with the version Status will report.
-        const probe = randomBytes(32);
-        const c = await transitEncrypt(probe, k.latest, { deadlineAt });
-        if (c.version !== k.latest) throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} when asked for ${k.latest}`);
-        const back = await transitDecrypt(c.text, { deadlineAt });
-        if (back.length !== probe.length || !timingSafeEqual(back, probe)) throw new KeyhavenError('integrity', `Vault's round trip with ${keyPath} returned other bytes than it was given`);
-        return k;
-      });
-      statusInfo = k;
-      return k.keyId;
+    async probe(deadlineAt) {
+      const k = await readKey(deadlineAt);
+      // A real round trip with the version Status will report.
+      const probe = randomBytes(32);
+      const c = await transitEncrypt(probe, k.latest, { deadlineAt });
+      if (c.version !== k.latest) throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} when asked for ${k.latest}`);
+      const back = await transitDecrypt(c.text, { deadlineAt });
+      if (back.length !== probe.length || !timingSafeEqual(back, probe)) throw new KeyhavenError('integrity', `Vault's round trip with ${keyPath} returned other bytes than it was given`);
+      return { keyId: k.keyId, state: k };
     },
-    async encrypt(plaintext, ctx) {
-      gate.assertOpen();
-      const s = statusInfo!;
+    // s: the key as the last good probe read it; Encrypt uses its version (the apiserver drops a reply with another key_id than Status's).
+    async wrap(plaintext, s, ctx) {
       // KMS v2: the version Status reported, so the reply's key_id equals Status's; v1beta1 has no key_id to match.
-      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: gate.deadline() });
+      const c = await transitEncrypt(plaintext, ctx.annotations ? s.latest : undefined, { uid: ctx.uid, deadlineAt: ctx.deadlineAt });
       if (ctx.annotations && c.version !== s.latest) {
         throw new KeyhavenError('unavailable', `Vault encrypted with version ${c.version} of ${keyPath} instead of ${s.latest}; the apiserver retries after its next Status`);
       }
       const k = info && info.latest >= c.version ? info : s;
       return { ciphertext: Buffer.from(c.text, 'latin1'), keyId: keyIdOf(c.version, k.tags), keyName: label, keyVersion: c.version };
     },
-    async decrypt(ciphertext, keyId, _annotations, ctx) {
+    async unwrap(ciphertext, keyId, _annotations, ctx) {
       const c = parseVaultCiphertext(ciphertext);
       // One deadline for the whole Decrypt: the key re-read and the decrypt share it, within the apiserver's 3 s.
-      const deadlineAt = gate.deadline();
-      await checkVersion(c.version, keyId, deadlineAt);
-      const plaintext = await transitDecrypt(c.text, { uid: ctx.uid, deadlineAt });
+      await checkVersion(c.version, keyId, ctx.deadlineAt);
+      const plaintext = await transitDecrypt(c.text, { uid: ctx.uid, deadlineAt: ctx.deadlineAt });
       return { plaintext, keyId: keyId ?? (info ? keyIdOf(c.version, info.tags) : `${idPrefix}${c.version}`), keyName: label, keyVersion: c.version };
     },
     async close() {
