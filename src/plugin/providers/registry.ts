@@ -7,7 +7,7 @@ import { buildKeyhavenProvider } from './keyhaven/build.js';
 import { buildPkcs11Provider } from './pkcs11/pkcs11.js';
 import { buildVaultProvider } from './vault/vault.js';
 
-export type ProviderType = PluginConfig['provider']['type'];
+type ProviderType = PluginConfig['provider']['type'];
 type ProviderConfigOf<T extends ProviderType> = Extract<PluginConfig['provider'], { type: T }>;
 type Builder<T extends ProviderType> = (p: ProviderConfigOf<T>, ctx: ProviderBuildContext) => Promise<BuiltProvider>;
 
@@ -16,7 +16,7 @@ type Builder<T extends ProviderType> = (p: ProviderConfigOf<T>, ctx: ProviderBui
  * its schema to config/providers/ and one line here; the mapped type makes a
  * type without a builder a compile error.
  */
-export const PROVIDER_BUILDERS: { readonly [T in ProviderType]: Builder<T> } = {
+const PROVIDER_BUILDERS: { readonly [T in ProviderType]: Builder<T> } = {
   keyhaven: buildKeyhavenProvider,
   embedded: buildEmbeddedProvider,
   vault: async (p, ctx) => ({ provider: await buildVaultProvider(p, ctx) }),

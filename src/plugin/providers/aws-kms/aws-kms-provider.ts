@@ -73,7 +73,7 @@ export function createAwsKmsProvider(opts: AwsKmsProviderOptions): KmsProvider {
 }
 
 /** AWS KMS as a KeyBackend, with the local KEK (when on) from the runtime's lifecycle; its state is the key ARN a probe resolved. */
-export function createAwsKmsBackend(opts: AwsKmsProviderOptions, keks: LocalKekLifecycle<AwsCachedKek, { arn: string }>): KeyBackend<string> {
+function createAwsKmsBackend(opts: AwsKmsProviderOptions, keks: LocalKekLifecycle<AwsCachedKek, { arn: string }>): KeyBackend<string> {
   const { api } = opts;
   const configured = parseKmsArn(opts.keyArn);
   if (!configured) throw new KeyhavenError('config_invalid', 'provider.keyArn is not a KMS key or alias ARN');

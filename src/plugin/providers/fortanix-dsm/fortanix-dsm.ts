@@ -79,7 +79,7 @@ export function createFortanixDsmProvider(opts: DsmProviderOptions): KmsProvider
 }
 
 /** DSM as a KeyBackend; its state is the kid of the object a probe confirmed. */
-export function createFortanixDsmBackend(opts: DsmProviderOptions): KeyBackend<string> {
+function createFortanixDsmBackend(opts: DsmProviderOptions): KeyBackend<string> {
   const { client } = opts;
   const byName = 'name' in opts.key ? opts.key.name : undefined;
   const pinned = 'kid' in opts.key ? opts.key.kid.toLowerCase() : undefined;

@@ -59,7 +59,7 @@ export function createRemoteProvider(opts: RemoteProviderOptions): KmsProvider {
  * runtime's lifecycle. No state goes to Encrypt through the runtime: what
  * Status reported (never backwards) is kept here, across servers that may lag.
  */
-export function createKeyhavenBackend(opts: RemoteProviderOptions, keks: LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>): KeyBackend<void> {
+function createKeyhavenBackend(opts: RemoteProviderOptions, keks: LocalKekLifecycle<{ kek: Buffer; version: number }, { version: number }>): KeyBackend<void> {
   const { client, keyName } = opts;
   const now = opts.now ?? Date.now;
   const base = `/v1/keys/${encodeURIComponent(keyName)}`;
@@ -190,23 +190,20 @@ export function createKeyhavenBackend(opts: RemoteProviderOptions, keks: LocalKe
     async probe(deadlineAt) {
       const started = now();
       const reportDue = started - lastReportAt >= opts.reportIntervalMs || statusKeyId !== reportedKeyId;
-      const p = await (async () => {
-        const answer = await callProbe(reportDue, deadlineAt);
-        if (probe && answer.parsed.keyRef !== probe.parsed.keyRef) {
-          // Another key under the same name (deleted and made again): its versions start over.
-          highest = 0;
-          statusVersion = 0;
-          keyIds.clear();
-        }
-        // A server behind the others confirms the key is usable, but its version is not taken: Status keeps the newest.
-        const p = probe && probe.parsed.keyRef === answer.parsed.keyRef && answer.version < Math.max(probe.version, highest) ? probe : answer;
-        if (opts.localKek.enabled) {
-          // Only forwards: a server that is behind does not take the KEK back to an older version.
-          const why = keks.due((c) => (p.version > c.version ? 'key rotated on the server' : undefined));
-          if (why) await keks.rotate(why, wrapKek(p, deadlineAt));
-        }
-        return p;
-      })();
+      const answer = await callProbe(reportDue, deadlineAt);
+      if (probe && answer.parsed.keyRef !== probe.parsed.keyRef) {
+        // Another key under the same name (deleted and made again): its versions start over.
+        highest = 0;
+        statusVersion = 0;
+        keyIds.clear();
+      }
+      // A server behind the others confirms the key is usable, but its version is not taken: Status keeps the newest.
+      const p = probe && probe.parsed.keyRef === answer.parsed.keyRef && answer.version < Math.max(probe.version, highest) ? probe : answer;
+      if (opts.localKek.enabled) {
+        // Only forwards: a server that is behind does not take the KEK back to an older version.
+        const why = keks.due((c) => (p.version > c.version ? 'key rotated on the server' : undefined));
+        if (why) await keks.rotate(why, wrapKek(p, deadlineAt));
+      }
       probe = p;
       learn(p);
       // Retired versions can no longer decrypt on the server; their KEKs go as well.

@@ -82,7 +82,7 @@ export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
 }
 
 /** Vault Transit as a KeyBackend; its state is the key as the last good probe read it. */
-export function createVaultBackend(opts: VaultProviderOptions): KeyBackend<KeyInfo> {
+function createVaultBackend(opts: VaultProviderOptions): KeyBackend<KeyInfo> {
   const { client, auth, mount, key } = opts;
   const now = opts.now ?? Date.now;
   const keyPath = `${mount}/keys/${key}`;
