@@ -5,7 +5,6 @@ import { asKeyhavenError, isTransient } from './runtime/error-class.js';
 // Which failures Status rides out for the grace period is decided in one
 // place, runtime/error-class.ts; the providers' Encrypt gate uses the same.
 
-
 export interface StatusSnapshot {
   readonly keyId: string;
   /** True while answering from the last good result because the provider is unreachable. */
