@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { stringify as toYaml } from 'yaml';
 import { call, callError, grpc, kmsClients, logLines, removeDir, startPlugin, tempDir, waitFor, type KmsClients, type PluginProcess, freePort, type V2Encrypted } from './helpers.js';
-import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm-format.js';
+import { dsmAd, packDsmCiphertext } from '../src/plugin/providers/fortanix-dsm/fortanix-dsm-format.js';
 import { byteForms } from './secret-forms.js';
 import { api, auditRecords, login, rotateAppKeyApproved, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 

@@ -137,7 +137,8 @@ export function parsePluginConfig(raw: unknown, source: string): Readonly<Plugin
   return deepFreeze(cfg);
 }
 
-type KeyhavenProviderConfig = z.output<typeof keyhavenProvider>;
+export type KeyhavenProviderConfig = z.output<typeof keyhavenProvider>;
+export type EmbeddedProviderConfig = z.output<typeof embeddedProvider>;
 
 function checkKeyhavenProvider(p: KeyhavenProviderConfig, source: string): void {
   const problems = [

@@ -1,26 +1,15 @@
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import type { PluginConfig } from '../config/plugin-config.js';
 import { KeyhavenError } from '../errors.js';
-import { openEmbeddedStore } from '../keys/embedded-store.js';
 import type { Logger } from '../log/logger.js';
 import { PACKAGE_ROOT, PACKAGE_VERSION } from '../paths.js';
-import type { AuditLog } from '../audit/audit-log.js';
-import { createEmbeddedProvider } from './embedded-provider.js';
 import { startHealthServer, type HealthServer } from './health-server.js';
+import { buildProvider } from './providers/registry.js';
 import { createKmsHandlers } from './kms-service.js';
-import { createKeyServerClient, apiKeySource, KEYHAVEN_HEALTH_PROBE } from './key-server-client.js';
-import { createPluginMetrics, type PluginMetrics } from './metrics.js';
-import { buildAwsKmsProvider } from './providers/aws-kms.js';
-import { buildFortanixDsmProvider } from './providers/fortanix-dsm.js';
-import { buildPkcs11Provider } from './providers/pkcs11.js';
-import { buildVaultProvider } from './providers/vault.js';
-import { deadlineOptions, observedClientOptions, readConfigFile, readTlsFiles } from './providers/http-client-wiring.js';
-import { createRemoteProvider } from './remote-provider.js';
-import type { KmsProvider } from './provider.js';
+import { createPluginMetrics } from './metrics.js';
 import { assertAbstractNameExact, clearStaleSocket, parseEndpoint, removeSocketIfOurs, secureSocket, socketIdentity, type SocketIdentity } from './socket.js';
 import { createStatusMonitor } from './status-monitor.js';
 
@@ -52,75 +41,6 @@ export function loadKmsProtos() {
   return pkg;
 }
 
-/** This host's name as the server accepts it (letters, digits, "." and "-"). */
-function nodeName(): string {
-  const n = hostname().replace(/[^A-Za-z0-9.-]/g, '-').slice(0, 253).replace(/^[^A-Za-z0-9]+|[^A-Za-z0-9]+$/g, '');
-  return n || 'unknown';
-}
-
-type Built = { provider: KmsProvider; audit?: AuditLog };
-
-/** The provider that talks to keyhaven key servers over HTTPS. */
-function buildRemoteProvider(cfg: PluginConfig, p: Extract<PluginConfig['provider'], { type: 'keyhaven' }>, logger: Logger, metrics: PluginMetrics): Built {
-  const apiKey = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
-  apiKey(false);
-  const tls = readTlsFiles(p.tls);
-  const client = createKeyServerClient({
-    servers: p.servers,
-    tls,
-    apiKey,
-    cluster: p.cluster,
-    healthProbe: KEYHAVEN_HEALTH_PROBE,
-    ...deadlineOptions(p),
-    ...observedClientOptions({ logger, metrics }, p.servers, { up: 'key server answers again', down: 'key server failing; trying the others first' }),
-  });
-  const provider = createRemoteProvider({
-    client,
-    keyName: p.key,
-    cluster: p.cluster,
-    node: nodeName(),
-    pluginVersion: PACKAGE_VERSION,
-    localKek: { enabled: p.localKek.enabled, maxUses: p.localKek.maxUses, maxAgeMs: p.localKek.maxAge, cacheSize: p.localKek.cacheSize },
-    reportIntervalMs: p.reportInterval,
-    staleAfterMs: cfg.status.gracePeriod,
-    checkTimeoutMs: p.timeout,
-    onKekLookup: (result) => metrics.kekLookups.inc({ result }),
-    onKekCacheSize: (n) => metrics.kekCacheEntries.set(n),
-    onKekRotated: ({ keyId, reason }) => logger.info({ keyId, reason }, 'new local KEK wrapped by the key server'),
-  });
-  return { provider };
-}
-
-/** Builds the provider the config names. */
-async function buildProvider(cfg: PluginConfig, logger: Logger, metrics: PluginMetrics): Promise<Built> {
-  const p = cfg.provider;
-  if (p.type === 'keyhaven') return buildRemoteProvider(cfg, p, logger, metrics);
-  const ctx = { cfg, logger, metrics };
-  if (p.type === 'vault') return { provider: await buildVaultProvider(p, ctx) };
-  if (p.type === 'fortanix-dsm') return { provider: await buildFortanixDsmProvider(p, ctx) };
-  if (p.type === 'aws-kms') return { provider: await buildAwsKmsProvider(p, ctx) };
-  if (p.type === 'pkcs11') return { provider: await buildPkcs11Provider(p, ctx) };
-  const embedded = await openEmbeddedStore({ dataDir: p.dataDir, rootKeyFile: p.rootKeyFile, create: false, auditFsync: cfg.audit.fsync });
-  try {
-    await embedded.keys.refresh(p.key);
-  } catch (e) {
-    await embedded.close();
-    if (e instanceof KeyhavenError && e.code === 'not_found') {
-      throw new KeyhavenError('config_invalid', `key "${p.key}" does not exist in ${p.dataDir} (create it with "keyhaven key create ${p.key}")`);
-    }
-    throw e;
-  }
-  const provider = createEmbeddedProvider({
-    keys: embedded.keys,
-    storeId: embedded.storeId,
-    keyName: p.key,
-    previousKeys: p.previousKeys,
-    refreshIntervalMs: Math.max(cfg.status.cacheTTL, 100),
-    close: () => embedded.close(),
-  });
-  return { provider, audit: embedded.audit };
-}
-
 function parseSocketConfig(socket: string) {
   try {
     return parseEndpoint(socket);
@@ -133,7 +53,7 @@ function parseSocketConfig(socket: string) {
 export async function startPlugin(cfg: PluginConfig, logger: Logger): Promise<RunningPlugin> {
   const endpoint = parseSocketConfig(cfg.socket);
   const metrics = createPluginMetrics();
-  const { provider, audit } = await buildProvider(cfg, logger, metrics);
+  const { provider, audit } = await buildProvider({ cfg, logger, metrics });
 
   const monitor = createStatusMonitor(provider, {
     cacheTtlMs: cfg.status.cacheTTL,

@@ -1,25 +1,9 @@
-import { KeyhavenError, type ErrorCode } from '../errors.js';
+import { KeyhavenError } from '../errors.js';
 import type { KmsProvider } from './provider.js';
+import { asKeyhavenError, isTransient } from './runtime/error-class.js';
 
-// Failures that mean "the provider cannot answer now": Status rides them out
-// with the last good key_id for the grace period. Every other failure means
-// "do not write with this key" and fails Status at once: a Status that returns
-// a key_id keeps the apiserver writing for minutes.
-const TRANSIENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['unavailable', 'sealed', 'audit_failed', 'internal', 'too_many_attempts']);
-
-export function isTransient(code: ErrorCode): boolean {
-  return TRANSIENT.has(code);
-}
-
-/**
- * A provider's Encrypt gate: refused until `service` has confirmed the key,
- * and once checks have been failing for longer than the grace period (the
- * same clock as Status; while checks succeed Encrypt never waits for one).
- */
-export function assertConfirmed(service: string, s: { readonly lastSuccessAt: number | undefined; readonly failing: boolean; readonly now: number; readonly staleAfterMs: number }): void {
-  if (s.lastSuccessAt === undefined) throw new KeyhavenError('unavailable', `${service} has not confirmed the key yet`);
-  if (s.failing && s.now - s.lastSuccessAt > s.staleAfterMs) throw new KeyhavenError('unavailable', `${service} has not confirmed the key within the Status grace period`);
-}
+// Which failures Status rides out for the grace period is decided in one
+// place, runtime/error-class.ts; the providers' Encrypt gate uses the same.
 
 export interface StatusSnapshot {
   readonly keyId: string;
@@ -58,7 +42,7 @@ export function createStatusMonitor(provider: KmsProvider, opts: StatusMonitorOp
       cached = { at: t, result: snap };
       return snap;
     } catch (e) {
-      const err = e instanceof KeyhavenError ? e : new KeyhavenError('unavailable', 'key provider did not answer', { cause: e });
+      const err = asKeyhavenError(e, 'key provider did not answer');
       if (!isTransient(err.code)) {
         lastGood = undefined;
       } else if (lastGood && t - lastGood.at <= opts.graceMs) {

@@ -17,7 +17,7 @@ import {
   safely,
   type LoadedModule as Loaded,
   type TokenSelector,
-} from './pkcs11-token.js';
+} from '../hsm/pkcs11-token.js';
 import { requireKind } from './record.js';
 import type { InitResult, Seal, SealRecord } from './seal.js';
 

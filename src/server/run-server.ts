@@ -1,9 +1,10 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { checkpointFile, sinkWitness, startCheckpointer, type Checkpointer, type CheckpointWitness } from '../audit/checkpointer.js';
 import type { Checkpoint } from '../audit/checkpoint.js';
 import { startSinkPump, fileSink, stdoutSink, syslogSink, type AuditSink, type SinkPump } from '../audit/sinks.js';
+import { readSecret, readSecretFile } from '../config/secret-file.js';
 import type { ServerConfig } from '../config/server-config.js';
 import { closePasswordHashing, configurePasswordHashing } from '../access/secrets.js';
 import { KeyhavenError } from '../errors.js';
@@ -26,33 +27,9 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-function readPin(cfg: { pinFile?: string | undefined; pinEnv?: string | undefined }): string {
-  if (cfg.pinEnv) {
-    const v = process.env[cfg.pinEnv];
-    if (!v) throw new KeyhavenError('config_invalid', `environment variable ${cfg.pinEnv} (seal.pkcs11.pinEnv) is not set`);
-    return v;
-  }
-  try {
-    // Like the root key file: a PIN others can read is refused, not used.
-    if ((statSync(cfg.pinFile!).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the HSM PIN file ${cfg.pinFile} is readable or writable by group or others; chmod 600 it`);
-    return readFileSync(cfg.pinFile!, 'utf8').trim();
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read the HSM PIN file ${cfg.pinFile}: ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-}
-
 /** The /metrics bearer token: read once at start, from a file only its owner may read. */
 export function readMetricsToken(path: string): Buffer {
-  let text: string;
-  try {
-    if ((statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is readable or writable by group or others; chmod 600 it`);
-    text = readFileSync(path, 'utf8').trim();
-  } catch (e) {
-    if (e instanceof KeyhavenError) throw e;
-    throw new KeyhavenError('config_invalid', `cannot read the metrics token file ${path} (metrics.tokenFile): ${(e as NodeJS.ErrnoException).code ?? 'error'}`);
-  }
-  if (text.length === 0) throw new KeyhavenError('config_invalid', `the metrics token file ${path} (metrics.tokenFile) is empty`);
+  const text = readSecretFile(path, { what: 'the metrics token file', field: 'metrics.tokenFile' });
   if (!/^[\x21-\x7e]{1,512}$/.test(text)) throw new KeyhavenError('config_invalid', `the metrics token in ${path} (metrics.tokenFile) must be 1-512 printable characters without spaces`);
   return Buffer.from(text, 'utf8');
 }
@@ -61,7 +38,7 @@ export function sealFromConfig(cfg: ServerConfig['seal']): Seal {
   if ('keyfile' in cfg) return keyFileSeal(cfg.keyfile.path);
   if ('shamir' in cfg) return shamirSeal();
   const p = cfg.pkcs11;
-  return pkcs11Seal({ module: p.module, tokenLabel: p.tokenLabel, slot: p.slot, pin: readPin(p), keyLabel: p.keyLabel });
+  return pkcs11Seal({ module: p.module, tokenLabel: p.tokenLabel, slot: p.slot, pin: readSecret({ file: p.pinFile, env: p.pinEnv }, { what: 'the HSM PIN file', envField: 'seal.pkcs11.pinEnv' }), keyLabel: p.keyLabel });
 }
 
 function readTls(cfg: NonNullable<ServerConfig['tls']>) {

@@ -1,4 +1,5 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { assertOwnerOnly } from '../../config/secret-file.js';
 import { KeyhavenError } from '../../errors.js';
 import type { Logger } from '../../log/logger.js';
 import type { TlsOptions } from '../key-server-client.js';
@@ -11,7 +12,7 @@ import type { PluginMetrics } from '../metrics.js';
 /** Reads a file the config names; a credential file must not be readable by group or others. */
 export function readConfigFile(path: string, what: string, secret: boolean): Buffer {
   try {
-    if (secret && (statSync(path).mode & 0o077) !== 0) throw new KeyhavenError('config_invalid', `${what} ${path} is readable or writable by group or others; chmod 600 it`);
+    if (secret) assertOwnerOnly(path, { what });
     return readFileSync(path);
   } catch (e) {
     if (e instanceof KeyhavenError) throw e;

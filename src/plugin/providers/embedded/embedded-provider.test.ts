@@ -1,0 +1,80 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { KeyhavenError } from '../../../errors.js';
+import { openEmbeddedStore, type EmbeddedStore } from '../../../keys/embedded-store.js';
+import { createEmbeddedProvider } from './embedded-provider.js';
+import { parseKeyId } from '../../../keys/key-id.js';
+
+const ENC = { uid: 'test', annotations: true };
+const DEC = { uid: 'test' };
+const code = (c: string) => (e: unknown) => e instanceof KeyhavenError && e.code === c;
+
+describe('embedded provider (real SQLite store)', () => {
+  let dir: string;
+  let es: EmbeddedStore;
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'kh-provider-'));
+    es = await openEmbeddedStore({ dataDir: dir, create: true });
+    await es.keys.create('cluster-a', 'test');
+    await es.keys.create('cluster-b', 'test');
+  });
+
+  after(async () => {
+    await es.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const provider = (keyName: string, previousKeys?: string[]) =>
+    createEmbeddedProvider({ keys: es.keys, storeId: es.storeId, keyName, refreshIntervalMs: 60_000, previousKeys });
+
+  it('encrypts with its key and reports a key_id that names store, key, version and tag', async () => {
+    const p = provider('cluster-a');
+    const seed = randomBytes(32);
+    const e = await p.encrypt(seed, ENC);
+    const id = parseKeyId(e.keyId);
+    assert.equal(id.storeId, es.storeId);
+    assert.equal(id.version, 1);
+    assert.equal(e.keyId, await p.healthCheck());
+    assert.deepEqual((await p.decrypt(e.ciphertext, e.keyId, {}, DEC)).plaintext, seed);
+    assert.deepEqual((await p.decrypt(e.ciphertext, undefined, {}, DEC)).plaintext, seed);
+    await p.close();
+  });
+
+  it("refuses another key's ciphertext in the same store, with or without its key_id", async () => {
+    const a = provider('cluster-a');
+    const b = provider('cluster-b');
+    const eb = await b.encrypt(randomBytes(32), ENC);
+    await assert.rejects(a.decrypt(eb.ciphertext, eb.keyId, {}, DEC), code('permission_denied'));
+    await assert.rejects(a.decrypt(eb.ciphertext, undefined, {}, DEC), code('permission_denied'));
+    await a.close();
+    await b.close();
+  });
+
+  it('previousKeys lets Decrypt use a key the cluster moved away from; Encrypt never does', async () => {
+    const b = provider('cluster-b');
+    const seed = randomBytes(32);
+    const eb = await b.encrypt(seed, ENC);
+    const a = provider('cluster-a', ['cluster-b']);
+    assert.deepEqual((await a.decrypt(eb.ciphertext, eb.keyId, {}, DEC)).plaintext, seed);
+    const ea = await a.encrypt(randomBytes(32), ENC);
+    assert.equal(ea.keyName, 'cluster-a');
+    await a.close();
+    await b.close();
+  });
+
+  it('refuses a key_id of another store and a key_id whose version tag differs', async () => {
+    const a = provider('cluster-a');
+    const e = await a.encrypt(randomBytes(32), ENC);
+    const id = parseKeyId(e.keyId);
+    const otherStore = e.keyId.replace(id.storeId, 'f'.repeat(16));
+    await assert.rejects(a.decrypt(e.ciphertext, otherStore, {}, DEC), code('unknown_key_id'));
+    const otherTag = e.keyId.replace(new RegExp(`${id.tag}$`), '0'.repeat(16));
+    await assert.rejects(a.decrypt(e.ciphertext, otherTag, {}, DEC), code('unknown_key_id'));
+    await a.close();
+  });
+});
