@@ -317,7 +317,7 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
   let lastHead: { seq: number; hash: string } | undefined;
   const appendAudit: PostgresAuditAppend = async (drafts, link, opts) => {
     const durable = opts.fsync !== false;
-    const rows = await retried<AuditRow[]>(async (a) => {
+    return retried<AuditRow[]>(async (a) => {
       const client = await writePool.connect();
       let lost: unknown;
       try {
@@ -332,8 +332,12 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
         }
         a.out = { value: linked };
         await client.query('commit');
+        // Set here, inside this server's write queue, so the next batch sees it.
+        const newest = linked[linked.length - 1]!;
+        lastHead = { seq: newest.seq, hash: newest.hash };
         return linked;
       } catch (e) {
+        lastHead = undefined;
         lost = e;
         if (!sessionLost(e)) await client.query('rollback').catch(() => {});
         throw e;
@@ -341,13 +345,7 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
         // A connection whose session is gone is dropped, not pooled again.
         client.release(lost !== undefined && sessionLost(lost) ? (lost as Error) : undefined);
       }
-    }, true).catch((e: unknown) => {
-      lastHead = undefined;
-      throw e;
-    });
-    const newest = rows[rows.length - 1];
-    if (newest) lastHead = { seq: newest.seq, hash: newest.hash };
-    return rows;
+    }, true);
   };
 
   return new PostgresStore(
