@@ -23,7 +23,11 @@ const PG_ADMIN_URL = 'postgres://postgres@127.0.0.1:5432/postgres';
 const KEY = 'bench';
 const APP = 'bench-app';
 const BODIES = 64;
-const AIM = { backend: 'sqlite', op: 'encrypt', concurrency: 16, ratio: 0.5 } as const;
+// Encrypt at c=16 against the echo, per backend (issue 11): SQLite at least half the echo, PostgreSQL a quarter.
+const AIMS = [
+  { backend: 'sqlite', op: 'encrypt', concurrency: 16, ratio: 0.5 },
+  { backend: 'postgres', op: 'encrypt', concurrency: 16, ratio: 0.25 },
+] as const;
 // Sign-in flood point: encrypt at this concurrency, quiet and with FLOOD_WAYS wrong-password loops running.
 const FLOOD = { ways: 50, concurrency: 16, p99Ms: 100, p99Ratio: 2 } as const;
 // The bench servers lift the per-source sign-in rate limit, so every flood request reaches the
@@ -397,6 +401,7 @@ async function load(t: Target, op: Op, concurrency: number, o: ServerSectionOpti
 interface HealthProbe {
   count: number;
   p50Ms: number;
+  p99Ms: number;
   maxMs: number;
   errors: number;
 }
@@ -421,7 +426,7 @@ async function probeHealth(url: string, until: Promise<unknown>): Promise<Health
   }
   lat.sort((a, b) => a - b);
   const at = (q: number) => (lat.length ? Math.round(lat[Math.min(lat.length - 1, Math.ceil(q * lat.length) - 1)]! * 100) / 100 : 0);
-  return { count: lat.length, p50Ms: at(0.5), maxMs: lat.length ? Math.round(lat[lat.length - 1]! * 100) / 100 : 0, errors };
+  return { count: lat.length, p50Ms: at(0.5), p99Ms: at(0.99), maxMs: lat.length ? Math.round(lat[lat.length - 1]! * 100) / 100 : 0, errors };
 }
 
 interface FloodPoint {
@@ -591,22 +596,26 @@ export async function runServerSection(o: ServerSectionOptions): Promise<ServerS
       ),
     );
     out.push('');
-    const aim = points.find((p) => p.backend === AIM.backend && p.op === AIM.op && p.concurrency === AIM.concurrency);
-    const got = aim?.serverOverEcho;
-    out.push(
-      `aim: ${AIM.backend} ${AIM.op} at c=${AIM.concurrency} ≥ ${AIM.ratio.toFixed(2)}× echo — measured ${fmt(got, 2)}× ` +
-        `(${fmt(aim?.server?.callsPerSec)} / ${fmt(aim?.echo?.callsPerSec)} calls/s): ${got !== undefined && got >= AIM.ratio ? 'met' : 'NOT MET'}`,
-    );
+    for (const a of AIMS) {
+      const aim = points.find((p) => p.backend === a.backend && p.op === a.op && p.concurrency === a.concurrency);
+      if (!aim) continue; // backend or point not selected
+      const got = aim.serverOverEcho;
+      out.push(
+        `aim: ${a.backend} ${a.op} at c=${a.concurrency} ≥ ${a.ratio.toFixed(2)}× echo — measured ${fmt(got, 2)}× ` +
+          `(${fmt(aim.server?.callsPerSec)} / ${fmt(aim.echo?.callsPerSec)} calls/s; p50/p99 ${lat(aim.server)} ms, echo ${lat(aim.echo)} ms): ` +
+          `${got !== undefined && got >= a.ratio ? 'met' : 'NOT MET'}`,
+      );
+    }
     if (floods.length) {
       out.push('');
       out.push(`sign-in flood: encrypt at c=${FLOOD.concurrency}, quiet, then while another process sends ${FLOOD.ways} concurrent wrong-password logins back to back`);
       out.push(`(each loop from its own address 127.0.0.10+, each attempt a new name; the bench servers lift the per-source rate limit so the flood reaches password hashing)`);
       out.push(
         table(
-          ['backend', 'c', 'quiet calls/s', 'flood calls/s', 'quiet p50/p99 ms', 'flood p50/p99 ms', 'p99 flood/quiet', 'health p50/max ms quiet', 'health p50/max ms flood', 'flood req/s', 'hashed/busy/locked/limited/other', 'errors'],
+          ['backend', 'c', 'quiet calls/s', 'flood calls/s', 'quiet p50/p99 ms', 'flood p50/p99 ms', 'p99 flood/quiet', 'health p50/p99/max ms quiet', 'health p50/p99/max ms flood', 'flood req/s', 'hashed/busy/locked/limited/other', 'errors'],
           floods.map((f) => [
             f.backend, String(f.concurrency), fmt(f.quiet.callsPerSec), fmt(f.flooded.callsPerSec), lat(f.quiet), lat(f.flooded), fmt(f.p99Ratio, 2),
-            `${f.quietHealth.p50Ms} / ${f.quietHealth.maxMs}`, `${f.floodHealth.p50Ms} / ${f.floodHealth.maxMs}`, fmt(f.flood?.perSec),
+            `${f.quietHealth.p50Ms} / ${f.quietHealth.p99Ms} / ${f.quietHealth.maxMs}`, `${f.floodHealth.p50Ms} / ${f.floodHealth.p99Ms} / ${f.floodHealth.maxMs}`, fmt(f.flood?.perSec),
             f.flood ? `${f.flood.answers.hashed}/${f.flood.answers.busy}/${f.flood.answers.locked}/${f.flood.answers.rateLimited}/${f.flood.answers.other}` : '-',
             `${errs(f.quiet)} / ${errs(f.flooded)}${f.quietHealth.errors + f.floodHealth.errors ? ` health ${f.quietHealth.errors + f.floodHealth.errors} !!` : ''}`,
           ]),

@@ -262,6 +262,49 @@ describe('postgres store', () => {
       }
     }));
 
+  it('an audit batch links to whatever another server or a change of its own appended since its last batch', (t) =>
+    withDatabase(t, async (url) => {
+      const a = await openPostgresStore({ url });
+      const b = await openPostgresStore({ url });
+      const head = (last: { seq: number; hash: string }) => `${last.seq}:${last.hash}`;
+      try {
+        assert.deepEqual((await a.appendAudit([draft(1), draft(2)], linkRecord, { head })).map((r) => r.seq), [1, 2]);
+        // Another server writes: A's next batch must not reuse seq 3 or link to record 2.
+        const [fromB] = await b.appendAudit([draft(3)], linkRecord, { head });
+        const [next] = await a.appendAudit([draft(4)], linkRecord, { head });
+        assert.equal(next!.seq, 4);
+        assert.equal(next!.prev_hash, fromB!.hash);
+        // A record written with a change, inside a transaction, moves the head too.
+        await a.transaction((tx) => tx.appendAudit([draft(5)], linkRecord, { head }));
+        const [after] = await a.appendAudit([draft(6)], linkRecord, { head });
+        assert.equal(after!.seq, 6);
+        const rows = await b.readAudit(0, 100);
+        assert.deepEqual(rows.map((r) => r.seq), [1, 2, 3, 4, 5, 6]);
+        assert.deepEqual(verifyRecords(rows), { ok: true, records: 6 });
+        assert.equal(after!.prev_hash, rows[4]!.hash);
+        assert.equal(await b.getMeta('audit_head'), head(rows[5]!));
+      } finally {
+        await a.close();
+        await b.close();
+      }
+    }));
+
+  it('a failed audit batch stores none of its records and the next batch links to the stored chain', (t) =>
+    withDatabase(t, async (url) => {
+      const store = await openPostgresStore({ url });
+      try {
+        await store.appendAudit([draft(1)], linkRecord);
+        // actor is NOT NULL: the second record of this batch fails the whole batch.
+        const bad = { ...draft(3), actor: null as unknown as string };
+        await assert.rejects(store.appendAudit([draft(2), bad], linkRecord), /actor/);
+        assert.deepEqual((await store.readAudit(0, 10)).map((r) => r.seq), [1]);
+        assert.equal((await store.appendAudit([draft(4)], linkRecord))[0]!.seq, 2);
+        assert.deepEqual(verifyRecords(await store.readAudit(0, 10)), { ok: true, records: 2 });
+      } finally {
+        await store.close();
+      }
+    }));
+
   it('fsync: false relaxes synchronous_commit for that transaction only', (t) =>
     withDatabase(t, async (url) => {
       // One connection, so every statement below runs on the same session.

@@ -4,7 +4,7 @@ import { KeyhavenError } from '../errors.js';
 import { KyselyStore, type TransactionRunner } from './kysely-store.js';
 import { migrationProviderFor } from './migrations.js';
 import type { Database } from './schema.js';
-import type { Store } from './store.js';
+import { GENESIS_HASH, type AppendAuditOptions, type AuditDraft, type AuditLinker, type AuditRow, type Store } from './store.js';
 
 export interface PostgresOptions {
   /** postgres://user:password@host:port/database?... (the password never reaches messages). */
@@ -237,21 +237,19 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     }
   };
 
-  const once = async <T>(fn: (trx: Kysely<Database>) => Promise<T>, durable: boolean): Promise<T> => {
+  // One try at a write transaction. `run` records the transaction's id once
+  // the lock is held (a.xid) and its result before the commit (a.out), so a
+  // session lost around the commit can still be told apart.
+  const once = async <T>(run: (a: Attempt<T>) => Promise<T>): Promise<T> => {
     const before = fenced;
-    let xid: number | undefined;
-    let out: { value: T } | undefined;
+    const a: Attempt<T> = {};
     let cut = false;
     const watchdog = setTimeout(() => {
       cut = true;
       cutWriteConnection();
     }, transactionDeadlineMs);
     try {
-      return await writeDb.transaction().execute(async (trx) => {
-        xid = (await (durable ? lock : lockRelaxed).execute(trx)).rows[0]?.xid;
-        out = { value: await fn(trx) };
-        return out.value;
-      });
+      return await run(a);
     } catch (e) {
       const code = (e as { code?: unknown }).code;
       if (code === '55P03') {
@@ -261,8 +259,8 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
       if (!idled && !sessionLost(e)) throw e;
       // The session ended under the transaction: before its lock (nothing
       // written), or later, when PostgreSQL knows whether it committed.
-      const fate = xid === undefined ? 'aborted' : await fateOf(xid);
-      if (fate === 'committed' && out) return out.value;
+      const fate = a.xid === undefined ? 'aborted' : await fateOf(a.xid);
+      if (fate === 'committed' && a.out) return a.out.value;
       if (fate === 'aborted') {
         const why = idled
           ? `this server sat idle for over ${lockHoldMs} ms inside a write transaction, so PostgreSQL ended it and released the write lock to the other servers`
@@ -277,28 +275,154 @@ export async function openPostgresStore(opts: PostgresOptions): Promise<Store> {
     }
   };
 
-  const runTransaction: TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean; record?: boolean }): Promise<T> => {
+  // Runs attempts in this process's write queue; runs again one that
+  // PostgreSQL confirms was rolled back because its session ended.
+  const retried = <T>(run: (a: Attempt<T>) => Promise<T>, record: boolean): Promise<T> => {
     const called = Date.now();
     return queued(async () => {
-      const durable = o?.durable !== false;
       for (let attempt = 0; ; attempt++) {
         try {
-          return await once(fn, durable);
+          return await once(run);
         } catch (e) {
           if (!(e instanceof Fenced)) throw e;
           if (attempt >= FENCED_RETRIES) throw e.error;
           // A change whose caller has waited this long (this server was stopped) has likely been
           // retried elsewhere: doing it now could undo what came since (a second API key rotation).
           // Audit records describe what already happened, so they are written however late.
-          if (!o?.record && Date.now() - called > lockWaitMs) throw e.error;
+          if (!record && Date.now() - called > lockWaitMs) throw e.error;
         }
       }
     });
   };
 
-  return new PostgresStore(db, runTransaction, async () => {
-    await Promise.all([db.destroy(), writeDb.destroy()]);
+  const runTransaction: TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o?: { durable?: boolean; record?: boolean }): Promise<T> => {
+    const durable = o?.durable !== false;
+    return retried<T>(
+      (a) =>
+        writeDb.transaction().execute(async (trx) => {
+          a.xid = (await (durable ? lock : lockRelaxed).execute(trx)).rows[0]?.xid;
+          a.out = { value: await fn(trx) };
+          return a.out.value;
+        }),
+      o?.record === true,
+    );
+  };
+
+  // The audit hot path (one batch of request records at a time): three round
+  // trips instead of six. BEGIN travels with the lock; the chain head this
+  // server wrote last is assumed, and one statement inserts the batch and the
+  // signed head only if the stored chain still ends there (another server or
+  // a change's own record may have written since: then the head is read and
+  // the batch linked again, still under the lock); then COMMIT.
+  let lastHead: { seq: number; hash: string } | undefined;
+  const appendAudit: PostgresAuditAppend = async (drafts, link, opts) => {
+    const durable = opts.fsync !== false;
+    return retried<AuditRow[]>(async (a) => {
+      const client = await writePool.connect();
+      let lost: unknown;
+      try {
+        const begun = (await client.query(durable ? BEGIN_LOCK : BEGIN_LOCK_RELAXED)) as unknown as pg.QueryResult<{ xid: number }>[];
+        a.xid = begun[1]?.rows[0]?.xid;
+        let tail = lastHead ?? (await readTail(client));
+        let linked = linkDrafts(drafts, link, tail);
+        if (!(await insertLinked(client, linked, tail, opts))) {
+          tail = await readTail(client);
+          linked = linkDrafts(drafts, link, tail);
+          if (!(await insertLinked(client, linked, tail, opts))) throw new Error('the audit chain head moved while this server held the write lock');
+        }
+        a.out = { value: linked };
+        await client.query('commit');
+        // Set here, inside this server's write queue, so the next batch sees it.
+        const newest = linked[linked.length - 1]!;
+        lastHead = { seq: newest.seq, hash: newest.hash };
+        return linked;
+      } catch (e) {
+        lastHead = undefined;
+        lost = e;
+        if (!sessionLost(e)) await client.query('rollback').catch(() => {});
+        throw e;
+      } finally {
+        // A connection whose session is gone is dropped, not pooled again.
+        client.release(lost !== undefined && sessionLost(lost) ? (lost as Error) : undefined);
+      }
+    }, true);
+  };
+
+  return new PostgresStore(
+    db,
+    runTransaction,
+    async () => {
+      await Promise.all([db.destroy(), writeDb.destroy()]);
+    },
+    appendAudit,
+  );
+}
+
+/** What one try at a write transaction has got to: its id once locked, its result before the commit. */
+interface Attempt<T> {
+  xid?: number;
+  out?: { value: T };
+}
+
+type PostgresAuditAppend = (drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions) => Promise<AuditRow[]>;
+
+// One simple-protocol round trip: BEGIN, then the write lock with the
+// transaction's id (and, relaxed, synchronous_commit=off for this transaction).
+const BEGIN_LOCK = `begin; select pg_advisory_xact_lock(${WRITE_LOCK_ID}), txid_current() as xid`;
+const BEGIN_LOCK_RELAXED = `${BEGIN_LOCK}, set_config('synchronous_commit', 'off', true)`;
+
+// The batch goes in as one array per column (one statement text for every
+// batch size, so it is prepared once per connection). The insert and the head
+// update happen only if the chain still ends at ($1, $2); n tells.
+const INSERT_LINKED = {
+  name: 'keyhaven_audit_append_v1',
+  text: `with tail as (
+    select coalesce((select seq from audit order by seq desc limit 1), 0) as seq,
+           coalesce((select hash from audit order by seq desc limit 1), '${GENESIS_HASH}') as hash
+  ), ins as (
+    insert into audit (seq, time, actor, operation, key_name, key_version, result, request_id, details, prev_hash, hash)
+    select * from unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[], $8::integer[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[])
+    where exists (select 1 from tail where tail.seq = $1::bigint and tail.hash = $2::text)
+    returning seq
+  ), head as (
+    insert into meta (name, value) select 'audit_head', $14::text
+    where $14::text is not null and exists (select 1 from ins)
+    on conflict (name) do update set value = excluded.value
+    returning 1
+  )
+  select count(*)::int as n from ins`,
+} as const;
+
+async function readTail(client: pg.PoolClient): Promise<{ seq: number; hash: string }> {
+  const { rows } = await client.query<{ seq: number; hash: string }>('select seq, hash from audit order by seq desc limit 1');
+  return rows[0] ?? { seq: 0, hash: GENESIS_HASH };
+}
+
+function linkDrafts(drafts: readonly AuditDraft[], link: AuditLinker, tail: { seq: number; hash: string }): AuditRow[] {
+  let prev = tail.hash;
+  let seq = tail.seq;
+  return drafts.map((d) => {
+    seq += 1;
+    const hash = link(prev, seq, d);
+    const row: AuditRow = { ...d, seq, prev_hash: prev, hash };
+    prev = hash;
+    return row;
   });
+}
+
+/** Inserts linked rows (and the signed head) if the chain still ends at `tail`; false if it does not. */
+async function insertLinked(client: pg.PoolClient, rows: readonly AuditRow[], tail: { seq: number; hash: string }, opts: AppendAuditOptions): Promise<boolean> {
+  const newest = rows[rows.length - 1];
+  const col = <K extends keyof AuditRow>(k: K) => rows.map((r) => r[k]);
+  const { rows: out } = await client.query<{ n: number }>({
+    ...INSERT_LINKED,
+    values: [
+      tail.seq, tail.hash,
+      col('seq'), col('time'), col('actor'), col('operation'), col('key_name'), col('key_version'), col('result'), col('request_id'), col('details'), col('prev_hash'), col('hash'),
+      newest && opts.head ? opts.head(newest) : null,
+    ],
+  });
+  return out[0]?.n === rows.length;
 }
 
 /** A transaction known to be rolled back because its session ended (idled past lockHold, or lost). */
@@ -330,6 +454,19 @@ type Args<K extends keyof Store> = Store[K] extends (...a: infer A) => unknown ?
 // Inside a transaction the plain KyselyStore runs them as they are; reads
 // never wait. Store methods that write belong in this list.
 class PostgresStore extends KyselyStore {
+  constructor(
+    db: Kysely<Database>,
+    runTransaction: TransactionRunner,
+    onClose: () => Promise<void>,
+    private readonly fastAppend: PostgresAuditAppend,
+  ) {
+    super(db, runTransaction, onClose);
+  }
+
+  override async appendAudit(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions = {}): Promise<AuditRow[]> {
+    if (drafts.length === 0) return [];
+    return this.fastAppend(drafts, link, opts);
+  }
   override setMeta(...a: Args<'setMeta'>) { return this.transaction((tx) => tx.setMeta(...a)); }
   override setMetaIfAbsent(...a: Args<'setMetaIfAbsent'>) { return this.transaction((tx) => tx.setMetaIfAbsent(...a)); }
   override deleteMeta(...a: Args<'deleteMeta'>) { return this.transaction((tx) => tx.deleteMeta(...a)); }
