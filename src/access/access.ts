@@ -75,7 +75,7 @@ export interface AccessOptions {
   readonly cacheTtlMs: number;
 }
 
-export const DEFAULT_ACCESS_OPTIONS: AccessOptions = Object.freeze({
+const DEFAULT_ACCESS_OPTIONS: AccessOptions = Object.freeze({
   sessionTtlS: 8 * 3600,
   maxFailedLogins: 5,
   lockBaseS: 30,

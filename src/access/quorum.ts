@@ -75,7 +75,7 @@ export interface QuorumPolicy {
   readonly ttlS: number;
 }
 
-export const DEFAULT_QUORUM: QuorumPolicy = Object.freeze({ required: 0, operations: Object.keys(GUARDED_OPERATIONS) as GuardedOperation[], ttlS: 86400 });
+const DEFAULT_QUORUM: QuorumPolicy = Object.freeze({ required: 0, operations: Object.keys(GUARDED_OPERATIONS) as GuardedOperation[], ttlS: 86400 });
 const META = 'quorum_policy';
 
 export interface ApprovalInfo {

@@ -43,7 +43,7 @@ export function signCheckpoint(key: Buffer, body: Omit<CheckpointBody, 'v'>): Ch
   return { ...b, mac: macOf(key, b) };
 }
 
-export function macHolds(key: Buffer, c: Checkpoint): boolean {
+function macHolds(key: Buffer, c: Checkpoint): boolean {
   return constantTimeEqual(Buffer.from(macOf(key, c), 'hex'), Buffer.from(c.mac, 'hex'));
 }
 

@@ -9,7 +9,7 @@ export const durationMs = z
   .transform((v) => parseDurationMs(v)!);
 
 /** Parses "30d", "12h", "90m", "500ms"; undefined if it is not a duration. */
-export function parseDurationMs(v: string): number | undefined {
+function parseDurationMs(v: string): number | undefined {
   const m = /^(\d{1,9})(ms|s|m|h|d)$/.exec(v);
   return m ? Number(m[1]) * UNITS[m[2]!]! : undefined;
 }

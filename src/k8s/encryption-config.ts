@@ -12,8 +12,8 @@ export interface EncryptionConfigOptions {
   resources?: string[];
 }
 
-export const DEFAULT_TIMEOUT = '3s';
-export const DEFAULT_RESOURCES: readonly string[] = ['secrets'];
+const DEFAULT_TIMEOUT = '3s';
+const DEFAULT_RESOURCES: readonly string[] = ['secrets'];
 
 // The apiserver only forbids ':' (it separates the name in the etcd prefix);
 // a narrower charset keeps the name safe in shells, logs and file names too.
@@ -33,7 +33,7 @@ function invalid(field: string, message: string): KeyhavenError {
   return new KeyhavenError('invalid_argument', `${field}: ${message}`);
 }
 
-export function validateProviderName(name: unknown): string {
+function validateProviderName(name: unknown): string {
   if (typeof name !== 'string' || name.length === 0) throw invalid('name', 'the KMS provider name must not be empty');
   if (name.length > MAX_NAME) throw invalid('name', `the KMS provider name must be at most ${MAX_NAME} characters`);
   if (name.includes(':')) {
@@ -46,7 +46,7 @@ export function validateProviderName(name: unknown): string {
 }
 
 /** Accepts `unix:///absolute/path` or `unix:///@abstract-name`; returns it unchanged. */
-export function validateEndpoint(endpoint: unknown): string {
+function validateEndpoint(endpoint: unknown): string {
   if (typeof endpoint !== 'string' || endpoint.length === 0) throw invalid('endpoint', 'the socket endpoint must not be empty');
   if (!endpoint.startsWith('unix://')) {
     throw invalid('endpoint', 'the socket endpoint must be unix:///absolute/path or unix:///@abstract-name (the apiserver reaches KMS plugins only over a unix socket)');
@@ -86,7 +86,7 @@ export function parseGoDuration(value: string): number | undefined {
   return ms;
 }
 
-export function validateTimeout(timeout: unknown): string {
+function validateTimeout(timeout: unknown): string {
   if (typeof timeout !== 'string') throw invalid('timeout', 'the timeout must be a Go duration such as 3s, 500ms or 1m');
   const ms = parseGoDuration(timeout);
   if (ms === undefined) {

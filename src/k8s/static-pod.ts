@@ -13,7 +13,7 @@ export interface StaticPodOptions {
 
 // No registry host in the default: operators build or mirror the image and
 // pass --image with their own registry.
-export const STATIC_POD_DEFAULTS = Object.freeze({
+const STATIC_POD_DEFAULTS = Object.freeze({
   image: 'keyhaven:0.1.0',
   configPath: '/etc/keyhaven/plugin.yaml',
   socketDir: '/var/run/keyhaven',

@@ -14,8 +14,8 @@ import { KeyhavenError } from '../errors.js';
 
 export type RawMode = 'GCM' | 'CBC';
 
-export const GCM_IV_BYTES = 12;
-export const CBC_IV_BYTES = 16;
+const GCM_IV_BYTES = 12;
+const CBC_IV_BYTES = 16;
 /** GCM tag lengths in bits that callers may ask for. */
 export const GCM_TAG_BITS: readonly number[] = [96, 104, 112, 120, 128];
 

@@ -2,7 +2,7 @@ import pino, { type Logger } from 'pino';
 
 // Secret-bearing field names are censored wherever they appear, as a second
 // line of defence: code never passes secrets to the logger in the first place.
-export const REDACT_PATHS = [
+const REDACT_PATHS = [
   'plaintext', 'ciphertext', 'plain', 'cipher', 'key', 'rootKey', 'material', 'password', 'token', 'apiKey', 'authorization',
   '*.plaintext', '*.ciphertext', '*.plain', '*.cipher', '*.key', '*.rootKey', '*.material', '*.password', '*.token', '*.apiKey', '*.authorization',
 ];

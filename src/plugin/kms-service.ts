@@ -30,7 +30,7 @@ interface V1DecryptRequest { version: string; cipher: Buffer }
 const ACTOR = 'kms-client';
 // kube-apiserver sends UUIDs; anything on the socket could send 100 KiB, which
 // would then be copied into every log line and audit record.
-export const MAX_UID_CHARS = 128;
+const MAX_UID_CHARS = 128;
 
 function boundedUid(uid: string): string {
   return uid.length <= MAX_UID_CHARS ? uid : `${uid.slice(0, MAX_UID_CHARS)}...(${uid.length} chars)`;

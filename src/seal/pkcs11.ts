@@ -60,7 +60,7 @@ function base64Field(value: unknown, name: string, bytes: number): Buffer {
   return b;
 }
 
-export function pkcs11Record(record: SealRecord | undefined): Pkcs11Record & { ivBytes: Buffer; wrappedBytes: Buffer } {
+function pkcs11Record(record: SealRecord | undefined): Pkcs11Record & { ivBytes: Buffer; wrappedBytes: Buffer } {
   requireKind(record, 'pkcs11');
   const r = record as Record<string, unknown>;
   if (typeof r.keyLabel !== 'string' || r.keyLabel === '') {

@@ -89,7 +89,7 @@ export function parseShare(s: string): Buffer {
 }
 
 /** Validates a stored record; a malformed one is a configuration problem, not a wrong share. */
-export function shamirRecord(record: SealRecord | undefined): ShamirRecord {
+function shamirRecord(record: SealRecord | undefined): ShamirRecord {
   requireKind(record, 'shamir');
   const r = record as Record<string, unknown>;
   const { shares, threshold, digests } = r;

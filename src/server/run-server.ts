@@ -28,7 +28,7 @@ export interface RunningServer {
 }
 
 /** The /metrics bearer token: read once at start, from a file only its owner may read. */
-export function readMetricsToken(path: string): Buffer {
+function readMetricsToken(path: string): Buffer {
   const text = readSecretFile(path, { what: 'the metrics token file', field: 'metrics.tokenFile' });
   if (!/^[\x21-\x7e]{1,512}$/.test(text)) throw new KeyhavenError('config_invalid', `the metrics token in ${path} (metrics.tokenFile) must be 1-512 printable characters without spaces`);
   return Buffer.from(text, 'utf8');

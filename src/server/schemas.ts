@@ -33,7 +33,7 @@ export const errorResponse = z.object({
   error: z.object({ code: z.string(), message: z.string(), requestId: z.string() }),
 });
 
-export const versionInfo = z.object({
+const versionInfo = z.object({
   version: z.number(),
   state: z.enum(['active', 'destroyed']),
   createdAt: z.string(),
@@ -57,7 +57,7 @@ export const roleEnum = z.enum(ROLES);
 export const operationEnum = z.enum(CRYPTO_OPERATIONS);
 
 /** One cluster node's KMS plugin, as it last reported (POST /v1/keys/{name}/status). */
-export const appCluster = z.object({
+const appCluster = z.object({
   cluster: z.string(),
   node: z.string(),
   key: z.string(),

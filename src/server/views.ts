@@ -1,7 +1,7 @@
 import type { KeyInfo } from '../keys/key-store.js';
 
 /** Seconds as the largest whole unit: 2592000 → "30d". */
-export function formatPeriod(s: number | null): string | null {
+function formatPeriod(s: number | null): string | null {
   if (s === null) return null;
   for (const [unit, n] of [['d', 86400], ['h', 3600], ['m', 60]] as const) if (s % n === 0) return `${s / n}${unit}`;
   return `${s}s`;

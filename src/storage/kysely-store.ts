@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely';
+import type { Kysely } from 'kysely';
 import type { Database } from './schema.js';
 import type { PrincipalKind } from './schema.js';
 import {
@@ -379,5 +379,3 @@ export class KyselyStore implements Store {
     await this.onClose();
   }
 }
-
-export { sql };

@@ -23,7 +23,7 @@ export function originUrl(hint?: string) {
 }
 
 /** SHA-256 certificate fingerprint, as openssl prints it (AB:CD:...) or plain hex. */
-export const fingerprint = z
+const fingerprint = z
   .string()
   .transform((v) => v.replace(/:/g, '').toLowerCase())
   .refine((v) => /^[0-9a-f]{64}$/.test(v), 'must be a SHA-256 fingerprint: 64 hex digits, optionally colon-separated');
@@ -70,7 +70,7 @@ export interface TlsFiles {
   clientKey?: string | undefined;
 }
 
-export function isLoopbackHost(host: string): boolean {
+function isLoopbackHost(host: string): boolean {
   return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 

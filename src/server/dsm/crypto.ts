@@ -55,7 +55,7 @@ const b64 = (s: string) => Buffer.from(s, 'base64');
  * `op` checked. An unknown kid and a kid of a key without the grant get the
  * same answer, so apps learn nothing of keys they may not use.
  */
-export async function resolveGranted(s: Services, kids: KidIndex, req: FastifyRequest, d: Descriptor, op: 'encrypt' | 'decrypt'): Promise<{ keyName: string; version: number | undefined }> {
+async function resolveGranted(s: Services, kids: KidIndex, req: FastifyRequest, d: Descriptor, op: 'encrypt' | 'decrypt'): Promise<{ keyName: string; version: number | undefined }> {
   principalOf(req);
   if (d.kid !== undefined) {
     const denied = new KeyhavenError('permission_denied', `no ${op} grant on security object ${d.kid.toLowerCase()}`);

@@ -27,14 +27,14 @@ export function dsmKid(storeId: string, keyId: string, version: number): string 
 export const UUID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
 
 /** DSM times: ISO 8601 basic, "20240131T120000Z". */
-export function dsmTime(iso: string): string {
+function dsmTime(iso: string): string {
   return iso.replace(/\.\d+Z$/, 'Z').replace(/[-:]/g, '');
 }
 
 const OLD_NAME = /^(.{1,128}) \(version (\d{1,10})\)$/;
 
 /** An object's DSM name: the key name for the current version, "<name> (version N)" before it. */
-export function objectName(keyName: string, version: number, currentVersion: number): string {
+function objectName(keyName: string, version: number, currentVersion: number): string {
   return version === currentVersion ? keyName : `${keyName} (version ${version})`;
 }
 
@@ -158,4 +158,3 @@ export function sobjectView(storeId: string, k: KeyInfo, v: KeyVersionInfo) {
   };
 }
 
-export type Sobject = ReturnType<typeof sobjectView>;

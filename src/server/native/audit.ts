@@ -99,4 +99,4 @@ export function registerAuditRoutes(app: FastifyInstance, { core }: RouteDeps): 
 }
 
 /** Per request; a longer witness is sent in several requests (the CLI does). */
-export const MAX_CHECKPOINTS = 1000;
+const MAX_CHECKPOINTS = 1000;

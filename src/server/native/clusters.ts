@@ -15,7 +15,7 @@ import { errorResponse, keyNameParam, principalNameParam } from '../schemas.js';
 const bounded = (min: number, max: number) =>
   z.string().min(min, { error: `must have at least ${min} character${min === 1 ? '' : 's'}`, abort: true }).max(max, { error: `must have at most ${max} characters`, abort: true });
 
-export const clusterName = bounded(1, 63).regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a cluster name: lower-case letters, digits, "." or "-", starting and ending with a letter or digit');
+const clusterName = bounded(1, 63).regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a cluster name: lower-case letters, digits, "." or "-", starting and ending with a letter or digit');
 const nodeName = bounded(1, 253).regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'must be a host name: letters, digits, "." or "-", starting and ending with a letter or digit');
 const printable = (max: number) => bounded(1, max).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces');
 const isoTime = bounded(1, 64).pipe(z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z' }));

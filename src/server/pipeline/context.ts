@@ -1,4 +1,4 @@
-import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyRequest } from 'fastify';
 import type { Principal } from '../../access/access.js';
 import type { CryptoOperation, Role } from '../../access/roles.js';
 import { KeyhavenError } from '../../errors.js';
@@ -78,10 +78,6 @@ export async function requireGrant(services: Services, req: FastifyRequest, keyN
   const ops = await services.access.grantedOperations(p, keyId);
   if (!ops.has(op)) throw new KeyhavenError('permission_denied', `no ${op} grant on key "${keyName}"`);
   return keyId;
-}
-
-export function accepted(reply: FastifyReply): FastifyReply {
-  return reply.code(202);
 }
 
 /**

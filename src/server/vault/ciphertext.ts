@@ -6,7 +6,7 @@ import type { Services } from '../core.js';
 // a Vault ciphertext and a native `kh:v<N>:` one hold the same bytes.
 
 /** Longest ciphertext string accepted (64 KiB plaintext plus overhead, base64, with room). */
-export const MAX_CIPHERTEXT_CHARS = 200_000;
+const MAX_CIPHERTEXT_CHARS = 200_000;
 
 const CIPHERTEXT = /^vault:v(\d{1,10}):([A-Za-z0-9+/]+={0,2})$/;
 

@@ -28,7 +28,7 @@ export function writeFailed(message: string): (e: unknown) => never {
 }
 
 /** Vault's min_available_version: the lowest version not trimmed (0 while version 1 exists). */
-export function minAvailableVersion(k: KeyInfo): number {
+function minAvailableVersion(k: KeyInfo): number {
   let first = 0;
   for (const v of k.versions) {
     if (v.state !== 'destroyed') break;

@@ -36,7 +36,7 @@ export interface AwsKmsProviderOptions extends LocalKekEvents {
   readonly now?: Clock;
 }
 
-export const KEY_ID_PREFIX = 'aws-kms:';
+const KEY_ID_PREFIX = 'aws-kms:';
 // The largest seed that fits 1024 bytes in every form, with room for AWS's blob (about 150 bytes plus the plaintext).
 const MAX_PLAINTEXT = 512;
 // Refusals that mean this plugin may no longer use the key: cached KEKs go too,
@@ -52,7 +52,7 @@ interface AwsCachedKek extends CachedKek {
 
 
 /** The key_id of a key ARN. AWS exposes no key versions: automatic rotation keeps the ARN, so the key_id too. */
-export function keyIdOfArn(arn: string): string {
+function keyIdOfArn(arn: string): string {
   return `${KEY_ID_PREFIX}${arn}`;
 }
 

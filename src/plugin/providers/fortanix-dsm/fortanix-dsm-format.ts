@@ -29,10 +29,10 @@ const AD_PREFIX = 'keyhaven.io/kms-plugin/fortanix-dsm/v2';
 export function dsmAd(cluster: string, kid: string): Buffer {
   return Buffer.from(`${AD_PREFIX}\0cluster=${cluster}\0kid=${kid.toLowerCase()}`, 'ascii');
 }
-export const DSM_TAG_BYTES = 16;
+const DSM_TAG_BYTES = 16;
 // DSM picks a 96-bit IV for GCM; longer or shorter ones are valid GCM and are carried as they come.
-export const DSM_IV_MIN = 8;
-export const DSM_IV_MAX = 32;
+const DSM_IV_MIN = 8;
+const DSM_IV_MAX = 32;
 
 export interface DsmCiphertext {
   /** Lower-case UUID of the security object. */
@@ -48,7 +48,7 @@ export function kidToBytes(kid: string): Buffer {
   return Buffer.from(k.replace(/-/g, ''), 'hex');
 }
 
-export function kidFromBytes(b: Buffer): string {
+function kidFromBytes(b: Buffer): string {
   const h = b.toString('hex');
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }

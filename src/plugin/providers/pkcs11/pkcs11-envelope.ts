@@ -12,11 +12,11 @@ import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 // apiserver's key_id (v1beta1 sends none). The whole header is the GCM
 // associated data: changing any byte of it fails the tag check in the token.
 
-export const PKCS11_FORMAT = ENVELOPE_FORMAT.PKCS11;
-export const KEY_REF_BYTES = 8;
+const PKCS11_FORMAT = ENVELOPE_FORMAT.PKCS11;
+const KEY_REF_BYTES = 8;
 export const IV_BYTES = 12;
 export const TAG_BYTES = 16;
-export const HEADER_BYTES = 1 + KEY_REF_BYTES + IV_BYTES;
+const HEADER_BYTES = 1 + KEY_REF_BYTES + IV_BYTES;
 export const OVERHEAD_BYTES = HEADER_BYTES + TAG_BYTES;
 export const MAX_PLAINTEXT_BYTES = MAX_CIPHERTEXT_BYTES - OVERHEAD_BYTES;
 

@@ -65,7 +65,7 @@ export function parseVaultCiphertext(ciphertext: Buffer): { text: string; versio
 
 /** The creation time Vault reports for one version: a number (symmetric keys) or {creation_time} (asymmetric). */
 /** The shared HTTP client speaks of "key servers"; these are Vault addresses. */
-export function reword(e: unknown): unknown {
+function reword(e: unknown): unknown {
   if (!(e instanceof KeyhavenError) || !/key server/.test(e.message)) return e;
   const message = e.message.replace(/every key server is failing/g, 'every Vault address is failing').replace(/\bkey server /g, 'Vault at ').replace(/any key server/g, 'any Vault address');
   return new KeyhavenError(e.code, message, { cause: e.cause });
@@ -77,7 +77,7 @@ function creationOf(v: unknown): string | undefined {
   return typeof t === 'string' && t.length > 0 && t.length <= 64 ? t : undefined;
 }
 
-export function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
+function createVaultProvider(opts: VaultProviderOptions): KmsProvider {
   return createProviderRuntime(createVaultBackend(opts), { graceMs: opts.staleAfterMs, timeoutMs: opts.timeoutMs, ...(opts.now ? { clock: opts.now } : {}) });
 }
 
