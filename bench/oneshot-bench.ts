@@ -5,6 +5,8 @@
 //   dsm        keyhaven plugin, provider fortanix-dsm (keyhaven's DSM API)
 //   vault      keyhaven plugin, provider vault (keyhaven's Transit API)
 //   kek off    keyhaven plugin, provider keyhaven, localKek off
+//   echo       bench/echo-server.ts: bare grpc-js answering constants, no key server call
+//              (the ceiling of any Node plugin here; not part of the aim)
 // Encrypt and Decrypt at c=1 and c=16; calls/s, p50, p99 and the ratio to the
 // Go reference. The aim (issue 11): every keyhaven target ≥ 1.00× the Go
 // reference at c=1.
@@ -25,10 +27,11 @@ const OPS = ['encrypt', 'decrypt'] as const;
 // From the issue: at c=1 at least as fast as the Go plugin doing the same one call per operation.
 const AIM = { overRef: 1.0, concurrency: 1 } as const;
 
-const TARGETS = ['refplugin', 'dsm', 'vault', 'kekOff'] as const;
+const TARGETS = ['refplugin', 'dsm', 'vault', 'kekOff', 'echo'] as const;
 type TargetName = (typeof TARGETS)[number];
-const SHORT: Record<TargetName, string> = { refplugin: 'go ref', dsm: 'dsm', vault: 'vault', kekOff: 'kek off' };
+const SHORT: Record<TargetName, string> = { refplugin: 'go ref', dsm: 'dsm', vault: 'vault', kekOff: 'kek off', echo: 'echo' };
 const LABEL: Record<TargetName, string> = {
+  echo: 'grpc-js echo',
   refplugin: 'Go reference plugin',
   dsm: 'keyhaven fortanix-dsm',
   vault: 'keyhaven vault',
@@ -116,6 +119,10 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
     for (const name of names) {
       const socket = join(dir, `${name}.sock`);
       sockets.set(name, socket);
+      if (name === 'echo') {
+        await start(o, name, process.execPath, [join(ROOT, 'dist', 'bench', 'echo-server.js'), socket], socket, children);
+        continue;
+      }
       if (name === 'refplugin') {
         await start(o, name, o.refplugin, ['-socket', socket, '-endpoint', server.url, '-api-key-file', dsmKeyFile, '-key-name', KEY, '-cluster', CLUSTER], socket, children);
         continue;
@@ -138,6 +145,8 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
     }
     log(`oneshot: ${names.map((n) => LABEL[n]).join(', ')} ready`);
 
+    // The echo answers a constant plaintext: only the plugins' are checked.
+    const check = (n: TargetName) => `-check=${n !== 'echo'}`;
     const poll = async (n: TargetName) => {
       // The keyhaven providers refuse Encrypt when the server has not confirmed the key lately, as kube-apiserver's Status poll keeps it.
       if (!(await statusOk(o.kmsload, sockets.get(n)!))) throw new BenchError(`${LABEL[n]}: Status failed`);
@@ -145,7 +154,7 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
     for (const n of names) {
       log(`oneshot: ${LABEL[n]}: warm-up 3 s of mixed Encrypt/Decrypt`);
       await poll(n);
-      await kmsload(o.kmsload, LABEL[n], ['-socket', sockets.get(n)!, '-mode', 'mixed', '-c', '16', '-warmup', '0s', '-duration', '3s']);
+      await kmsload(o.kmsload, LABEL[n], ['-socket', sockets.get(n)!, '-mode', 'mixed', '-c', '16', '-warmup', '0s', '-duration', '3s', check(n)]);
     }
 
     // Interleaved per point, so drift on the machine hits every target alike.
@@ -155,7 +164,7 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
         const p: Point = { op, concurrency: c, results: {}, overRef: {} };
         for (const n of names) {
           await poll(n);
-          const r = await kmsload(o.kmsload, LABEL[n], ['-socket', sockets.get(n)!, '-mode', op, '-c', String(c), '-warmup', `${o.warmup}s`, '-duration', `${o.seconds}s`]);
+          const r = await kmsload(o.kmsload, LABEL[n], ['-socket', sockets.get(n)!, '-mode', op, '-c', String(c), '-warmup', `${o.warmup}s`, '-duration', `${o.seconds}s`, check(n)]);
           p.results[n] = r;
           log(`oneshot: ${LABEL[n]} ${op} c=${c}: ${r.callsPerSec.toFixed(0)} calls/s, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, errors ${r.errors}`);
         }
@@ -164,18 +173,21 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
       }
     }
 
-    const ours = names.filter((n) => n !== 'refplugin');
+    // The keyhaven plugins: what the aim is about.
+    const ours = names.filter((n) => n !== 'refplugin' && n !== 'echo');
+    const others = names.filter((n) => n !== 'refplugin');
     const hasRef = names.includes('refplugin');
     const out: string[] = [];
     out.push(`keyhaven one-call-per-operation plugins vs the Go reference — ${cpus().length} CPUs, Node ${process.version}`);
     out.push(`${o.seconds} s measured per point after ${o.warmup} s warm-up; kmsload over one gRPC connection; every target makes one HTTP call to one`);
     out.push('keyhaven server (SQLite, keyfile seal, audit fsync, plain HTTP on 127.0.0.1) per Encrypt or Decrypt:');
     out.push('  go ref = bench/go-refplugin (Go net/http keep-alive, DSM API, session Bearer, AES-GCM by kid); dsm = provider fortanix-dsm;');
-    out.push('  vault = provider vault (Transit API); kek off = provider keyhaven, localKek off');
+    out.push('  vault = provider vault (Transit API); kek off = provider keyhaven, localKek off;');
+    out.push('  echo = bare grpc-js server answering constants, no key server call: the ceiling of a Node plugin on this machine (not in the aim)');
     out.push('');
     out.push(
       table(
-        ['op', 'c', ...names.map((n) => `${SHORT[n]} calls/s`), ...names.map((n) => `${SHORT[n]} p50/p99 ms`), ...(hasRef ? ours.map((n) => `${SHORT[n]}/go ref`) : []), 'errors'],
+        ['op', 'c', ...names.map((n) => `${SHORT[n]} calls/s`), ...names.map((n) => `${SHORT[n]} p50/p99 ms`), ...(hasRef ? others.map((n) => `${SHORT[n]}/go ref`) : []), 'errors'],
         points.map((p) => [
           p.op, String(p.concurrency),
           ...names.map((n) => fmt(p.results[n]?.callsPerSec)),
@@ -183,7 +195,7 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
             const r = p.results[n];
             return r ? `${r.p50Ms.toFixed(2)} / ${r.p99Ms.toFixed(2)}` : '-';
           }),
-          ...(hasRef ? ours.map((n) => fmt(p.overRef[n], 2)) : []),
+          ...(hasRef ? others.map((n) => fmt(p.overRef[n], 2)) : []),
           names.map((n) => {
             const r = p.results[n];
             return r ? (r.mismatches ? `${r.errors}+${r.mismatches}mm` : String(r.errors)) : '-';
