@@ -131,8 +131,10 @@ export class Child {
     readonly label: string,
     argv: string[],
     env: NodeJS.ProcessEnv = process.env,
+    /** The program; node by default. */
+    cmd: string = process.execPath,
   ) {
-    this.proc = track(spawn(process.execPath, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    this.proc = track(spawn(cmd, argv, { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] }));
     // Always drain the pipes, or a chatty child blocks on a full pipe.
     this.proc.stdout?.setEncoding('utf8').on('data', (d: string) => this.onStdout(d));
     this.proc.stderr?.setEncoding('utf8').on('data', (d: string) => this.remember(d));

@@ -10,7 +10,8 @@
 //
 //   node dist/bench/run.js [plugin|server|chaos] [--only LIST]
 //   LIST: comma-separated echo, embedded, remote (= kek-on,kek-off), kek-on, kek-off,
-//         plugin (= embedded,remote), server, chaos
+//         plugin (= embedded,remote), oneshot (= refplugin: one-call providers vs the Go reference,
+//         bench/oneshot-bench.ts), server, chaos
 //   env: BENCH_SECONDS (measured seconds per plugin point, default 5),
 //        BENCH_SERVER_SECONDS (measured seconds per server point, default 3),
 //        BENCH_WARMUP (unmeasured seconds before each point, default 1),
@@ -31,9 +32,11 @@ import {
 } from './procs.js';
 import { runChaosSection } from './chaos-bench.js';
 import { runServerSection, startKeyServer, type KeyServer } from './server-bench.js';
+import { buildRefplugin, runOneshotSection } from './oneshot-bench.js';
 
 const GO_CLIENT_DIR = join(ROOT, 'bench', 'go-client');
 const KMSLOAD = join(GO_CLIENT_DIR, 'bin', 'kmsload');
+const REFPLUGIN = join(GO_CLIENT_DIR, 'bin', 'refplugin');
 const GOPATH_DIR = join(ROOT, 'bench', '.gopath');
 const DEBIAN_GOCODE = '/usr/share/gocode';
 const DEBIAN_PACKAGES = ['golang-go', 'golang-google-grpc-dev', 'golang-google-protobuf-dev'];
@@ -111,9 +114,9 @@ function ensureGo(): void {
 }
 
 // GOPATH mode against Debian's sources: offline, no go.mod, no protoc.
-function buildClient(): void {
+function goEnv(): NodeJS.ProcessEnv {
   mkdirSync(GOPATH_DIR, { recursive: true });
-  const env: NodeJS.ProcessEnv = {
+  return {
     ...process.env,
     GO111MODULE: 'off',
     GOPATH: `${GOPATH_DIR}:${DEBIAN_GOCODE}`,
@@ -122,7 +125,10 @@ function buildClient(): void {
     GOPROXY: 'off',
     CGO_ENABLED: '0',
   };
-  const r = spawnSync('go', ['build', '-o', KMSLOAD, '.'], { cwd: GO_CLIENT_DIR, env, encoding: 'utf8' });
+}
+
+function buildClient(): void {
+  const r = spawnSync('go', ['build', '-o', KMSLOAD, '.'], { cwd: GO_CLIENT_DIR, env: goEnv(), encoding: 'utf8' });
   if (r.status !== 0) {
     throw new BenchError(`building the Go client failed:\n${r.stderr || r.error?.message || ''}\n(needs ${DEBIAN_PACKAGES.join(' ')})`);
   }
@@ -637,17 +643,18 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
 }
 
 /** What `--only` (and the positional section name) selects. */
-function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; server: boolean; chaos: boolean } {
+function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; oneshot: boolean; server: boolean; chaos: boolean } {
   if (positional !== undefined && only !== undefined) throw new BenchError('give either a section name or --only, not both');
-  if (positional === 'server') return { plugin: [], server: true, chaos: false };
-  if (positional === 'plugin') return { plugin: [...TARGETS], server: false, chaos: false };
-  if (positional === 'chaos') return { plugin: [], server: false, chaos: true };
+  if (positional === 'server') return { plugin: [], oneshot: false, server: true, chaos: false };
+  if (positional === 'plugin') return { plugin: [...TARGETS], oneshot: true, server: false, chaos: false };
+  if (positional === 'chaos') return { plugin: [], oneshot: false, server: false, chaos: true };
   if (positional !== undefined) throw new BenchError(`unexpected argument ${JSON.stringify(positional)}; the section names are "plugin", "server" and "chaos"`);
-  if (only === undefined) return { plugin: [...TARGETS], server: true, chaos: true };
+  if (only === undefined) return { plugin: [...TARGETS], oneshot: true, server: true, chaos: true };
   const words = only.split(',').map((w) => w.trim()).filter(Boolean);
   const picked = new Set<TargetName>();
   let server = false;
   let chaos = false;
+  let oneshot = false;
   const groups: Record<string, readonly TargetName[]> = {
     echo: ['echo'],
     embedded: ['embedded'],
@@ -659,11 +666,12 @@ function selection(positional: string | undefined, only: string | undefined): { 
   for (const w of words) {
     if (w === 'server') server = true;
     else if (w === 'chaos') chaos = true;
+    else if (w === 'oneshot' || w === 'refplugin') oneshot = true;
     else if (groups[w]) for (const n of groups[w]) picked.add(n);
-    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, server, chaos; got ${JSON.stringify(w)}`);
+    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, oneshot, server, chaos; got ${JSON.stringify(w)}`);
   }
   if (words.length === 0) throw new BenchError('--only needs a value');
-  return { plugin: TARGETS.filter((n) => picked.has(n)), server, chaos };
+  return { plugin: TARGETS.filter((n) => picked.has(n)), oneshot, server, chaos };
 }
 
 async function main(): Promise<void> {
@@ -676,7 +684,8 @@ async function main(): Promise<void> {
     process.stdout.write(
       'usage: node dist/bench/run.js [plugin|server|chaos] [--only LIST]\n' +
         '  LIST: comma-separated echo, embedded, kek-on, kek-off, remote (= kek-on,kek-off),\n' +
-        '        plugin (= embedded,remote), server, chaos; "plugin" as a section = echo plus every plugin target\n' +
+        '        plugin (= embedded,remote), oneshot (= refplugin), server, chaos;\n' +
+        '        "plugin" as a section = echo, every plugin target and the oneshot point\n' +
         '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N,\n' +
         '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_FLOOD, BENCH_SERVER_NODE_ARGS,\n' +
         '      BENCH_CHAOS_SECONDS, BENCH_CHAOS_EVERY_MS, BENCH_CHAOS_STOP_MS (see bench/README.md)\n',
@@ -705,9 +714,28 @@ async function main(): Promise<void> {
       failed = true;
     }
   }
+  if (sel.oneshot) {
+    try {
+      ensureGo();
+      log('building the Go client and the Go reference plugin');
+      buildClient();
+      buildRefplugin(goEnv(), REFPLUGIN);
+      const r = await runOneshotSection({ seconds: envNumber('BENCH_SECONDS', 5), warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot, kmsload: KMSLOAD, refplugin: REFPLUGIN });
+      if (sel.plugin.length > 0) process.stdout.write('\n');
+      process.stdout.write(`${r.text}\n`);
+      if (r.failed) log('oneshot: some calls failed (see the errors column)');
+      failed = r.failed || failed;
+    } catch (e) {
+      if (!full || interrupted || !(e instanceof BenchError)) throw e;
+      log(`oneshot point failed: ${e.message}`);
+      process.stdout.write(`oneshot point FAILED:\n${e.message.replace(/^/gm, '  ')}\n`);
+      await stopAll();
+      failed = true;
+    }
+  }
   if (sel.server) {
     const r = await runServerSection({ seconds: envNumber('BENCH_SERVER_SECONDS', 3), warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot });
-    if (sel.plugin.length > 0) process.stdout.write('\n');
+    if (sel.plugin.length > 0 || sel.oneshot) process.stdout.write('\n');
     process.stdout.write(`${r.text}\n`);
     if (r.failed) log('key server: some calls failed (see the errors columns)');
     failed = r.failed || failed;
@@ -717,7 +745,7 @@ async function main(): Promise<void> {
     log('building the Go client');
     buildClient();
     const r = await runChaosSection({ warmup: envNumber('BENCH_WARMUP', 1), tmpDir: tmpRoot, kmsload: KMSLOAD });
-    if (sel.plugin.length > 0 || sel.server) process.stdout.write('\n');
+    if (sel.plugin.length > 0 || sel.oneshot || sel.server) process.stdout.write('\n');
     process.stdout.write(`${r.text}\n`);
     if (r.failed) log('chaos: calls failed with no faults, or a plaintext was wrong');
     failed = r.failed || failed;

@@ -333,7 +333,11 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
   async function attempt<T>(ep: Endpoint, method: HttpMethod, operation: string, path: string, payload: string | undefined, uid: string | undefined, deadline: number, key: string): Promise<T> {
     const left = deadline - now();
     const budget = Math.min(opts.attemptTimeoutMs, left);
-    const signal = AbortSignal.timeout(Math.max(budget, 1));
+    // A timer cleared when the attempt ends, not AbortSignal.timeout: that one fires for every call after
+    // the call is long done (a wake-up, a DOMException and an abort event each), and keeps each signal alive until then.
+    const aborter = new AbortController();
+    const signal = aborter.signal;
+    const timer = setTimeout(() => aborter.abort(), Math.max(budget, 1));
     const headers: Record<string, string> = opts.headers
       ? { ...opts.headers(key) }
       : { authorization: `Bearer ${key}`, 'x-keyhaven-cluster': opts.cluster };
@@ -360,6 +364,8 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       const err = new AttemptError(transportError(ep.url, e, signal.aborted), true);
       err.cutShort = signal.aborted && left < opts.attemptTimeoutMs;
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
     let body: unknown;
     try {

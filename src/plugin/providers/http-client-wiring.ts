@@ -51,8 +51,18 @@ export interface ServerStateWording {
 export function observedClientOptions(ctx: { readonly logger: Logger; readonly metrics: PluginMetrics }, servers: readonly string[], wording: ServerStateWording) {
   const { logger, metrics } = ctx;
   for (const s of servers) metrics.serverUp.set({ server: s }, 1);
+  // Label children looked up once per (server, operation, result): prom-client hashes the labels on every inc() otherwise.
+  const counters = new Map<string, { inc(): void }>();
   return {
-    onAttempt: (server: string, operation: string, result: string) => metrics.serverCalls.inc({ server, operation, result }),
+    onAttempt: (server: string, operation: string, result: string) => {
+      const k = `${server}\u0000${operation}\u0000${result}`;
+      let c = counters.get(k);
+      if (!c) {
+        c = metrics.serverCalls.labels({ server, operation, result });
+        counters.set(k, c);
+      }
+      c.inc();
+    },
     onServerState: (server: string, up: boolean, reason?: string) => {
       metrics.serverUp.set({ server }, up ? 1 : 0);
       if (up) logger.info({ server }, wording.up);
