@@ -38,7 +38,7 @@ const LABEL: Record<TargetName, string> = {
   kekOff: 'keyhaven remote kek off',
 };
 
-export const REFPLUGIN_DIR = join(ROOT, 'bench', 'go-refplugin');
+const REFPLUGIN_DIR = join(ROOT, 'bench', 'go-refplugin');
 
 export interface OneshotOptions {
   readonly seconds: number;
