@@ -6,6 +6,9 @@ import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
 import { requireDependency } from './require.js';
 import { api, initServer, login, startServerProcess, type ServerProcess } from './server-helpers.js';
 
+/** The sign-in lock after 3 failures: long enough that the check right after the third failure lands inside it. */
+const LOCK_MS = 10_000;
+
 // Identity on a real HTTPS key server with client-certificate support:
 // password lockout, uniform login failures, session expiry, logout, API key
 // rotation, mTLS app authentication; and the refusal to serve plain HTTP on
@@ -62,13 +65,13 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
    * with the time its request was sent. The cap only ends a hung test: a slow
    * machine waits longer, it does not fail.
    */
-  const until = async (fn: () => Promise<Res>, status: number, capMs = 60_000): Promise<Array<Res & { sentAt: number }>> => {
-    const seen: Array<Res & { sentAt: number }> = [];
+  const until = async (fn: () => Promise<Res>, status: number, capMs = 60_000): Promise<Array<Res & { sentAt: number; answeredAt: number }>> => {
+    const seen: Array<Res & { sentAt: number; answeredAt: number }> = [];
     const end = Date.now() + capMs;
     for (;;) {
       const sentAt = Date.now();
       const r = await fn();
-      seen.push({ ...r, sentAt });
+      seen.push({ ...r, sentAt, answeredAt: Date.now() });
       if (r.status === status || Date.now() > end) return seen;
       await sleep(200);
     }
@@ -80,7 +83,7 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     srv = await startServerProcess({
       config: {
         tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.caFile },
-        auth: { maxFailedLogins: 3, lockBase: '2s' },
+        auth: { maxFailedLogins: 3, lockBase: `${LOCK_MS}ms` },
       },
     });
     url = srv.url;
@@ -106,18 +109,28 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
 
   it('lockout: after 3 bad passwords even the right one gets 429 until the lock passes; failures are audited', async () => {
     const bad = [] as Res[];
-    for (let i = 0; i < 3; i++) bad.push(await call('POST', '/v1/auth/login', { body: { name: 'locky', password: `wrong-password-${i}` } }));
+    let thirdSentAt = 0;
+    for (let i = 0; i < 3; i++) {
+      thirdSentAt = Date.now();
+      bad.push(await call('POST', '/v1/auth/login', { body: { name: 'locky', password: `wrong-password-${i}` } }));
+    }
     for (const r of bad) {
       assert.equal(r.status, 401, r.text);
       assert.equal(r.body.error.code, 'unauthenticated');
     }
-    const locked = await call('POST', '/v1/auth/login', { body: { name: 'locky', password: passwords.locky } });
-    assert.equal(locked.status, 429, locked.text);
-    assert.equal(locked.body.error.code, 'too_many_attempts');
+    // The lock starts when the server handles the third failure, after it was
+    // sent: an answer that arrives within LOCK_MS of that sending must be the
+    // lock's (causal, so a slow machine cannot break it).
     const seen = await until(() => call('POST', '/v1/auth/login', { body: { name: 'locky', password: passwords.locky } }), 200);
     const last = seen[seen.length - 1]!;
     assert.equal(last.status, 200, `login after the lock: ${last.text}`);
-    for (const r of seen.slice(0, -1)) assert.equal(r.status, 429, 'only the lock refuses the right password');
+    const first = seen[0]!;
+    assert.ok(first.status === 429 || first.answeredAt >= thirdSentAt + LOCK_MS, `the right password was accepted inside the lock: ${first.status} ${first.text}`);
+    for (const r of seen.slice(0, -1)) {
+      assert.equal(r.status, 429, 'only the lock refuses the right password');
+      assert.equal(r.body.error.code, 'too_many_attempts');
+    }
+    for (const r of seen) if (r.answeredAt < thirdSentAt + LOCK_MS) assert.equal(r.status, 429, 'answered inside the lock');
     assert.match(last.body.token, /^khs_/);
     // The successful login reset the count: one more failure does not lock.
     assert.equal((await call('POST', '/v1/auth/login', { body: { name: 'locky', password: 'wrong-again-1' } })).status, 401);
@@ -133,9 +146,12 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
       assert.equal(rec.actor, 'anonymous');
       assert.ok(!JSON.stringify(rec).includes('wrong-password'));
     }
-    const lockRec = recs.find((x) => x.request_id === locked.requestId);
-    assert.equal(lockRec?.result, 'too_many_attempts');
-    assert.equal(lockRec?.details.user, 'locky');
+    // Every refusal by the lock is audited (there is one unless the machine took LOCK_MS to answer, checked above).
+    for (const locked of seen.filter((r) => r.status === 429)) {
+      const lockRec = recs.find((x) => x.request_id === locked.requestId);
+      assert.equal(lockRec?.result, 'too_many_attempts');
+      assert.equal(lockRec?.details.user, 'locky');
+    }
   });
 
   it('an unknown user, an app name and a wrong password get the same 401', async () => {
