@@ -57,11 +57,9 @@ export function spawnOwned(command: string, args: readonly string[], opts: Spawn
   const pid = child.pid;
   if (pid !== undefined) {
     children.set(pid, child);
-    child.once('exit', () => {
-      // The leader is gone; anything it left in its group goes with it.
-      killGroup(pid);
-      children.delete(pid);
-    });
+    // Forgotten once reaped: pids are reused quickly (pid_max may be 32768),
+    // so a group is only ever signalled while its leader is still ours.
+    child.once('exit', () => children.delete(pid));
   }
   t?.after(() => killOwned(child));
   return child;
