@@ -102,15 +102,18 @@ function runFile(file) {
   });
 }
 
-// Ending the run (Ctrl-C, a CI cancel) ends every file; each file's reaper kills its children.
+const queue = [...files];
+
+// Ending the run (Ctrl-C, a CI cancel) starts no more files and ends the
+// running ones; each file's reaper kills its children.
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.once(sig, () => {
+    queue.length = 0;
     for (const c of running) c.kill('SIGTERM');
     process.exitCode = 130;
   });
 }
 
-const queue = [...files];
 await Promise.all(
   Array.from({ length: Math.min(concurrency, queue.length) }, async () => {
     for (let f = queue.shift(); f !== undefined; f = queue.shift()) await runFile(f);

@@ -61,22 +61,27 @@ export async function startServerProcess(opts: ServerStartOptions = {}): Promise
   };
   if (opts.waitReady === false) return { child, dir, configPath, url: '', output: () => out, exited, stop };
   const url = await new Promise<string>((resolve, reject) => {
+    const done = () => {
+      clearInterval(timer);
+      clearTimeout(cap);
+    };
     const timer = setInterval(() => {
       const m = /"url":"(https?:\/\/[^"]+)"[^\n]*"msg":"keyhaven server listening"/.exec(out);
       if (m) {
-        clearInterval(timer);
+        done();
         resolve(m[1]!);
       } else if (child.exitCode !== null) {
-        clearInterval(timer);
+        done();
         reject(new Error(`server exited with ${child.exitCode} before listening:\n${out}`));
       }
     }, 25);
     // A cap for a hung start only: a busy machine may take long to start a process.
-    setTimeout(() => {
-      clearInterval(timer);
+    const cap = setTimeout(() => {
+      done();
       child.kill('SIGKILL');
       reject(new Error(`server did not start within 60 s:\n${out}`));
-    }, 60_000).unref();
+    }, 60_000);
+    cap.unref();
   });
   return { child, dir, configPath, url, output: () => out, exited, stop };
 }
