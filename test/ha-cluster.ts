@@ -99,12 +99,7 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster 
     await db.drop().catch(() => {});
     for (const d of dirs) removeDir(d);
   };
-  // Last resort if the test process exits without its after hook: no child may stay stopped or running.
-  const onExit = () => {
-    for (const s of servers) for (const sig of ['SIGCONT', 'SIGKILL'] as const) s.proc.child.kill(sig);
-    for (const p of plugins) p.proc.child.kill('SIGKILL');
-  };
-  process.once('exit', onExit);
+  // If the test process ends without its after hook, test/reaper.ts kills every child (SIGKILL ends a stopped one too).
 
   try {
     const keyDir = dirOf('srv0');
@@ -199,12 +194,10 @@ export async function startHaCluster(opts: HaClusterOptions): Promise<HaCluster 
       async close() {
         await admin?.end().catch(() => {});
         admin = undefined;
-        process.removeListener('exit', onExit);
         await close();
       },
     };
   } catch (e) {
-    process.removeListener('exit', onExit);
     await close();
     throw e;
   }
