@@ -46,7 +46,7 @@ function guardServers(ps: ServerProcess[]): void {
   }
 }
 
-describe('keyhaven audit, embedded-store mode and shamir unseal', { timeout: 120_000 }, () => {
+describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
   before(async () => {
     base = tempDir('kh-cli-audit-');
     [srv, shamir] = await Promise.all([startServerProcess(), startServerProcess({ config: { seal: { shamir: {} } } })]);
