@@ -393,8 +393,8 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
     await failureLogged(onlyHang, new RegExp(`key server ${hang} did not answer in time`), 'a timeout in the log');
     for (let i = 0; i < 3; i++) {
       // The server never answers: only the plugin's own deadline can end the
-      // call with UNAVAILABLE (the caller's 5 s deadline would end it with
-      // DEADLINE_EXCEEDED), so the code proves the plugin gave up first.
+      // call with UNAVAILABLE (the caller's deadline, CALL_CAP_MS, would end it
+      // with DEADLINE_EXCEEDED), so the code proves the plugin gave up first.
       const hErr = await callError(onlyHang.kms.v2, 'Status', {});
       assert.equal(hErr.code, grpc.status.UNAVAILABLE, hErr.details);
       assert.match(hErr.details, /did not answer in time|every key server is failing/);
