@@ -95,7 +95,7 @@ function runFile(file) {
       const seconds = (Date.now() - t0) / 1000;
       for (const [, k, n] of out.matchAll(/^ℹ (tests|pass|fail|cancelled|skipped|todo) (\d+)$/gm)) totals[k] += Number(n);
       const ok = code === 0;
-      process.stdout.write(`\n# ${ok ? 'ok' : 'FAILED'} ${file} (${seconds.toFixed(1)} s)${hung ? ` — ended as hung after ${guardMs / 60_000} min` : ''}${signal ? ` — ${signal}` : ''}\n${out}`);
+      process.stdout.write(`\n# ${ok ? 'ok' : 'FAILED'} ${file} (${seconds.toFixed(1)} s)${ok ? '' : `, exit ${signal ?? code}`}${hung ? ` — ended as hung after ${guardMs / 60_000} min` : ''}\n${out}`);
       results.push({ file, seconds, ok });
       done();
     });

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after } from 'node:test';
@@ -43,6 +43,8 @@ function reapAll(): void {
 process.once('exit', reapAll);
 for (const [sig, code] of [['SIGTERM', 143], ['SIGINT', 130], ['SIGHUP', 129]] as const) {
   process.once(sig, () => {
+    // Written synchronously: a process ending on a signal loses what is still queued for a pipe.
+    writeSync(2, `\n# ${sig} ended this test file; killing ${children.size} child process group(s), removing ${dirs.size} temp folder(s)\n`);
     reapAll();
     process.exit(code);
   });
