@@ -19,9 +19,8 @@ import { api, auditRecords, login, rotateAppKeyApproved, setupCast, startServerP
 // stopping) are waited for, never timed.
 
 const KEY = 'k8s-secrets';
-// The server's session lifetime: short, so the plugin renews its session (at 2/3) several times during the run,
-// yet long enough for an administrative step (logins of two users, then three calls) on a busy machine.
-const SESSION_TTL = '12s';
+// The server's session lifetime: short, so the plugin renews its session (at 2/3) several times during the run.
+const SESSION_TTL = '6s';
 const GRACE = '8s';
 const CLUSTER = 'prod-eu-1';
 
