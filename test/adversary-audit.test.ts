@@ -122,7 +122,7 @@ process.once('exit', () => {
   for (const p of [srv, ...started]) p?.child.kill('SIGKILL');
 });
 
-describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed with a witness', { timeout: 240_000 }, () => {
+describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed with a witness', () => {
   before(async () => {
     base = tempDir('kh-adv-audit-');
     const dir = join(base, 'origin');
@@ -389,7 +389,7 @@ describe('adversary: the audit log cannot be rolled back, cut or wiped unnoticed
 
 const pgAvailable = await postgresAvailable();
 
-describe('adversary: a rollback on PostgreSQL shared by two servers, each with its own checkpoint file', { timeout: 180_000 }, () => {
+describe('adversary: a rollback on PostgreSQL shared by two servers, each with its own checkpoint file', () => {
   it('both servers\' checkpoints verify the shared chain; after the rollback either server reports it', async (t) => {
     if (!requireDependency(t, pgAvailable, POSTGRES_REASON)) return;
     const db = (await freshPostgresDatabase())!;

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { call, callError, cli, grpc, initStore, kmsClients, removeDir, startPlugin, tempDir, type KmsClients, type PluginProcess } from './helpers.js';
+import { call, CALL_CAP_MS, callError, cli, grpc, initStore, kmsClients, removeDir, startPlugin, tempDir, type KmsClients, type PluginProcess } from './helpers.js';
 
 // Bad input from the apiserver side of the socket: every malformed, oversized,
 // tampered or mismatched request gets a gRPC error that says what is wrong,
@@ -25,7 +25,7 @@ function rawCall(client: grpc.Client, path: string, body: Buffer): Promise<grpc.
       (x) => x,
       body,
       new grpc.Metadata(),
-      { deadline: Date.now() + 5000 },
+      { deadline: Date.now() + CALL_CAP_MS },
       (err) => (err ? resolve(err) : reject(new Error(`${path} accepted ${body.toString('hex')}`))),
     );
   });

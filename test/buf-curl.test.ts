@@ -27,7 +27,7 @@ function buf(socket: string, api: 'v2' | 'v1beta1', method: string, body: unknow
       '-d', JSON.stringify(body),
       `http://localhost/${api}.KeyManagementService/${method}`,
     ],
-    { encoding: 'utf8', timeout: 30_000 },
+    { encoding: 'utf8', timeout: 60_000 },
   );
   let json: any;
   try {

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import BetterSqlite3 from 'better-sqlite3';
 import { BIN, ROOT, cleanCliEnv, cliExpect, initStore, removeDir, runCli, tempDir, waitFor, type CliResult } from './helpers.js';
+import { spawnOwned } from './reaper.js';
 import { api, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // keyhaven audit against a real key server (export, verify on the server,
@@ -144,11 +144,11 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
     assert.match(text.stdout, /^\d+\s+\S+Z\s+user:keyadmin\s+key\.rotate\s+k1@v2\s+ok/);
 
     const env = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, KEYHAVEN_TOKEN: tokens.auditor };
-    const child = spawn(process.execPath, [BIN, 'audit', 'tail', '-f', '-n', '1', '-o', 'json'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawnOwned(process.execPath, [BIN, 'audit', 'tail', '-f', '-n', '1', '-o', 'json'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+    child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
+    child.stderr!.setEncoding('utf8').on('data', (d: string) => (err += d));
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     try {
       await waitFor(() => out.split('\n').filter(Boolean).length >= 1 || undefined, `tail's first record (${err})`);

@@ -62,27 +62,11 @@ async function captureServer(): Promise<{ url: string; headers: Array<Record<str
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, headers, server };
 }
 
-/** A test run cut short (timeout, ^C) must not leave the server process or its files behind. */
-function guardServer(p: ServerProcess): void {
-  const cleanup = () => {
-    p.child.kill('SIGKILL');
-    removeDir(p.dir);
-    removeDir(base);
-  };
-  process.once('exit', () => p.child.kill('SIGKILL'));
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
-    process.once(sig, () => {
-      cleanup();
-      process.exit(130);
-    });
-  }
-}
-
-describe('keyhaven CLI against a key server', { timeout: 120_000 }, () => {
+// A run cut short (timeout, ^C) leaves no server or folder behind: test/reaper.ts owns both.
+describe('keyhaven CLI against a key server', () => {
   before(async () => {
     base = tempDir('kh-cli-srv-');
     srv = await startServerProcess();
-    guardServer(srv);
   });
   after(async () => {
     await srv?.stop();

@@ -9,7 +9,7 @@ import { api, initServer, login, startServerProcess, type ServerProcess } from '
 // key server: each ends the user's sessions at once; an admin's password
 // reset waits for another admin; no password is ever printed.
 
-describe('keyhaven user lifecycle commands', { timeout: 120_000 }, () => {
+describe('keyhaven user lifecycle commands', () => {
   let srv: ServerProcess;
   let base: string;
   const tokens: Record<string, string> = {};

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { BIN, call, callError, cli, httpGet, kmsClients, logLines, removeDir, tempDir, waitFor, type CliResult, type KmsClients } from './helpers.js';
+import { spawnOwned } from './reaper.js';
 import { api, login } from './server-helpers.js';
 
 // `keyhaven dev` (what `npm start` runs) in a fresh folder: it creates
@@ -30,7 +31,7 @@ function devEnv(): NodeJS.ProcessEnv {
 
 async function startDev(cwd: string): Promise<DevProcess> {
   // Never the default health address (127.0.0.1:8787): tests run side by side.
-  const child = spawn(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnOwned(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

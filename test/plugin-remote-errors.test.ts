@@ -392,14 +392,13 @@ describe('plugin remote provider: failures end to end', { skip: !HAVE_OPENSSL &&
 
     await failureLogged(onlyHang, new RegExp(`key server ${hang} did not answer in time`), 'a timeout in the log');
     for (let i = 0; i < 3; i++) {
-      const t0 = Date.now();
+      // The server never answers: only the plugin's own deadline can end the
+      // call with UNAVAILABLE (the caller's deadline, CALL_CAP_MS, would end it
+      // with DEADLINE_EXCEEDED), so the code proves the plugin gave up first.
       const hErr = await callError(onlyHang.kms.v2, 'Status', {});
-      const ms = Date.now() - t0;
       assert.equal(hErr.code, grpc.status.UNAVAILABLE, hErr.details);
       assert.match(hErr.details, /did not answer in time|every key server is failing/);
       assert.ok(hErr.details.includes(hang), hErr.details);
-      // The apiserver gives each call 3 s; the plugin's own deadline (2 s) ends it first.
-      assert.ok(ms < 3000, `Status took ${ms} ms`);
     }
     await alive(onlyHang);
 

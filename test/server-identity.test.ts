@@ -6,6 +6,11 @@ import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
 import { requireDependency } from './require.js';
 import { api, initServer, login, startServerProcess, type ServerProcess } from './server-helpers.js';
 
+/** The sign-in lock after 3 failures: long enough that the check right after the third failure lands inside it. */
+const LOCK_MS = 10_000;
+/** The session lifetime of the expiry test's server. */
+const SESSION_TTL_MS = 5_000;
+
 // Identity on a real HTTPS key server with client-certificate support:
 // password lockout, uniform login failures, session expiry, logout, API key
 // rotation, mTLS app authentication; and the refusal to serve plain HTTP on
@@ -57,13 +62,18 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
       return { ...x, details: x.details ? JSON.parse(x.details) : {} };
     });
   };
-  /** Polls (up to `ms`) until `fn` gives the wanted status; returns every answer seen. */
-  const until = async (fn: () => Promise<Res>, status: number, ms: number): Promise<Res[]> => {
-    const seen: Res[] = [];
-    const end = Date.now() + ms;
+  /**
+   * Polls until `fn` gives the wanted status; returns every answer seen, each
+   * with the time its request was sent. The cap only ends a hung test: a slow
+   * machine waits longer, it does not fail.
+   */
+  const until = async (fn: () => Promise<Res>, status: number, capMs = 60_000): Promise<Array<Res & { sentAt: number; answeredAt: number }>> => {
+    const seen: Array<Res & { sentAt: number; answeredAt: number }> = [];
+    const end = Date.now() + capMs;
     for (;;) {
+      const sentAt = Date.now();
       const r = await fn();
-      seen.push(r);
+      seen.push({ ...r, sentAt, answeredAt: Date.now() });
       if (r.status === status || Date.now() > end) return seen;
       await sleep(200);
     }
@@ -75,7 +85,7 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     srv = await startServerProcess({
       config: {
         tls: { cert: pki.serverCert, key: pki.serverKey, clientCa: pki.caFile },
-        auth: { maxFailedLogins: 3, lockBase: '2s' },
+        auth: { maxFailedLogins: 3, lockBase: `${LOCK_MS}ms` },
       },
     });
     url = srv.url;
@@ -101,18 +111,28 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
 
   it('lockout: after 3 bad passwords even the right one gets 429 until the lock passes; failures are audited', async () => {
     const bad = [] as Res[];
-    for (let i = 0; i < 3; i++) bad.push(await call('POST', '/v1/auth/login', { body: { name: 'locky', password: `wrong-password-${i}` } }));
+    let thirdSentAt = 0;
+    for (let i = 0; i < 3; i++) {
+      thirdSentAt = Date.now();
+      bad.push(await call('POST', '/v1/auth/login', { body: { name: 'locky', password: `wrong-password-${i}` } }));
+    }
     for (const r of bad) {
       assert.equal(r.status, 401, r.text);
       assert.equal(r.body.error.code, 'unauthenticated');
     }
-    const locked = await call('POST', '/v1/auth/login', { body: { name: 'locky', password: passwords.locky } });
-    assert.equal(locked.status, 429, locked.text);
-    assert.equal(locked.body.error.code, 'too_many_attempts');
-    const seen = await until(() => call('POST', '/v1/auth/login', { body: { name: 'locky', password: passwords.locky } }), 200, 10_000);
+    // The lock starts when the server handles the third failure, after it was
+    // sent: an answer that arrives within LOCK_MS of that sending must be the
+    // lock's (causal, so a slow machine cannot break it).
+    const seen = await until(() => call('POST', '/v1/auth/login', { body: { name: 'locky', password: passwords.locky } }), 200);
     const last = seen[seen.length - 1]!;
     assert.equal(last.status, 200, `login after the lock: ${last.text}`);
-    for (const r of seen.slice(0, -1)) assert.equal(r.status, 429, 'only the lock refuses the right password');
+    const first = seen[0]!;
+    assert.ok(first.status === 429 || first.answeredAt >= thirdSentAt + LOCK_MS, `the right password was accepted inside the lock: ${first.status} ${first.text}`);
+    for (const r of seen.slice(0, -1)) {
+      assert.equal(r.status, 429, 'only the lock refuses the right password');
+      assert.equal(r.body.error.code, 'too_many_attempts');
+    }
+    for (const r of seen) if (r.answeredAt < thirdSentAt + LOCK_MS) assert.equal(r.status, 429, 'answered inside the lock');
     assert.match(last.body.token, /^khs_/);
     // The successful login reset the count: one more failure does not lock.
     assert.equal((await call('POST', '/v1/auth/login', { body: { name: 'locky', password: 'wrong-again-1' } })).status, 401);
@@ -128,9 +148,12 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
       assert.equal(rec.actor, 'anonymous');
       assert.ok(!JSON.stringify(rec).includes('wrong-password'));
     }
-    const lockRec = recs.find((x) => x.request_id === locked.requestId);
-    assert.equal(lockRec?.result, 'too_many_attempts');
-    assert.equal(lockRec?.details.user, 'locky');
+    // Every refusal by the lock is audited (there is one unless the machine took LOCK_MS to answer, checked above).
+    for (const locked of seen.filter((r) => r.status === 429)) {
+      const lockRec = recs.find((x) => x.request_id === locked.requestId);
+      assert.equal(lockRec?.result, 'too_many_attempts');
+      assert.equal(lockRec?.details.user, 'locky');
+    }
   });
 
   it('an unknown user, an app name and a wrong password get the same 401', async () => {
@@ -150,16 +173,26 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     assert.equal(unknown?.details.user, 'no-such-user');
   });
 
-  it('sessions expire (sessionTTL 2s)', async () => {
+  it(`sessions expire (sessionTTL ${SESSION_TTL_MS / 1000}s)`, async () => {
     // A server of its own, so the other tests' sessions last.
-    const short = await startServerProcess({ config: { auth: { sessionTTL: '2s' }, audit: { fsync: false } } });
-    try {
-      const init = await initServer(short.url);
+    const short = await startServerProcess({ config: { auth: { sessionTTL: `${SESSION_TTL_MS}ms` }, audit: { fsync: false } } });
+    // A session is made after its login was sent: an answer that arrives
+    // within the TTL of that sending must still find it valid (causal, so a
+    // slow machine cannot break it).
+    const loginLive = async (what: string) => {
+      const sentAt = Date.now();
       const token = await login(short.url, init.admin.name, init.admin.password);
-      const first = await api(short.url, 'GET', '/v1/auth/whoami', { token });
-      assert.equal(first.status, 200, first.text);
+      const r = await api(short.url, 'GET', '/v1/users', { token });
+      if (Date.now() < sentAt + SESSION_TTL_MS) assert.equal(r.status, 200, `${what}: ${r.text}`);
+      return token;
+    };
+    let init: Awaited<ReturnType<typeof initServer>>;
+    try {
+      init = await initServer(short.url);
+      const token = await loginLive('a fresh session');
       const seen: number[] = [];
-      const end = Date.now() + 10_000;
+      // A cap that only ends a hung test; the expiry itself is what is checked.
+      const end = Date.now() + 60_000 + SESSION_TTL_MS;
       for (;;) {
         const r = await api(short.url, 'GET', '/v1/auth/whoami', { token });
         seen.push(r.status);
@@ -173,8 +206,7 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
       }
       // Expired stays expired; a new login works.
       assert.equal((await api(short.url, 'GET', '/v1/users', { token })).status, 401);
-      const again = await login(short.url, init.admin.name, init.admin.password);
-      assert.equal((await api(short.url, 'GET', '/v1/users', { token: again })).status, 200);
+      await loginLive('a new login');
     } finally {
       await short.stop();
       removeDir(short.dir);
@@ -205,12 +237,18 @@ describe('server identity', { skip: !HAVE_OPENSSL && process.env.KEYHAVEN_REQUIR
     await must(enc(oldKey), 200, 'old key while the rotation waits');
     await must(call('POST', `/v1/approvals/${filed.body.approval.id}/approve`, { token: await as('keyadmin'), body: {} }), 200, 'approve');
     const rotated = await must(call('POST', `/v1/approvals/${filed.body.approval.id}/collect`, { token: await as('admin'), body: {} }), 200, 'collect');
+    const collectedAt = Date.now();
     const newKey = rotated.body.apiKey as string;
     assert.match(newKey, /^kha_/);
     assert.notEqual(newKey, oldKey);
-    // Credentials may be cached for up to 2 s.
-    const seen = await until(() => enc(oldKey), 401, 3_000);
+    // Credentials may be cached for up to 2 s. Any cached copy of the old key
+    // was read before the collect answered, so a request sent 2 s after that
+    // answer must be refused however slow the machine is (slowness only delays
+    // the sending).
+    const seen = await until(() => enc(oldKey), 401);
     assert.equal(seen[seen.length - 1]!.status, 401, 'the old key still works after rotation');
+    const lateOk = seen.filter((r) => r.status !== 401 && r.sentAt >= collectedAt + 2_000);
+    assert.deepEqual(lateOk.map((r) => r.status), [], 'the old key worked in a request sent more than 2 s after the rotation');
     await must(enc(newKey), 200, 'new key');
     const who = await must(call('GET', '/v1/auth/whoami', { token: newKey }), 200, 'whoami');
     assert.deepEqual(who.body, { name: 'rotator', kind: 'app', roles: [] });

@@ -464,3 +464,41 @@ describe('config/plugin-config: the shipped examples', () => {
     });
   }
 });
+
+// The per-field cases of test/startup-refusals.test.ts, in-process: the
+// plugin command hands the file and its flags to loadPluginConfig, whose
+// config_invalid becomes exit 78 at the CLI's one exit point. That file keeps
+// one end-to-end refusal per class (bad YAML, bad field, missing file).
+describe('config/plugin-config: start-up refusals of plugin.yaml, with the flags the plugin command adds', () => {
+  const flags = { socket: 'unix:///run/test/kms.sock', provider: { type: 'embedded', dataDir: '/var/lib/keyhaven' }, health: { address: '127.0.0.1:0' } };
+  const cases: Array<[string, string, RegExp, Record<string, unknown>?]> = [
+    ['an unknown top-level field', 'socketMode: "0600"\ncolour: blue\n', /Unrecognized key.*"colour"/],
+    ['an unknown nested field', 'status:\n  cacheTtl: 5s\n', /status: Unrecognized key.*"cacheTtl"/],
+    ['an unknown provider field', 'provider:\n  type: embedded\n  dataDir: /x\n  rootkeyfile: /y\n', /provider: Unrecognized key.*"rootkeyfile"/],
+    ['socketMode as an unquoted number', 'socketMode: 600\n', /socketMode: .*(string|quoted)/],
+    ['v1beta1 as a string', 'v1beta1: "yes"\n', /v1beta1: .*expected boolean/],
+    ['status.gracePeriod as a number', 'status:\n  gracePeriod: 5\n', /status\.gracePeriod: .*expected string/],
+    ['a bad duration', 'status:\n  cacheTTL: 5 minutes\n', /status\.cacheTTL: must be a duration such as/],
+    ['a bad log level', 'log:\n  level: verbose\n', /log\.level:/],
+    ['invalid YAML', 'status: [unclosed\n', /is not valid YAML/],
+    ['duplicate keys', 'v1beta1: true\nv1beta1: false\n', /is not valid YAML: .*unique/],
+    ['a YAML list instead of a mapping', '- socket\n- unix:///x.sock\n', /must hold a YAML mapping/],
+    ['a bad health address (no health flag)', 'health:\n  address: localhost\n', /health\.address: must be host:port/, { health: undefined }],
+    ['socket: tcp://... (no socket flag)', 'socket: tcp://127.0.0.1:1\n', /socket: must be unix:\/\/\//, { socket: undefined }],
+  ];
+  for (const [what, text, message, change] of cases) {
+    it(`refuses ${what}, naming the file and the field`, () => {
+      const file = yamlFile(text);
+      assert.throws(() => loadPluginConfig(file, { ...flags, ...change }), invalid(message, new RegExp(file.replace(/[.]/g, '\\.'))));
+    });
+  }
+
+  it('refuses --socket tcp://... given as a flag, naming the field', () => {
+    assert.throws(() => loadPluginConfig(undefined, { ...flags, socket: 'tcp://127.0.0.1:1' }), invalid(/socket: must be unix:\/\/\/absolute\/path\.sock or unix:\/\/\/@abstract-name/));
+  });
+
+  it('refuses a missing config file, naming it', () => {
+    const file = join(dir, 'missing-start-up.yaml');
+    assert.throws(() => loadPluginConfig(file, flags), invalid(new RegExp(`cannot read config file ${file.replace(/[.]/g, '\\.')}: ENOENT`)));
+  });
+});
