@@ -15,14 +15,14 @@ import { api, initServer, login, startServerProcess, type ApiResult, type Server
 // failures instead of timing anything.
 
 export const HA_KEY = 'kubernetes-secrets';
-export const HA_APP = 'app1';
+const HA_APP = 'app1';
 /** The apiserver's default KMS deadline: a call slower than this has failed for it. */
-export const APISERVER_DEADLINE_MS = 3000;
+const APISERVER_DEADLINE_MS = 3000;
 /** The callers' own deadline: a cap for a hung call only, so a slow call is measured instead of cut off. */
 const CALLER_DEADLINE_MS = 60_000;
 
 /** Key version in a keyhaven key_id (kh1:<provider>:<key>:<version>:<hash>). */
-export const versionOf = (keyId: string): number => Number(keyId.split(':')[3]);
+const versionOf = (keyId: string): number => Number(keyId.split(':')[3]);
 
 export interface PluginSpec {
   readonly name: string;

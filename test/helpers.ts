@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
 import { spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
@@ -282,5 +281,5 @@ export function logLines(out: string): Array<Record<string, unknown>> {
     });
 }
 
-export { existsSync, grpc };
+export { grpc };
 export { freePort } from './ports.js';

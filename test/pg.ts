@@ -33,7 +33,7 @@ export function postgresAvailable(): Promise<boolean> {
 }
 
 /** A URL for the given database on the test server. */
-export function postgresUrl(database: string): string {
+function postgresUrl(database: string): string {
   const u = new URL(ADMIN_URL);
   u.pathname = `/${database}`;
   return u.toString();

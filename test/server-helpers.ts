@@ -31,7 +31,7 @@ export interface ServerStartOptions {
   t?: Teardown;
 }
 
-export function defaultServerConfig(dir: string): Record<string, unknown> {
+function defaultServerConfig(dir: string): Record<string, unknown> {
   return {
     listen: '127.0.0.1:0',
     storage: { sqlite: { path: join(dir, 'keyhaven.db') } },

@@ -29,7 +29,7 @@ function loadApi(): typeof P | undefined {
   }
 }
 /** pkcs11js, or undefined when it does not load. */
-export const pkcs11Api = loadApi();
+const pkcs11Api = loadApi();
 const hasUtil = spawnSync('softhsm2-util', ['--version'], { stdio: 'ignore' }).status === 0;
 export const softhsmAvailable = SOFTHSM_MODULE !== '' && hasUtil && pkcs11Api !== undefined;
 const missing = !pkcs11Api ? 'pkcs11js does not load' : SOFTHSM_MODULE === '' ? 'the SoftHSM2 module (libsofthsm2.so) is not installed' : 'softhsm2-util is not installed (apt-get install softhsm2)';
