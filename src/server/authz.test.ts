@@ -4,8 +4,9 @@ import { injectApi, openBareTestApp, type BareTestApp, type InjectedResult as Ap
 
 // The authorization matrix, in process: every route the server registers ×
 // every kind of caller. Allowed cells must really work; denied cells answer
-// 401/403 and leave an audit record carrying the request's id. (The same
-// matrix as test/server-authz.test.ts, on app.inject instead of a process.)
+// 401/403 and leave an audit record carrying the request's id. Run in process
+// (app.inject on the real app, core and SQLite file); the real-process
+// authorization attacks live in test/adversary-sod.test.ts.
 
 let t: BareTestApp;
 const api = (_url: string, method: string, path: string, opts: { token?: string | undefined; body?: unknown } = {}) => injectApi(t, method, path, opts);
