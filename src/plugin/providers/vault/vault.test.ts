@@ -381,16 +381,13 @@ describe('vault provider (stand-in Vault)', () => {
     vault.slow = { pathPrefix: '/v1/transit/', ms: 1500 };
     const reads = () => vault.count('/v1/transit/keys/');
     const r0 = reads();
-    const started = Date.now();
     try {
       await assert.rejects(b.decrypt(e.ciphertext, e.keyId, {}, DEC), code('unavailable', /did not answer in time|deadline passed/));
     } finally {
       vault.slow = undefined;
     }
     assert.equal(reads(), r0 + 1, 'the key read was answered: the decrypt is what ran out of time');
-    const took = Date.now() - started;
-    // One 2 s deadline for the whole Decrypt (the apiserver gives up at 3 s); a generous bound, not a timing.
-    assert.ok(took < 3000, `Decrypt took ${took} ms`);
+    // Each step alone answers within 2 s (1.5 s): only one deadline shared by the read and the decrypt can end it.
     // The Vault is answering quickly again: so does Decrypt.
     assert.equal((await b.decrypt(e.ciphertext, e.keyId, {}, DEC)).keyVersion, e.keyVersion);
   });
