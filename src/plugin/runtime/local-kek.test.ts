@@ -75,6 +75,26 @@ describe('runtime: local KEK lifecycle', () => {
     assert.equal(k.cachedCount, 1);
   });
 
+  it('forget() while a new KEK is being wrapped: that KEK never becomes current, is zeroed and cached nowhere', async () => {
+    const { k } = lifecycle();
+    await k.rotate('first', wrap(1));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let given: Buffer | undefined;
+    const rotating = k.rotate('again', async (kek) => {
+      given = kek;
+      await gate;
+      return wrap(2)(kek);
+    });
+    k.forget();
+    release();
+    await assert.rejects(rotating, /access to the key was withdrawn/);
+    assert.equal(k.current, undefined);
+    assert.equal(k.cachedCount, 0);
+    assert.ok(given!.equals(Buffer.alloc(32)), 'the unused KEK is zeroed');
+    assert.equal(k.due(), 'first');
+  });
+
   it('use() refuses without a KEK, with the provider\'s error', () => {
     const { k } = lifecycle();
     assert.throws(() => k.use(missing), /no KEK/);

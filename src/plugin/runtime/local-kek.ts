@@ -89,6 +89,7 @@ export class LocalKekLifecycle<E extends CachedKek = CachedKek, X = object> {
    * the KEK is zeroed and the current one stays.
    */
   async rotate(reason: string, wrap: (kek: Buffer) => Promise<WrappedKek<E, X>>): Promise<CurrentKek<X>> {
+    const gen = this.generation;
     const kek = randomBytes(32);
     let w: WrappedKek<E, X>;
     try {
@@ -96,6 +97,12 @@ export class LocalKekLifecycle<E extends CachedKek = CachedKek, X = object> {
     } catch (e) {
       kek.fill(0);
       throw e;
+    }
+    // forget() ran while the KMS wrapped it (access withdrawn): a KEK made under
+    // the old access must not become current afterwards.
+    if (gen !== this.generation) {
+      kek.fill(0);
+      throw new KeyhavenError('unavailable', 'access to the key was withdrawn while a new KEK was being made');
     }
     this.cache.set(w.cacheKey, { ...w.entry, kek: Buffer.from(kek) } as E);
     this.reportSize();
