@@ -27,7 +27,8 @@ const UNKNOWN_KEY = 'unknown';
 
 export function createServerMetrics(opts: ServerMetricsOptions = { keyNames: false, keyId: () => undefined }): ServerMetrics {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'keyhaven_' });
+  // The default 10 ms event-loop sampling wakes an idle server 100 times a second.
+  collectDefaultMetrics({ register: registry, prefix: 'keyhaven_', eventLoopMonitoringPrecision: 100 });
   const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3];
   const cryptoOps = new Counter({ name: 'keyhaven_crypto_operations_total', help: `Crypto operations by key ${opts.keyNames ? 'name' : 'id'}, operation and result (batch items count one each)`, labelNames: ['key', 'operation', 'result'] as const, registers: [registry] });
   return {
