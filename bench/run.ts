@@ -119,7 +119,8 @@ function goEnv(): NodeJS.ProcessEnv {
   return {
     ...process.env,
     GO111MODULE: 'off',
-    GOPATH: `${GOPATH_DIR}:${DEBIAN_GOCODE}`,
+    // bench/gopath holds kmswire, the encoding both Go programs share.
+    GOPATH: `${GOPATH_DIR}:${join(ROOT, 'bench', 'gopath')}:${DEBIAN_GOCODE}`,
     GOCACHE: join(GOPATH_DIR, 'cache'),
     GOFLAGS: '',
     GOPROXY: 'off',

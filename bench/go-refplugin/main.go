@@ -30,6 +30,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+
+	"kmswire"
 )
 
 type plugin struct {
@@ -241,17 +244,18 @@ func unary(h func(p *plugin, ctx context.Context, req []byte) ([]byte, error)) f
 
 func handleStatus(p *plugin, _ context.Context, _ []byte) ([]byte, error) {
 	var b []byte
-	b = appendStringField(b, 1, "v2")
-	b = appendStringField(b, 2, "ok")
-	return appendStringField(b, 3, "dsm:"+p.kid), nil
+	b = kmswire.AppendString(b, 1, "v2")
+	b = kmswire.AppendString(b, 2, "ok")
+	return kmswire.AppendString(b, 3, "dsm:"+p.kid), nil
 }
 
 func handleEncrypt(p *plugin, ctx context.Context, req []byte) ([]byte, error) {
 	var plaintext []byte
-	if err := eachLenField(req, func(num int, v []byte) {
+	if err := kmswire.EachLenField(req, func(num protowire.Number, v []byte) error {
 		if num == 1 {
 			plaintext = v
 		}
+		return nil
 	}); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -260,16 +264,17 @@ func handleEncrypt(p *plugin, ctx context.Context, req []byte) ([]byte, error) {
 		return nil, err
 	}
 	var b []byte
-	b = appendBytesField(b, 1, c)
-	return appendStringField(b, 2, "dsm:"+p.kid), nil
+	b = kmswire.AppendBytes(b, 1, c)
+	return kmswire.AppendString(b, 2, "dsm:"+p.kid), nil
 }
 
 func handleDecrypt(p *plugin, ctx context.Context, req []byte) ([]byte, error) {
 	var ciphertext []byte
-	if err := eachLenField(req, func(num int, v []byte) {
+	if err := kmswire.EachLenField(req, func(num protowire.Number, v []byte) error {
 		if num == 1 {
 			ciphertext = v
 		}
+		return nil
 	}); err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -277,7 +282,7 @@ func handleDecrypt(p *plugin, ctx context.Context, req []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return appendBytesField(nil, 1, pt), nil
+	return kmswire.AppendBytes(nil, 1, pt), nil
 }
 
 var serviceDesc = grpc.ServiceDesc{

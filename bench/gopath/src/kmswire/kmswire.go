@@ -1,7 +1,7 @@
-package main
-
-// Hand-written encoding of the v2 KMS messages (as bench/go-client does), so
-// the reference plugin builds from Debian's grpc-go without protoc.
+// Package kmswire is the hand-written protobuf encoding shared by the bench's
+// Go programs (the kmsload client and the reference plugin), so both build
+// from Debian's grpc-go without protoc or generated code.
+package kmswire
 
 import (
 	"fmt"
@@ -11,6 +11,8 @@ import (
 )
 
 // rawCodec carries already-encoded protobuf bytes through grpc unchanged.
+// Registered as "proto" so the wire content-type is the usual
+// application/grpc+proto; messages are *[]byte on both sides.
 type rawCodec struct{}
 
 func (rawCodec) Name() string { return "proto" }
@@ -34,21 +36,24 @@ func (rawCodec) Unmarshal(data []byte, v interface{}) error {
 	return nil
 }
 
-// main's init runs after grpc's own, so this replaces the default "proto" codec.
+// This package's init runs after grpc's own (it imports grpc), so this
+// replaces the default "proto" codec in every program that imports it.
 func init() { encoding.RegisterCodec(rawCodec{}) }
 
-func appendBytesField(b []byte, num protowire.Number, v []byte) []byte {
+// AppendBytes appends a bytes field.
+func AppendBytes(b []byte, num protowire.Number, v []byte) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendBytes(b, v)
 }
 
-func appendStringField(b []byte, num protowire.Number, v string) []byte {
+// AppendString appends a string field.
+func AppendString(b []byte, num protowire.Number, v string) []byte {
 	b = protowire.AppendTag(b, num, protowire.BytesType)
 	return protowire.AppendString(b, v)
 }
 
-// eachLenField calls f for every length-delimited field and skips the rest.
-func eachLenField(b []byte, f func(num int, v []byte)) error {
+// EachLenField calls f for every length-delimited field and skips the rest.
+func EachLenField(b []byte, f func(num protowire.Number, v []byte) error) error {
 	for len(b) > 0 {
 		num, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
@@ -60,7 +65,9 @@ func eachLenField(b []byte, f func(num int, v []byte)) error {
 			if m < 0 {
 				return protowire.ParseError(m)
 			}
-			f(int(num), v)
+			if err := f(num, v); err != nil {
+				return err
+			}
 			b = b[m:]
 			continue
 		}
