@@ -68,23 +68,21 @@ export function registerKeyRoutes(app: FastifyInstance, { core, destroyPendingS 
     return guarded(s, req, reply, 'key.policy', params) as never;
   });
 
-  r.post('/v1/keys/:name/disable', {
-    config: { op: 'key.disable', access: admin },
-    schema: { tags, summary: 'Stop new encryptions with the key (decryption continues)', params: keyNameParam, body: emptyBody, response: keyOrApproval },
-  }, async (req, reply) => {
-    const s = core.services();
-    await s.keys.get(req.params.name);
-    return guarded(s, req, reply, 'key.disable', { key: req.params.name }) as never;
-  });
-
-  r.post('/v1/keys/:name/enable', {
-    config: { op: 'key.enable', access: admin },
-    schema: { tags, summary: 'Enable a disabled key (undoing a disable needs the approvals a disable needs)', params: keyNameParam, body: emptyBody, response: keyOrApproval },
-  }, async (req, reply) => {
-    const s = core.services();
-    await s.keys.get(req.params.name);
-    return guarded(s, req, reply, 'key.enable', { key: req.params.name }) as never;
-  });
+  const toggles = [
+    ['disable', 'Stop new encryptions with the key (decryption continues)'],
+    ['enable', 'Enable a disabled key (undoing a disable needs the approvals a disable needs)'],
+  ] as const;
+  for (const [verb, summary] of toggles) {
+    const op = `key.${verb}` as const;
+    r.post(`/v1/keys/:name/${verb}`, {
+      config: { op, access: admin },
+      schema: { tags, summary, params: keyNameParam, body: emptyBody, response: keyOrApproval },
+    }, async (req, reply) => {
+      const s = core.services();
+      await s.keys.get(req.params.name);
+      return guarded(s, req, reply, op, { key: req.params.name }) as never;
+    });
+  }
 
   r.post('/v1/keys/:name/destroy', {
     config: { op: 'key.destroy', access: admin },
