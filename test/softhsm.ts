@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { TestContext } from 'node:test';
+import { after, before, type TestContext } from 'node:test';
 import type * as P from 'pkcs11js';
 import { requireDependency } from './require.js';
 
@@ -54,6 +55,23 @@ export function initSoftHsm(dir: string, labels: string[], pin: string, soPin: s
     execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--pin', pin, '--so-pin', soPin], { stdio: 'pipe', env: process.env });
   }
   return tokenDir;
+}
+
+/**
+ * Tokens for one test file: a temp folder with the tokens initialized before
+ * its tests (when SoftHSM2 is here), removed after them. `dir` is the folder.
+ */
+export function useSoftHsmTokens(prefix: string, labels: string[], pin: string, soPin: string): { readonly dir: string } {
+  const state = { dir: '' };
+  before(() => {
+    if (!softhsmAvailable) return;
+    state.dir = mkdtempSync(join(tmpdir(), prefix));
+    initSoftHsm(state.dir, labels, pin, soPin);
+  });
+  after(() => {
+    if (state.dir) rmSync(state.dir, { recursive: true, force: true });
+  });
+  return state;
 }
 
 /**

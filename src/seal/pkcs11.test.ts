@@ -1,11 +1,9 @@
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type * as P from 'pkcs11js';
 import { KeyhavenError, type ErrorCode } from '../errors.js';
-import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable, withTokenSession } from '../../test/softhsm.js';
+import { requireSoftHsm, SOFTHSM_MODULE as MODULE, withTokenSession, useSoftHsmTokens } from '../../test/softhsm.js';
 import { pkcs11Seal, type Pkcs11SealOptions } from './pkcs11.js';
 import type { SealRecord } from './seal.js';
 
@@ -17,17 +15,7 @@ const WRONG_PIN = 'Wrong#9753-pin';
 const TOKEN = 'kh-main';
 const PIN_TOKEN = 'kh-pin';
 
-let dir = '';
-
-before(() => {
-  if (!softhsmAvailable) return;
-  dir = mkdtempSync(join(tmpdir(), 'kh-pkcs11-'));
-  initSoftHsm(dir, [TOKEN, PIN_TOKEN], PIN, SO_PIN);
-});
-
-after(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const hsm = useSoftHsmTokens('kh-pkcs11-', [TOKEN, PIN_TOKEN], PIN, SO_PIN);
 
 function opts(over: Partial<Pkcs11SealOptions> = {}): Pkcs11SealOptions {
   return { module: MODULE || '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: TOKEN, pin: PIN, keyLabel: 'root-a', ...over };
@@ -243,7 +231,7 @@ describe('seal/pkcs11 (SoftHSM2)', () => {
   it('a missing module, or a file that is not one, is a config_invalid naming the path', async (t) => {
     if (!requireSoftHsm(t)) return;
     await assert.rejects(pkcs11Seal(opts({ module: '/nonexistent/libnothing.so' })).initialize({}), failsWith('config_invalid', /^PKCS#11 module \/nonexistent\/libnothing\.so does not exist$/));
-    const notLib = join(dir, 'softhsm2.conf');
+    const notLib = join(hsm.dir, 'softhsm2.conf');
     await assert.rejects(pkcs11Seal(opts({ module: notLib })).unseal({ kind: 'pkcs11', keyLabel: 'root-a', mechanism: 'CKM_AES_GCM', iv: Buffer.alloc(12).toString('base64'), wrapped: Buffer.alloc(48).toString('base64') }), failsWith('config_invalid', /^cannot load PKCS#11 module .*softhsm2\.conf/));
   });
 

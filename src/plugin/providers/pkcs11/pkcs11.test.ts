@@ -1,15 +1,14 @@
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type * as P from 'pkcs11js';
 import { parsePluginConfig } from '../../../config/plugin-config.js';
 import type { Pkcs11ProviderConfig } from '../../../config/providers/pkcs11.js';
 import { KeyhavenError, type ErrorCode } from '../../../errors.js';
 import { acquireModule, ckr, releaseModule, trimPadded } from '../../../hsm/pkcs11-token.js';
-import { initSoftHsm, requireSoftHsm, SOFTHSM_MODULE as MODULE, softhsmAvailable } from '../../../../test/softhsm.js';
+import { requireSoftHsm, SOFTHSM_MODULE as MODULE, useSoftHsmTokens } from '../../../../test/softhsm.js';
 import { createPluginMetrics } from '../../metrics.js';
 import type { KmsProvider } from '../../provider.js';
 import { isTransient } from '../../runtime/error-class.js';
@@ -28,17 +27,7 @@ const WRONG_PIN = 'Wrong#2468-guess';
 const TOKEN = 'kh-prov';
 const PIN_TOKEN = 'kh-prov-pin';
 
-let dir = '';
-
-before(() => {
-  if (!softhsmAvailable) return;
-  dir = mkdtempSync(join(tmpdir(), 'kh-p11prov-'));
-  initSoftHsm(dir, [TOKEN, PIN_TOKEN], PIN, SO_PIN);
-});
-
-after(() => {
-  if (dir) rmSync(dir, { recursive: true, force: true });
-});
+const hsm = useSoftHsmTokens('kh-p11prov-', [TOKEN, PIN_TOKEN], PIN, SO_PIN);
 
 /** A session on a token through the shared module instance; logs in when given a PIN (an earlier login of this process counts). */
 function withToken<T>(label: string, pin: string | undefined, fn: (a: typeof P, lib: P.PKCS11, session: Buffer, slot: Buffer) => T): T {
@@ -461,15 +450,15 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
     if (!requireSoftHsm(t)) return;
     const ctx = { cfg, logger: undefined as never, metrics: createPluginMetrics() };
     const conf = (over: Partial<Pkcs11ProviderConfig>): Pkcs11ProviderConfig => ({ type: 'pkcs11', module: MODULE, tokenLabel: TOKEN, keyLabel: 'kek-a', previousKeyLabels: [], ...over });
-    const pinFile = join(dir, 'pin');
+    const pinFile = join(hsm.dir, 'pin');
     writeFileSync(pinFile, `${PIN}\n`, { mode: 0o644 });
     chmodSync(pinFile, 0o644);
     await assert.rejects(buildPkcs11Provider(conf({ pinFile }), ctx), failsWith('config_invalid', /PIN file .* is readable or writable by group or others; chmod 600 it/));
-    await assert.rejects(buildPkcs11Provider(conf({ pinFile: join(dir, 'nope') }), ctx), failsWith('config_invalid', /cannot read the HSM PIN file .*nope: ENOENT/));
+    await assert.rejects(buildPkcs11Provider(conf({ pinFile: join(hsm.dir, 'nope') }), ctx), failsWith('config_invalid', /cannot read the HSM PIN file .*nope: ENOENT/));
     delete process.env.KH_TEST_PIN_UNSET;
     await assert.rejects(buildPkcs11Provider(conf({ pinEnv: 'KH_TEST_PIN_UNSET' }), ctx), failsWith('config_invalid', /environment variable KH_TEST_PIN_UNSET \(provider.pinEnv\) is not set/));
     chmodSync(pinFile, 0o600);
-    await assert.rejects(buildPkcs11Provider(conf({ pinFile, module: join(dir, 'softhsm2.conf') }), ctx), failsWith('config_invalid', /^cannot load PKCS#11 module .*softhsm2\.conf/));
+    await assert.rejects(buildPkcs11Provider(conf({ pinFile, module: join(hsm.dir, 'softhsm2.conf') }), ctx), failsWith('config_invalid', /^cannot load PKCS#11 module .*softhsm2\.conf/));
     const logs: unknown[] = [];
     const logger = { info: (o: unknown) => logs.push(o), warn: (o: unknown) => logs.push(o) } as never;
     await using(await buildPkcs11Provider(conf({ pinFile }), { ...ctx, logger }), async (prov) => {
