@@ -977,13 +977,20 @@ describe('plugin/key-server-client: background health probes', () => {
   });
 
   it('when the healthy server dies and the other\'s back-off ends within the deadline, concurrent calls wait for its probe', async (t) => {
-    const b = await startServer(t, sealed);
+    // B refuses its first call only, so whenever its probe comes (on a busy
+    // machine it may come before A is closed) it finds B ready.
+    let refused = false;
+    const b = await startServer(t, (seen, res) => {
+      if (!refused && seen.path !== HEALTH) {
+        refused = true;
+        sealed(seen, res);
+      } else healthy(seen, res);
+    });
     const a = await startServer(t, healthy);
-    // B first in the list, marked down by one call; A serves. B's next probe is 1.1 to 1.9 s away.
+    // B first in the list, marked down by one call; A serves. B's next probe is 1.5 s away.
     const { client, states } = makeClient(t, [b.url, a.url], { healthProbe: KEYHAVEN_HEALTH_PROBE, backoffMinMs: 1_500, backoffMaxMs: 1_500, attemptTimeoutMs: 1_000, timeoutMs: 5_000 });
     await client.post('status', '/s', {});
     assert.deepEqual(states.map(([s, up]) => [s, up]), [[b.url, false]]);
-    b.handler = healthy;
     await a.close();
     const calls = Array.from({ length: 16 }, (_, n) => client.post('status', '/s', { n }));
     const out = await Promise.allSettled(calls);

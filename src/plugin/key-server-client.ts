@@ -419,7 +419,10 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
             const until = deadline - MIN_ATTEMPT_MS;
             if (!ep.probing && ep.retryAt > now()) {
               if (ep.retryAt >= until) continue;
-              await new Promise((r) => setTimeout(r, ep.retryAt - now()));
+              // A timer may fire a millisecond before the clock reaches retryAt: wait until it has, or a probe started.
+              while (!ep.probing && ep.failures > 0 && ep.retryAt > now() && ep.retryAt < until) {
+                await new Promise((r) => setTimeout(r, Math.max(1, ep.retryAt - now())));
+              }
             }
             if (ep.failures > 0) {
               // The back-off may have been extended meanwhile by a probe that failed: then not again before its end.
