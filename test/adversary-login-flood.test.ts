@@ -17,7 +17,8 @@ describe('adversary: a wrong-password flood while an app encrypts', () => {
   let cast: Cast;
 
   before(async () => {
-    srv = await startServerProcess();
+    // The default scrypt cost: the flood must load the hashing pool as a real one would.
+    srv = await startServerProcess({ config: { auth: { hashing: { scryptN: 32768 } } } });
     url = srv.url;
     cast = await setupCast(url);
   });

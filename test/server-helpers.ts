@@ -40,7 +40,9 @@ function defaultServerConfig(dir: string): Record<string, unknown> {
     scheduler: { interval: '1s' },
     log: { level: 'debug' },
     // Tests sign in often from 127.0.0.1; the sign-in rate limit has its own tests (adversary-login).
-    auth: { rateLimit: { max: 100_000 } },
+    // The lowest scrypt cost allowed: password hashing is most of a test server's CPU at the
+    // default (the default's cost has its own tests: secrets.test, password-pool.test, adversary-login-flood).
+    auth: { rateLimit: { max: 100_000 }, hashing: { scryptN: 1024 } },
   };
 }
 

@@ -5,7 +5,7 @@ import { KeyhavenError } from '../errors.js';
 import type { PrincipalKind } from '../storage/schema.js';
 import type { CredentialRow, LoginThrottleRow, PrincipalRow, Store } from '../storage/store.js';
 import { ADMIN_ROLES, checkRoleSet, parseOperations, parseRoles, type CryptoOperation, type Role } from './roles.js';
-import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, takeHashSlot, validatePassword, verifyPassword } from './secrets.js';
+import { dummyPasswordHash, hashesEqual, hashPassword, newToken, parseToken, takeHashSlot, validatePassword, verifyPassword } from './secrets.js';
 import { signInSource } from './sign-in-source.js';
 
 const NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
@@ -517,7 +517,7 @@ export function createAccess(deps: {
         throw e;
       }
       // Verify against a dummy hash for unknown users, so timing does not tell which names exist.
-      const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : DUMMY_PASSWORD_HASH, slot)) && stored !== undefined;
+      const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : dummyPasswordHash(), slot)) && stored !== undefined;
       if (!row || !ok || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'invalid name or password');
       const t = newToken('session');
       const expiresAt = new Date(now.getTime() + opts.sessionTtlS * 1000).toISOString();

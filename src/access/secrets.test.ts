@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { DUMMY_PASSWORD_HASH, hashesEqual, hashPassword, newToken, parseToken, sha256Hex, validatePassword, verifyPassword } from './secrets.js';
+import { DEFAULT_PASSWORD_POOL } from './password-pool.js';
+import { configurePasswordHashing, dummyPasswordHash, hashesEqual, hashPassword, newToken, parseToken, sha256Hex, validatePassword, verifyPassword } from './secrets.js';
 
 describe('passwords', () => {
   it('scrypt hashes verify the right password only, and never contain it', async () => {
@@ -10,7 +11,24 @@ describe('passwords', () => {
     assert.equal(await verifyPassword('correct horse battery', h), true);
     assert.equal(await verifyPassword('correct horse batterY', h), false);
     assert.notEqual(await hashPassword('correct horse battery'), h, 'salted');
-    assert.equal(await verifyPassword('anything at all', DUMMY_PASSWORD_HASH), false);
+    assert.equal(await verifyPassword('anything at all', dummyPasswordHash()), false);
+  });
+
+  it('a configured cost applies to new hashes and the unknown-user hash; stored hashes keep their own', async () => {
+    const before = await hashPassword('made at the default cost');
+    try {
+      configurePasswordHashing({ ...DEFAULT_PASSWORD_POOL, scryptN: 1024 });
+      const cheap = await hashPassword('made at a lower cost');
+      assert.match(cheap, /^scrypt\$1024\$8\$1\$/);
+      assert.match(dummyPasswordHash(), /^scrypt\$1024\$/);
+      assert.equal(await verifyPassword('made at a lower cost', cheap), true);
+      assert.equal(await verifyPassword('made at the default cost', before), true, 'an older hash still verifies at its own cost');
+      for (const bad of [1000, 0, -2, 1.5, Number.NaN]) assert.throws(() => configurePasswordHashing({ ...DEFAULT_PASSWORD_POOL, scryptN: bad }), /power of two/);
+    } finally {
+      configurePasswordHashing(DEFAULT_PASSWORD_POOL);
+    }
+    assert.match(await hashPassword('back to the default'), /^scrypt\$32768\$/);
+    assert.match(dummyPasswordHash(), /^scrypt\$32768\$/);
   });
 
   it('length rules', () => {

@@ -3,8 +3,9 @@ import { KeyhavenError } from '../errors.js';
 import { DEFAULT_PASSWORD_POOL, PasswordPool, type HashSlot, type PasswordPoolOptions } from './password-pool.js';
 
 // Passwords: scrypt (N=2^15, r=8, p=1: ~50 ms and 32 MiB here), salted,
-// encoded with its parameters so they can be raised later.
-const N = 1 << 15;
+// encoded with its parameters so they can be raised later. N can be set
+// (auth.hashing.scryptN); each stored hash keeps the N it was made with.
+export const DEFAULT_SCRYPT_N = 1 << 15;
 const R = 8;
 const P = 1;
 const LEN = 32;
@@ -13,12 +14,23 @@ const LEN = 32;
 // threads (password-pool.ts). Process-wide, because hashPassword and
 // verifyPassword keep their plain signatures for every caller.
 let pool = new PasswordPool(DEFAULT_PASSWORD_POOL);
+let N = DEFAULT_SCRYPT_N;
+let dummy = dummyHash(N);
 
-/** Sets the pool's size (server start-up, from auth.hashing); the old pool's workers stop. */
-export function configurePasswordHashing(opts: PasswordPoolOptions): void {
+export interface PasswordHashingOptions extends PasswordPoolOptions {
+  /** scrypt cost for new hashes (a power of two); DEFAULT_SCRYPT_N when absent. */
+  readonly scryptN?: number | undefined;
+}
+
+/** Sets the pool's size and the cost of new hashes (server start-up, from auth.hashing); the old pool's workers stop. */
+export function configurePasswordHashing(opts: PasswordHashingOptions): void {
+  const n = opts.scryptN ?? DEFAULT_SCRYPT_N;
+  if (!Number.isInteger(n) || n < 2 || (n & (n - 1)) !== 0) throw new KeyhavenError('config_invalid', 'the scrypt cost N must be a power of two');
   const old = pool;
   pool = new PasswordPool(opts);
   void old.close();
+  N = n;
+  dummy = dummyHash(n);
 }
 
 /** Stops the hashing workers (they never hold the process open while idle; this is for a clean shutdown). */
@@ -72,8 +84,14 @@ export async function verifyPassword(password: string, encoded: string, slot?: H
   }
 }
 
-/** A hash to verify against when the user does not exist, so timing does not tell. */
-export const DUMMY_PASSWORD_HASH = `scrypt$${N}$${R}$${P}$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(LEN).toString('base64')}`;
+function dummyHash(n: number): string {
+  return `scrypt$${n}$${R}$${P}$${Buffer.alloc(16).toString('base64')}$${Buffer.alloc(LEN).toString('base64')}`;
+}
+
+/** A hash at the configured cost to verify against when the user does not exist, so timing does not tell. */
+export function dummyPasswordHash(): string {
+  return dummy;
+}
 
 export function validatePassword(password: string): void {
   if (password.length < 12) throw new KeyhavenError('invalid_argument', 'a password must have at least 12 characters');

@@ -45,15 +45,17 @@ describe('server.yaml', () => {
     const c = parseServerConfig(base, 'server.yaml');
     assert.deepEqual(
       { max: c.auth.maxFailedLogins, base: c.auth.lockBase, lockMax: c.auth.lockMax, rate: c.auth.rateLimit, hashing: c.auth.hashing },
-      { max: 5, base: 30_000, lockMax: 900_000, rate: { max: 20, window: 60_000 }, hashing: { workers: 1, queue: 16 } },
+      { max: 5, base: 30_000, lockMax: 900_000, rate: { max: 20, window: 60_000 }, hashing: { workers: 1, queue: 16, scryptN: 32768 } },
     );
     const set = parseServerConfig({ ...base, auth: { rateLimit: { max: 100, window: '10m' }, hashing: { workers: 2, queue: 0 } } }, 'x');
-    assert.deepEqual([set.auth.rateLimit, set.auth.hashing], [{ max: 100, window: 600_000 }, { workers: 2, queue: 0 }]);
+    assert.deepEqual([set.auth.rateLimit, set.auth.hashing], [{ max: 100, window: 600_000 }, { workers: 2, queue: 0, scryptN: 32768 }]);
     refused({ ...base, auth: { rateLimit: { max: 0 } } }, /auth.rateLimit.max/);
     refused({ ...base, auth: { rateLimit: { window: 'soon' } } }, /auth.rateLimit.window: must be a duration/);
     refused({ ...base, auth: { rateLimit: { max: 5, per: 'ip' } } }, /auth.rateLimit|Unrecognized key: "per"/);
     refused({ ...base, auth: { hashing: { workers: 0 } } }, /auth.hashing.workers/);
     refused({ ...base, auth: { hashing: { workers: 1, queue: -1 } } }, /auth.hashing.queue/);
+    assert.equal(parseServerConfig({ ...base, auth: { hashing: { scryptN: 1024 } } }, 'x').auth.hashing.scryptN, 1024);
+    for (const n of [512, 3000, 1 << 21, '32768']) refused({ ...base, auth: { hashing: { scryptN: n } } }, /auth.hashing.scryptN/);
     refused({ ...base, auth: { lockBase: '1h', lockMax: '1m' } }, /auth.lockBase: lockBase must not exceed lockMax/);
   });
 

@@ -107,10 +107,18 @@ export const serverConfigSchema = z.strictObject({
         })
         .prefault({}),
       // Password hashing: worker threads, and hashes admitted to wait for one; more are answered 429 at once.
+      // scryptN: the cost of new hashes (32768: ~50 ms and 32 MiB each); lower only for tests.
       hashing: z
         .strictObject({
           workers: z.number().int().min(1).max(16).default(1),
           queue: z.number().int().min(0).max(1024).default(16),
+          scryptN: z
+            .number()
+            .int()
+            .min(1024)
+            .max(1 << 20)
+            .refine((n) => (n & (n - 1)) === 0, { message: 'must be a power of two (1024, 2048, ... 1048576)' })
+            .default(1 << 15),
         })
         .prefault({}),
     })

@@ -6,7 +6,7 @@ import type { Checkpoint } from '../audit/checkpoint.js';
 import { startSinkPump, fileSink, stdoutSink, syslogSink, type AuditSink, type SinkPump } from '../audit/sinks.js';
 import { readSecret, readSecretFile } from '../config/secret-file.js';
 import type { ServerConfig } from '../config/server-config.js';
-import { closePasswordHashing, configurePasswordHashing } from '../access/secrets.js';
+import { closePasswordHashing, configurePasswordHashing, DEFAULT_SCRYPT_N } from '../access/secrets.js';
 import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { keyFileSeal } from '../seal/keyfile.js';
@@ -131,6 +131,9 @@ export async function startServer(
     });
     const metricsToken = cfg.metrics.tokenFile ? readMetricsToken(cfg.metrics.tokenFile) : undefined;
     configurePasswordHashing(cfg.auth.hashing);
+    if (cfg.auth.hashing.scryptN < DEFAULT_SCRYPT_N) {
+      logger.warn({ scryptN: cfg.auth.hashing.scryptN, default: DEFAULT_SCRYPT_N }, 'auth.hashing.scryptN is below the default: new password hashes are cheaper to guess offline; use it for tests only');
+    }
     const signInRateLimit = { max: cfg.auth.rateLimit.max, windowMs: cfg.auth.rateLimit.window };
     app = await buildApp({ core, logger, metrics, metricsToken, bodyLimit: cfg.http.bodyLimit, destroyPendingS: cfg.keys.destroyPending / 1000, https, signInRateLimit });
     const at = cfg.listen.lastIndexOf(':');

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
 import { SYSTEM } from '../access/access.js';
+import { DEFAULT_PASSWORD_POOL } from '../access/password-pool.js';
+import { configurePasswordHashing } from '../access/secrets.js';
 import { createLogger } from '../log/logger.js';
 import { keyFileSeal } from '../seal/keyfile.js';
 import { openStore } from '../storage/open-store.js';
@@ -49,6 +51,9 @@ interface TestAppOptions {
 
 /** Opens a server on a new SQLite file and key file, not initialised (POST /v1/sys/init is the test's). */
 export async function openBareTestApp(opts: TestAppOptions = {}): Promise<BareTestApp> {
+  // Tests sign in and create users often: the lowest scrypt cost the
+  // config allows (auth.hashing.scryptN), as test/server-helpers.ts sets it.
+  configurePasswordHashing({ ...DEFAULT_PASSWORD_POOL, scryptN: 1024 });
   const dir = mkdtempSync(join(tmpdir(), 'kh-app-'));
   const dbPath = join(dir, 'keyhaven.db');
   const lines: string[] = [];
