@@ -244,7 +244,11 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     server = serverUrl(dev.stderr());
     assert.deepEqual(readFileSync(join(state, 'root.key')), rootKey, 'the root key file is the same');
     c = kmsClients(socket);
-    const s = await call(c.v2, 'Status', {});
+    // As kube-apiserver does: poll Status until healthy (a cold start on a busy machine may miss the first probe's deadline).
+    const s = await waitFor(async () => {
+      const x = await call(c!.v2, 'Status', {}).catch(() => undefined);
+      return x?.healthz === 'ok' ? x : undefined;
+    }, 'Status ok after the restart', 30_000);
     assert.equal(s.key_id, rotatedKeyId);
     const d = await call(c.v2, 'Decrypt', { ciphertext: firstRun.ciphertext, uid: 'dev-2-d', key_id: firstRun.keyId, annotations: firstRun.annotations });
     assert.deepEqual(d.plaintext, firstRun.seed);

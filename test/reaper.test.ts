@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -94,4 +95,21 @@ describe('reaper: a test that times out leaves no process and no temp folder beh
       for (const d of dirs) assert.equal(existsSync(d), false, `${d} was removed`);
     });
   }
+});
+
+describe('reaper: a process group outlives its leader only until the leader exits', () => {
+  it('a grandchild left behind by a leader that exits first is killed with its group', async () => {
+    // The leader starts a grandchild in its own group (not detached), prints its pid, and exits.
+    const leader = spawnOwned(process.execPath, ['-e', "const c = require('node:child_process').spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' }); console.log(c.pid); c.unref();"], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    leader.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    await once(leader, 'exit');
+    const grandchild = Number(out.trim());
+    assert.ok(grandchild > 0, `the leader printed its child's pid: ${JSON.stringify(out)}`);
+    assert.equal(procStat(grandchild)?.pgid ?? leader.pid, leader.pid, 'the grandchild was in the leader's group');
+    await waitFor(() => !running(grandchild) || undefined, `grandchild ${grandchild} to be gone`);
+    assert.deepEqual(groupMembers(leader.pid!), []);
+  });
 });

@@ -59,9 +59,14 @@ export function spawnOwned(command: string, args: readonly string[], opts: Spawn
   const pid = child.pid;
   if (pid !== undefined) {
     children.set(pid, child);
-    // Forgotten once reaped: pids are reused quickly (pid_max may be 32768),
-    // so a group is only ever signalled while its leader is still ours.
-    child.once('exit', () => children.delete(pid));
+    // When the leader exits, whatever it started in its group goes too, at
+    // once: Linux hands out no pid still in use as a process group id, so the
+    // group is still this child's. Then it is forgotten, as pids are reused
+    // quickly (pid_max may be 32768).
+    child.once('exit', () => {
+      killGroup(pid);
+      children.delete(pid);
+    });
   }
   t?.after(() => killOwned(child));
   return child;
