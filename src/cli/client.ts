@@ -154,14 +154,9 @@ export function createClient(conn: Connection): ApiClient {
   if (conn.token && isPlainRemote(conn.server)) {
     process.stderr.write(`keyhaven: warning: sending credentials over plain http to ${conn.server}; use https\n`);
   }
-  // undici is loaded on the first request: commands that fail before one
-  // (bad usage, local mode) skip its load time.
+  // undici is loaded on the first request (http-agent.ts says why).
   let undici: Promise<{ agent: Agent; request: typeof import('undici').request }> | undefined;
-  const connection = () =>
-    (undici ??= import('undici').then((u) => ({
-      agent: new u.Agent({ connect: { timeout: 10_000, ...(ca ? { ca } : {}) }, headersTimeout: 120_000, bodyTimeout: 120_000 }),
-      request: u.request,
-    })));
+  const connection = () => (undici ??= import('./http-agent.js').then((h) => ({ agent: h.createAgent(ca), request: h.request })));
   return {
     connection: conn,
     async call<T>(method: string, path: string, opts: RequestOptions = {}): Promise<ApiResponse<T>> {
