@@ -108,7 +108,7 @@ describe('reaper: a process group outlives its leader only until the leader exit
     await once(leader, 'exit');
     const grandchild = Number(out.trim());
     assert.ok(grandchild > 0, `the leader printed its child's pid: ${JSON.stringify(out)}`);
-    assert.equal(procStat(grandchild)?.pgid ?? leader.pid, leader.pid, 'the grandchild was in the leader's group');
+    assert.equal(procStat(grandchild)?.pgid ?? leader.pid, leader.pid, "the grandchild was in the leader's group");
     await waitFor(() => !running(grandchild) || undefined, `grandchild ${grandchild} to be gone`);
     assert.deepEqual(groupMembers(leader.pid!), []);
   });
