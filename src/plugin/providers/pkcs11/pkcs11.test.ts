@@ -106,7 +106,7 @@ function pinCountLow(label: string): boolean {
 }
 
 function opts(over: Partial<Pkcs11ProviderOptions> = {}): Pkcs11ProviderOptions {
-  return { module: MODULE || '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: TOKEN, pin: PIN, keyLabel: 'kek-a', ...over };
+  return { module: MODULE || '/usr/lib/softhsm/libsofthsm2.so', tokenLabel: TOKEN, pin: PIN, keyLabel: 'kek-a', graceMs: 60_000, ...over };
 }
 
 /** The error has the code and matches the problem, and never shows a PIN or the secret. */
@@ -276,7 +276,12 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
       const otherKeyId = (await using(createPkcs11Provider(opts({ keyLabel: 'other' })), async (q) => q.healthCheck()));
       await assert.rejects(p.decrypt(ct, otherKeyId, {}, DEC), failsWith('invalid_argument', /does not belong to key_id/));
       const forged = Buffer.from(ct);
-      const otherCt = (await using(createPkcs11Provider(opts({ keyLabel: 'other' })), async (q) => q.encrypt(randomBytes(32), ENC))).ciphertext;
+      const otherCt = (
+        await using(createPkcs11Provider(opts({ keyLabel: 'other' })), async (q) => {
+          await q.healthCheck();
+          return q.encrypt(randomBytes(32), ENC);
+        })
+      ).ciphertext;
       otherCt.copy(forged, 1, 1, 9); // the other key's ref, this key's body
       await assert.rejects(p.decrypt(forged, otherKeyId, {}, DEC), failsWith('integrity', /with key "other" .*it was altered, or it was not made with this key/, seed));
 
