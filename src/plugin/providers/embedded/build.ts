@@ -23,6 +23,7 @@ export async function buildEmbeddedProvider(p: EmbeddedProviderConfig, ctx: Prov
     keyName: p.key,
     previousKeys: p.previousKeys,
     refreshIntervalMs: Math.max(cfg.status.cacheTTL, 100),
+    graceMs: cfg.status.gracePeriod,
     close: () => embedded.close(),
   });
   return { provider, audit: embedded.audit };

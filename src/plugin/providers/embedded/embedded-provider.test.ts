@@ -29,11 +29,15 @@ describe('embedded provider (real SQLite store)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const provider = (keyName: string, previousKeys?: string[]) =>
-    createEmbeddedProvider({ keys: es.keys, storeId: es.storeId, keyName, refreshIntervalMs: 60_000, previousKeys });
+  // As the plugin does at start: a first probe confirms the key before any Encrypt.
+  const provider = async (keyName: string, previousKeys?: string[]) => {
+    const p = createEmbeddedProvider({ keys: es.keys, storeId: es.storeId, keyName, refreshIntervalMs: 60_000, previousKeys, graceMs: 60_000 });
+    await p.healthCheck();
+    return p;
+  };
 
   it('encrypts with its key and reports a key_id that names store, key, version and tag', async () => {
-    const p = provider('cluster-a');
+    const p = await provider('cluster-a');
     const seed = randomBytes(32);
     const e = await p.encrypt(seed, ENC);
     const id = parseKeyId(e.keyId);
@@ -46,8 +50,8 @@ describe('embedded provider (real SQLite store)', () => {
   });
 
   it("refuses another key's ciphertext in the same store, with or without its key_id", async () => {
-    const a = provider('cluster-a');
-    const b = provider('cluster-b');
+    const a = await provider('cluster-a');
+    const b = await provider('cluster-b');
     const eb = await b.encrypt(randomBytes(32), ENC);
     await assert.rejects(a.decrypt(eb.ciphertext, eb.keyId, {}, DEC), code('permission_denied'));
     await assert.rejects(a.decrypt(eb.ciphertext, undefined, {}, DEC), code('permission_denied'));
@@ -56,10 +60,10 @@ describe('embedded provider (real SQLite store)', () => {
   });
 
   it('previousKeys lets Decrypt use a key the cluster moved away from; Encrypt never does', async () => {
-    const b = provider('cluster-b');
+    const b = await provider('cluster-b');
     const seed = randomBytes(32);
     const eb = await b.encrypt(seed, ENC);
-    const a = provider('cluster-a', ['cluster-b']);
+    const a = await provider('cluster-a', ['cluster-b']);
     assert.deepEqual((await a.decrypt(eb.ciphertext, eb.keyId, {}, DEC)).plaintext, seed);
     const ea = await a.encrypt(randomBytes(32), ENC);
     assert.equal(ea.keyName, 'cluster-a');
@@ -68,7 +72,7 @@ describe('embedded provider (real SQLite store)', () => {
   });
 
   it('refuses a key_id of another store and a key_id whose version tag differs', async () => {
-    const a = provider('cluster-a');
+    const a = await provider('cluster-a');
     const e = await a.encrypt(randomBytes(32), ENC);
     const id = parseKeyId(e.keyId);
     const otherStore = e.keyId.replace(id.storeId, 'f'.repeat(16));

@@ -3,37 +3,52 @@ import { CIPHERTEXT_OVERHEAD, type KeyStore } from '../../../keys/key-store.js';
 import { MAX_CIPHERTEXT_BYTES } from '../../limits.js';
 import { formatKeyId, parseKeyId } from '../../../keys/key-id.js';
 import type { KmsProvider } from '../../provider.js';
+import type { Clock } from '../../runtime/deadline.js';
+import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
+
+export interface EmbeddedProviderOptions {
+  readonly keys: KeyStore;
+  readonly storeId: string;
+  readonly keyName: string;
+  /** How often to re-read key state written by other processes (the CLI). */
+  readonly refreshIntervalMs: number;
+  /** Keys Decrypt may also use (a cluster moved from one key to another); the configured key always. */
+  readonly previousKeys?: readonly string[];
+  /** Encrypt is refused when probes have failed for this long (the Status grace period). */
+  readonly graceMs: number;
+  /** The clock of the grace period and of deadlines. */
+  readonly now?: Clock;
+  readonly close?: () => Promise<void>;
+}
+
+// The key store is in this process and answers from memory or its SQLite
+// file (synchronous): no call waits on a network, so the deadline bounds
+// nothing here. Within the apiserver's 3 s, as the other providers' `timeout`.
+const TIMEOUT_MS = 2000;
 
 /** The provider backed by the embedded key store (SQLite + root key file). */
-export function createEmbeddedProvider(deps: {
-  keys: KeyStore;
-  storeId: string;
-  keyName: string;
-  /** How often to re-read key state written by other processes (the CLI). */
-  refreshIntervalMs: number;
-  /** Keys Decrypt may also use (a cluster moved from one key to another); the configured key always. */
-  previousKeys?: readonly string[];
-  close?: () => Promise<void>;
-}): KmsProvider {
-  const { keys, storeId, keyName } = deps;
+export function createEmbeddedProvider(opts: EmbeddedProviderOptions): KmsProvider {
+  return createProviderRuntime(createEmbeddedBackend(opts), { graceMs: opts.graceMs, timeoutMs: TIMEOUT_MS, ...(opts.now ? { clock: opts.now } : {}) });
+}
+
+/** The key store as a KeyBackend; its state is the key version behind the key_id a probe confirmed. */
+function createEmbeddedBackend(opts: EmbeddedProviderOptions): KeyBackend<number> {
+  const { keys, storeId, keyName } = opts;
   // Least privilege: a store may hold keys of several clusters; this plugin uses its own.
-  const allowedKeys: ReadonlySet<string> = new Set([keyName, ...(deps.previousKeys ?? [])]);
+  const allowedKeys: ReadonlySet<string> = new Set([keyName, ...(opts.previousKeys ?? [])]);
   // Without this, a disable or a destroyed version would only take effect on
   // the next Status poll, which the apiserver sends once a minute.
   const timer = setInterval(() => {
     keys.refreshCached().catch(() => {
       // Reported by the next health check, which reads the same rows.
     });
-  }, deps.refreshIntervalMs);
+  }, opts.refreshIntervalMs);
   timer.unref();
-  // The version behind the key_id Status last reported. Encrypt uses it, not
-  // whatever the background refresh loaded since: the apiserver discards an
-  // Encrypt reply whose key_id differs from Status's.
-  let statusVersion: number | undefined;
   return {
     kind: 'embedded',
+    service: 'the key store',
     maxPlaintextBytes: MAX_CIPHERTEXT_BYTES - CIPHERTEXT_OVERHEAD,
-    async healthCheck() {
+    async probe() {
       // Re-reading metadata picks up a rotation or a disable made by another
       // process (the CLI), and proves storage answers.
       try {
@@ -43,14 +58,15 @@ export function createEmbeddedProvider(deps: {
         throw new KeyhavenError('unavailable', 'key store is not reachable', { cause: e });
       }
       const enc = await keys.roundTrip(keyName, allowedKeys);
-      statusVersion = enc.version;
-      return formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag);
+      return { keyId: formatKeyId(storeId, enc.keyId, enc.version, enc.versionTag), state: enc.version };
     },
-    async encrypt(plaintext) {
-      const r = keys.encrypt(keyName, plaintext, statusVersion);
+    // The version Status reported, not whatever the background refresh loaded
+    // since: the apiserver discards an Encrypt reply whose key_id differs from Status's.
+    async wrap(plaintext, version) {
+      const r = keys.encrypt(keyName, plaintext, version);
       return { ciphertext: r.ciphertext, keyId: formatKeyId(storeId, r.keyId, r.version, r.versionTag), keyName: r.keyName, keyVersion: r.version };
     },
-    async decrypt(ciphertext, keyId) {
+    async unwrap(ciphertext, keyId) {
       if (keyId !== undefined) {
         const parsed = parseKeyId(keyId);
         if (parsed.storeId !== storeId) throw new KeyhavenError('unknown_key_id', `key_id ${keyId} was issued by another key store`);
@@ -68,7 +84,7 @@ export function createEmbeddedProvider(deps: {
     },
     async close() {
       clearInterval(timer);
-      await deps.close?.();
+      await opts.close?.();
     },
   };
 }
