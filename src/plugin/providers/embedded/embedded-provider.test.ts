@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { KeyhavenError } from '../../../errors.js';
 import { openEmbeddedStore, type EmbeddedStore } from '../../../keys/embedded-store.js';
+import type { KeyStore } from '../../../keys/key-store.js';
 import { createEmbeddedProvider } from './embedded-provider.js';
 import { parseKeyId } from '../../../keys/key-id.js';
 
@@ -69,6 +70,49 @@ describe('embedded provider (real SQLite store)', () => {
     assert.equal(ea.keyName, 'cluster-a');
     await a.close();
     await b.close();
+  });
+
+  it('the runtime gate: Encrypt waits for a probe; a disable a probe saw refuses it until a probe succeeds again; a store failing past the grace period refuses it', async () => {
+    await es.keys.create('cluster-g', 'test');
+    // Real time that the test can move forward, to cross the grace period without waiting.
+    const jump = { ms: 0 };
+    let unreachable = false;
+    // The same store, whose metadata read fails on demand as a database that cannot be read would.
+    const keys = Object.create(es.keys, {
+      refresh: {
+        value: async (name: string) => {
+          if (unreachable) throw new Error('SQLITE_IOERR: disk I/O error');
+          return es.keys.refresh(name);
+        },
+      },
+    }) as KeyStore;
+    const p = createEmbeddedProvider({ keys, storeId: es.storeId, keyName: 'cluster-g', refreshIntervalMs: 60_000, graceMs: 60_000, now: () => Date.now() + jump.ms });
+    const refused = (c: string, message: RegExp) => (e: unknown) => code(c)(e) && message.test((e as Error).message);
+    try {
+      const seed = randomBytes(32);
+      await assert.rejects(p.encrypt(seed, ENC), refused('unavailable', /^the key store has not confirmed the key yet$/));
+      const keyId = await p.healthCheck();
+      const ct = (await p.encrypt(seed, ENC)).ciphertext;
+
+      await es.keys.setEnabled('cluster-g', false, 'test');
+      await assert.rejects(p.healthCheck(), code('key_disabled'));
+      await es.keys.setEnabled('cluster-g', true, 'test');
+      await assert.rejects(p.encrypt(seed, ENC), code('key_disabled'), 'refused until a probe succeeds again');
+      assert.equal(await p.healthCheck(), keyId);
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
+
+      unreachable = true;
+      await assert.rejects(p.healthCheck(), refused('unavailable', /^key store is not reachable$/));
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId, 'within the grace period');
+      jump.ms += 61_000;
+      await assert.rejects(p.encrypt(seed, ENC), refused('unavailable', /^the key store has not confirmed the key within the Status grace period$/));
+      assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed, 'Decrypt is not gated');
+      unreachable = false;
+      assert.equal(await p.healthCheck(), keyId);
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
+    } finally {
+      await p.close();
+    }
   });
 
   it('refuses a key_id of another store and a key_id whose version tag differs', async () => {

@@ -127,7 +127,7 @@ function failsWith(code: ErrorCode, problem: RegExp, secret?: Buffer): (e: unkno
  * CKR_GENERAL_ERROR for a ciphertext that is fine. Patched on the module
  * instance the provider shares; records the session of every C_Decrypt.
  */
-function faultyDecrypt(count: number): { left(): number; sessions: Buffer[]; restore(): void } {
+function faultyDecrypt(count: number, onFault?: () => void): { left(): number; sessions: Buffer[]; restore(): void } {
   const m = acquireModule(MODULE, 'the test');
   const lib = m.lib as unknown as { C_Decrypt: (s: Buffer, data: Buffer, out: Buffer) => Buffer };
   const real = lib.C_Decrypt;
@@ -139,6 +139,7 @@ function faultyDecrypt(count: number): { left(): number; sessions: Buffer[]; res
     sessions.push(Buffer.from(s));
     if (left <= 0) return real.call(this, s, data, out);
     left -= 1;
+    onFault?.();
     const bad = Buffer.from(data);
     bad[bad.length - 1]! ^= 0x01;
     return real.call(this, s, bad, out);
@@ -149,6 +150,35 @@ function faultyDecrypt(count: number): { left(): number; sessions: Buffer[]; res
     restore() {
       if (own) Object.defineProperty(lib, 'C_Decrypt', own);
       else delete (lib as { C_Decrypt?: unknown }).C_Decrypt;
+      releaseModule(m);
+    },
+  };
+}
+
+/**
+ * The token's next `count` calls of `method` fail as a token that went away
+ * would (CKR_DEVICE_ERROR), on the module instance the provider shares;
+ * counts every call.
+ */
+function deviceError(method: 'C_Encrypt', count: number, onFault?: () => void): { calls(): number; restore(): void } {
+  const m = acquireModule(MODULE, 'the test');
+  const lib = m.lib as unknown as Record<string, (...args: unknown[]) => unknown>;
+  const real = lib[method]!;
+  const own = Object.getOwnPropertyDescriptor(lib, method);
+  let left = count;
+  let calls = 0;
+  lib[method] = function (this: unknown, ...args: unknown[]) {
+    calls += 1;
+    if (left <= 0) return real.apply(this, args);
+    left -= 1;
+    onFault?.();
+    throw new Error('CKR_DEVICE_ERROR: injected by the test');
+  };
+  return {
+    calls: () => calls,
+    restore() {
+      if (own) Object.defineProperty(lib, method, own);
+      else delete lib[method];
       releaseModule(m);
     },
   };
@@ -349,6 +379,62 @@ describe('plugin/providers/pkcs11 (SoftHSM2)', () => {
       clock.t += 1000;
       assert.deepEqual(await monitor.check(), { keyId, degraded: false });
       assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
+    });
+  });
+
+  it('the runtime: Encrypt waits for a probe and rides failing probes for the grace period only; second tries start only before the deadline', async (t) => {
+    if (!requireSoftHsm(t)) return;
+    makeKey('kek-rt');
+    // Real time that the test can move forward: to cross the grace period or a deadline without waiting.
+    const jump = { ms: 0 };
+    const now = () => Date.now() + jump.ms;
+    await using(createPkcs11Provider(opts({ keyLabel: 'kek-rt', graceMs: 60_000, timeoutMs: 2_000, now })), async (p) => {
+      await assert.rejects(p.encrypt(randomBytes(32), ENC), failsWith('unavailable', /^the HSM token has not confirmed the key yet$/));
+      const keyId = await p.healthCheck();
+      const seed = randomBytes(32);
+      const ct = (await p.encrypt(seed, ENC)).ciphertext;
+
+      // Probes failing on a token fault: Encrypt goes on until the grace period since the last good probe is over.
+      let f = faultyDecrypt(2);
+      try {
+        await assert.rejects(p.healthCheck(), failsWith('unavailable', /failed the health probe/));
+        assert.equal(f.left(), 0);
+      } finally {
+        f.restore();
+      }
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId, 'within the grace period');
+      jump.ms += 61_000;
+      await assert.rejects(p.encrypt(seed, ENC), failsWith('unavailable', /^the HSM token has not confirmed the key within the Status grace period$/));
+      assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed, 'Decrypt is not gated');
+      assert.equal(await p.healthCheck(), keyId);
+      assert.equal((await p.encrypt(seed, ENC)).keyId, keyId, 'a good probe opens the gate again');
+
+      // CKR_GENERAL_ERROR on Decrypt once the deadline has passed: no second try, and not called integrity.
+      f = faultyDecrypt(1, () => void (jump.ms += 2_001));
+      try {
+        await assert.rejects(p.decrypt(ct, keyId, {}, DEC), failsWith('unavailable', /\(CKR_GENERAL_ERROR\): it was altered, or it was not made with this key; or a passing token fault: the deadline passed before a second try on a new session could tell$/, seed));
+        assert.equal(f.sessions.length, 1, 'no second try');
+      } finally {
+        f.restore();
+      }
+      assert.deepEqual((await p.decrypt(ct, keyId, {}, DEC)).plaintext, seed);
+
+      // A connection lost during Encrypt: a new connection and a second try before the deadline, none after it.
+      let d = deviceError('C_Encrypt', 1);
+      try {
+        assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
+        assert.equal(d.calls(), 2, 'tried again on a new connection');
+      } finally {
+        d.restore();
+      }
+      d = deviceError('C_Encrypt', 1, () => void (jump.ms += 2_001));
+      try {
+        await assert.rejects(p.encrypt(seed, ENC), failsWith('unavailable', /^token "kh-prov" could not encrypt with key "kek-rt" \(CKR_DEVICE_ERROR\)$/, seed));
+        assert.equal(d.calls(), 1, 'no second try after the deadline');
+      } finally {
+        d.restore();
+      }
       assert.equal((await p.encrypt(seed, ENC)).keyId, keyId);
     });
   });
