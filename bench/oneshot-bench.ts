@@ -11,7 +11,7 @@
 // Go reference. The aim (issue 11): every keyhaven target ≥ 1.00× the Go
 // reference at c=1.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -30,6 +30,8 @@ const AIM = { overRef: 1.0, concurrency: 1 } as const;
 const TARGETS = ['refplugin', 'dsm', 'vault', 'kekOff', 'echo'] as const;
 type TargetName = (typeof TARGETS)[number];
 const SHORT: Record<TargetName, string> = { refplugin: 'go ref', dsm: 'dsm', vault: 'vault', kekOff: 'kek off', echo: 'echo' };
+// The names BENCH_ONESHOT_TARGETS takes.
+const TARGET_WORDS: Record<string, TargetName> = { refplugin: 'refplugin', 'go-ref': 'refplugin', dsm: 'dsm', vault: 'vault', 'kek-off': 'kekOff', echo: 'echo' };
 const LABEL: Record<TargetName, string> = {
   echo: 'grpc-js echo',
   refplugin: 'Go reference plugin',
@@ -64,6 +66,36 @@ interface Point {
   results: Partial<Record<TargetName, KmsLoadReport>>;
   /** calls/s ÷ the Go reference's calls/s */
   overRef: Partial<Record<TargetName, number>>;
+  /** CPU time (user + system) per call of the target's own process, µs */
+  cpuUs: Partial<Record<TargetName, number>>;
+  /** CPU time per call of the key server while it served that target, µs */
+  serverCpuUs: Partial<Record<TargetName, number>>;
+}
+
+/** A comma-separated environment list, each word checked against `allowed`; undefined when unset. */
+function envList<T>(name: string, allowed: Record<string, T>): T[] | undefined {
+  const raw = process.env[name]?.trim();
+  if (!raw) return undefined;
+  return raw.split(',').map((w) => {
+    const v = allowed[w.trim()];
+    if (v === undefined) throw new BenchError(`${name} takes a comma-separated list of ${Object.keys(allowed).join(', ')}; got ${JSON.stringify(w)}`);
+    return v;
+  });
+}
+
+let clockTicks: number | undefined;
+/** CPU time (user + system) a process has used so far, ms, from /proc; undefined where there is no /proc. */
+function cpuMsOf(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    clockTicks ??= Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may hold spaces): utime and stime are the 14th and 15th of the line.
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / clockTicks;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Builds bench/go-refplugin with the same GOPATH-mode environment as the load client. */
@@ -83,7 +115,7 @@ function nodeArgs(): string[] {
 }
 
 /** Starts a target and waits for its socket to answer Status. */
-async function start(o: OneshotOptions, name: TargetName, cmd: string, argv: string[], socket: string, children: Child[]): Promise<void> {
+async function start(o: OneshotOptions, name: TargetName, cmd: string, argv: string[], socket: string, children: Child[]): Promise<Child> {
   const child = new Child(LABEL[name], argv, process.env, cmd);
   children.push(child);
   const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -91,14 +123,18 @@ async function start(o: OneshotOptions, name: TargetName, cmd: string, argv: str
     if (interrupted) throw new BenchError('interrupted');
     if (child.spawnError) throw new BenchError(`${LABEL[name]}: ${child.spawnError.message}`);
     if (exited(child.proc)) throw new BenchError(`${LABEL[name]} exited (${child.proc.exitCode ?? child.proc.signalCode}) before it was ready${child.output()}`);
-    if (existsSync(socket) && (await statusOk(o.kmsload, socket))) return;
+    if (existsSync(socket) && (await statusOk(o.kmsload, socket))) return child;
     if (Date.now() > deadline) throw new BenchError(`${LABEL[name]} not ready after ${READY_TIMEOUT_MS / 1000} s (socket ${socket})${child.output()}`);
     await sleep(100);
   }
 }
 
 export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResult> {
-  const names = TARGETS.filter((n) => !o.targets || o.targets.includes(n));
+  const picked = o.targets ?? envList('BENCH_ONESHOT_TARGETS', TARGET_WORDS);
+  const names = TARGETS.filter((n) => !picked || picked.includes(n));
+  const pickedOps = envList('BENCH_ONESHOT_OPS', { encrypt: 'encrypt', decrypt: 'decrypt' } as const);
+  const ops = OPS.filter((op) => !pickedOps || pickedOps.includes(op));
+  const concurrencies = envList('BENCH_ONESHOT_C', { '1': 1, '16': 16 }) ?? CONCURRENCIES;
   const children: Child[] = [];
   try {
     log('oneshot: starting keyhaven server (SQLite, keyfile seal, audit fsync)');
@@ -115,16 +151,17 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
     writeFileSync(apiKeyFile, `${server.apiKey}\n`, { mode: 0o600 });
 
     const sockets = new Map<TargetName, string>();
+    const pids = new Map<TargetName, number | undefined>();
     const cli = join(ROOT, 'bin', 'keyhaven');
     for (const name of names) {
       const socket = join(dir, `${name}.sock`);
       sockets.set(name, socket);
       if (name === 'echo') {
-        await start(o, name, process.execPath, [join(ROOT, 'dist', 'bench', 'echo-server.js'), socket], socket, children);
+        pids.set(name, (await start(o, name, process.execPath, [join(ROOT, 'dist', 'bench', 'echo-server.js'), socket], socket, children)).proc.pid);
         continue;
       }
       if (name === 'refplugin') {
-        await start(o, name, o.refplugin, ['-socket', socket, '-endpoint', server.url, '-api-key-file', dsmKeyFile, '-key-name', KEY, '-cluster', CLUSTER], socket, children);
+        pids.set(name, (await start(o, name, o.refplugin, ['-socket', socket, '-endpoint', server.url, '-api-key-file', dsmKeyFile, '-key-name', KEY, '-cluster', CLUSTER], socket, children)).proc.pid);
         continue;
       }
       const provider =
@@ -141,7 +178,7 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
       } catch {
         // not there
       }
-      await start(o, name, process.execPath, [...nodeArgs(), cli, 'plugin', '--config', cfgPath, '--health-addr', '127.0.0.1:0'], socket, children);
+      pids.set(name, (await start(o, name, process.execPath, [...nodeArgs(), cli, 'plugin', '--config', cfgPath, '--health-addr', '127.0.0.1:0'], socket, children)).proc.pid);
     }
     log(`oneshot: ${names.map((n) => LABEL[n]).join(', ')} ready`);
 
@@ -159,14 +196,23 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
 
     // Interleaved per point, so drift on the machine hits every target alike.
     const points: Point[] = [];
-    for (const op of OPS) {
-      for (const c of CONCURRENCIES) {
-        const p: Point = { op, concurrency: c, results: {}, overRef: {} };
+    for (const op of ops) {
+      for (const c of concurrencies) {
+        const p: Point = { op, concurrency: c, results: {}, overRef: {}, cpuUs: {}, serverCpuUs: {} };
         for (const n of names) {
           await poll(n);
+          const before = [cpuMsOf(pids.get(n)), cpuMsOf(server.child.proc.pid)];
           const r = await kmsload(o.kmsload, LABEL[n], ['-socket', sockets.get(n)!, '-mode', op, '-c', String(c), '-warmup', `${o.warmup}s`, '-duration', `${o.seconds}s`, check(n)]);
+          const after = [cpuMsOf(pids.get(n)), cpuMsOf(server.child.proc.pid)];
           p.results[n] = r;
-          log(`oneshot: ${LABEL[n]} ${op} c=${c}: ${r.callsPerSec.toFixed(0)} calls/s, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, errors ${r.errors}`);
+          // The CPU is counted over warm-up and measured seconds alike: the calls of both, at the measured rate.
+          const calls = r.callsPerSec * (o.warmup + o.seconds);
+          const perCall = (i: number) => (before[i] !== undefined && after[i] !== undefined && calls > 0 ? Math.round(((after[i]! - before[i]!) * 1000) / calls) : undefined);
+          const cpu = perCall(0);
+          const serverCpu = perCall(1);
+          if (cpu !== undefined) p.cpuUs[n] = cpu;
+          if (serverCpu !== undefined) p.serverCpuUs[n] = serverCpu;
+          log(`oneshot: ${LABEL[n]} ${op} c=${c}: ${r.callsPerSec.toFixed(0)} calls/s, p50 ${r.p50Ms} ms, p99 ${r.p99Ms} ms, errors ${r.errors}, CPU ${fmt(cpu)} µs/call (key server ${fmt(serverCpu)})`);
         }
         for (const n of names) if (n !== 'refplugin') p.overRef[n] = ratio(p.results[n]?.callsPerSec, p.results.refplugin?.callsPerSec);
         points.push(p);
@@ -204,6 +250,14 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
       ),
     );
     out.push('');
+    // CPU per call: what the wall-clock ratios hide on a busy machine.
+    out.push(
+      table(
+        ['op', 'c', ...names.map((n) => `${SHORT[n]} CPU µs`), ...names.map((n) => `server for ${SHORT[n]} µs`)],
+        points.map((p) => [p.op, String(p.concurrency), ...names.map((n) => fmt(p.cpuUs[n])), ...names.map((n) => fmt(p.serverCpuUs[n]))]),
+      ),
+    );
+    out.push('');
     let met: boolean | undefined;
     if (hasRef && ours.length > 0) {
       const at = points.filter((p) => p.concurrency === AIM.concurrency);
@@ -218,6 +272,7 @@ export async function runOneshotSection(o: OneshotOptions): Promise<OneshotResul
     }
     out.push('X/go ref: calls/s ÷ the Go reference plugin\'s calls/s in the same point (1.00 = as fast).');
     out.push(`errors: failed calls (+Nmm = wrong plaintexts), one figure per target (${names.map((n) => SHORT[n]).join(' / ')}).`);
+    out.push('CPU µs: user + system CPU per call of the target\'s process (from /proc; warm-up included, at the measured rate); server for X: the key server\'s, while it served X.');
     out.push('');
     out.push('results (JSON):');
     out.push(JSON.stringify({ section: 'oneshot', cpus: cpus().length, node: process.version, seconds: o.seconds, warmup: o.warmup, aimMet: met ?? null, points }));
