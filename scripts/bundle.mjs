@@ -8,8 +8,9 @@
 //
 // Native addons and packages loaded on demand stay outside the bundle and are
 // resolved from node_modules as before. `import.meta.url` keeps meaning a file
-// two levels below the package root (src/paths.ts), and the password-hashing
-// worker is its own entry beside the chunk that starts it.
+// two levels below the package root (src/paths.ts), and each worker thread
+// (password hashing, the SQLite audit writer) is its own entry beside the
+// chunk that starts it.
 import { build } from 'esbuild';
 import { rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -20,7 +21,7 @@ const OUT = join(ROOT, 'dist', 'bundle');
 rmSync(OUT, { recursive: true, force: true });
 await build({
   absWorkingDir: ROOT,
-  entryPoints: ['dist/src/cli/main.js', 'dist/src/access/hash-worker.js'],
+  entryPoints: ['dist/src/cli/main.js', 'dist/src/access/hash-worker.js', 'dist/src/audit/sqlite-writer-worker.js'],
   outdir: OUT,
   entryNames: '[name]',
   bundle: true,

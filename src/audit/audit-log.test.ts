@@ -47,11 +47,16 @@ function raw(path: string): BetterSqlite3.Database {
   return db;
 }
 
-/** Wraps a store to record the size of every appendAudit batch, inside transactions too. */
+/**
+ * Wraps a store to record the size of every appendAudit batch, inside
+ * transactions too. It offers no file to a writer thread, so batches go
+ * through appendAudit on the store's own connection.
+ */
 function counting(store: Store): { store: Store; batches: number[] } {
   const batches: number[] = [];
   const wrap = (s: Store): Store => {
     const w = Object.create(s) as Store;
+    Object.defineProperty(w, 'auditFile', { value: undefined });
     w.appendAudit = (drafts, link, opts) => {
       batches.push(drafts.length);
       return s.appendAudit(drafts, link, opts);
@@ -186,6 +191,35 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
     const rows = await allRows(store);
     assertChain(rows, 5);
     assert.equal(rows[0]!.prev_hash, GENESIS_HASH);
+  });
+
+  it('on a SQLite store, records are written by the writer thread: group commit, consecutive seq, signed head, durable before they resolve', async () => {
+    const path = newPath();
+    const store = await open(path);
+    assert.ok(store.auditFile, 'a SQLite store offers its file to the writer thread');
+    const log = createAuditLog(store, { headKey: HEAD_KEY, fsync: true });
+    const stored: number[] = [];
+    log.onStored((last) => stored.push(last.seq));
+    const first = Array.from({ length: 30 }, (_, i) => log.record(event(i)));
+    await Promise.all(first);
+    // Resolved means committed: another connection sees every record at once.
+    const peek = raw(path);
+    assert.equal((peek.prepare('select count(*) as n from audit').get() as { n: number }).n, 30);
+    // A change written meanwhile on the store's own connection moves the tail; the thread links after it.
+    await store.transaction((tx) => log.recordIn(tx, event(100, { operation: 'key.rotate' })));
+    await Promise.all(Array.from({ length: 20 }, (_, i) => log.record(event(200 + i))));
+    await log.flush();
+    assertChain(await allRows(store), 51);
+    assert.deepEqual(await verifyStore(store, HEAD_KEY), { ok: true, records: 51 });
+    assert.ok(stored.length > 0 && stored[stored.length - 1] === 51, 'listeners hear of the last record');
+  });
+
+  it('on a closed SQLite store, record() rejects with audit_failed (the writer thread is not used)', async () => {
+    const store = await open(newPath());
+    const log = createAuditLog(store, { headKey: HEAD_KEY, fsync: true });
+    await log.record(event(1));
+    await store.close();
+    await assert.rejects(log.record(event(2)), auditFailed);
   });
 
   it('flush() waits for every pending record', async () => {

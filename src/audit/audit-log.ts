@@ -1,24 +1,12 @@
-import { createHmac } from 'node:crypto';
 import { constantTimeEqual } from '../crypto/kdf.js';
 import { KeyhavenError } from '../errors.js';
 import type { AuditDraft, AuditRow, Store } from '../storage/store.js';
 import type { Anchor, WitnessFailure } from './checkpoint.js';
 import { verifyWithWitness, type WitnessInput, type WitnessVerifyResult } from './checkpoint-verify.js';
-import { linkRecord, verifyRecords, type VerifyResult } from './chain.js';
+import { headMac, headValue, linkRecord, verifyRecords, type VerifyResult } from './chain.js';
+import { createSqliteWriter, type SqliteWriter } from './sqlite-writer.js';
 
 const HEAD = 'audit_head';
-
-// The chain head (last seq and hash) is stored with an HMAC under a key
-// derived from the root key, updated in the same transaction as the records.
-// It catches what a bare hash chain cannot: records cut from the end, and
-// records appended (or a chain rewritten) by someone without the root key.
-function headMac(key: Buffer, seq: number, hash: string): string {
-  return createHmac('sha256', key).update(`keyhaven audit head v1\n${seq}\n${hash}`).digest('hex');
-}
-
-function headValue(key: Buffer): (last: AuditRow) => string {
-  return (last) => JSON.stringify({ seq: last.seq, hash: last.hash, mac: headMac(key, last.seq, last.hash) });
-}
 
 export interface AuditEvent {
   readonly actor: string;
@@ -138,49 +126,43 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
   let queue: Pending[] = [];
   let writing: Promise<void> | undefined;
   let scheduled = false;
-  // Pipelined durability (SQLite): batches commit without waiting for the
-  // disk, and one fsync at a time covers every batch committed before it
-  // started; a request is answered only once an fsync covering its record
-  // has finished. Commits and fsyncs overlap instead of taking turns.
-  const syncLater = fsync ? store.syncLater : undefined;
-  let awaitingSync: Pending[] = [];
-  let syncing: Promise<void> | undefined;
-  const failed = (e: unknown) => new KeyhavenError('audit_failed', 'the audit record could not be written; request refused', { cause: e });
-
-  const kickSync = (): void => {
-    if (syncing || awaitingSync.length === 0 || !syncLater) return;
-    const covered = awaitingSync;
-    awaitingSync = [];
-    syncing = syncLater().then(
-      () => {
-        for (const p of covered) p.resolve();
-      },
-      (e: unknown) => {
-        const err = failed(e);
-        for (const p of covered) p.reject(err);
-      },
-    ).finally(() => {
-      syncing = undefined;
-      kickSync();
-    });
+  // On SQLite, batches go to a writer thread with its own connection
+  // (sqlite-writer.ts): the event loop serves requests while a batch is
+  // committed and fsynced, and the records arriving meanwhile form the next.
+  let writer: SqliteWriter | undefined;
+  let writerFile: string | undefined;
+  const writerFor = (file: string): SqliteWriter => {
+    if (!writer || writerFile !== file) {
+      writer = createSqliteWriter(file);
+      writerFile = file;
+    }
+    return writer;
   };
+  const failed = (e: unknown) => new KeyhavenError('audit_failed', 'the audit record could not be written; request refused', { cause: e });
 
   const drain = async (): Promise<void> => {
     while (queue.length > 0) {
       const batch = queue.slice(0, maxBatch);
       queue = queue.slice(batch.length);
       try {
+        // Read per batch: a closed store has none, and its appendAudit refuses.
+        const file = store.auditFile;
+        if (file !== undefined) {
+          const last = await writerFor(file).append(
+            batch.map((p) => p.draft),
+            head ? headKey : undefined,
+            fsync,
+          );
+          for (const p of batch) p.resolve();
+          notify([last], false);
+          continue;
+        }
         const rows = await store.appendAudit(
           batch.map((p) => p.draft),
           linkRecord,
-          { head, fsync: syncLater ? false : fsync },
+          { head, fsync },
         );
-        if (syncLater) {
-          awaitingSync.push(...batch);
-          kickSync();
-        } else {
-          for (const p of batch) p.resolve();
-        }
+        for (const p of batch) p.resolve();
         notify(rows, false);
       } catch (e) {
         const err = failed(e);
@@ -211,8 +193,8 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
       });
     },
     async flush() {
-      while (writing || scheduled || queue.length > 0 || syncing || awaitingSync.length > 0) {
-        await (writing ?? syncing ?? new Promise((r) => setImmediate(r)));
+      while (writing || scheduled || queue.length > 0) {
+        await (writing ?? new Promise((r) => setImmediate(r)));
       }
     },
     async recordIn(tx, event) {

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { GENESIS_HASH, type AuditDraft, type AuditRow } from '../storage/store.js';
 
 // Each record's hash covers the previous record's hash and every field of its
@@ -7,6 +7,19 @@ import { GENESIS_HASH, type AuditDraft, type AuditRow } from '../storage/store.j
 export function linkRecord(prevHash: string, seq: number, d: AuditDraft): string {
   const body = JSON.stringify([seq, d.time, d.actor, d.operation, d.key_name, d.key_version, d.result, d.request_id, d.details]);
   return createHash('sha256').update(prevHash).update('\n').update(body).digest('hex');
+}
+
+// The chain head (last seq and hash) is stored with an HMAC under a key
+// derived from the root key, updated in the same transaction as the records.
+// It catches what a bare hash chain cannot: records cut from the end, and
+// records appended (or a chain rewritten) by someone without the root key.
+export function headMac(key: Buffer, seq: number, hash: string): string {
+  return createHmac('sha256', key).update(`keyhaven audit head v1\n${seq}\n${hash}`).digest('hex');
+}
+
+/** The stored chain head value for the newest record, signed with the head key. */
+export function headValue(key: Buffer): (last: AuditRow) => string {
+  return (last) => JSON.stringify({ seq: last.seq, hash: last.hash, mac: headMac(key, last.seq, last.hash) });
 }
 
 export interface VerifyResult {

@@ -286,3 +286,42 @@ describe('server pipeline and dialects (in process)', () => {
     });
   });
 });
+
+describe('native crypto answers (serialized without the schema serializer)', () => {
+  let t: TestApp;
+  before(async () => {
+    t = await openTestApp();
+  });
+  after(async () => {
+    await t?.close();
+  });
+
+  const post = (op: string, payload: unknown) =>
+    t.inject({ method: 'POST', url: `/v1/keys/k1/${op}`, headers: { ...bearer(t.tokens.granted), 'content-type': 'application/json' }, payload: JSON.stringify(payload) });
+  /** The body holds exactly the schema's keys, in its order, as the schema's serializer writes them. */
+  const exactly = (body: string, keys: readonly string[]) => {
+    const parsed = JSON.parse(body) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(parsed), keys, body);
+    assert.equal(body, JSON.stringify(Object.fromEntries(keys.map((k) => [k, parsed[k]]))));
+    return parsed;
+  };
+
+  it('encrypt, decrypt and rewrap answer the schema shape byte for byte, single and batch', async () => {
+    const enc = await post('encrypt', { plaintext: b64('hello') });
+    assert.equal(enc.statusCode, 200, enc.body);
+    const { ciphertext } = exactly(enc.body, ['ciphertext', 'version']) as { ciphertext: string };
+    const dec = await post('decrypt', { ciphertext });
+    assert.equal(dec.statusCode, 200, dec.body);
+    assert.equal(exactly(dec.body, ['plaintext', 'version']).plaintext, b64('hello'));
+    exactly((await post('rewrap', { ciphertext })).body, ['ciphertext', 'version']);
+
+    const batch = await post('decrypt', { batch: [{ ciphertext }, { ciphertext: 'kh:v1:AAAA' }] });
+    assert.equal(batch.statusCode, 200, batch.body);
+    const items = (exactly(batch.body, ['batch']).batch as unknown[]).map((i) => JSON.stringify(i));
+    exactly(items[0]!, ['plaintext', 'version']);
+    const failed = exactly(items[1]!, ['error']).error as Record<string, unknown>;
+    exactly(JSON.stringify(failed), ['code', 'message']);
+    const encBatch = await post('encrypt', { batch: [{ plaintext: b64('a') }, { plaintext: b64('b') }] });
+    for (const i of exactly(encBatch.body, ['batch']).batch as unknown[]) exactly(JSON.stringify(i), ['ciphertext', 'version']);
+  });
+});

@@ -30,15 +30,8 @@ export interface AuditAppender {
   standalone(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
   /** True while a transaction is open on the connection (one started through kysely spans awaits). */
   busy(): boolean;
-  /**
-   * Makes commits done so far durable without blocking the event loop (an
-   * fsync of the write-ahead log on libuv's thread pool). When present, a
-   * durable append commits relaxed and then awaits this, so other requests
-   * are served during the fsync and join the next batch.
-   */
-  syncAsync?(): Promise<void>;
-  /** Releases what it holds open. */
-  close?(): Promise<void>;
+  /** The SQLite file: request records may be appended on a connection of their own (openSqliteAuditConnection). */
+  readonly file?: string;
 }
 
 /**
@@ -54,7 +47,8 @@ export type TransactionRunner = <T>(fn: (trx: Kysely<Database>) => Promise<T>, o
 // One code path for every SQL backend: dialect differences stay in the
 // factory that builds the Kysely instance and its transaction runner.
 export class KyselyStore implements Store {
-  readonly syncLater: (() => Promise<void>) | undefined;
+  /** Dropped on close: a closed store offers no file to a writer thread. */
+  auditFile: string | undefined;
 
   constructor(
     private readonly db: Kysely<Database>,
@@ -62,9 +56,8 @@ export class KyselyStore implements Store {
     private readonly onClose: () => Promise<void> = async () => {},
     private readonly fastAudit?: AuditAppender,
   ) {
-    const sync = fastAudit?.syncAsync?.bind(fastAudit);
     // Only the store itself, not a transaction's view of it.
-    this.syncLater = sync && runTransaction ? sync : undefined;
+    this.auditFile = runTransaction ? fastAudit?.file : undefined;
   }
 
   async getMeta(name: string): Promise<string | undefined> {
@@ -314,11 +307,6 @@ export class KyselyStore implements Store {
       // Synchronous, so nothing can interleave: unless a kysely transaction is
       // open on the connection, write now instead of queueing for its mutex.
       if (!fast.busy()) {
-        if (opts.fsync !== false && fast.syncAsync) {
-          const rows = fast.standalone(drafts, link, { ...opts, fsync: false });
-          await fast.syncAsync();
-          return rows;
-        }
         return fast.standalone(drafts, link, opts);
       }
       return this.db.connection().execute(async () => fast.standalone(drafts, link, opts));
@@ -376,6 +364,7 @@ export class KyselyStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.auditFile = undefined;
     await this.onClose();
   }
 }

@@ -1,11 +1,13 @@
-import { open, type FileHandle } from 'node:fs/promises';
-import type BetterSqlite3 from 'better-sqlite3';
+import BetterSqlite3 from 'better-sqlite3';
 import type { AuditAppender } from './kysely-store.js';
-import { GENESIS_HASH, type AuditRow } from './store.js';
+import { GENESIS_HASH, type AuditDraft, type AuditLinker, type AppendAuditOptions, type AuditRow } from './store.js';
 
 // Every Encrypt and Decrypt writes an audit record before it is answered, so
-// this is the hottest write in keyhaven. Prepared once, run synchronously on
-// the connection kysely already holds: no query building, no event-loop hops.
+// this is the hottest write in keyhaven. Prepared once, run synchronously:
+// on the connection kysely already holds (a change's own record, inside its
+// transaction), and on the audit writer thread's connection of its own
+// (openSqliteAuditConnection, request records), where a durable commit
+// fsyncs the write-ahead log (synchronous=FULL) off the event loop.
 export function createSqliteAuditAppender(raw: BetterSqlite3.Database, dbPath: string): AuditAppender {
   const last = raw.prepare<[], { seq: number; hash: string }>('select seq, hash from audit order by seq desc limit 1');
   const insert = raw.prepare(
@@ -35,33 +37,10 @@ export function createSqliteAuditAppender(raw: BetterSqlite3.Database, dbPath: s
     return rows;
   };
 
-  // In WAL mode a commit is durable once the -wal file is: synchronous=FULL
-  // fsyncs it inside COMMIT (blocking the event loop ~0.2-2 ms); committing
-  // with NORMAL and then fsyncing the same file asynchronously gives the same
-  // guarantee. A checkpoint that moves frames into the database file syncs
-  // both files itself under NORMAL.
-  let wal: Promise<FileHandle> | undefined;
-  const syncAsync = async (): Promise<void> => {
-    wal ??= open(`${dbPath}-wal`, 'r');
-    try {
-      // fdatasync, as SQLite itself syncs its files on Linux: the data and
-      // the size needed to read it back, without the timestamps.
-      await (await wal).datasync();
-    } catch (e) {
-      wal = undefined;
-      throw e;
-    }
-  };
-
   return {
     inTransaction: append,
     busy: () => raw.inTransaction,
-    syncAsync,
-    async close() {
-      const w = wal;
-      wal = undefined;
-      if (w) await (await w).close().catch(() => {});
-    },
+    file: dbPath,
     standalone(drafts, link, opts) {
       const relaxed = opts.fsync === false;
       // synchronous=NORMAL in WAL mode: the commit reaches the OS (it survives
@@ -82,4 +61,26 @@ export function createSqliteAuditAppender(raw: BetterSqlite3.Database, dbPath: s
       }
     },
   };
+}
+
+/** A connection of its own that appends audit batches, each its own transaction (for a writer thread). */
+export interface SqliteAuditConnection {
+  /** As Store.appendAudit outside a transaction, synchronously: fsync true commits with synchronous=FULL. */
+  append(drafts: readonly AuditDraft[], link: AuditLinker, opts: AppendAuditOptions): AuditRow[];
+  close(): void;
+}
+
+/** Opens an existing, migrated SQLite store's file for audit appends only. */
+export function openSqliteAuditConnection(path: string): SqliteAuditConnection {
+  const raw = new BetterSqlite3(path, { fileMustExist: true });
+  try {
+    // As the store's own connection (sqlite.ts): a lock held elsewhere fails the batch after 2 s.
+    raw.pragma('busy_timeout = 2000');
+    raw.pragma('synchronous = FULL');
+    const appender = createSqliteAuditAppender(raw, path);
+    return { append: appender.standalone, close: () => raw.close() };
+  } catch (e) {
+    raw.close();
+    throw e;
+  }
 }

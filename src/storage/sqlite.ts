@@ -65,7 +65,6 @@ export async function openSqliteStore(opts: SqliteOptions): Promise<Store> {
         }
       }),
     async () => {
-      await appender.close?.();
       await db.destroy();
     },
     appender,

@@ -127,11 +127,11 @@ export interface Store {
   queryAudit(q: AuditQuery): Promise<AuditRow[]>;
 
   /**
-   * Present when durability can be deferred: records appended with fsync
-   * false become durable (power-loss safe) once a later call resolves. Lets
-   * the audit log overlap commits with fsyncs.
+   * Present on a SQLite store: its file, which another thread may open with
+   * openSqliteAuditConnection() to append request records (each batch its
+   * own transaction) without blocking the event loop.
    */
-  readonly syncLater?: (() => Promise<void>) | undefined;
+  readonly auditFile?: string | undefined;
 
   /**
    * Runs fn in one exclusive write transaction (across processes too). fn
