@@ -6,7 +6,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { KMS_SERVER_OPTIONS } from '../src/plugin/run-plugin.js';
+import { KMS_SERVER_OPTIONS } from '../src/plugin/kms-protos.js';
 
 const socketArg = process.argv[2];
 if (!socketArg) {

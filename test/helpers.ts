@@ -3,7 +3,7 @@ import { spawnSync, type ChildProcess } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import { loadKmsProtos } from '../src/plugin/run-plugin.js';
+import { loadKmsProtos } from '../src/plugin/kms-protos.js';
 import { ownedTempDir, removeOwnedDir, spawnOwned, type Teardown } from './reaper.js';
 
 // End-to-end helpers: real processes (bin/keyhaven), real unix sockets, real

@@ -1,12 +1,11 @@
 import { createServer as createNetServer, type Server as NetServer } from 'node:net';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import type { PluginConfig } from '../config/plugin-config.js';
 import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
-import { PACKAGE_ROOT, PACKAGE_VERSION } from '../paths.js';
+import { PACKAGE_VERSION } from '../paths.js';
 import { startHealthServer, type HealthServer } from './health-server.js';
+import { KMS_SERVER_OPTIONS, loadKmsProtos } from './kms-protos.js';
 import { buildProvider } from './providers/registry.js';
 import { createKmsHandlers } from './kms-service.js';
 import { createPluginMetrics } from './metrics.js';
@@ -18,27 +17,6 @@ export interface RunningPlugin {
   readonly health?: HealthServer;
   /** Stops accepting calls, lets in-flight calls finish, removes the socket. */
   close(): Promise<void>;
-}
-
-/** gRPC server options; the benchmark's echo server uses the same ones. */
-export const KMS_SERVER_OPTIONS: grpc.ServerOptions = {
-  // Annotations may total 32 KiB; nothing legitimate comes near this.
-  'grpc.max_receive_message_length': 128 * 1024,
-  'grpc.max_send_message_length': 128 * 1024,
-  // channelz bookkeeping costs ~10% of a call's CPU and nothing here reads it.
-  'grpc.enable_channelz': 0,
-};
-
-const PROTO_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
-
-export function loadKmsProtos() {
-  const root = fileURLToPath(new URL('proto/', `file://${PACKAGE_ROOT}`));
-  const def = protoLoader.loadSync([`${root}v2/api.proto`, `${root}v1beta1/api.proto`], PROTO_OPTIONS);
-  const pkg = grpc.loadPackageDefinition(def) as unknown as {
-    v2: { KeyManagementService: grpc.ServiceClientConstructor };
-    v1beta1: { KeyManagementService: grpc.ServiceClientConstructor };
-  };
-  return pkg;
 }
 
 function parseSocketConfig(socket: string) {
