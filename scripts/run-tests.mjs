@@ -10,8 +10,9 @@
 // this script keeps its own small pool. `--record` rewrites the list from
 // this run's wall times.
 //
-// Concurrency: KEYHAVEN_TEST_CONCURRENCY (default 3: most end-to-end files
-// wait on child processes, so a third file keeps 2 cores busy).
+// Concurrency: KEYHAVEN_TEST_CONCURRENCY (default 4: end-to-end files often
+// wait on child processes, fsync and PostgreSQL; on 2 cores a fourth file
+// keeps them busy: 309 s against 331 s with 3 on a quiet machine).
 //
 // A file still running after KEYHAVEN_TEST_FILE_GUARD_MIN minutes (default
 // 30) is taken for hung and ended with SIGTERM (test/reaper.ts then kills its
@@ -34,7 +35,7 @@ function positiveInt(name, fallback) {
   }
   return v;
 }
-const concurrency = positiveInt('KEYHAVEN_TEST_CONCURRENCY', 3);
+const concurrency = positiveInt('KEYHAVEN_TEST_CONCURRENCY', 4);
 const guardMs = positiveInt('KEYHAVEN_TEST_FILE_GUARD_MIN', 30) * 60_000;
 
 function collect(dir) {
