@@ -1,6 +1,6 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
@@ -212,6 +212,42 @@ describe('audit/audit-log: writing (real SQLite file)', () => {
     assertChain(await allRows(store), 51);
     assert.deepEqual(await verifyStore(store, HEAD_KEY), { ok: true, records: 51 });
     assert.ok(stored.length > 0 && stored[stored.length - 1] === 51, 'listeners hear of the last record');
+  });
+
+  it('close() ends the writer thread: closing the store then merges the write-ahead log, as a clean stop always did', async () => {
+    const path = newPath();
+    const store = await open(path);
+    const log = createAuditLog(store, { headKey: HEAD_KEY, fsync: true });
+    await Promise.all(Array.from({ length: 50 }, (_, i) => log.record(event(i))));
+    await log.close();
+    await store.close();
+    // A copy of the database file alone (no -wal beside it) holds every record.
+    assert.equal(existsSync(`${path}-wal`), false, 'the -wal file was merged and removed');
+    const copy = raw(path);
+    assert.equal((copy.prepare('select count(*) as n from audit').get() as { n: number }).n, 50);
+  });
+
+  it('a batch handed to the writer before the head key is dropped commits by flush(), so a head deleted afterwards stays deleted', async () => {
+    // As init run again does: drop the key, flush, then a transaction deletes the head signed with it.
+    const store = await open(newPath());
+    const log = createAuditLog(store, { headKey: HEAD_KEY, fsync: true });
+    await store.transaction((tx) => log.recordIn(tx, event(1)));
+    const inflight = log.record(event(2));
+    await new Promise((r) => setImmediate(r)); // the batch is now with the writer thread, with HEAD_KEY
+    log.setHeadKey(undefined);
+    await log.flush();
+    await store.transaction(async (tx) => {
+      await tx.deleteMeta('audit_head');
+      await log.recordIn(tx, event(3, { operation: 'sys.init' }));
+    });
+    await inflight;
+    await log.flush();
+    assert.equal(await store.getMeta('audit_head'), undefined, 'no head signed with the dropped key after the deletion');
+    const other = Buffer.alloc(32, 9);
+    assert.equal(await log.adoptHeadKey(other, false), true, 'a new key adopts the unsigned chain');
+    await log.record(event(4));
+    await log.flush();
+    assert.deepEqual(await verifyStore(store, other), { ok: true, records: 4 });
   });
 
   it('on a closed SQLite store, record() rejects with audit_failed (the writer thread is not used)', async () => {

@@ -26,6 +26,8 @@ export interface AuditLog {
   recordIn(tx: Store, event: AuditEvent): Promise<void>;
   /** Waits for every pending record. */
   flush(): Promise<void>;
+  /** Waits for every pending record, then ends the SQLite writer thread (before the store closes). */
+  close(): Promise<void>;
   /** With anchors (a witness's seq and hash pairs), also checks the chain contains each. */
   verify(opts?: { anchors?: readonly Anchor[] }): Promise<StoreVerifyResult>;
   /**
@@ -36,7 +38,9 @@ export interface AuditLog {
   /**
    * Sets (on unseal) or drops (on seal) the key that signs the chain head.
    * Without it records still join the chain; the next signed write covers
-   * them. Dropping it also drops the checkpoint key.
+   * them. Dropping it also drops the checkpoint key. Records already handed
+   * to the writer thread are signed with the key they went with: await
+   * flush() after dropping it before anything that deletes the head.
    */
   setHeadKey(key: Buffer | undefined): void;
   /** The key that checks checkpoint signatures (derived from the root key on unseal). */
@@ -196,6 +200,14 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
       while (writing || scheduled || queue.length > 0) {
         await (writing ?? new Promise((r) => setImmediate(r)));
       }
+    },
+    async close() {
+      while (writing || scheduled || queue.length > 0) {
+        await (writing ?? new Promise((r) => setImmediate(r)));
+      }
+      await writer?.close();
+      writer = undefined;
+      writerFile = undefined;
     },
     async recordIn(tx, event) {
       try {

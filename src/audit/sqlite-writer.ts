@@ -14,6 +14,12 @@ const IDLE_MS = 10_000;
 export interface SqliteWriter {
   /** Appends the batch as one transaction; resolves with its last row once committed (and fsynced with `fsync`). */
   append(drafts: readonly AuditDraft[], headKey: Buffer | undefined, fsync: boolean): Promise<AuditRow>;
+  /**
+   * Closes the thread's connection and waits for the thread to end (after
+   * any batch it holds). The store's last connection to close then merges the
+   * write-ahead log into the database file, as a clean stop always did.
+   */
+  close(): Promise<void>;
 }
 
 export function createSqliteWriter(file: string): SqliteWriter {
@@ -56,6 +62,21 @@ export function createSqliteWriter(file: string): SqliteWriter {
   };
 
   return {
+    async close() {
+      clearTimeout(idle);
+      const w = worker;
+      worker = undefined;
+      if (!w) return;
+      closing.add(w);
+      const ended = new Promise<void>((r) => w.once('exit', () => r()));
+      // An idle thread is unreferenced: referenced again, the wait for its end keeps the process up.
+      w.ref();
+      w.postMessage('close');
+      await ended;
+      // Close comes after flush: nothing should be pending, but nothing may hang either.
+      for (const p of pending.values()) p.reject(new Error('the audit writer thread was closed'));
+      pending.clear();
+    },
     append(drafts, headKey, fsync) {
       return new Promise((resolve, reject) => {
         clearTimeout(idle);

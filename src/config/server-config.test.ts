@@ -54,8 +54,8 @@ describe('server.yaml', () => {
     refused({ ...base, auth: { rateLimit: { max: 5, per: 'ip' } } }, /auth.rateLimit|Unrecognized key: "per"/);
     refused({ ...base, auth: { hashing: { workers: 0 } } }, /auth.hashing.workers/);
     refused({ ...base, auth: { hashing: { workers: 1, queue: -1 } } }, /auth.hashing.queue/);
-    assert.equal(parseServerConfig({ ...base, auth: { hashing: { scryptN: 1024 } } }, 'x').auth.hashing.scryptN, 1024);
-    for (const n of [512, 3000, 1 << 21, '32768']) refused({ ...base, auth: { hashing: { scryptN: n } } }, /auth.hashing.scryptN/);
+    for (const n of [1024, 1 << 17]) assert.equal(parseServerConfig({ ...base, auth: { hashing: { scryptN: n } } }, 'x').auth.hashing.scryptN, n);
+    for (const n of [512, 3000, 1 << 18, '32768']) refused({ ...base, auth: { hashing: { scryptN: n } } }, /auth.hashing.scryptN/);
     refused({ ...base, auth: { lockBase: '1h', lockMax: '1m' } }, /auth.lockBase: lockBase must not exceed lockMax/);
   });
 

@@ -116,8 +116,9 @@ export const serverConfigSchema = z.strictObject({
             .number()
             .int()
             .min(1024)
-            .max(1 << 20)
-            .refine((n) => (n & (n - 1)) === 0, { message: 'must be a power of two (1024, 2048, ... 1048576)' })
+            // 2^17 (128 MiB a hash) at most: a pool of 16 workers stays within 2 GiB.
+            .max(1 << 17)
+            .refine((n) => (n & (n - 1)) === 0, { message: 'must be a power of two (1024, 2048, ... 131072)' })
             .default(1 << 15),
         })
         .prefault({}),

@@ -56,7 +56,7 @@ export async function openEmbeddedStore(opts: OpenEmbeddedOptions): Promise<Embe
       storeId,
       dbPath,
       async close() {
-        await audit.flush();
+        await audit.close();
         await store.close();
       },
     };

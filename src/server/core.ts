@@ -335,6 +335,9 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
         // Records written in the init transaction go unsigned; the unseal after it signs the head with the new root key.
         const previousHeadKey = headKey;
         audit.setHeadKey(undefined);
+        // A batch already handed to the writer thread carries the old key: it must commit
+        // before the transaction below deletes the head, or it would sign a new one with it.
+        await audit.flush();
         let redo = false;
         try {
           // One transaction: the seal record, the barrier canary, both users and their passwords,
@@ -526,7 +529,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     },
 
     async close() {
-      await audit.flush();
+      await audit.close();
       services = undefined;
       keys?.wipe();
       await seal.close();
