@@ -1,7 +1,6 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { KeyhavenError } from '../errors.js';
@@ -9,6 +8,7 @@ import { openSqliteStore } from '../storage/sqlite.js';
 import { GENESIS_HASH, type AuditDraft, type AuditRow, type Store } from '../storage/store.js';
 import { createAuditLog, verifyStore, type AuditEvent } from './audit-log.js';
 import { linkRecord, verifyRecords } from './chain.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 let root: string;
 let n = 0;
@@ -17,7 +17,7 @@ const openStores: Store[] = [];
 const rawDbs: BetterSqlite3.Database[] = [];
 
 before(() => {
-  root = mkdtempSync(join(tmpdir(), 'kh-audit-'));
+  root = ownedTempDir('kh-audit-');
 });
 
 afterEach(async () => {

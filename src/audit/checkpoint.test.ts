@@ -1,7 +1,6 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { KeyhavenError } from '../errors.js';
@@ -11,6 +10,7 @@ import { createAuditLog, verifyStore } from './audit-log.js';
 import { checkCheckpoints, checkpointHash, parseCheckpoint, signCheckpoint, ZERO_PREV, type Checkpoint } from './checkpoint.js';
 import { verifyWithWitness } from './checkpoint-verify.js';
 import { checkpointFile, startCheckpointer, type CheckpointWitness } from './checkpointer.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 const KEY = Buffer.alloc(32, 9);
 const HEAD_KEY = Buffer.alloc(32, 7);
@@ -19,7 +19,7 @@ let n = 0;
 const stores: Store[] = [];
 
 before(() => {
-  root = mkdtempSync(join(tmpdir(), 'kh-cp-'));
+  root = ownedTempDir('kh-cp-');
 });
 afterEach(async () => {
   for (const s of stores.splice(0)) await s.close().catch(() => {});

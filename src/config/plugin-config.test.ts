@@ -1,17 +1,17 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { KeyhavenError } from '../errors.js';
 import { DEFAULT_KEY_NAME, loadPluginConfig, mergeConfig, parsePluginConfig, readYamlFile } from './plugin-config.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 let dir: string;
 let n = 0;
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'kh-config-'));
+  dir = ownedTempDir('kh-config-');
 });
 
 after(() => {

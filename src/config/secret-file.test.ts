@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { KeyhavenError } from '../errors.js';
 import { readSecret, readSecretFile } from './secret-file.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'keyhaven-secret-file-'));
+const dir = ownedTempDir('keyhaven-secret-file-');
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 function file(name: string, content: string, mode: number): string {

@@ -1,11 +1,10 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { code } from '../../test/expect-error.js';
 import { openEmbeddedStore, type EmbeddedStore } from './embedded-store.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 // Server-side key lifecycle on a real SQLite store: rotation policy and the
 // scheduler, minimum decryption version, scheduled destruction, bound context.
@@ -18,7 +17,7 @@ describe('key lifecycle', () => {
   const name = () => `k${++n}`;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kh-life-'));
+    dir = ownedTempDir('kh-life-');
     es = await openEmbeddedStore({ dataDir: dir, create: true });
   });
   after(async () => {

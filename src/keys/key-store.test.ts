@@ -2,8 +2,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import BetterSqlite3 from 'better-sqlite3';
@@ -17,6 +16,7 @@ import { openSqliteStore } from '../storage/sqlite.js';
 import type { AuditRow, Store } from '../storage/store.js';
 import { DB_FILE, openEmbeddedStore, ROOT_KEY_FILE, type EmbeddedStore } from './embedded-store.js';
 import { createKeyStore } from './key-store.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 let root: string;
 let n = 0;
@@ -24,7 +24,7 @@ const opened: EmbeddedStore[] = [];
 const rawDbs: BetterSqlite3.Database[] = [];
 
 before(() => {
-  root = mkdtempSync(join(tmpdir(), 'kh-keys-'));
+  root = ownedTempDir('kh-keys-');
 });
 
 afterEach(async () => {

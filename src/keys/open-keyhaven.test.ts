@@ -1,8 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
 import { code } from '../../test/expect-error.js';
@@ -15,6 +14,7 @@ import { openSqliteStore } from '../storage/sqlite.js';
 import type { Store } from '../storage/store.js';
 import { DB_FILE, openEmbeddedStore, ROOT_KEY_FILE } from './embedded-store.js';
 import { openKeyhaven } from './open-keyhaven.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 // One key stack for the key server, the embedded store and offline verify,
 // on real SQLite files: a log signed by one of them verifies with the others,
@@ -34,7 +34,7 @@ describe('openKeyhaven', () => {
   };
 
   before(() => {
-    base = mkdtempSync(join(tmpdir(), 'kh-open-'));
+    base = ownedTempDir('kh-open-');
   });
   after(() => {
     rmSync(base, { recursive: true, force: true });

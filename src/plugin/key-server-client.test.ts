@@ -1,14 +1,14 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync, unlinkSync } from 'node:fs';
+import { rmSync, writeFileSync, unlinkSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
 import { createServer as createTcpServer, type AddressInfo, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { apiKeySource, createKeyServerClient, KEYHAVEN_HEALTH_PROBE, type KeyServerClientOptions } from './key-server-client.js';
 import { code as fails } from '../../test/expect-error.js';
 import { freePort } from '../../test/ports.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 // Every test talks to real HTTP servers on 127.0.0.1. Tests never depend on
 // timing: breaker windows are driven by an injected clock, and where real time
@@ -626,7 +626,7 @@ describe('plugin/key-server-client: 401 and API key rotation', () => {
 
 describe('plugin/key-server-client: apiKeySource', () => {
   function tempDir(t: TestContext): string {
-    const dir = mkdtempSync(join(tmpdir(), 'kh-apikey-'));
+    const dir = ownedTempDir('kh-apikey-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     return dir;
   }

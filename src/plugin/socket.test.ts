@@ -1,19 +1,19 @@
 import { after, afterEach, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { clearStaleSocket, parseEndpoint, removeSocketIfOurs, socketIdentity, secureSocket } from './socket.js';
 import { code as fails } from '../../test/expect-error.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 let dir: string;
 let n = 0;
 const servers: Server[] = [];
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'kh-sock-'));
+  dir = ownedTempDir('kh-sock-');
 });
 
 afterEach(async () => {

@@ -1,17 +1,17 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KeyhavenError, type ErrorCode } from '../errors.js';
 import { createKeyFile, keyFileSeal, readKeyFile } from './keyfile.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 let dir: string;
 let counter = 0;
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'kh-keyfile-'));
+  dir = ownedTempDir('kh-keyfile-');
 });
 
 after(() => {

@@ -6,7 +6,7 @@ import type { LightMyRequestResponse } from 'fastify';
 import { nativeDialect } from './native/dialect.js';
 import { installPipeline } from './pipeline/pipeline.js';
 import { createServerMetrics } from './metrics.js';
-import { openTestApp, type TestApp } from './test-app.js';
+import { openTestApp, type TestApp } from '../../test/server-app.js';
 
 // Route behaviour of the whole pipeline, in process (app.inject, a real
 // SQLite file, the real core): each dialect's error shapes, the route-table

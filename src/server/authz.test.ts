@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { injectApi, openBareTestApp, type BareTestApp, type InjectedResult as ApiResult } from './test-app.js';
+import { injectApi, openBareTestApp, type BareTestApp, type InjectedResult as ApiResult } from '../../test/server-app.js';
 
 // The authorization matrix, in process: every route the server registers ×
 // every kind of caller. Allowed cells must really work; denied cells answer

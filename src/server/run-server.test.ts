@@ -1,14 +1,14 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { sealFromConfig } from './run-server.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 describe('seal from config', () => {
   it('refuses an HSM PIN file others can read, without echoing the PIN; accepts it at 0600', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'kh-pin-'));
+    const dir = ownedTempDir('kh-pin-');
     try {
       const pinFile = join(dir, 'pin');
       writeFileSync(pinFile, '918273\n');

@@ -1,8 +1,7 @@
 import { describe, it, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
@@ -11,6 +10,7 @@ import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../..
 import { requireDependency } from '../../test/require.js';
 import { openStore, type StoreConfig } from './open-store.js';
 import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, LoginThrottleRow, PluginReportRow, PrincipalRow, Store } from './store.js';
+import { ownedTempDir } from '../../test/reaper.js';
 
 // One suite, run against every backend: whatever passes here on SQLite must
 // pass on PostgreSQL too. Concurrency cases run their second and third store
@@ -929,7 +929,7 @@ if (!isMainThread && (workerData as Record<string, unknown> | null)?.[WORKER_FLA
     'sqlite',
     { available: async () => true, reason: 'SQLite', fairLock: false },
     async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'kh-contract-'));
+      const dir = ownedTempDir('kh-contract-');
       const path = join(dir, 'keyhaven.db');
       const config: StoreConfig = { sqlite: { path, create: true } };
       const store = await openStore(config);

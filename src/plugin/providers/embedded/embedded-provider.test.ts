@@ -1,14 +1,13 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { rmSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
 import { KeyhavenError } from '../../../errors.js';
 import { openEmbeddedStore, type EmbeddedStore } from '../../../keys/embedded-store.js';
 import type { KeyStore } from '../../../keys/key-store.js';
 import { createEmbeddedProvider } from './embedded-provider.js';
 import { parseKeyId } from '../../../keys/key-id.js';
+import { ownedTempDir } from '../../../../test/reaper.js';
 
 const ENC = { uid: 'test', annotations: true };
 const DEC = { uid: 'test' };
@@ -19,7 +18,7 @@ describe('embedded provider (real SQLite store)', () => {
   let es: EmbeddedStore;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kh-provider-'));
+    dir = ownedTempDir('kh-provider-');
     es = await openEmbeddedStore({ dataDir: dir, create: true });
     await es.keys.create('cluster-a', 'test');
     await es.keys.create('cluster-b', 'test');

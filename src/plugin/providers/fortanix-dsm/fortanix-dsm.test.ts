@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { createCipheriv, createDecipheriv, randomBytes, randomUUID } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
@@ -19,6 +18,7 @@ import { createStatusMonitor } from '../../status-monitor.js';
 import { createDsmClient, type DsmClientOptions } from './fortanix-dsm-client.js';
 import { DSM_FORMAT, dsmAd, parseDsmCiphertext } from './fortanix-dsm-format.js';
 import { buildFortanixDsmProvider, createFortanixDsmProvider, type DsmProviderOptions } from './fortanix-dsm.js';
+import { ownedTempDir } from '../../../../test/reaper.js';
 
 // The fortanix-dsm provider against a stand-in for Fortanix DSM: a real HTTP
 // server on 127.0.0.1 that implements the subset of DSM's REST API the
@@ -584,7 +584,7 @@ describe('fortanix-dsm provider (stand-in DSM)', () => {
 
 describe('fortanix-dsm provider builder (stand-in DSM)', () => {
   function setup(t: TestContext, dsmUrl: string, apiKey: string, mode = 0o600, extra: Record<string, unknown> = {}) {
-    const dir = mkdtempSync(join(tmpdir(), 'kh-dsm-'));
+    const dir = ownedTempDir('kh-dsm-');
     t.after(() => rmSync(dir, { recursive: true, force: true }));
     const file = join(dir, 'dsm-api-key');
     writeFileSync(file, `${apiKey}\n`, { mode: 0o600 });

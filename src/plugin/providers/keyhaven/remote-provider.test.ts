@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { rmSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { actorName, SYSTEM } from '../../../access/access.js';
@@ -18,6 +17,7 @@ import type { KmsProvider } from '../../provider.js';
 import { code } from '../../../../test/expect-error.js';
 import { createRemoteProvider, type RemoteProviderOptions } from './remote-provider.js';
 import { FORM_DIRECT, FORM_KEK_ANNOTATED, FORM_KEK_EMBEDDED, KEK_ANNOTATION } from './remote-envelope.js';
+import { ownedTempDir } from '../../../../test/reaper.js';
 
 // The remote provider against a real key server (in this process, real HTTP
 // on 127.0.0.1, a real SQLite file), counting the calls it makes.
@@ -35,7 +35,7 @@ describe('remote provider (real key server over HTTP)', () => {
   const open: KmsProvider[] = [];
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kh-remote-'));
+    dir = ownedTempDir('kh-remote-');
     const cfg = parseServerConfig(
       { listen: '127.0.0.1:0', storage: { sqlite: { path: join(dir, 'keyhaven.db') } }, seal: { keyfile: { path: join(dir, 'root.key') } }, log: { level: 'silent' } },
       'test',

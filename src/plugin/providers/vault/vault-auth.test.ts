@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { KeyhavenError } from '../../../errors.js';
@@ -8,6 +7,7 @@ import { code } from '../../../../test/expect-error.js';
 import { startVaultStandin, type VaultStandin } from '../../../../test/plugin-vault-standin.js';
 import { createVaultAuth, type VaultAuth, type VaultAuthEvent, type VaultAuthMethod } from './vault-auth.js';
 import { vaultErrorOf } from './vault-errors.js';
+import { ownedTempDir } from '../../../../test/reaper.js';
 
 // Login, renewal and re-login against a stand-in Vault over real HTTP, with
 // the clock and the timers in the test's hands: renewal times are checked as
@@ -27,7 +27,7 @@ describe('vault auth (stand-in Vault, controlled timers)', () => {
 
   before(async () => {
     vault = await startVaultStandin();
-    dir = mkdtempSync(join(tmpdir(), 'kh-vault-auth-'));
+    dir = ownedTempDir('kh-vault-auth-');
     secretIdFile = join(dir, 'secret-id');
     writeFileSync(secretIdFile, vault.approle.secretId, { mode: 0o600 });
     jwtFile = join(dir, 'jwt');

@@ -1,8 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { parsePluginConfig } from '../../../config/plugin-config.js';
@@ -15,6 +14,7 @@ import { byteForms } from '../../../../test/secret-forms.js';
 import { startVaultStandin, type VaultStandin } from '../../../../test/plugin-vault-standin.js';
 import { buildVaultProvider, parseVaultCiphertext } from './vault.js';
 import { vaultErrorOf } from './vault-errors.js';
+import { ownedTempDir } from '../../../../test/reaper.js';
 
 // The vault provider against a stand-in Vault (test/plugin-vault-standin.ts:
 // real HTTP on 127.0.0.1, real AES-GCM, Vault's documented answers). The
@@ -102,7 +102,7 @@ describe('vault provider (stand-in Vault)', () => {
   const planted: Buffer[] = [];
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'kh-vault-'));
+    dir = ownedTempDir('kh-vault-');
     vault = await startVaultStandin();
   });
 

@@ -1,17 +1,17 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FastifyInstance, InjectOptions, LightMyRequestResponse } from 'fastify';
-import { SYSTEM } from '../access/access.js';
-import { DEFAULT_PASSWORD_POOL } from '../access/password-pool.js';
-import { configurePasswordHashing } from '../access/secrets.js';
-import { createLogger } from '../log/logger.js';
-import { keyFileSeal } from '../seal/keyfile.js';
-import { openStore } from '../storage/open-store.js';
-import type { Store } from '../storage/store.js';
-import { buildApp } from './app.js';
-import { openServerCore, type ServerCore } from './core.js';
-import { createServerMetrics } from './metrics.js';
+import { SYSTEM } from '../src/access/access.js';
+import { DEFAULT_PASSWORD_POOL } from '../src/access/password-pool.js';
+import { configurePasswordHashing } from '../src/access/secrets.js';
+import { createLogger } from '../src/log/logger.js';
+import { keyFileSeal } from '../src/seal/keyfile.js';
+import { openStore } from '../src/storage/open-store.js';
+import type { Store } from '../src/storage/store.js';
+import { buildApp } from '../src/server/app.js';
+import { openServerCore, type ServerCore } from '../src/server/core.js';
+import { createServerMetrics } from '../src/server/metrics.js';
+import { ownedTempDir } from './reaper.js';
 
 // In-process harness for route tests (tests only; not part of the package's
 // surface): a real SQLite file and key file in a temp folder, the real server
@@ -54,7 +54,7 @@ export async function openBareTestApp(opts: TestAppOptions = {}): Promise<BareTe
   // Tests sign in and create users often: the lowest scrypt cost the
   // config allows (auth.hashing.scryptN), as test/server-helpers.ts sets it.
   configurePasswordHashing({ ...DEFAULT_PASSWORD_POOL, scryptN: 1024 });
-  const dir = mkdtempSync(join(tmpdir(), 'kh-app-'));
+  const dir = ownedTempDir('kh-app-');
   const dbPath = join(dir, 'keyhaven.db');
   const lines: string[] = [];
   let store: Store | undefined;
