@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, type TestContext } from 'node:test';
 import type * as P from 'pkcs11js';
+import { KeyhavenError, type ErrorCode } from '../src/errors.js';
 import { requireDependency } from './require.js';
 
 // Real SoftHSM2 tokens for the pkcs11 tests (unit tests in src/ and end-to-end
@@ -98,4 +99,19 @@ export function withTokenSession<T>(label: string, pin: string | undefined, fn: 
     lib.C_Finalize();
     lib.close();
   }
+}
+
+/**
+ * A rejection check for HSM errors: a KeyhavenError with the code, matching
+ * the problem, and showing none of the PINs nor the secret's bytes.
+ */
+export function failsWithoutSecrets(code: ErrorCode, problem: RegExp, pins: readonly string[], secret?: Buffer): (e: unknown) => true {
+  return (e: unknown) => {
+    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
+    assert.equal(e.code, code, `code: ${e.message}`);
+    assert.match(e.message, problem);
+    for (const p of pins) assert.ok(!e.message.includes(p), `message shows a PIN: ${e.message}`);
+    if (secret) for (const f of [secret.toString('hex'), secret.toString('base64')]) assert.ok(!e.message.includes(f), `message leaks the secret's bytes: ${e.message}`);
+    return true;
+  };
 }
