@@ -10,3 +10,14 @@ export function code(c: ErrorCode, pattern?: RegExp): (e: unknown) => true {
     return true;
   };
 }
+
+/** The KeyhavenError a promise rejects with (fails if it resolves, or rejects with anything else). */
+export async function caught(p: Promise<unknown>): Promise<KeyhavenError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
+    return e;
+  }
+  return assert.fail('expected the call to reject');
+}

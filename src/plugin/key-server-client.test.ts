@@ -6,7 +6,7 @@ import { createServer as createTcpServer, type AddressInfo, type Socket } from '
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { apiKeySource, createKeyServerClient, KEYHAVEN_HEALTH_PROBE, type KeyServerClientOptions } from './key-server-client.js';
-import { code as fails } from '../../test/expect-error.js';
+import { caught, code as fails } from '../../test/expect-error.js';
 import { freePort } from '../../test/ports.js';
 import { ownedTempDir } from '../../test/reaper.js';
 
@@ -120,17 +120,6 @@ function makeClient(t: TestContext, servers: string[], over: Partial<KeyServerCl
   });
   t.after(() => client.close());
   return { client, attempts, states };
-}
-
-
-async function caught(p: Promise<unknown>): Promise<KeyhavenError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    return e;
-  }
-  assert.fail('expected the call to reject');
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

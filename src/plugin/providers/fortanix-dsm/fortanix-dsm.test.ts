@@ -6,11 +6,10 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
-import { code as fails } from '../../../../test/expect-error.js';
+import { caught, code as fails } from '../../../../test/expect-error.js';
 import { freePort } from '../../../../test/ports.js';
 import { parsePluginConfig } from '../../../config/plugin-config.js';
 import type { FortanixDsmProviderConfig } from '../../../config/providers/fortanix-dsm.js';
-import { KeyhavenError } from '../../../errors.js';
 import { createLogger } from '../../../log/logger.js';
 import { createPluginMetrics } from '../../metrics.js';
 import type { KmsProvider } from '../../provider.js';
@@ -195,16 +194,6 @@ function makeProvider(t: TestContext, endpoints: string[], over: { client?: Part
   });
   t.after(() => provider.close());
   return { provider, events };
-}
-
-async function caught(p: Promise<unknown>): Promise<KeyhavenError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof KeyhavenError, `expected a KeyhavenError, got ${String(e)}`);
-    return e;
-  }
-  return assert.fail('expected the call to reject');
 }
 
 const ctxOf = (annotations = true) => ({ uid: randomUUID(), annotations });
