@@ -12,6 +12,7 @@ import { buildApp } from '../src/server/app.js';
 import { openServerCore, type ServerCore } from '../src/server/core.js';
 import { createServerMetrics } from '../src/server/metrics.js';
 import { ownedTempDir } from './reaper.js';
+import { jsonRequest } from './server-helpers.js';
 
 // In-process harness for route tests (tests only; not part of the package's
 // surface): a real SQLite file and key file in a temp folder, the real server
@@ -140,13 +141,7 @@ export interface InjectedResult<T = any> {
 
 /** A JSON call through app.inject, with an optional bearer token. */
 export async function injectApi<T = any>(t: Pick<BareTestApp, 'inject'>, method: string, path: string, opts: { token?: string | undefined; body?: unknown; headers?: Record<string, string> } = {}): Promise<InjectedResult<T>> {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-  let payload: string | undefined;
-  if (opts.body !== undefined) {
-    payload = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
-    headers['content-type'] ??= 'application/json';
-  }
+  const { headers, body: payload } = jsonRequest(opts);
   const res = await t.inject({ method: method as 'GET', url: path, headers, ...(payload !== undefined ? { payload } : {}) });
   let parsed: unknown = res.body;
   try {

@@ -95,13 +95,8 @@ export interface ApiResult<T = any> {
   headers: Headers;
 }
 
-/** One HTTP call; `body` objects are sent as JSON, strings as they are. */
-export async function api<T = any>(
-  url: string,
-  method: string,
-  path: string,
-  opts: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
-): Promise<ApiResult<T>> {
+/** Headers and body of a test call: a bearer token if given; `body` objects as JSON, strings as they are. */
+export function jsonRequest(opts: { token?: string | undefined; body?: unknown; headers?: Record<string, string> | undefined }): { headers: Record<string, string>; body: string | undefined } {
   const headers: Record<string, string> = { ...opts.headers };
   if (opts.token) headers.authorization = `Bearer ${opts.token}`;
   let body: string | undefined;
@@ -109,6 +104,17 @@ export async function api<T = any>(
     body = typeof opts.body === 'string' ? opts.body : JSON.stringify(opts.body);
     headers['content-type'] ??= 'application/json';
   }
+  return { headers, body };
+}
+
+/** One HTTP call; `body` objects are sent as JSON, strings as they are. */
+export async function api<T = any>(
+  url: string,
+  method: string,
+  path: string,
+  opts: { token?: string; body?: unknown; headers?: Record<string, string> } = {},
+): Promise<ApiResult<T>> {
+  const { headers, body } = jsonRequest(opts);
   const res = await fetch(url + path, { method, headers, body });
   const text = await res.text();
   let parsed: unknown = text;
