@@ -33,6 +33,8 @@ interface Call {
   /** Objects go as JSON; Buffers go as they are with no content-type (like the Go SDK). */
   body?: unknown;
   headers?: Record<string, string>;
+  /** The base URL the path is appended to (default: the server's URL, no trailing slash). */
+  base?: string;
 }
 
 describe('Fortanix DSM compatibility API', () => {
@@ -58,7 +60,7 @@ describe('Fortanix DSM compatibility API', () => {
       body = JSON.stringify(c.body);
       headers['content-type'] ??= 'application/json';
     }
-    const res = await fetch(url + path, { method, headers, body });
+    const res = await fetch((c.base ?? url) + path, { method, headers, body });
     const text = await res.text();
     let parsed: unknown;
     try {
@@ -152,6 +154,31 @@ describe('Fortanix DSM compatibility API', () => {
     assert.equal(Buffer.from(r1.iv, 'base64').length, 16);
     assert.notEqual(r1.iv, r2.iv);
     assert.notEqual(r1.cipher, r2.cipher);
+  });
+
+  it('a SmartKey plugin whose smartkeyURL ends in "/" (its sample config): "//sys/v1/…" and "//crypto/v1/…" work', async () => {
+    // The plugin appends "/sys/v1/session/auth" and "/crypto/v1/keys/…" to its configured URL as it is.
+    const smartkeyURL = `${url}/`;
+    const json = { 'content-type': 'application/json' };
+    // At start: session auth (no body, still labelled JSON), then GET the key and check AES-256.
+    const auth = ok(await dsm('POST', '/sys/v1/session/auth', { base: smartkeyURL, basic: apiKey, headers: json }), 'session auth at //sys/v1');
+    assert.equal(auth.token_type, 'Bearer');
+    tokens.push(auth.access_token);
+    const key = ok(await dsm('GET', `/crypto/v1/keys/${k1v1}`, { base: smartkeyURL, basic: apiKey, headers: json }), 'GET the key at //crypto/v1');
+    assert.equal(key.obj_type, 'AES');
+    assert.equal(key.key_size, 256);
+    // Then one encrypt per apiserver write and a decrypt per read, CBC with the configured IV.
+    const iv = b64(randomBytes(16));
+    const p = plain('double-slash');
+    const raw = `{\n\t\t"alg":   "AES",\n\t\t"mode":  "CBC",\n\t\t"iv":    "${iv}",\n\t\t"plain": "${b64(p)}"\n\t}`;
+    const enc = ok(await dsm('POST', `/crypto/v1/keys/${k1v1}/encrypt`, { base: smartkeyURL, basic: apiKey, body: raw }), 'encrypt at //crypto/v1');
+    assert.equal(enc.kid, k1v1);
+    // The same call without the doubled slash gives the same cipher (fixed IV): the same route and key.
+    assert.equal(ok(await dsm('POST', `/crypto/v1/keys/${k1v1}/encrypt`, { basic: apiKey, body: raw }), 'encrypt at /crypto/v1').cipher, enc.cipher);
+    const dec = ok(await dsm('POST', `/crypto/v1/keys/${k1v1}/decrypt`, { base: smartkeyURL, basic: apiKey, body: { alg: 'AES', mode: 'CBC', iv, cipher: enc.cipher } }), 'decrypt at //crypto/v1');
+    assert.deepEqual(Buffer.from(dec.plain, 'base64'), p);
+    // An unknown DSM path under the doubled slash: DSM's plain-text 404, not the native JSON one.
+    refused(await dsm('POST', '/crypto/v1/nothing', { base: smartkeyURL, basic: apiKey }), 404, /^no route POST \/crypto\/v1\/nothing$/, 'unknown DSM path at //crypto/v1', [apiKey]);
   });
 
   it('a Go-SDK-style client: session auth with the API key, key info by name, GCM, terminate; bodies without a content-type', async () => {

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import Database from 'better-sqlite3';
 import Fastify from 'fastify';
 import type { LightMyRequestResponse } from 'fastify';
+import { collapseDsmSlashes } from './dsm/dialect.js';
 import { nativeDialect } from './native/dialect.js';
 import { installPipeline } from './pipeline/pipeline.js';
 import { createServerMetrics } from './metrics.js';
@@ -259,6 +260,92 @@ describe('server pipeline and dialects (in process)', () => {
         db.close();
       }
       assert.ok(t.logs().some((l) => l.includes('audit record could not be written')), 'the failure is logged');
+    });
+  });
+
+  describe('a doubled leading slash (a DSM base URL ending in "/", as the SmartKey plugin\'s sample config has)', () => {
+    const dsmBasic = () => ({ authorization: basic('granted', t.tokens.granted) });
+    /** The CBC body the SmartKey plugin sends: its configured IV on every call. */
+    const iv = Buffer.alloc(16, 7).toString('base64');
+
+    it('collapseDsmSlashes touches only a leading run of slashes before a DSM prefix', () => {
+      assert.equal(collapseDsmSlashes('//sys/v1/session/auth'), '/sys/v1/session/auth');
+      assert.equal(collapseDsmSlashes('///crypto/v1/keys?x=1'), '/crypto/v1/keys?x=1');
+      assert.equal(collapseDsmSlashes('//crypto/v1'), '/crypto/v1');
+      for (const same of ['/sys/v1/session/auth', '/crypto/v1//keys', '//crypto/v1x', '//v1/keys', '//v1/transit/encrypt/k1', '//', '/', '']) {
+        assert.equal(collapseDsmSlashes(same), same);
+      }
+    });
+
+    it('//sys/v1/session/auth signs an app in with HTTP Basic, as /sys/v1/session/auth does', async () => {
+      const r = await t.inject({ method: 'POST', url: '//sys/v1/session/auth', headers: dsmBasic() });
+      assert.equal(r.statusCode, 200, r.body);
+      const body = r.json() as { token_type: string; access_token: string };
+      assert.equal(body.token_type, 'Bearer');
+      assert.match(body.access_token, /^khs_/);
+      const rec = await recordOf(r);
+      assert.equal(rec.operation, 'dsm.session.auth');
+      assert.equal(rec.actor, 'app:granted');
+      // The session works on a doubled-slash crypto path too.
+      const read = await t.inject({ method: 'POST', url: '//crypto/v1/keys/info', headers: bearer(body.access_token), payload: { name: 'k1' } });
+      assert.equal(read.statusCode, 200, read.body);
+      // Wrong credentials get DSM's refusal, not a 404.
+      dsmError(await t.inject({ method: 'POST', url: '//sys/v1/session/auth', headers: { authorization: basic('granted', 'kha_0123456789abcdef_' + 'x'.repeat(43)) } }), 401, /./);
+    });
+
+    it('//crypto/v1/keys/{kid}: GET, encrypt and decrypt with HTTP Basic answer as the single-slash paths do', async () => {
+      const info = await t.inject({ method: 'POST', url: '/crypto/v1/keys/info', headers: dsmBasic(), payload: { name: 'k1' } });
+      const kid = (info.json() as { kid: string }).kid;
+      const single = await t.inject({ method: 'GET', url: `/crypto/v1/keys/${kid}`, headers: dsmBasic() });
+      const doubled = await t.inject({ method: 'GET', url: `//crypto/v1/keys/${kid}`, headers: dsmBasic() });
+      assert.equal(doubled.statusCode, 200, doubled.body);
+      assert.deepEqual(doubled.json(), single.json());
+      assert.equal((await recordOf(doubled)).operation, 'dsm.key.read');
+
+      const plain = Buffer.from('a 32-byte seed for the apiserver').toString('base64');
+      const enc = (url: string) => t.inject({ method: 'POST', url, headers: { ...dsmBasic(), 'content-type': 'application/json' }, payload: { alg: 'AES', mode: 'CBC', iv, plain } });
+      const e1 = await enc(`/crypto/v1/keys/${kid}/encrypt`);
+      const e2 = await enc(`//crypto/v1/keys/${kid}/encrypt`);
+      assert.equal(e2.statusCode, 200, e2.body);
+      // A fixed IV makes CBC deterministic: the same answer on both paths shows the same key and route.
+      assert.deepEqual(e2.json(), e1.json());
+      const rec = await recordOf(e2);
+      assert.equal(rec.operation, 'dsm.encrypt');
+      assert.equal(rec.key_name, 'k1');
+      const cipher = (e2.json() as { cipher: string }).cipher;
+      const dec = await t.inject({ method: 'POST', url: `//crypto/v1/keys/${kid}/decrypt`, headers: { ...dsmBasic(), 'content-type': 'application/json' }, payload: { alg: 'AES', mode: 'CBC', iv, cipher } });
+      assert.equal(dec.statusCode, 200, dec.body);
+      assert.equal((dec.json() as { plain: string }).plain, plain);
+      // Refusals keep DSM's shape there too.
+      dsmError(await t.inject({ method: 'POST', url: `//crypto/v1/keys/${kid}/encrypt`, headers: { authorization: basic('stranger', t.tokens.stranger), 'content-type': 'application/json' }, payload: { alg: 'AES', mode: 'CBC', iv, plain } }), 403, /./);
+    });
+
+    it('an unknown DSM path or a bad URL behind "//" is answered in DSM\'s text form and audited as http.unknown', async () => {
+      const r = await t.inject({ method: 'POST', url: '//crypto/v1/nothing?x=1', headers: dsmBasic() });
+      dsmError(r, 404, /^no route POST \/crypto\/v1\/nothing$/);
+      const rec = await recordOf(r);
+      assert.equal(rec.operation, 'http.unknown');
+      assert.equal(rec.result, 'not_found');
+      assert.equal(rec.details.route, 'POST /crypto/v1/nothing');
+      dsmError(await t.inject({ method: 'GET', url: '//sys/v1/nothing' }), 404, /^no route GET \/sys\/v1\/nothing$/);
+      dsmError(await t.inject({ method: 'GET', url: '///crypto/v1/keys/%zz' }), 400, /not validly encoded/);
+      // Only the leading run is collapsed: a doubled slash inside a DSM path is an unknown route, as before.
+      dsmError(await t.inject({ method: 'GET', url: '/crypto/v1//keys' }), 404, /^no route GET \/crypto\/v1\/\/keys$/);
+    });
+
+    it('native /v1 and Vault paths with doubled slashes answer as before: 404 in their own shape', async () => {
+      nativeError(await t.inject({ method: 'GET', url: '//v1/sys/health' }), 404, 'not_found', /^no route GET \/\/v1\/sys\/health$/);
+      nativeError(await t.inject({ method: 'GET', url: '//v1/keys', headers: bearer(t.tokens.keyAdmin) }), 404, 'not_found', /^no route GET \/\/v1\/keys$/);
+      nativeError(await t.inject({ method: 'GET', url: '/v1//keys', headers: bearer(t.tokens.keyAdmin) }), 404, 'not_found', /^no route GET \/v1\/\/keys$/);
+      const transit = { 'x-vault-token': t.tokens.granted, 'content-type': 'application/json' };
+      const payload = { plaintext: Buffer.from('x').toString('base64') };
+      // "//v1/transit/…" is outside Vault's prefix, so the server-wide (native) not-found answers it.
+      nativeError(await t.inject({ method: 'POST', url: '//v1/transit/encrypt/k1', headers: transit, payload }), 404, 'not_found', /^no route POST \/\/v1\/transit\/encrypt\/k1$/);
+      vaultError(await t.inject({ method: 'POST', url: '/v1/transit//encrypt/k1', headers: transit, payload }), 404, /^unsupported path$/);
+      nativeError(await t.inject({ method: 'GET', url: '//crypto/v1x' }), 404, 'not_found');
+      // The single-slash paths still work.
+      assert.equal((await t.inject({ method: 'GET', url: '/v1/sys/health' })).statusCode, 200);
+      assert.equal((await t.inject({ method: 'POST', url: '/v1/transit/encrypt/k1', headers: transit, payload })).statusCode, 200);
     });
   });
 

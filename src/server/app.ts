@@ -8,7 +8,7 @@ import { KeyhavenError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { PACKAGE_VERSION } from '../paths.js';
 import type { ServerCore } from './core.js';
-import { dsmDialect } from './dsm/dialect.js';
+import { collapseDsmSlashes, dsmDialect } from './dsm/dialect.js';
 import { registerDsm } from './dsm/index.js';
 import type { ServerMetrics } from './metrics.js';
 import { nativeDialect } from './native/dialect.js';
@@ -78,6 +78,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     return503OnClosing: true,
     // Key names have up to 128 characters; longer parameters reach validation and its message.
     routerOptions: { maxParamLength: 1024 },
+    // DSM clients built on a base URL ending in "/" send "//sys/v1/…": route them as DSM does (dsm/dialect.ts).
+    // Before routing, so a DSM path also gets DSM's not-found and bad-URL answers; other paths are left alone.
+    rewriteUrl: (req) => collapseDsmSlashes(req.url ?? '/'),
     // Refused before routing (badly encoded URL, over-long parameter): fastify skips the hooks, so answer and audit here.
     frameworkErrors: (err, req, res) => {
       const reply = res as unknown as FastifyReply;
@@ -107,7 +110,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
       const id = randomBytes(8).toString('hex');
       // The compatibility APIs answer in their own shape when the packet shows the path.
       const path = Buffer.isBuffer(err.rawPacket) ? REQUEST_LINE.exec(err.rawPacket.subarray(0, 4096).toString('latin1'))?.[1] : undefined;
-      const a = dialectOfPath(DIALECTS, nativeDialect, path ?? '').error(code, message, id);
+      const a = dialectOfPath(DIALECTS, nativeDialect, collapseDsmSlashes(path ?? '')).error(code, message, id);
       const head = `HTTP/1.1 ${status}\r\ncontent-type: ${a.type}\r\ncontent-length: ${Buffer.byteLength(a.body)}\r\nx-request-id: ${id}\r\nconnection: close\r\n\r\n`;
       if (socket.writable) socket.write(head + a.body);
       socket.destroy(err);

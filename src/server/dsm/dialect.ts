@@ -9,6 +9,21 @@ import { dsmBasicPrincipal } from './auth.js';
 
 const TEXT = 'text/plain; charset=utf-8';
 const BASIC = /^Basic /i;
+// A run of leading slashes before a DSM prefix: what a client makes of a base URL ending in "/".
+const DOUBLED_DSM_PREFIX = /^\/{2,}(?=(?:sys|crypto)\/v1(?:[/?]|$))/;
+
+/**
+ * The URL with a doubled leading slash before a DSM path collapsed
+ * ("//sys/v1/session/auth" → "/sys/v1/session/auth"); every other URL as it is.
+ * The original SmartKey KMS plugin joins its configured base URL, whose sample
+ * ends in "/", with "/sys/v1/…", and DSM itself answers those paths. Only DSM
+ * paths: fastify's ignoreDuplicateSlashes would also start answering
+ * "//v1/…" and "/v1/transit//…", which the native and Vault APIs refuse (404).
+ */
+export function collapseDsmSlashes(url: string): string {
+  // Most URLs have one leading slash: skip the regex for them.
+  return url.charCodeAt(1) === 0x2f ? url.replace(DOUBLED_DSM_PREFIX, '/') : url;
+}
 
 export const dsmDialect: Dialect = {
   name: 'dsm',
