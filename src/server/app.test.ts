@@ -289,8 +289,11 @@ describe('server pipeline and dialects (in process)', () => {
       // The session works on a doubled-slash crypto path too.
       const read = await t.inject({ method: 'POST', url: '//crypto/v1/keys/info', headers: bearer(body.access_token), payload: { name: 'k1' } });
       assert.equal(read.statusCode, 200, read.body);
-      // Wrong credentials get DSM's refusal, not a 404.
-      dsmError(await t.inject({ method: 'POST', url: '//sys/v1/session/auth', headers: { authorization: basic('granted', 'kha_0123456789abcdef_' + 'x'.repeat(43)) } }), 401, /./);
+      // Wrong credentials get DSM's refusal, the same as on the single-slash path, not a 404.
+      const wrong = { authorization: basic('granted', 'kha_0123456789abcdef_' + 'x'.repeat(43)) };
+      const refusedHere = await t.inject({ method: 'POST', url: '//sys/v1/session/auth', headers: wrong });
+      dsmError(refusedHere, 401, /\S/);
+      assert.equal(refusedHere.body, (await t.inject({ method: 'POST', url: '/sys/v1/session/auth', headers: wrong })).body);
     });
 
     it('//crypto/v1/keys/{kid}: GET, encrypt and decrypt with HTTP Basic answer as the single-slash paths do', async () => {
@@ -317,7 +320,10 @@ describe('server pipeline and dialects (in process)', () => {
       assert.equal(dec.statusCode, 200, dec.body);
       assert.equal((dec.json() as { plain: string }).plain, plain);
       // Refusals keep DSM's shape there too.
-      dsmError(await t.inject({ method: 'POST', url: `//crypto/v1/keys/${kid}/encrypt`, headers: { authorization: basic('stranger', t.tokens.stranger), 'content-type': 'application/json' }, payload: { alg: 'AES', mode: 'CBC', iv, plain } }), 403, /./);
+      const stranger = (url: string) => t.inject({ method: 'POST', url, headers: { authorization: basic('stranger', t.tokens.stranger), 'content-type': 'application/json' }, payload: { alg: 'AES', mode: 'CBC', iv, plain } });
+      const denied = await stranger(`//crypto/v1/keys/${kid}/encrypt`);
+      dsmError(denied, 403, /^no encrypt grant on security object /);
+      assert.equal(denied.body, (await stranger(`/crypto/v1/keys/${kid}/encrypt`)).body);
     });
 
     it('an unknown DSM path or a bad URL behind "//" is answered in DSM\'s text form and audited as http.unknown', async () => {
