@@ -84,7 +84,8 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
 
   const plainOf = async (key: string, value: Buffer): Promise<Buffer> => {
     const f = classifyValue(value);
-    if (providers && (f.kind === 'kms-v1' || f.kind === 'kms-v2') && !providers.has(f.provider)) throw new SkipValue();
+    // --provider: only values of those KMS providers (a migration recovers what one plugin wrote).
+    if (providers && !((f.kind === 'kms-v1' || f.kind === 'kms-v2' || f.kind === 'malformed') && f.provider !== undefined && providers.has(f.provider))) throw new SkipValue();
     switch (f.kind) {
       case 'unencrypted':
         return value;
