@@ -79,7 +79,7 @@ export async function runK8sSection(o: K8sSectionOptions): Promise<{ text: strin
     // Seeds wrapped by the embedded store's provider, as the plugin does for the apiserver.
     const cfg = parsePluginConfig({ provider: { type: 'embedded', dataDir: store }, log: { level: 'silent' } }, 'bench');
     const { provider } = await buildProvider({ cfg, logger: createLogger({ level: 'silent' }), metrics: createPluginMetrics() });
-    const seeds = [];
+    const seeds: { seed: Buffer; w: Awaited<ReturnType<typeof provider.encrypt>> }[] = [];
     for (let i = 0; i < SEEDS; i++) {
       const seed = randomBytes(32);
       const w = await provider.encrypt(seed, { uid: 'bench', annotations: true });
@@ -116,7 +116,7 @@ export async function runK8sSection(o: K8sSectionOptions): Promise<{ text: strin
     rmSync(out, { recursive: true, force: true });
     if (written !== n) throw new BenchError(`recover wrote ${written} objects, not ${n}`);
     const snapFile = join(dir, 'backup.db');
-    const save = await run(etcdctl, ['--endpoints', endpoint, 'snapshot', 'save', snapFile], env);
+    const save = await run(etcdctl, ['--endpoints', endpoint, 'snapshot', 'save', snapFile], { env });
     if (save.code !== 0) throw new BenchError(`etcdctl snapshot save failed: ${save.stderr}`);
     const snapScan = await measured('k8s scan --snapshot', process.execPath, [cli, 'k8s', 'scan', '--snapshot', snapFile, '--data-dir', store, '-o', 'json']);
 
