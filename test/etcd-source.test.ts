@@ -5,14 +5,14 @@ import { chmodSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { after, before, describe, it, type TestContext } from 'node:test';
+import { before, describe, it, type TestContext } from 'node:test';
 import { openLiveEtcd, openSnapshot, type EtcdEntry, type EtcdSource } from '../src/k8s/etcd/index.js';
 import { ETCD_AVAILABLE, startEtcd, type EtcdProcess } from './etcd.js';
 import { caught } from './expect-error.js';
 import { ROOT } from './helpers.js';
 import { makePki, type Pki } from './pki.js';
 import { freePort } from './ports.js';
-import { ownedTempDir, spawnOwned, type Teardown } from './reaper.js';
+import { ownedTempDir, spawnOwned, suiteTeardown } from './reaper.js';
 import { requireDependency } from './require.js';
 
 // The etcd reading layer against a real etcd: paging, one revision, byte-exact
@@ -21,15 +21,6 @@ import { requireDependency } from './require.js';
 
 const FIXTURE = join(ROOT, 'dist', 'test', 'fixtures', 'open-snapshot.js');
 const need = (t: TestContext) => requireDependency(t, ETCD_AVAILABLE, 'etcd-server and etcd-client (apt-get install etcd-server etcd-client)');
-
-/** A teardown for a suite: what startEtcd registers runs in the suite's `after`. */
-function suiteTeardown(): Teardown {
-  const fns: (() => unknown)[] = [];
-  after(async () => {
-    for (const fn of fns.reverse()) await fn();
-  });
-  return { after: (fn) => fns.push(fn) };
-}
 
 async function readAll(src: EtcdSource, prefix: string, pageSize?: number): Promise<{ entries: EtcdEntry[]; pages: number[] }> {
   const entries: EtcdEntry[] = [];

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe, it, before, after } from 'node:test';
+import { describe, it, before } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { encodeKmsV1 } from '../src/k8s/storage/kms-v1.js';
 import { encodeKmsV2, sealKmsV2 } from '../src/k8s/storage/kms-v2.js';
@@ -14,7 +14,7 @@ import { encodeLocal } from '../src/k8s/storage/local-forms.js';
 import { encodeSecretProtobuf } from '../src/k8s/storage/k8s-object.js';
 import { ETCD_AVAILABLE, startEtcd, type EtcdProcess } from './etcd.js';
 import { call, cli, initStore, kmsClients, startPlugin, type PluginProcess, type V2Encrypted } from './helpers.js';
-import { ownedTempDir } from './reaper.js';
+import { ownedTempDir, suiteTeardown } from './reaper.js';
 import { requireDependency } from './require.js';
 
 const ETCD_REASON = 'etcd-server and etcd-client (apt-get install etcd-server etcd-client)';
@@ -35,14 +35,15 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
   let v1KeyId = '';
   let v2KeyId = '';
   const snapshot = () => join(dir, 'backup.db');
+  const td = suiteTeardown();
 
-  before(async (ctx) => {
+  before(async () => {
     if (!ETCD_AVAILABLE) return;
-    dir = ownedTempDir('kh-k8s-', ctx as never);
-    etcd = await startEtcd(ctx as never);
+    dir = ownedTempDir('kh-k8s-', td);
+    etcd = await startEtcd(td);
     const data = join(dir, 'store');
     initStore(data);
-    plugin = await startPlugin({ dataDir: data, t: ctx as never });
+    plugin = await startPlugin({ dataDir: data, t: td });
     const kms = kmsClients(plugin.socket);
     try {
       const put = (key: string, v: Buffer) => etcd!.put(key, v);
@@ -99,8 +100,8 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
       await put('/registry/namespaces/default', Buffer.from('{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"default"}}'));
       // Damaged and foreign values.
       await put('/registry/secrets/bad/truncated', encodeKmsV2(PROVIDER, { encryptedData: randomBytes(40), keyID: v2KeyId, encryptedDEKSource: s2.wrapped.ciphertext, annotations: {}, encryptedDEKSourceType: 1 }).subarray(0, 30));
-      await put('/registry/secrets/bad/foreign', encodeKmsV2('other-kms', { encryptedData: randomBytes(40), keyID: 'arn:aws:kms:eu-west-1:111122223333:key/x', encryptedDEKSource: randomBytes(64), annotations: {}, encryptedDEKSourceType: 1 }));
-      await put('/registry/secrets/bad/never-issued', encodeKmsV2(PROVIDER, { encryptedData: randomBytes(40), keyID: `kh1:${'0'.repeat(16)}:${'1'.repeat(16)}:7:${'2'.repeat(16)}`, encryptedDEKSource: randomBytes(64), annotations: {}, encryptedDEKSourceType: 1 }));
+      await put('/registry/secrets/bad/foreign', encodeKmsV2('other-kms', { encryptedData: randomBytes(100), keyID: 'arn:aws:kms:eu-west-1:111122223333:key/x', encryptedDEKSource: randomBytes(64), annotations: {}, encryptedDEKSourceType: 1 }));
+      await put('/registry/secrets/bad/never-issued', encodeKmsV2(PROVIDER, { encryptedData: randomBytes(100), keyID: `kh1:${'0'.repeat(16)}:${'1'.repeat(16)}:7:${'2'.repeat(16)}`, encryptedDEKSource: randomBytes(64), annotations: {}, encryptedDEKSourceType: 1 }));
       // Outside the prefix: never read.
       await put('/registryX/secrets/x/y', Buffer.from('not ours'));
       await etcd.snapshot(snapshot());
@@ -109,10 +110,6 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     }
   });
 
-  after(async () => {
-    await plugin?.stop();
-    await etcd?.stop();
-  });
 
   const scanJson = (args: string[]) => {
     const r = cli(['k8s', 'scan', ...args, '-o', 'json']);
@@ -172,6 +169,9 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     const body = JSON.parse(r.stdout);
     const failedKeys = body.failed.map((f: any) => f.key).sort();
     assert.deepEqual(failedKeys, ['/registry/secrets/bad/never-issued', '/registry/secrets/bad/truncated']);
+    const reason = (k: string) => body.failed.find((f: any) => f.key === k).reason;
+    assert.match(reason('/registry/secrets/bad/truncated'), /not a valid EncryptedObject/);
+    assert.match(reason('/registry/secrets/bad/never-issued'), /issued by another key store/);
     checkRecovered(out, secrets);
     assert.equal(statSync(out).mode & 0o777, 0o700);
     // One unwrap per distinct seed (2) and per v1 DEK (4), not one per object.
@@ -203,6 +203,7 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     const body = JSON.parse(r.stdout);
     assert.equal(body.failed.length, 3);
     for (const f of body.failed) assert.match(f.key, /^\/registry\/secrets\/old\//);
+    for (const f of body.failed) assert.match(f.reason, /version 1 was destroyed/);
     checkRecovered(out, secrets.filter((x) => x.namespace === 'team-b'));
   });
 

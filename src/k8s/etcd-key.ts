@@ -26,3 +26,8 @@ export function objectPath(prefix: string, key: string): ObjectPath {
 export function objectName(p: ObjectPath): string {
   return p.rest.join('/');
 }
+
+/** The etcd key prefix of everything under an apiserver prefix: `/registry` reads `/registry/…`, never `/registryX`. */
+export function keyPrefix(prefix: string): string {
+  return prefix.endsWith('/') ? prefix : `${prefix}/`;
+}

@@ -1,7 +1,7 @@
 import { mkdirSync, readdirSync, writeFileSync, existsSync, lstatSync } from 'node:fs';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
-import { objectPath } from './etcd-key.js';
+import { keyPrefix, objectPath } from './etcd-key.js';
 import { decodeStoredObject, toApplyYaml } from './storage/k8s-object.js';
 import { openKmsV1, splitKmsV1 } from './storage/kms-v1.js';
 import { openKmsV2, splitKmsV2 } from './storage/kms-v2.js';
@@ -142,7 +142,7 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
   };
 
   const limit = Math.max(1, o.concurrency ?? 16);
-  for await (const page of source.pages(o.prefix, o.pageSize)) {
+  for await (const page of source.pages(keyPrefix(o.prefix), o.pageSize)) {
     let next = 0;
     const worker = async (): Promise<void> => {
       while (next < page.length) {

@@ -1,5 +1,5 @@
 import type { KeyIdStatus } from '../keys/key-id-lookup.js';
-import { objectName, objectPath } from './etcd-key.js';
+import { keyPrefix, objectName, objectPath } from './etcd-key.js';
 import { classifyValue, type StorageForm } from './storage/storage-form.js';
 
 /** What a scan reads: pages of an etcd key range (a live etcd or a served snapshot). */
@@ -81,7 +81,7 @@ export async function scanEtcd(source: ScanSource, o: ScanOptions): Promise<Scan
   const plaintext: { resource: string; name: string }[] = [];
   const malformed: { key: string; form: string; reason: string }[] = [];
   let objects = 0;
-  for await (const page of source.pages(o.prefix, o.pageSize)) {
+  for await (const page of source.pages(keyPrefix(o.prefix), o.pageSize)) {
     for (const { key, value } of page) {
       objects += 1;
       const path = objectPath(o.prefix, key);

@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import type { KeyIdStatus } from '../../keys/key-id-lookup.js';
 import { FAIL_ON, scanEtcd, scanFailures, type FailOn, type ScanResult } from '../../k8s/scan.js';
+import { keyPrefix } from '../../k8s/etcd-key.js';
 import { recoverObjects, type RecoverResult } from '../../k8s/recover.js';
 import { ETCD_HELP, openEtcdFromFlags, type EtcdFlags } from '../k8s-sources.js';
 import { formatTable, printJson, type OutputFormat } from '../output.js';
@@ -180,7 +181,7 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
       const lookup = await lookupFor(flags);
       const source = await openEtcdFromFlags(flags);
       let result: ScanResult;
-      const bar = progressBar('values', () => source.count(flags.prefix));
+      const bar = progressBar('values', () => source.count(keyPrefix(flags.prefix)));
       try {
         result = await scanEtcd(source, { prefix: flags.prefix, sensitive: flags.sensitive, pageSize: flags.pageSize, ...(lookup ? { lookup } : {}), onProgress: bar.update });
       } finally {
@@ -220,7 +221,7 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
         let result: RecoverResult;
         try {
           const source = await openEtcdFromFlags(flags);
-          const bar = progressBar('values', () => source.count(flags.prefix));
+          const bar = progressBar('values', () => source.count(keyPrefix(flags.prefix)));
           try {
             result = await recoverObjects(source, keys.keys, {
               prefix: flags.prefix,
