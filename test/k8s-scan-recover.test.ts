@@ -116,9 +116,12 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     return { code: r.code, stderr: r.stderr, body: r.stdout ? JSON.parse(r.stdout) : undefined };
   };
 
-  it('scan counts every form exactly, maps key_ids to key versions and names the unencrypted Secrets (live etcd)', (t) => {
+  it('scan counts every form exactly, maps key_ids to key versions and names the unencrypted Secrets (live etcd), and writes nothing', async (t) => {
     if (!requireDependency(t, ETCD_AVAILABLE, ETCD_REASON)) return;
+    const revision = async () => (JSON.parse(await etcd!.etcdctl('endpoint', 'status', '-w', 'json')) as Array<{ Status: { header: { revision: number } } }>)[0]!.Status.header.revision;
+    const before = await revision();
     const r = scanJson(['--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--page-size', '7']);
+    assert.equal(await revision(), before, 'the scan changed etcd');
     assert.equal(r.code, 0, r.stderr);
     const b = r.body;
     assert.equal(b.objects, 3 + 20 + 4 + 2 + 3 + 1 + 1 + 1 + 3);
