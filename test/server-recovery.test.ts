@@ -1,7 +1,20 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { stringify as toYaml, parse as parseYaml } from 'yaml';
+import { parsePluginConfig } from '../src/config/plugin-config.js';
+import { encodeSecretProtobuf } from '../src/k8s/storage/k8s-object.js';
+import { encodeKmsV2, sealKmsV2 } from '../src/k8s/storage/kms-v2.js';
+import { createLogger } from '../src/log/logger.js';
 import { createKeyServerClient } from '../src/plugin/key-server-client.js';
+import { createPluginMetrics } from '../src/plugin/metrics.js';
+import { buildProvider } from '../src/plugin/providers/registry.js';
+import { ETCD_AVAILABLE, startEtcd } from './etcd.js';
 import { cleanCliEnv, runCli } from './helpers.js';
+import { ownedTempDir } from './reaper.js';
+import { requireDependency } from './require.js';
 import { api, auditRecords, setupCast, startServerProcess, type Cast, type ServerProcess } from './server-helpers.js';
 
 // Break-glass recovery and the retire check against a real `keyhaven server`
@@ -131,5 +144,82 @@ describe('break-glass recovery and retire check (real server process)', () => {
     const body = JSON.parse(json.stdout);
     assert.equal(body.safe, false);
     assert.deepEqual(body.objects, [{ cluster: 'prod', scannedAt: report.scannedAt, count: 40 }]);
+  });
+
+  it('keyhaven k8s recover through the key server: a break-glass app, the quorum approval, --recovery, every Secret back, every decrypt audited with the recovery', async (t) => {
+    if (!requireDependency(t, ETCD_AVAILABLE, 'etcd-server and etcd-client (apt-get install etcd-server etcd-client)')) return;
+    const dir = ownedTempDir('kh-recover-', t);
+    const etcd = await startEtcd(t);
+    const pluginYaml = (name: string, apiKey: string) => {
+      writeFileSync(join(dir, `${name}.key`), apiKey, { mode: 0o600 });
+      const file = join(dir, `${name}.yaml`);
+      writeFileSync(file, toYaml({ provider: { type: 'keyhaven', servers: [srv.url], key: cast.key, cluster: 'prod', apiKeyFile: join(dir, `${name}.key`), allowInsecureHttp: true } }), { mode: 0o600 });
+      return file;
+    };
+    // The cluster's own plugin (app1) wraps the seeds, local KEK and all, as in production.
+    const cfg = parsePluginConfig(parseYaml(readFileSync(pluginYaml('app1', cast.appKey), 'utf8')), 'test');
+    const { provider } = await buildProvider({ cfg, logger: createLogger({ level: 'silent' }), metrics: createPluginMetrics() });
+    const planted: { name: string; data: Record<string, Buffer> }[] = [];
+    try {
+      // As the apiserver's first Status does: the plugin confirms its key before it wraps.
+      await provider.healthCheck();
+      for (let s = 0; s < 2; s++) {
+        const seed = randomBytes(32);
+        const w = await provider.encrypt(seed, { uid: 'seed', annotations: true });
+        for (let i = 0; i < 3; i++) {
+          const name = `s${s}-${i}`;
+          const data = { password: randomBytes(20) };
+          const key = `/registry/secrets/prod/${name}`;
+          const sealed = sealKmsV2(encodeSecretProtobuf({ namespace: 'prod', name, data }), seed, key);
+          await etcd.put(key, encodeKmsV2('keyhaven', { encryptedData: sealed, keyID: w.keyId, encryptedDEKSource: w.ciphertext, annotations: w.annotations ?? {}, encryptedDEKSourceType: 1 }));
+          planted.push({ name, data });
+        }
+      }
+    } finally {
+      await provider.close();
+    }
+    // The scan (as a key-admin) maps the key_ids and reports the counts for retire-check.
+    const asKeyAdmin = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, KEYHAVEN_TOKEN: cast.keyAdmin };
+    const scan = await runCli(['k8s', 'scan', '--etcd', etcd.endpoint, '--report', 'prod', '-o', 'json'], { env: asKeyAdmin });
+    assert.equal(scan.code, 0, scan.stderr);
+    const scanned = JSON.parse(scan.stdout);
+    assert.equal(scanned.keyIds.reduce((n: number, k: any) => n + k.count, 0), 6);
+    for (const k of scanned.keyIds) assert.equal(k.key, cast.key);
+    const reports = await ok(api(srv.url, 'GET', '/v1/clusters/scan-reports', { token: cast.auditor }), 'reports');
+    assert.equal(reports.body.reports.find((r: any) => r.cluster === 'prod').objects, 6);
+
+    const made = await ok(api(srv.url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'breakglass', breakGlass: true } }), 'create break-glass app');
+    await ok(api(srv.url, 'PUT', `/v1/apps/breakglass/grants/${cast.key}`, { token: cast.keyAdmin, body: { operations: ['decrypt'] } }), 'grant');
+    const bgYaml = pluginYaml('breakglass', made.body.apiKey);
+    const env = cleanCliEnv();
+    const reason = 'INC-9: prod etcd lost';
+    // The quorum from the first test covers recovery.start: the first run files the request.
+    const first = await runCli(['k8s', 'recover', '--etcd', etcd.endpoint, '--plugin-config', bgYaml, '--reason', reason, '--out', join(dir, 'out')], { env });
+    assert.equal(first.code, 0, first.stderr);
+    const id = /--recovery ([0-9a-f]+)/.exec(first.stdout)?.[1];
+    const approvalId = /approval request (\S+) filed/.exec(first.stdout)?.[1];
+    assert.ok(id && approvalId, first.stdout);
+    // Not approved: a run naming it decrypts nothing.
+    const early = await runCli(['k8s', 'recover', '--etcd', etcd.endpoint, '--plugin-config', bgYaml, '--recovery', id, '--out', join(dir, 'early')], { env });
+    assert.equal(early.code, 4, early.stderr);
+    assert.match(early.stderr, new RegExp(`recovery ${id} is still waiting for approval`));
+    await ok(api(srv.url, 'POST', `/v1/approvals/${approvalId}/approve`, { token: cast.admin2, body: {} }), 'first approval');
+    await ok(api(srv.url, 'POST', `/v1/approvals/${approvalId}/approve`, { token: cast.keyAdmin2, body: {} }), 'second approval');
+
+    const out = join(dir, 'out');
+    const r = await runCli(['k8s', 'recover', '--etcd', etcd.endpoint, '--plugin-config', bgYaml, '--recovery', id, '--out', out, '-o', 'json'], { env });
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.equal(JSON.parse(r.stdout).written, 6);
+    for (const p of planted) {
+      const doc = parseYaml(readFileSync(join(out, 'secrets', 'prod', `${p.name}.yaml`), 'utf8'));
+      assert.deepEqual(Buffer.from(doc.data.password, 'base64'), p.data.password);
+    }
+    const records = await auditRecords(srv.url, cast.auditor);
+    const decrypts = records.filter((x) => x.operation === 'crypto.decrypt' && x.actor === 'app:breakglass' && x.result === 'ok');
+    // Both seeds sit under one local KEK: one key server decrypt opens it, the seeds open locally.
+    assert.ok(decrypts.length >= 1, `${decrypts.length} decrypts`);
+    for (const d of decrypts) assert.equal(JSON.parse(d.details).recovery, id);
+    assert.ok(records.some((x) => x.operation === 'recovery.close' && JSON.parse(x.details).objects === 6));
+    for (const p of planted) assert.ok(!JSON.stringify(records).includes(p.data.password!.toString('base64')));
   });
 });

@@ -29,17 +29,37 @@ export interface OpenedRecoveryKeys {
 const REASON = /^[^\x00-\x1f\x7f]{1,500}$/;
 
 /** The recovery's own record on the key server: opened (or filed for approval) with the operator's reason. */
-async function openServerRecovery(p: KeyhavenProviderConfig, reason: string): Promise<{ id: string } | { approval: ApprovalView }> {
-  const apiKey = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
-  const client = createKeyServerClient({ servers: p.servers, tls: readTlsFiles(p.tls), apiKey, cluster: p.cluster, ...deadlineOptions(p) });
+async function openServerRecovery(p: KeyhavenProviderConfig, reason: string): Promise<{ id: string } | { approval: ApprovalView; id: string }> {
+  const client = serverClient(p);
   try {
-    const r = await client.post<{ id?: unknown; approval?: ApprovalView }>('recovery', '/v1/recoveries', { reason, cluster: p.cluster });
-    if (r.approval) return { approval: r.approval };
-    if (typeof r.id !== 'string') throw new KeyhavenError('unavailable', 'the key server answered the recovery request without an id');
-    return { id: r.id };
+    // 201: the recovery; 202: {approval, recovery} waiting for the quorum.
+    const r = await client.post<{ id?: unknown; approval?: ApprovalView; recovery?: { id?: unknown } }>('recovery', '/v1/recoveries', { reason, cluster: p.cluster });
+    const id = r.approval ? r.recovery?.id : r.id;
+    if (typeof id !== 'string') throw new KeyhavenError('unavailable', 'the key server answered the recovery request without an id');
+    return r.approval ? { approval: r.approval, id } : { id };
   } finally {
     await client.close();
   }
+}
+
+/** A recovery named with --recovery must be open: a pending or ended one would only fail object by object. */
+async function checkServerRecovery(p: KeyhavenProviderConfig, id: string): Promise<void> {
+  if (!/^[0-9a-f]{16}$/.test(id)) throw new KeyhavenError('invalid_argument', `--recovery must be a recovery id (16 hex digits), not ${JSON.stringify(id.slice(0, 40))}`);
+  const client = serverClient(p);
+  try {
+    const r = await client.request<{ state?: unknown; expiresAt?: unknown }>('GET', 'recovery', `/v1/recoveries/${id}`, undefined);
+    if (r.state !== 'open') {
+      const why = r.state === 'pending' ? 'still waiting for approval' : `${String(r.state)}; open a new one with --reason`;
+      throw new KeyhavenError('failed_precondition', `recovery ${id} is ${why}`);
+    }
+  } finally {
+    await client.close();
+  }
+}
+
+function serverClient(p: KeyhavenProviderConfig, recoveryId?: string) {
+  const apiKey = apiKeySource(p.apiKeyFile ? { file: p.apiKeyFile } : { env: p.apiKeyEnv! }, (f) => readConfigFile(f, 'API key file', true));
+  return createKeyServerClient({ servers: p.servers, tls: readTlsFiles(p.tls), apiKey, cluster: p.cluster, ...deadlineOptions(p), ...(recoveryId ? { recoveryId } : {}) });
 }
 
 /**
@@ -62,12 +82,12 @@ export async function openRecoveryKeys(f: RecoveryKeyFlags): Promise<OpenedRecov
       if (f.reason === undefined) throw new KeyhavenError('invalid_argument', 'a recovery through the key server needs --reason "…" (it is recorded in the audit log)');
       const opened = await openServerRecovery(cfg.provider, f.reason);
       if ('approval' in opened) {
-        const approval = opened.approval;
+        const { approval, id } = opened;
         return {
           keys: { unwrapV1: () => Promise.reject(new Error('pending')), unwrapV2: () => Promise.reject(new Error('pending')) },
           pending: () => {
             reportApprovalFiled({ approval }, 'text');
-            process.stdout.write(`once approved, run this command again with --recovery ${approval.id}\n`);
+            process.stdout.write(`recovery ${id} opens once approved; then run this command again with --recovery ${id}\n`);
             return 0;
           },
           finish: async () => {},
@@ -75,6 +95,8 @@ export async function openRecoveryKeys(f: RecoveryKeyFlags): Promise<OpenedRecov
         };
       }
       recoveryId = opened.id;
+    } else {
+      await checkServerRecovery(cfg.provider, recoveryId);
     }
   } else if (f.recovery !== undefined) {
     throw new KeyhavenError('invalid_argument', '--recovery names a key server recovery; this provider is not the key server');
@@ -91,10 +113,12 @@ export async function openRecoveryKeys(f: RecoveryKeyFlags): Promise<OpenedRecov
     },
     async finish(stats) {
       if (!serverProvider || !recoveryId) return;
-      const apiKey = apiKeySource(serverProvider.apiKeyFile ? { file: serverProvider.apiKeyFile } : { env: serverProvider.apiKeyEnv! }, (file) => readConfigFile(file, 'API key file', true));
-      const client = createKeyServerClient({ servers: serverProvider.servers, tls: readTlsFiles(serverProvider.tls), apiKey, cluster: serverProvider.cluster, ...deadlineOptions(serverProvider), recoveryId });
+      const client = serverClient(serverProvider, recoveryId);
       try {
         await client.post('recovery', `/v1/recoveries/${encodeURIComponent(recoveryId)}/close`, stats);
+      } catch (e) {
+        // The objects are written; a recovery left open expires on its own (1 h). Say so, keep the result.
+        process.stderr.write(`keyhaven: warning: could not close recovery ${recoveryId} on the key server: ${e instanceof KeyhavenError ? e.message : 'unexpected error'}\n`);
       } finally {
         await client.close();
       }

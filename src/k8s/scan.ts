@@ -1,6 +1,15 @@
-import type { KeyIdStatus } from '../keys/key-id-lookup.js';
 import { keyPrefix, objectName, objectPath } from './etcd-key.js';
 import { classifyValue, type StorageForm } from './storage/storage-form.js';
+
+/** What the key server (or an embedded store) says of a key_id: keys/key-id-lookup.ts. */
+export interface KeyIdStatus {
+  readonly keyId: string;
+  readonly known: boolean;
+  readonly key?: string;
+  readonly version?: number;
+  /** Why data under the version is at risk (disabled, below the minimum decryption version, pending destruction, destroyed). */
+  readonly flags: readonly string[];
+}
 
 /** What a scan reads: pages of an etcd key range (a live etcd or a served snapshot). */
 export interface ScanSource {

@@ -4,10 +4,15 @@ import { parseKeyId } from './key-id.js';
 /** What a key_id found in etcd means to the store that issued it. */
 export interface KeyIdStatus {
   readonly keyId: string;
-  /** Issued by this store for a key it still holds. */
+  /** Issued by this store for a key version it still lists. */
   readonly known: boolean;
   readonly key?: string;
   readonly version?: number;
+  /** The version: retired = below the key's minDecryptionVersion. */
+  readonly state?: 'active' | 'retired' | 'destroyed';
+  readonly keyState?: KeyInfo['state'];
+  /** The key's current version. */
+  readonly current?: boolean;
   /**
    * Why data under this version is at risk or on its way out: `key-disabled`,
    * `below-min-decryption`, `pending-destruction`, `destroyed` (its data can
@@ -33,12 +38,22 @@ export function lookupKeyIds(storeId: string, keys: readonly KeyInfo[], keyIds: 
     const k = parsed.storeId === storeId ? byRef.get(parsed.keyRef) : undefined;
     const v = k?.versions.find((x) => x.version === parsed.version);
     if (!k || !v || v.tag !== parsed.tag) return { keyId, known: false, flags: [] };
+    const destroyed = v.state === 'destroyed' || k.state === 'destroyed';
+    const below = v.version < k.minDecryptionVersion;
     const flags: string[] = [];
-    if (v.state === 'destroyed') flags.push('destroyed');
+    if (destroyed) flags.push('destroyed');
     if (k.state === 'disabled') flags.push('key-disabled');
     if (k.state === 'pending_destruction') flags.push('pending-destruction');
-    if (k.state === 'destroyed') flags.push('destroyed');
-    if (v.version < k.minDecryptionVersion) flags.push('below-min-decryption');
-    return { keyId, known: true, key: k.name, version: v.version, flags: [...new Set(flags)] };
+    if (below) flags.push('below-min-decryption');
+    return {
+      keyId,
+      known: true,
+      key: k.name,
+      version: v.version,
+      state: destroyed ? 'destroyed' : below ? 'retired' : 'active',
+      keyState: k.state,
+      current: v.version === k.currentVersion,
+      flags,
+    };
   });
 }

@@ -1,7 +1,6 @@
 import { Option, type Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
-import type { KeyIdStatus } from '../../keys/key-id-lookup.js';
-import { FAIL_ON, scanEtcd, scanFailures, type FailOn, type ScanResult } from '../../k8s/scan.js';
+import { FAIL_ON, scanEtcd, scanFailures, type FailOn, type KeyIdStatus, type ScanResult } from '../../k8s/scan.js';
 import { keyPrefix } from '../../k8s/etcd-key.js';
 import { recoverObjects, type RecoverResult } from '../../k8s/recover.js';
 import { ETCD_HELP, openEtcdFromFlags, type EtcdFlags } from '../k8s-sources.js';

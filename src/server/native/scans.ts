@@ -3,8 +3,8 @@ import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { actorName } from '../../access/access.js';
 import { KeyhavenError } from '../../errors.js';
-import { formatKeyId, parseKeyId } from '../../keys/key-id.js';
-import type { KeyInfo } from '../../keys/key-store.js';
+import { formatKeyId } from '../../keys/key-id.js';
+import { lookupKeyIds, type KeyIdStatus } from '../../keys/key-id-lookup.js';
 import type { ScanReportRow } from '../../storage/store.js';
 import type { RouteDeps } from '../route-deps.js';
 import { canSeeKey, principalOf } from '../pipeline/context.js';
@@ -31,9 +31,7 @@ const resolved = z.object({
   state: z.enum(['active', 'retired', 'destroyed']).optional().describe('the version: retired = below the key\'s minDecryptionVersion'),
   keyState: z.enum(['enabled', 'disabled', 'pending_destruction', 'destroyed']).optional(),
   current: z.boolean().optional().describe('the key\'s current version'),
-  belowMinDecryption: z.boolean().optional(),
-  pendingDestruction: z.boolean().optional(),
-  destroyed: z.boolean().optional(),
+  flags: z.array(z.string()).describe('why data under this version is at risk: key-disabled, below-min-decryption, pending-destruction, destroyed; empty when it decrypts normally'),
 });
 
 const scanReportBody = z
@@ -102,43 +100,22 @@ export function registerScanRoutes(app: FastifyInstance, { core }: RouteDeps): v
   }, async (req) => {
     const s = core.services();
     const p = principalOf(req);
-    const byRef = new Map<string, KeyInfo>((await s.keys.list()).map((k) => [k.id, k]));
-    const results: z.infer<typeof resolved>[] = [];
+    const keys = await s.keys.list();
+    const idOf = new Map(keys.map((k) => [k.name, k.id]));
+    const results: KeyIdStatus[] = [];
     let known = 0;
-    for (const keyId of req.body.keyIds) {
-      let parsed;
-      try {
-        parsed = parseKeyId(keyId);
-      } catch {
-        results.push({ keyId, known: false });
-        continue;
-      }
-      const k = parsed.storeId === s.storeId ? byRef.get(parsed.keyRef) : undefined;
-      const v = k?.versions.find((x) => x.version === parsed.version && x.tag === parsed.tag);
+    for (const r of lookupKeyIds(s.storeId, keys, req.body.keyIds)) {
       // The visibleKey rule: an app hears nothing about keys it holds no grant on.
-      if (!k || !v || !(await canSeeKey(s, p, k.id))) {
-        results.push({ keyId, known: false });
+      if (r.known && !(await canSeeKey(s, p, idOf.get(r.key!)!))) {
+        results.push({ keyId: r.keyId, known: false, flags: [] });
         continue;
       }
-      known += 1;
-      const destroyed = v.state === 'destroyed' || k.state === 'destroyed';
-      const below = v.version < k.minDecryptionVersion;
-      results.push({
-        keyId,
-        known: true,
-        key: k.name,
-        version: v.version,
-        state: destroyed ? 'destroyed' : below ? 'retired' : 'active',
-        keyState: k.state,
-        current: v.version === k.currentVersion,
-        belowMinDecryption: below,
-        pendingDestruction: k.state === 'pending_destruction',
-        destroyed,
-      });
+      if (r.known) known += 1;
+      results.push(r);
     }
     req.auditNote.details.keyIds = results.length;
     req.auditNote.details.known = known;
-    return { results };
+    return { results: results.map((r) => ({ ...r, flags: [...r.flags] })) };
   });
 
   r.put('/v1/clusters/:cluster/scan-report', {
