@@ -4,7 +4,7 @@
 // secretbox, identity/unencrypted), read live and from a snapshot.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, before } from 'node:test';
 import { parse as parseYaml } from 'yaml';
@@ -226,6 +226,25 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     const r4 = cli(['k8s', 'scan', '--etcd', etcd!.endpoint, '--prefix', 'registry']);
     assert.equal(r4.code, 2);
     assert.match(r4.stderr, /--prefix must start with "\/"/);
+    // --out through a symbolic link is refused (it could point anywhere).
+    symlinkSync(join(dir, 'out-snap'), join(dir, 'link'));
+    const r5 = cli(['k8s', 'recover', '--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--out', join(dir, 'link')]);
+    assert.equal(r5.code, 2);
+    assert.match(r5.stderr, /exists and is not a folder/);
+  });
+
+  it('an etcd key that would lead out of --out (someone who can write etcd) is refused, and nothing is written outside', async (t) => {
+    if (!requireDependency(t, ETCD_AVAILABLE, ETCD_REASON)) return;
+    const planted = encodeSecretProtobuf({ namespace: 'evil', name: 'x', data: { a: Buffer.from('b') } });
+    await etcd!.put('/registry/secrets/evil/..', planted);
+    const out = join(dir, 'nested', 'out-evil');
+    const r = cli(['k8s', 'recover', '--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--out', out, '--namespace', 'evil', '-o', 'json']);
+    assert.equal(r.code, 1, r.stderr);
+    const body = JSON.parse(r.stdout);
+    assert.deepEqual(body.failed.map((f: any) => f.key), ['/registry/secrets/evil/..']);
+    for (const f of body.failed) assert.match(f.reason, /does not name an object/);
+    assert.deepEqual(readdirSync(join(dir, 'nested')), ['out-evil']);
+    assert.deepEqual(readdirSync(out), []);
   });
 });
 
