@@ -31,6 +31,7 @@ import {
   kmsload, type KmsLoadReport, selfAndReapedCpuSeconds, shutdown, stopAll, stopChild, table, track,
 } from './procs.js';
 import { runChaosSection } from './chaos-bench.js';
+import { runK8sSection } from './k8s-bench.js';
 import { runServerSection, startKeyServer, type KeyServer } from './server-bench.js';
 import { buildRefplugin, runOneshotSection } from './oneshot-bench.js';
 
@@ -644,18 +645,20 @@ async function pluginSection(names: TargetName[], tmpRoot: string): Promise<bool
 }
 
 /** What `--only` (and the positional section name) selects. */
-function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; oneshot: boolean; server: boolean; chaos: boolean } {
+function selection(positional: string | undefined, only: string | undefined): { plugin: TargetName[]; oneshot: boolean; server: boolean; chaos: boolean; k8s?: boolean } {
   if (positional !== undefined && only !== undefined) throw new BenchError('give either a section name or --only, not both');
   if (positional === 'server') return { plugin: [], oneshot: false, server: true, chaos: false };
   if (positional === 'plugin') return { plugin: [...TARGETS], oneshot: true, server: false, chaos: false };
   if (positional === 'chaos') return { plugin: [], oneshot: false, server: false, chaos: true };
-  if (positional !== undefined) throw new BenchError(`unexpected argument ${JSON.stringify(positional)}; the section names are "plugin", "server" and "chaos"`);
-  if (only === undefined) return { plugin: [...TARGETS], oneshot: true, server: true, chaos: true };
+  if (positional === 'k8s') return { plugin: [], oneshot: false, server: false, chaos: false, k8s: true };
+  if (positional !== undefined) throw new BenchError(`unexpected argument ${JSON.stringify(positional)}; the section names are "plugin", "server", "chaos" and "k8s"`);
+  if (only === undefined) return { plugin: [...TARGETS], oneshot: true, server: true, chaos: true, k8s: true };
   const words = only.split(',').map((w) => w.trim()).filter(Boolean);
   const picked = new Set<TargetName>();
   let server = false;
   let chaos = false;
   let oneshot = false;
+  let k8s = false;
   const groups: Record<string, readonly TargetName[]> = {
     echo: ['echo'],
     embedded: ['embedded'],
@@ -667,12 +670,13 @@ function selection(positional: string | undefined, only: string | undefined): { 
   for (const w of words) {
     if (w === 'server') server = true;
     else if (w === 'chaos') chaos = true;
+    else if (w === 'k8s') k8s = true;
     else if (w === 'oneshot' || w === 'refplugin') oneshot = true;
     else if (groups[w]) for (const n of groups[w]) picked.add(n);
-    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, oneshot, server, chaos; got ${JSON.stringify(w)}`);
+    else throw new BenchError(`--only takes a comma-separated list of echo, embedded, kek-on, kek-off, remote, plugin, oneshot, server, chaos, k8s; got ${JSON.stringify(w)}`);
   }
   if (words.length === 0) throw new BenchError('--only needs a value');
-  return { plugin: TARGETS.filter((n) => picked.has(n)), oneshot, server, chaos };
+  return { plugin: TARGETS.filter((n) => picked.has(n)), oneshot, server, chaos, k8s };
 }
 
 async function main(): Promise<void> {
@@ -683,13 +687,13 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     process.stdout.write(
-      'usage: node dist/bench/run.js [plugin|server|chaos] [--only LIST]\n' +
+      'usage: node dist/bench/run.js [plugin|server|chaos|k8s] [--only LIST]\n' +
         '  LIST: comma-separated echo, embedded, kek-on, kek-off, remote (= kek-on,kek-off),\n' +
-        '        plugin (= embedded,remote), oneshot (= refplugin), server, chaos;\n' +
+        '        plugin (= embedded,remote), oneshot (= refplugin), server, chaos, k8s;\n' +
         '        "plugin" as a section = echo, every plugin target and the oneshot point\n' +
         '  env BENCH_SECONDS, BENCH_SERVER_SECONDS, BENCH_WARMUP, BENCH_STORM_N,\n' +
         '      BENCH_SERVER_BACKENDS, BENCH_SERVER_OPS, BENCH_SERVER_C, BENCH_SERVER_FLOOD, BENCH_SERVER_NODE_ARGS,\n' +
-        '      BENCH_CHAOS_SECONDS, BENCH_CHAOS_EVERY_MS, BENCH_CHAOS_STOP_MS (see bench/README.md)\n',
+        '      BENCH_CHAOS_SECONDS, BENCH_CHAOS_EVERY_MS, BENCH_CHAOS_STOP_MS, BENCH_K8S_N (see bench/README.md)\n',
     );
     return;
   }
@@ -749,6 +753,12 @@ async function main(): Promise<void> {
     if (sel.plugin.length > 0 || sel.oneshot || sel.server) process.stdout.write('\n');
     process.stdout.write(`${r.text}\n`);
     if (r.failed) log('chaos: calls failed with no faults, or a plaintext was wrong');
+    failed = r.failed || failed;
+  }
+  if (sel.k8s) {
+    const r = await runK8sSection({ tmpDir: tmpRoot });
+    if (sel.plugin.length > 0 || sel.oneshot || sel.server || sel.chaos) process.stdout.write('\n');
+    process.stdout.write(`${r.text}\n`);
     failed = r.failed || failed;
   }
   if (failed) process.exitCode = 1;

@@ -92,3 +92,12 @@ export function removeOwnedDir(dir: string): void {
   rmSync(dir, { recursive: true, force: true });
   dirs.delete(dir);
 }
+
+/** A teardown for a describe() block: what is registered runs, newest first, in the suite's `after`. Call it in the describe body. */
+export function suiteTeardown(): Teardown {
+  const fns: (() => unknown)[] = [];
+  after(async () => {
+    for (const fn of fns.reverse()) await fn();
+  });
+  return { after: (fn) => fns.push(fn) };
+}

@@ -17,6 +17,8 @@ export interface Principal {
   readonly kind: PrincipalKind;
   readonly roles: readonly Role[];
   readonly via: 'session' | 'api_key' | 'cert' | 'system';
+  /** A break-glass app: decrypts only inside an open recovery, never encrypts. */
+  readonly breakGlass?: true;
 }
 
 /** The audit name of a principal: `user:alice`, `app:cluster-a`. */
@@ -37,6 +39,8 @@ export interface PrincipalInfo {
   /** Users: the latest sign-in lock of any source address on this name, if one is in force. */
   readonly lockedUntil: string | null;
   readonly createdAt: string;
+  /** Apps: present (true) on a break-glass app. */
+  readonly breakGlass?: true;
   readonly grants?: readonly GrantInfo[];
   /** Apps: what their KMS plugins last reported, one entry per cluster node. */
   readonly clusters?: readonly AppClusterInfo[];
@@ -104,7 +108,8 @@ export interface Access {
   resetPassword(actor: Principal, name: string, passwordHash: string, expectId?: string): Promise<PrincipalInfo>;
   /** Active users holding a role (approver eligibility). */
   activeHolders(role: Role): Promise<{ id: string; name: string }[]>;
-  createApp(actor: Principal, input: { name: string; description?: string | undefined; certFingerprint?: string | undefined }): Promise<{ app: PrincipalInfo; apiKey: string }>;
+  /** `breakGlass`: the app decrypts only inside an open recovery (POST /v1/recoveries) and never encrypts. */
+  createApp(actor: Principal, input: { name: string; description?: string | undefined; certFingerprint?: string | undefined; breakGlass?: boolean | undefined }): Promise<{ app: PrincipalInfo; apiKey: string }>;
   rotateAppKey(actor: Principal, name: string): Promise<{ apiKey: string }>;
   setGrant(actor: Principal, app: string, keyName: string, operations: readonly string[]): Promise<GrantInfo>;
   revokeGrant(actor: Principal, app: string, keyName: string): Promise<void>;
@@ -171,7 +176,7 @@ function passwordPath(id: string): string {
 }
 
 function toPrincipal(row: PrincipalRow, via: Principal['via']): Principal {
-  return { id: row.id, name: row.name, kind: row.kind, roles: JSON.parse(row.roles) as Role[], via };
+  return { id: row.id, name: row.name, kind: row.kind, roles: JSON.parse(row.roles) as Role[], via, ...(row.break_glass === 1 ? { breakGlass: true as const } : {}) };
 }
 
 function toInfo(row: PrincipalRow, lockedUntil: string | null = null): PrincipalInfo {
@@ -185,6 +190,7 @@ function toInfo(row: PrincipalRow, lockedUntil: string | null = null): Principal
     // The old per-account columns (failed_logins, locked_until) are no longer used.
     lockedUntil,
     createdAt: row.created_at,
+    ...(row.break_glass === 1 ? { breakGlass: true as const } : {}),
   };
 }
 
@@ -288,6 +294,7 @@ export function createAccess(deps: {
       locked_until: null,
       cert_fingerprint: null,
       description: null,
+      break_glass: 0,
       created_at: now,
       updated_at: now,
       ...extra,
@@ -415,8 +422,8 @@ export function createAccess(deps: {
       validateName(input.name, 'app');
       const fp = input.certFingerprint === undefined ? null : validateFingerprint(input.certFingerprint);
       if (input.description !== undefined && input.description.length > 256) throw new KeyhavenError('invalid_argument', 'description must be at most 256 characters');
-      const row = newPrincipalRow(input.name, 'app', [], { cert_fingerprint: fp, description: input.description ?? null });
-      const apiKey = await change(actor, 'app.create', { app: input.name }, async (tx) => {
+      const row = newPrincipalRow(input.name, 'app', [], { cert_fingerprint: fp, description: input.description ?? null, break_glass: input.breakGlass === true ? 1 : 0 });
+      const apiKey = await change(actor, 'app.create', { app: input.name, ...(input.breakGlass === true ? { breakGlass: true } : {}) }, async (tx) => {
         await ensureNameFree(tx, input.name);
         if (fp && (await tx.findPrincipalByCert(fp))) throw new KeyhavenError('already_exists', 'that certificate is already registered to another app');
         await tx.insertPrincipal(row);

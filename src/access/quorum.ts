@@ -20,6 +20,8 @@ export const GUARDED_OPERATIONS = {
   'admin.add': 'security-admin',
   'admin.remove': 'security-admin',
   'quorum.set': 'security-admin',
+  // A break-glass app asks to read a backup; an admin of either kind consents (DEFAULT_APPROVERS).
+  'recovery.start': 'security-admin',
 } as const satisfies Record<string, Role>;
 export type GuardedOperation = keyof typeof GUARDED_OPERATIONS;
 
@@ -32,8 +34,8 @@ export const UNDO_OPERATIONS = {
 /** Every operation an approval request can carry: guarded ones, their undos, and the separation-of-duties floor's own. */
 export type ApprovableOperation = GuardedOperation | keyof typeof UNDO_OPERATIONS | 'user.reset-password';
 
-/** The role the requester must hold (at filing and again at execution). */
-export const PERFORMER: Record<ApprovableOperation, Role> = {
+/** The role the requester must hold (at filing and again at execution); 'app': the requester is an app. */
+export const PERFORMER: Record<ApprovableOperation, Role | 'app'> = {
   'key.destroy': 'key-admin',
   'key.disable': 'key-admin',
   'key.policy': 'key-admin',
@@ -45,6 +47,7 @@ export const PERFORMER: Record<ApprovableOperation, Role> = {
   'admin.remove': 'security-admin',
   'quorum.set': 'security-admin',
   'user.reset-password': 'security-admin',
+  'recovery.start': 'app',
 };
 
 const DEFAULT_APPROVERS: Record<ApprovableOperation, readonly Role[]> = {
@@ -52,6 +55,7 @@ const DEFAULT_APPROVERS: Record<ApprovableOperation, readonly Role[]> = {
   'key.enable': ['key-admin'],
   'key.destroy.cancel': ['key-admin'],
   'user.reset-password': ['security-admin', 'key-admin'],
+  'recovery.start': ['security-admin', 'key-admin'],
 };
 
 /** Who may approve a request, decided when it is filed and stored with it. */

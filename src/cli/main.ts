@@ -36,6 +36,9 @@ export async function main(argv: string[]): Promise<number> {
   const program = new Command('keyhaven')
     .description('keyhaven: a self-hosted key manager and Kubernetes KMS plugin')
     .version(PACKAGE_VERSION)
+    // The program's own options (--version, --help) come before the command, so a
+    // command may have a --version of its own (key retire-check --version N).
+    .enablePositionalOptions()
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
   const name = argv[2];

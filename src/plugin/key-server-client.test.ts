@@ -161,6 +161,18 @@ describe('plugin/key-server-client: order and headers', () => {
     assert.deepEqual(JSON.parse(seen.body), { plaintext: 'AAEC' });
   });
 
+  it('sends the recovery id on every call when given one, and no recovery header otherwise', async (t) => {
+    const a = await startServer(t, ok);
+    const { client } = makeClient(t, [a.url], { recoveryId: '0123456789abcdef' });
+    await client.post('decrypt', '/v1/keys/k/decrypt', { ciphertext: 'x' });
+    await client.post('status', '/v1/keys/k/status', {});
+    assert.deepEqual(a.seen.map((s) => s.headers['x-keyhaven-recovery']), ['0123456789abcdef', '0123456789abcdef']);
+    const b = await startServer(t, ok);
+    const plain = makeClient(t, [b.url]);
+    await plain.client.post('decrypt', '/v1/keys/k/decrypt', { ciphertext: 'x' });
+    assert.equal(b.seen[0]!.headers['x-keyhaven-recovery'], undefined);
+  });
+
   it('sends a uid of 128 printable characters', async (t) => {
     const a = await startServer(t, ok);
     const { client } = makeClient(t, [a.url]);

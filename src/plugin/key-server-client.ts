@@ -55,6 +55,11 @@ export interface KeyServerClientOptions {
    * after the back-off is the probe (one at a time).
    */
   readonly healthProbe?: HealthProbe;
+  /**
+   * A recovery (POST /v1/recoveries) every call is made in, sent as
+   * x-keyhaven-recovery: offline recovery of a backup through a break-glass app.
+   */
+  readonly recoveryId?: string | undefined;
 }
 
 export interface HealthProbe {
@@ -401,6 +406,7 @@ export function createKeyServerClient(opts: KeyServerClientOptions): KeyServerCl
       : { authorization: `Bearer ${key}`, 'x-keyhaven-cluster': opts.cluster };
     if (payload !== undefined) headers['content-type'] = 'application/json';
     if (uid && UID.test(uid)) headers['x-keyhaven-uid'] = uid;
+    if (opts.recoveryId !== undefined) headers['x-keyhaven-recovery'] = opts.recoveryId;
     let status: number;
     let text: string;
     const ex = exchange(ep.pool, { method: method as 'POST', path, headers, ...(payload !== undefined ? { body: payload } : {}), headersTimeout: budget, bodyTimeout: budget }, budget, MAX_RESPONSE_BYTES);

@@ -109,6 +109,8 @@ describe('server authorization matrix (in process)', () => {
   let k1Ciphertext: string;
   let approvalToApprove: string;
   let approvalToDeny: string;
+  let recoveries: Record<'secAdmin' | 'keyAdmin' | 'app', string>;
+  let k1KeyId: string;
   const denied: { requestId: string; result: string; caller: Caller; what: string }[] = [];
 
   const call = (method: string, path: string, who: Caller, r: Req = {}): Promise<ApiResult> =>
@@ -137,6 +139,10 @@ describe('server authorization matrix (in process)', () => {
     approvalToApprove = a.body.approval.id;
     approvalToDeny = b.body.approval.id;
     await ok(api(url, 'PUT', '/v1/sys/quorum', { token: cast.admin, body: { required: 0, operations: ['key.destroy'], ttlS: 3600 } }), 'quorum off');
+    // Recoveries of app1, one for each caller allowed to close one.
+    const rec = async () => (await ok(api(url, 'POST', '/v1/recoveries', { token: cast.appKey, body: { reason: 'matrix' } }), 'recovery')).body.id as string;
+    recoveries = { secAdmin: await rec(), keyAdmin: await rec(), app: await rec() };
+    k1KeyId = (await ok(api(url, 'POST', '/v1/keys/k1/status', { token: cast.appKey, body: {} }), 'status')).body.keyId;
   });
 
   after(async () => {
@@ -184,6 +190,23 @@ describe('server authorization matrix (in process)', () => {
     // Apps holding the encrypt grant on the key (stranger holds none).
     { method: 'POST', route: '/v1/keys/{name}/status', allow: ['app'], req: () => ({ path: '/v1/keys/k1/status', body: { cluster: 'matrix', node: 'cp-1' } }) },
     { method: 'GET', route: '/v1/clusters', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
+    // Apps learn only about keys they hold a grant on (others read as unknown, not refused).
+    { method: 'POST', route: '/v1/key-ids/resolve', allow: ['keyAdmin', 'auditor', 'app', 'stranger'], req: () => ({ body: { keyIds: [k1KeyId] } }) },
+    { method: 'PUT', route: '/v1/clusters/{cluster}/scan-report', allow: ['keyAdmin', 'app', 'stranger'], req: () => ({ path: '/v1/clusters/matrix/scan-report', body: { scannedAt: '2026-01-01T00:00:00Z', source: 'etcd https://10.0.0.1:2379', objects: 1, plaintext: 0, byKeyId: [{ keyId: k1KeyId, count: 1 }], byForm: [{ form: 'kms-v2', provider: 'keyhaven', count: 1 }] } }) },
+    { method: 'GET', route: '/v1/clusters/scan-reports', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
+    { method: 'GET', route: '/v1/keys/{name}/versions/{version}/retire-check', allow: ['keyAdmin', 'auditor'], req: () => ({ path: '/v1/keys/k1/versions/1/retire-check' }) },
+    // Any app opens a recovery for itself; users do not.
+    { method: 'POST', route: '/v1/recoveries', allow: ['app', 'stranger'], status: { app: 201, stranger: 201 }, req: () => ({ body: { reason: 'matrix', cluster: 'matrix' } }) },
+    { method: 'GET', route: '/v1/recoveries', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
+    // An app reads its own recoveries only: another app's reads as missing.
+    { method: 'GET', route: '/v1/recoveries/{id}', allow: ['secAdmin', 'keyAdmin', 'auditor', 'app', 'stranger'], status: { stranger: 404 }, req: () => ({ path: `/v1/recoveries/${recoveries.app}` }) },
+    // Its app or an admin closes a recovery; another app is refused.
+    {
+      method: 'POST',
+      route: '/v1/recoveries/{id}/close',
+      allow: ['secAdmin', 'keyAdmin', 'app'],
+      req: (who) => ({ path: `/v1/recoveries/${recoveries[who as keyof typeof recoveries] ?? recoveries.app}/close`, body: { objects: 1 } }),
+    },
     { method: 'GET', route: '/v1/users', allow: ['secAdmin'] },
     { method: 'POST', route: '/v1/users', allow: ['secAdmin'], req: (who) => ({ body: { name: `u-${lower(who)}`, password: 'a-long-password-1', roles: [] } }) },
     { method: 'PUT', route: '/v1/users/{name}/roles', allow: ['secAdmin'], req: () => ({ path: '/v1/users/scratchuser/roles', body: { roles: ['auditor'] } }) },

@@ -1,5 +1,6 @@
 import { actorName, createAccess, hashNewPassword, SYSTEM, type Access, type AccessOptions, type Principal } from '../access/access.js';
 import { createQuorum, type Quorum } from '../access/quorum.js';
+import { createRecoveries, type Recoveries } from '../access/recovery.js';
 import { parseRoles } from '../access/roles.js';
 import { generatePassword, hashesEqual, parseToken } from '../access/secrets.js';
 import { createAuditLog, type AuditLog } from '../audit/audit-log.js';
@@ -30,6 +31,7 @@ export interface Services {
   readonly keys: KeyStore;
   readonly access: Access;
   readonly quorum: Quorum;
+  readonly recoveries: Recoveries;
   readonly storeId: string;
   /** keyhaven dev: one person holds every role and the separation-of-duties floor is off. */
   readonly singlePersonDev: boolean;
@@ -174,7 +176,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       const quorum = createQuorum({ store, audit, barrier, singlePersonDev });
       // A copy: the checkpointer wipes its key on seal, independently of the log.
       opts.checkpoints?.unsealed(Buffer.from(stack.checkpointKey), storeId);
-      services = { keys, access, quorum, storeId, singlePersonDev };
+      services = { keys, access, quorum, recoveries: createRecoveries({ store, audit }), storeId, singlePersonDev };
     } finally {
       rootKey.fill(0);
     }

@@ -25,6 +25,7 @@ const EXECUTORS: Record<ApprovableOperation, Executor> = {
   'admin.add': async (s, p, x, i) => s.access.setRoles(p, str(x.user), x.roles as string[], i?.rule.targetId),
   'admin.remove': async (s, p, x, i) => s.access.setRoles(p, str(x.user), x.roles as string[], i?.rule.targetId),
   'quorum.set': async (s, p, x) => s.quorum.setPolicy(p, x.policy as QuorumPolicy),
+  'recovery.start': async (s, p, x) => s.recoveries.open(p, str(x.recovery)),
   'user.reset-password': async (s, p, x, i) => {
     const hash = i ? await s.quorum.takeInput(i.id) : undefined;
     if (!hash) throw new KeyhavenError('failed_precondition', 'the new password of this request is gone');
@@ -78,7 +79,7 @@ export async function guarded<T>(
  */
 export async function executeApproved(services: Services, info: ApprovalInfo): Promise<ApprovalInfo> {
   const op = info.operation as ApprovableOperation;
-  const name = info.requester.replace(/^user:/, '');
+  const name = info.requester.replace(/^(user|app):/, '');
   try {
     const exec = EXECUTORS[op];
     if (!exec) throw new KeyhavenError('failed_precondition', `unknown operation ${op}`);
@@ -87,8 +88,8 @@ export async function executeApproved(services: Services, info: ApprovalInfo): P
     if (id !== info.requesterId) throw new KeyhavenError('permission_denied', 'the requester no longer exists');
     if (row.state !== 'active') throw new KeyhavenError('permission_denied', 'the requester is disabled');
     const role = PERFORMER[op];
-    if (!row.roles.includes(role)) throw new KeyhavenError('permission_denied', `the requester no longer holds the ${role} role`);
-    const requester: Principal = { id, name, kind: 'user', roles: row.roles, via: 'system' };
+    if (role === 'app' ? row.kind !== 'app' : !row.roles.includes(role)) throw new KeyhavenError('permission_denied', role === 'app' ? 'the requester is no longer an app' : `the requester no longer holds the ${role} role`);
+    const requester: Principal = { id, name, kind: row.kind, roles: row.roles, via: 'system' };
     let result = await exec(services, requester, info.params, info);
     if (op === 'app.rotate-key') {
       // The new key goes to the requester alone, once; the request keeps no copy.

@@ -77,6 +77,7 @@ export const principalInfo = z.object({
   certFingerprint: z.string().nullable(),
   lockedUntil: z.string().nullable(),
   createdAt: z.string(),
+  breakGlass: z.literal(true).optional().describe('apps: a break-glass app, which decrypts only inside an open recovery and never encrypts'),
   grants: z.array(z.object({ key: z.string(), operations: z.array(operationEnum), createdAt: z.string(), createdBy: z.string() })).optional(),
   clusters: z.array(appCluster).optional().describe('apps: what their KMS plugins last reported, one entry per cluster node'),
 });

@@ -16,6 +16,8 @@ import {
   type LoginThrottleRow,
   type PluginReportRow,
   type PrincipalRow,
+  type RecoveryRow,
+  type ScanReportRow,
   type Store,
 } from './store.js';
 
@@ -266,6 +268,38 @@ export class KyselyStore implements Store {
     if (filter.appId !== undefined) q = q.where('app_id', '=', filter.appId);
     if (filter.keyName !== undefined) q = q.where('key_name', '=', filter.keyName);
     return q.execute();
+  }
+
+  async putScanReport(row: ScanReportRow): Promise<void> {
+    const { cluster: _c, ...update } = row;
+    await this.db
+      .insertInto('scan_reports')
+      .values(row)
+      .onConflict((oc) => oc.column('cluster').doUpdateSet(update))
+      .execute();
+  }
+
+  async listScanReports(): Promise<ScanReportRow[]> {
+    return this.db.selectFrom('scan_reports').selectAll().orderBy('cluster').execute();
+  }
+
+  async insertRecovery(row: RecoveryRow): Promise<void> {
+    await this.db.insertInto('recoveries').values(row).execute();
+  }
+
+  async findRecovery(id: string): Promise<RecoveryRow | undefined> {
+    return this.db.selectFrom('recoveries').selectAll().where('id', '=', id).executeTakeFirst();
+  }
+
+  async listRecoveries(filter: { appId?: string; state?: RecoveryRow['state'] }): Promise<RecoveryRow[]> {
+    let q = this.db.selectFrom('recoveries').selectAll().orderBy('created_at', 'desc').orderBy('id');
+    if (filter.appId !== undefined) q = q.where('app_id', '=', filter.appId);
+    if (filter.state !== undefined) q = q.where('state', '=', filter.state);
+    return q.execute();
+  }
+
+  async updateRecovery(id: string, patch: Partial<Omit<RecoveryRow, 'id'>>): Promise<void> {
+    await this.db.updateTable('recoveries').set(patch).where('id', '=', id).execute();
   }
 
   async getLoginThrottle(name: string, source: string): Promise<LoginThrottleRow | undefined> {

@@ -165,6 +165,44 @@ function migrations(dialect: SqlDialect): Record<string, Migration> {
       await db.schema.createIndex('login_throttle_expires').on('login_throttle').column('expires_at').execute();
     },
   },
+  '0006_recovery': {
+    async up(db: Kysely<any>) {
+      await db.schema.alterTable('principals').addColumn('break_glass', 'integer', (c) => c.notNull().defaultTo(0)).execute();
+      // When a node moved to the version it reports: a retire check needs a scan made after a cluster stopped using a version.
+      await db.schema.alterTable('plugin_clusters').addColumn('version_since', 'text').execute();
+      // The latest report per cluster only: a scan is repeated, not accumulated.
+      await db.schema
+        .createTable('scan_reports')
+        .addColumn('cluster', 'text', (c) => c.primaryKey())
+        .addColumn('scanned_at', 'text', (c) => c.notNull())
+        .addColumn('source', 'text', (c) => c.notNull())
+        .addColumn('objects', seqType, (c) => c.notNull())
+        .addColumn('plaintext', seqType, (c) => c.notNull())
+        .addColumn('by_key_id', 'text', (c) => c.notNull())
+        .addColumn('by_form', 'text', (c) => c.notNull())
+        .addColumn('reporter', 'text', (c) => c.notNull())
+        .addColumn('received_at', 'text', (c) => c.notNull())
+        .execute();
+      // No foreign key to principals: a recovery stays on record after its app is deleted.
+      await db.schema
+        .createTable('recoveries')
+        .addColumn('id', 'text', (c) => c.primaryKey())
+        .addColumn('app_id', 'text', (c) => c.notNull())
+        .addColumn('app_name', 'text', (c) => c.notNull())
+        .addColumn('reason', 'text', (c) => c.notNull())
+        .addColumn('cluster', 'text')
+        .addColumn('state', 'text', (c) => c.notNull())
+        .addColumn('approval_id', 'text')
+        .addColumn('created_at', 'text', (c) => c.notNull())
+        .addColumn('opened_at', 'text')
+        .addColumn('expires_at', 'text')
+        .addColumn('closed_at', 'text')
+        .addColumn('closed_by', 'text')
+        .addColumn('objects', seqType)
+        .addColumn('failed', seqType)
+        .execute();
+    },
+  },
   };
 }
 

@@ -118,7 +118,7 @@ describe('postgres store', () => {
         const done = await query<{ name: string }>(url, 'select name from kysely_migration order by name');
         assert.deepEqual(
           done.map((r) => r.name),
-          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat', '0005_login_throttle'],
+          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat', '0005_login_throttle', '0006_recovery'],
         );
         await stores[0]!.setMeta('x', '1');
         for (const s of stores) assert.equal(await s.getMeta('x'), '1');
@@ -188,7 +188,7 @@ describe('postgres store', () => {
       await holder.connect();
       try {
         const t0 = new Date().toISOString();
-        const principal = { id: 'p1', name: 'app1', kind: 'app' as const, roles: '[]', state: 'active' as const, failed_logins: 0, locked_until: null, cert_fingerprint: null, description: null, created_at: t0, updated_at: t0 };
+        const principal = { id: 'p1', name: 'app1', kind: 'app' as const, roles: '[]', state: 'active' as const, failed_logins: 0, locked_until: null, cert_fingerprint: null, description: null, break_glass: 0, created_at: t0, updated_at: t0 };
         const key = { id: 'k1', name: 'k1', state: 'enabled' as const, current_version: 1, created_at: t0, updated_at: t0, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null, min_encryption_version: 0, deletion_allowed: 0 };
         await store.insertPrincipal(principal);
         await store.insertKey(key);
@@ -229,7 +229,10 @@ describe('postgres store', () => {
           appendAudit: () => store.appendAudit([draft(1)], linkRecord),
           // A key that does not exist: the lock is what is under test.
           deleteKey: () => store.deleteKey('none'),
-          upsertPluginReport: () => store.upsertPluginReport({ app_id: 'p1', cluster: 'c', node: 'n', key_name: 'k1', key_id: 'x', key_version: 1, plugin_version: 'v', last_success: null, last_seen: t0, first_seen: t0, source: '127.0.0.1' }),
+          upsertPluginReport: () => store.upsertPluginReport({ app_id: 'p1', cluster: 'c', node: 'n', key_name: 'k1', key_id: 'x', key_version: 1, plugin_version: 'v', last_success: null, last_seen: t0, first_seen: t0, source: '127.0.0.1', version_since: t0 }),
+          putScanReport: () => store.putScanReport({ cluster: 'c', scanned_at: t0, source: 'etcd', objects: 1, plaintext: 0, by_key_id: '[]', by_form: '[]', reporter: 'user:x', received_at: t0 }),
+          insertRecovery: () => store.insertRecovery({ id: 'r1', app_id: 'p1', app_name: 'app1', reason: 'r', cluster: null, state: 'open', approval_id: null, created_at: t0, opened_at: t0, expires_at: t0, closed_at: null, closed_by: null, objects: null, failed: null }),
+          updateRecovery: () => store.updateRecovery('none', { state: 'closed' }),
         };
         // Every writing method of the store is in the list above.
         const readers = /^(constructor|get|find|list|read|query|lastAuditSeq$|barrierGet$|transaction$|close$|appendAuditInTransaction$)/;

@@ -488,6 +488,9 @@ class PostgresStore extends KyselyStore {
   override insertApproval(...a: Args<'insertApproval'>) { return this.transaction((tx) => tx.insertApproval(...a)); }
   override updateApproval(...a: Args<'updateApproval'>) { return this.transaction((tx) => tx.updateApproval(...a)); }
   override upsertPluginReport(...a: Args<'upsertPluginReport'>) { return this.transaction((tx) => tx.upsertPluginReport(...a)); }
+  override putScanReport(...a: Args<'putScanReport'>) { return this.transaction((tx) => tx.putScanReport(...a)); }
+  override insertRecovery(...a: Args<'insertRecovery'>) { return this.transaction((tx) => tx.insertRecovery(...a)); }
+  override updateRecovery(...a: Args<'updateRecovery'>) { return this.transaction((tx) => tx.updateRecovery(...a)); }
   override putLoginThrottle(...a: Args<'putLoginThrottle'>) { return this.transaction((tx) => tx.putLoginThrottle(...a)); }
   override deleteLoginThrottles(...a: Args<'deleteLoginThrottles'>) { return this.transaction((tx) => tx.deleteLoginThrottles(...a)); }
   override deleteExpiredLoginThrottles(...a: Args<'deleteExpiredLoginThrottles'>) { return this.transaction((tx) => tx.deleteExpiredLoginThrottles(...a)); }

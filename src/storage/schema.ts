@@ -77,6 +77,8 @@ export interface PrincipalsTable {
   description: string | null;
   created_at: string;
   updated_at: string;
+  /** 1: a break-glass app, which decrypts only inside an open recovery and never encrypts; 0 otherwise. */
+  break_glass: number;
 }
 
 export interface CredentialsTable {
@@ -138,6 +140,8 @@ export interface PluginClustersTable {
   first_seen: string;
   /** The client address the report came from. */
   source: string;
+  /** ISO-8601: since when this node has reported this key and version (null: reported before keyhaven recorded it). */
+  version_since: string | null;
 }
 
 /** Failed sign-ins from one source address against one account name (login_throttle). */
@@ -155,6 +159,48 @@ export interface LoginThrottleTable {
   updated_at: string;
 }
 
+/** The latest etcd scan report of one cluster (PUT /v1/clusters/{cluster}/scan-report); one row per cluster. */
+export interface ScanReportsTable {
+  cluster: string;
+  /** ISO-8601: when the scan ran, as the scanner reports it. */
+  scanned_at: string;
+  /** Where the scan read from ("etcd https://...", "snapshot nightly.db"). */
+  source: string;
+  objects: number;
+  plaintext: number;
+  /** JSON array of {keyId, count}. */
+  by_key_id: string;
+  /** JSON array of {form, provider?, count}. */
+  by_form: string;
+  /** Who uploaded it, as an audit actor name (`user:alice`, `app:scanner`). */
+  reporter: string;
+  received_at: string;
+}
+
+export type RecoveryState = 'pending' | 'open' | 'closed';
+
+/** A break-glass recovery window (POST /v1/recoveries): a record of who read backups, when and why. */
+export interface RecoveriesTable {
+  id: string;
+  /** The app it belongs to (principals.id) and its name then; kept after the app is deleted, as history. */
+  app_id: string;
+  app_name: string;
+  reason: string;
+  cluster: string | null;
+  state: RecoveryState;
+  /** The approval request it waits for, under a quorum policy. */
+  approval_id: string | null;
+  created_at: string;
+  opened_at: string | null;
+  /** Set when it opens: decryption stops after this. */
+  expires_at: string | null;
+  closed_at: string | null;
+  closed_by: string | null;
+  /** What the recovery tool reported when closing it. */
+  objects: number | null;
+  failed: number | null;
+}
+
 export interface Database {
   meta: MetaTable;
   barrier: BarrierTable;
@@ -167,4 +213,6 @@ export interface Database {
   approvals: ApprovalsTable;
   plugin_clusters: PluginClustersTable;
   login_throttle: LoginThrottleTable;
+  scan_reports: ScanReportsTable;
+  recoveries: RecoveriesTable;
 }

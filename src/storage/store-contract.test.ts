@@ -9,7 +9,7 @@ import { linkRecord, verifyRecords } from '../audit/chain.js';
 import { freshPostgresDatabase, POSTGRES_REASON, postgresAvailable } from '../../test/pg.js';
 import { requireDependency } from '../../test/require.js';
 import { openStore, type StoreConfig } from './open-store.js';
-import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, LoginThrottleRow, PluginReportRow, PrincipalRow, Store } from './store.js';
+import type { ApprovalRow, AuditDraft, AuditRow, CredentialRow, KeyRow, LoginThrottleRow, PluginReportRow, PrincipalRow, RecoveryRow, ScanReportRow, Store } from './store.js';
 import { ownedTempDir } from '../../test/reaper.js';
 
 // One suite, run against every backend: whatever passes here on SQLite must
@@ -66,6 +66,7 @@ function principalRow(name: string, over: Partial<PrincipalRow> = {}): Principal
     failed_logins: 0,
     locked_until: null,
     cert_fingerprint: null,
+    break_glass: 0,
     description: null,
     created_at: t,
     updated_at: t,
@@ -611,6 +612,7 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
           last_seen: '2025-01-01T00:00:00.000Z',
           first_seen: '2025-01-01T00:00:00.000Z',
           source: '10.0.0.1',
+          version_since: '2025-01-01T00:00:00.000Z',
           ...over,
         });
         const first = report(a, 'prod', 'cp-2');
@@ -626,6 +628,7 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
           last_seen: '2025-01-01T01:00:00.000Z',
           first_seen: '2025-01-01T01:00:00.000Z',
           source: '10.0.0.2',
+          version_since: null,
         });
         await store.upsertPluginReport(second);
         const [stored] = await store.listPluginReports({});
@@ -657,6 +660,84 @@ function contract(name: string, opts: ContractOptions, open: () => Promise<Opene
           /boom/,
         );
         assert.deepEqual(keys(await store.listPluginReports({ appId: b.id })), ['b/edge/n1']);
+      }));
+
+    it('scan reports: one per cluster, the latest replaces the previous; ordered by cluster', (t) =>
+      withStore(t, async ({ store }) => {
+        const report = (cluster: string, over: Partial<ScanReportRow> = {}): ScanReportRow => ({
+          cluster,
+          scanned_at: '2026-01-01T00:00:00.000Z',
+          source: 'etcd https://10.0.0.1:2379',
+          objects: 10,
+          plaintext: 1,
+          by_key_id: JSON.stringify([{ keyId: 'kh1:x', count: 9 }]),
+          by_form: JSON.stringify([{ form: 'kms-v2', provider: 'keyhaven', count: 9 }]),
+          reporter: 'user:ka',
+          received_at: '2026-01-01T00:00:01.000Z',
+          ...over,
+        });
+        assert.deepEqual(await store.listScanReports(), []);
+        const b = report('b');
+        await store.putScanReport(b);
+        await store.putScanReport(report('a'));
+        const newer = report('b', { scanned_at: '2026-01-02T00:00:00.000Z', objects: 4_294_967_296, plaintext: 0, by_key_id: '[]', reporter: 'app:scanner' });
+        await store.putScanReport(newer);
+        const rows = await store.listScanReports();
+        assert.deepEqual(rows.map((r) => r.cluster), ['a', 'b']);
+        assert.deepEqual(rows[1], newer);
+        assert.equal(typeof rows[1]!.objects, 'number');
+        await assert.rejects(
+          store.transaction(async (tx) => {
+            await tx.putScanReport(report('lost'));
+            throw new Error('boom');
+          }),
+          /boom/,
+        );
+        assert.equal((await store.listScanReports()).length, 2);
+      }));
+
+    it('recoveries: insert, find, update, list newest first with filters; kept after the app is deleted', (t) =>
+      withStore(t, async ({ store }) => {
+        const app = principalRow('bg', { kind: 'app', roles: '[]', break_glass: 1 });
+        await store.insertPrincipal(app);
+        assert.equal((await store.findPrincipalById(app.id))!.break_glass, 1);
+        const rec = (id: string, created: string, over: Partial<RecoveryRow> = {}): RecoveryRow => ({
+          id,
+          app_id: app.id,
+          app_name: app.name,
+          reason: 'restore after etcd loss',
+          cluster: null,
+          state: 'pending',
+          approval_id: null,
+          created_at: created,
+          opened_at: null,
+          expires_at: null,
+          closed_at: null,
+          closed_by: null,
+          objects: null,
+          failed: null,
+          ...over,
+        });
+        const r1 = rec('00000000000000a1', '2026-01-01T00:00:00.000Z', { cluster: 'prod', approval_id: '00000000000000ff' });
+        const r2 = rec('00000000000000a2', '2026-01-02T00:00:00.000Z', { app_id: 'ffffffffffffffff', app_name: 'other' });
+        await store.insertRecovery(r1);
+        await store.insertRecovery(r2);
+        assert.deepEqual(await store.findRecovery(r1.id), r1);
+        assert.equal(await store.findRecovery('0000000000000000'), undefined);
+        await assert.rejects(store.insertRecovery(r1), 'ids are unique');
+        const opened = { state: 'open' as const, opened_at: '2026-01-03T00:00:00.000Z', expires_at: '2026-01-03T01:00:00.000Z' };
+        await store.updateRecovery(r1.id, opened);
+        const closed = { state: 'closed' as const, closed_at: '2026-01-03T00:30:00.000Z', closed_by: 'app:bg', objects: 4_294_967_296, failed: 0 };
+        await store.updateRecovery(r1.id, closed);
+        const got = await store.findRecovery(r1.id);
+        assert.deepEqual(got, { ...r1, ...opened, ...closed });
+        assert.equal(typeof got!.objects, 'number');
+        assert.deepEqual((await store.listRecoveries({})).map((r) => r.id), [r2.id, r1.id]);
+        assert.deepEqual((await store.listRecoveries({ appId: app.id })).map((r) => r.id), [r1.id]);
+        assert.deepEqual((await store.listRecoveries({ state: 'pending' })).map((r) => r.id), [r2.id]);
+        assert.deepEqual(await store.listRecoveries({ appId: app.id, state: 'open' }), []);
+        assert.ok(await store.deletePrincipal(app.id));
+        assert.deepEqual((await store.findRecovery(r1.id))?.app_name, 'bg');
       }));
 
     it('appendAudit: links records, continues the chain, writes the head', (t) =>

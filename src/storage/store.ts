@@ -1,4 +1,4 @@
-import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, LoginThrottleTable, PluginClustersTable, PrincipalKind, PrincipalsTable } from './schema.js';
+import type { ApprovalsTable, AuditTable, CredentialsTable, GrantsTable, KeysTable, KeyVersionsTable, LoginThrottleTable, PluginClustersTable, PrincipalKind, PrincipalsTable, RecoveriesTable, ScanReportsTable } from './schema.js';
 
 // The small storage interface every layer above talks to. It knows rows, not
 // secrets: sealed values arrive already encrypted by the barrier.
@@ -13,6 +13,8 @@ export type GrantRow = GrantsTable;
 export type ApprovalRow = ApprovalsTable;
 export type PluginReportRow = PluginClustersTable;
 export type LoginThrottleRow = LoginThrottleTable;
+export type ScanReportRow = ScanReportsTable;
+export type RecoveryRow = RecoveriesTable;
 
 /** Filters for reading the audit log; all optional, combined with AND. */
 export interface AuditQuery {
@@ -106,6 +108,17 @@ export interface Store {
   upsertPluginReport(row: PluginReportRow): Promise<void>;
   /** Ordered by app id, cluster, node. */
   listPluginReports(filter: { appId?: string; keyName?: string }): Promise<PluginReportRow[]>;
+
+  /** Inserts or replaces the scan report of a cluster (the latest one is kept). */
+  putScanReport(row: ScanReportRow): Promise<void>;
+  /** Ordered by cluster. */
+  listScanReports(): Promise<ScanReportRow[]>;
+
+  insertRecovery(row: RecoveryRow): Promise<void>;
+  findRecovery(id: string): Promise<RecoveryRow | undefined>;
+  /** Newest first. */
+  listRecoveries(filter: { appId?: string; state?: RecoveryRow['state'] }): Promise<RecoveryRow[]>;
+  updateRecovery(id: string, patch: Partial<Omit<RecoveryRow, 'id'>>): Promise<void>;
 
   /** The sign-in failure counter of (name, source); call inside a transaction to read-modify-write it. */
   getLoginThrottle(name: string, source: string): Promise<LoginThrottleRow | undefined>;

@@ -11,6 +11,7 @@ export interface PrincipalView {
   certFingerprint: string | null;
   lockedUntil: string | null;
   createdAt: string;
+  breakGlass?: true;
   grants?: Array<{ key: string; operations: string[]; createdAt: string; createdBy: string }>;
   clusters?: Array<{ cluster: string; node: string; key: string; keyVersion: number; keyId: string; pluginVersion: string; lastSuccess: string | null; lastSeen: string }>;
 }
@@ -27,8 +28,9 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
       .command('create <name>')
       .description('Create an app; its API key is printed once')
       .option('--description <text>', 'what the app is, e.g. "prod cluster eu-1"')
-      .option('--cert-fingerprint <hex>', 'SHA-256 fingerprint (hex) of a client certificate the app may use instead of its API key (mTLS)'),
-  ).action((name: string, flags: RemoteFlags & { description?: string; certFingerprint?: string }) =>
+      .option('--cert-fingerprint <hex>', 'SHA-256 fingerprint (hex) of a client certificate the app may use instead of its API key (mTLS)')
+      .option('--break-glass', 'a break-glass app for reading backups (keyhaven k8s recover): it decrypts only inside an open, audited recovery and never encrypts'),
+  ).action((name: string, flags: RemoteFlags & { description?: string; certFingerprint?: string; breakGlass?: boolean }) =>
     run(() =>
       withClient(flags, async (c) => {
         const body = {
@@ -36,11 +38,12 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
           ...(flags.description !== undefined ? { description: flags.description } : {}),
           // Accepts the colon-separated form openssl prints.
           ...(flags.certFingerprint !== undefined ? { certFingerprint: flags.certFingerprint.replace(/:/g, '').toLowerCase() } : {}),
+          ...(flags.breakGlass === true ? { breakGlass: true } : {}),
         };
         const r = await c.call<{ app: PrincipalView; apiKey: string }>('POST', '/v1/apps', { body });
         if (flags.output === 'json') printJson(r.body);
         else {
-          process.stdout.write(`app "${r.body.app.name}" created\n`);
+          process.stdout.write(`app "${r.body.app.name}" created${r.body.app.breakGlass ? ' (break-glass: decrypts only inside an open recovery)' : ''}\n`);
           printApiKey(r.body.app.name, r.body.apiKey);
         }
         return 0;

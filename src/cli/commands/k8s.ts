@@ -2,9 +2,11 @@ import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
 import { renderStaticPod } from '../../k8s/static-pod.js';
+import { registerK8sData } from './k8s-data.js';
 
 export function registerK8s(program: Command, run: (fn: () => Promise<number>) => void): void {
-  const k8s = program.command('k8s').description('Generate Kubernetes manifests for the plugin');
+  const k8s = program.command('k8s').description('Kubernetes: manifests for the plugin, and what etcd holds (scan, break-glass recover)');
+  registerK8sData(k8s, run);
   k8s
     .command('encryption-config')
     .description('Print an EncryptionConfiguration that encrypts Secrets with this plugin')

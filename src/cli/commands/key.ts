@@ -28,6 +28,18 @@ interface KeyView {
   versions: Array<{ version: number; state: string; createdAt: string; destroyedAt: string | null }>;
 }
 
+/** GET /v1/keys/{name}/versions/{version}/retire-check. */
+interface RetireCheck {
+  key: string;
+  version: number;
+  keyId: string;
+  safe: boolean;
+  reasons: string[];
+  clusters: Array<{ cluster: string; node: string; keyVersion: number; lastSeen: string }>;
+  objects: Array<{ cluster: string; scannedAt: string; count: number }>;
+  unscanned: string[];
+}
+
 const MODE_HELP = `
 Where a key command acts:
   --data-dir DIR (or --root-key-file) given   the embedded key store in DIR (what the plugin's embedded mode uses)
@@ -195,6 +207,32 @@ export function registerKey(program: Command, run: (fn: () => Promise<number>) =
     key.command('cancel-destroy <name>').description('Cancel a scheduled destruction; the key comes back disabled (key server; needs the approvals a destroy needs)'),
     () => Promise.reject(serverOnly('key cancel-destroy')),
     (c, flags, name: string) => remoteKey(c, flags, 'POST', `/v1/keys/${seg(name)}/cancel-destroy`, 'destruction cancelled'),
+  );
+
+  connOptions(
+    key
+      .command('retire-check <name>')
+      .description('Whether a version can be retired (--min-decryption-version raised past it): no cluster reports it and the latest etcd scans hold no object under it (key server)')
+      .requiredOption('--version <n>', 'the key version to check')
+      .addHelpText('after', `
+Exit status: 0 when the version is safe to retire, 1 when it is not (or when
+that is unknown: a cluster never scanned, or scanned before it moved to a newer
+version; run keyhaven k8s scan and upload the report first); other codes as
+for every command (2 bad input, 3 no such key or version, 5 not allowed).
+${SERVER_HELP}`),
+  ).action((name: string, flags: ConnectionFlags & { output: OutputFormat; version: string }) =>
+    run(() =>
+      withClient(flags, async (c) => {
+        const version = positiveInt('--version', flags.version);
+        const r = (await c.call<RetireCheck>('GET', `/v1/keys/${seg(name)}/versions/${version}/retire-check`)).body;
+        if (flags.output === 'json') printJson(r);
+        else {
+          process.stdout.write(`key "${r.key}" version ${r.version}: ${r.safe ? 'safe to retire' : 'NOT safe to retire'}\n`);
+          for (const reason of r.reasons) process.stdout.write(`  - ${reason}\n`);
+        }
+        return r.safe ? 0 : 1;
+      }),
+    ),
   );
 
   storeOptions(

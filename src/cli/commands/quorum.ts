@@ -9,7 +9,7 @@ interface Policy {
   ttlS: number;
 }
 
-const OPERATIONS = ['key.destroy', 'key.disable', 'key.policy', 'app.grant', 'app.rotate-key', 'admin.add', 'admin.remove', 'quorum.set'];
+const OPERATIONS = ['key.destroy', 'key.disable', 'key.policy', 'app.grant', 'app.rotate-key', 'admin.add', 'admin.remove', 'quorum.set', 'recovery.start'];
 
 function printPolicy(p: Policy, flags: RemoteFlags): void {
   if (flags.output === 'json') return printJson(p);

@@ -9,6 +9,8 @@ export interface ProviderBuildContext {
   readonly cfg: PluginConfig;
   readonly logger: Logger;
   readonly metrics: PluginMetrics;
+  /** An open recovery the key server's calls are made in (offline recovery through a break-glass app). */
+  readonly recoveryId?: string | undefined;
 }
 
 /** What a provider builder returns: the provider, and the audit log of an in-process key store (embedded). */

@@ -12,13 +12,13 @@ import { errorResponse, keyNameParam, principalNameParam } from '../schemas.js';
 // read those reports before retiring old versions.
 
 /** A string check that stops at the first failure, so an oversized value gets one precise message. */
-const bounded = (min: number, max: number) =>
+export const bounded = (min: number, max: number) =>
   z.string().min(min, { error: `must have at least ${min} character${min === 1 ? '' : 's'}`, abort: true }).max(max, { error: `must have at most ${max} characters`, abort: true });
 
-const clusterName = bounded(1, 63).regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a cluster name: lower-case letters, digits, "." or "-", starting and ending with a letter or digit');
+export const clusterName = bounded(1, 63).regex(/^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$/, 'must be a cluster name: lower-case letters, digits, "." or "-", starting and ending with a letter or digit');
 const nodeName = bounded(1, 253).regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'must be a host name: letters, digits, "." or "-", starting and ending with a letter or digit');
 const printable = (max: number) => bounded(1, max).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces');
-const isoTime = bounded(1, 64).pipe(z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z' }));
+export const isoTime = bounded(1, 64).pipe(z.iso.datetime({ offset: true, error: 'must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z' }));
 
 const statusBody = z
   .strictObject({
@@ -94,6 +94,9 @@ export function registerClusterRoutes(app: FastifyInstance, { core }: RouteDeps)
         }
       }
       const now = new Date().toISOString();
+      // Kept while the node reports the same key and version: a retire check needs to know when it moved on.
+      const before = (await core.store.listPluginReports({ appId: principalOf(req).id, keyName: name })).find((x) => x.cluster === b.cluster && x.node === b.node);
+      const since = before !== undefined && before.key_version === version ? before.version_since : now;
       await core.store.upsertPluginReport({
         app_id: principalOf(req).id,
         cluster: b.cluster,
@@ -106,6 +109,7 @@ export function registerClusterRoutes(app: FastifyInstance, { core }: RouteDeps)
         last_seen: now,
         first_seen: now,
         source: req.ip,
+        version_since: since,
       });
       req.auditNote.details.reported = true;
     }

@@ -12,6 +12,8 @@ import { registerCryptoRoutes } from './crypto.js';
 import { nativeDialect } from './dialect.js';
 import { registerKeyRoutes } from './keys.js';
 import { registerPrincipalRoutes } from './principals.js';
+import { registerRecoveryRoutes } from './recoveries.js';
+import { registerScanRoutes } from './scans.js';
 import { registerSysRoutes } from './sys.js';
 
 // The native API (/v1, OpenAPI at /v1/openapi.json) and /metrics. Its
@@ -37,6 +39,8 @@ export function registerNative(app: FastifyInstance, deps: RouteDeps, notFoundSe
       registerKeyRoutes(scope, deps);
       registerCryptoRoutes(scope, deps);
       registerClusterRoutes(scope, deps);
+      registerScanRoutes(scope, deps);
+      registerRecoveryRoutes(scope, deps);
       registerPrincipalRoutes(scope, deps);
       registerApprovalRoutes(scope, deps);
       registerAuditRoutes(scope, deps);

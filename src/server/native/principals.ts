@@ -170,6 +170,7 @@ export function registerPrincipalRoutes(app: FastifyInstance, { core }: RouteDep
         name: principalName,
         description: z.string().max(256).optional(),
         certFingerprint: z.string().max(100).optional().describe('SHA-256 of a client certificate (hex) for mTLS'),
+        breakGlass: z.boolean().optional().describe('a break-glass app: it decrypts only inside an open recovery (POST /v1/recoveries), never encrypts, and only through the native API'),
       }),
       response: { 200: z.object({ app: principalInfo, apiKey: z.string() }), 409: errorResponse },
     },

@@ -65,10 +65,24 @@ export function principalOf(req: FastifyRequest): Principal {
   return req.principal;
 }
 
-/** Checks that an app holds `op` on the key, which must exist; returns the key id. */
+/** The header naming the recovery (POST /v1/recoveries) a request is made in. */
+const RECOVERY_HEADER = 'x-keyhaven-recovery';
+
+/**
+ * Checks that an app holds `op` on the key, which must exist; returns the key
+ * id. A break-glass app only decrypts, through the native API, inside an open
+ * recovery of its own; any app naming a recovery must name such a one (it is
+ * then noted in the audit record).
+ */
 export async function requireGrant(services: Services, req: FastifyRequest, keyName: string, op: CryptoOperation): Promise<string> {
   const p = principalOf(req);
   if (p.kind !== 'app') throw new KeyhavenError('permission_denied', 'crypto operations are for apps with a grant on the key');
+  if (p.breakGlass) {
+    // Checked before the grant: these refusals say nothing about which keys exist.
+    if (op !== 'decrypt') throw new KeyhavenError('permission_denied', `app "${p.name}" is a break-glass app: it may only decrypt (inside an open recovery), never ${op}`);
+    if (req.routeConfig?.stamp?.dialect.name !== 'native') throw new KeyhavenError('permission_denied', `app "${p.name}" is a break-glass app: it decrypts only through the native API (POST /v1/keys/{name}/decrypt with ${RECOVERY_HEADER})`);
+    if (req.headers[RECOVERY_HEADER] === undefined) throw new KeyhavenError('permission_denied', `app "${p.name}" is a break-glass app: it decrypts only inside an open recovery; open one with POST /v1/recoveries and send its id in the ${RECOVERY_HEADER} header`);
+  }
   await services.keys.ensureLoaded(keyName).catch((e: unknown) => {
     // Do not tell an app without grants which keys exist.
     if (e instanceof KeyhavenError && e.code === 'not_found') throw new KeyhavenError('permission_denied', `no ${op} grant on key "${keyName}"`);
@@ -77,6 +91,12 @@ export async function requireGrant(services: Services, req: FastifyRequest, keyN
   const keyId = services.keys.idOf(keyName)!;
   const ops = await services.access.grantedOperations(p, keyId);
   if (!ops.has(op)) throw new KeyhavenError('permission_denied', `no ${op} grant on key "${keyName}"`);
+  const named = req.headers[RECOVERY_HEADER];
+  if (named !== undefined) {
+    const id = Array.isArray(named) ? '' : named;
+    const rec = await services.recoveries.check(p, id);
+    req.auditNote.details.recovery = rec.id;
+  }
   return keyId;
 }
 

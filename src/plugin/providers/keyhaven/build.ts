@@ -24,6 +24,7 @@ export async function buildKeyhavenProvider(p: KeyhavenProviderConfig, ctx: Prov
     apiKey,
     cluster: p.cluster,
     healthProbe: KEYHAVEN_HEALTH_PROBE,
+    ...(ctx.recoveryId !== undefined ? { recoveryId: ctx.recoveryId } : {}),
     ...deadlineOptions(p),
     ...observedClientOptions({ logger, metrics }, p.servers, { up: 'key server answers again', down: 'key server failing; trying the others first' }),
   });
