@@ -158,6 +158,10 @@ describe('server bad input', () => {
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/approve', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/deny', token: () => cast.keyAdmin, valid: {}, required: [] },
     { method: 'POST', path: '/v1/approvals/0123456789abcdef/collect', token: () => cast.keyAdmin, valid: {}, required: [] },
+    { method: 'POST', path: '/v1/key-ids/resolve', token: () => cast.keyAdmin, valid: { keyIds: ['kh1:0123456789abcdef:0123456789abcdef:1:0123456789abcdef'] }, required: ['keyIds'] },
+    { method: 'PUT', path: '/v1/clusters/prod-eu-1/scan-report', token: () => cast.keyAdmin, valid: { scannedAt: '2026-01-31T12:00:00Z', source: 'etcd https://10.0.0.1:2379', objects: 2, plaintext: 0, byKeyId: [{ keyId: 'kh1:0123456789abcdef:0123456789abcdef:1:0123456789abcdef', count: 2 }], byForm: [{ form: 'kms-v2', provider: 'keyhaven', count: 2 }] }, required: ['scannedAt', 'source', 'objects', 'plaintext', 'byKeyId', 'byForm'] },
+    { method: 'POST', path: '/v1/recoveries', token: () => cast.appKey, valid: { reason: 'INC-1: restore', cluster: 'prod-eu-1' }, required: ['reason'] },
+    { method: 'POST', path: '/v1/recoveries/0123456789abcdef/close', token: () => cast.appKey, valid: { objects: 1, failed: 0 }, required: [] },
     { method: 'POST', path: '/v1/audit/verify', token: () => cast.auditor, valid: { checkpoints: [{ v: 1, store: '00', seq: 1, hash: '0'.repeat(64), time: '2026-01-01T00:00:00Z', prev: '0'.repeat(64), mac: '0'.repeat(64) }], at: ['w:1'] }, required: ['checkpoints'] },
   ];
 
@@ -172,7 +176,7 @@ describe('server bad input', () => {
     for (const [p, item] of Object.entries(doc.body.paths as Record<string, Record<string, unknown>>)) {
       for (const m of ['post', 'put']) if (m in item) withBody.add(`${m.toUpperCase()} ${p}`);
     }
-    const covered = new Set(routes.map((r) => `${r.method} ${r.path.replace(/^\/v1\/keys\/(kscratch|k1)\//, '/v1/keys/{name}/').replace(/^\/v1\/users\/scratchuser\//, '/v1/users/{name}/').replace(/^\/v1\/apps\/scratchapp\/grants\/k1$/, '/v1/apps/{name}/grants/{key}').replace(/^\/v1\/apps\/scratchapp\//, '/v1/apps/{name}/').replace(/^\/v1\/approvals\/[0-9a-f]{16}\//, '/v1/approvals/{id}/')}`));
+    const covered = new Set(routes.map((r) => `${r.method} ${r.path.replace(/^\/v1\/keys\/(kscratch|k1)\//, '/v1/keys/{name}/').replace(/^\/v1\/users\/scratchuser\//, '/v1/users/{name}/').replace(/^\/v1\/apps\/scratchapp\/grants\/k1$/, '/v1/apps/{name}/grants/{key}').replace(/^\/v1\/apps\/scratchapp\//, '/v1/apps/{name}/').replace(/^\/v1\/approvals\/[0-9a-f]{16}\//, '/v1/approvals/{id}/').replace(/^\/v1\/recoveries\/[0-9a-f]{16}\//, '/v1/recoveries/{id}/').replace(/^\/v1\/clusters\/prod-eu-1\//, '/v1/clusters/{cluster}/')}`));
     assert.deepEqual([...withBody].sort(), [...covered].sort());
 
     for (const r of routes) {
@@ -204,7 +208,7 @@ describe('server bad input', () => {
     assert.equal(k.body.rotationPeriod, null);
     const q = await api(url, 'GET', '/v1/sys/quorum', { token: cast.admin });
     assert.equal(q.body.required, 0);
-    assert.deepEqual(q.body.operations.length, 8, "the default policy lists every guardable operation");
+    assert.deepEqual(q.body.operations.length, 9, "the default policy lists every guardable operation");
     assert.equal((await api(url, 'GET', '/v1/auth/whoami', { token: logoutSession })).status, 200, 'logout never ran');
     assert.equal((await api(url, 'GET', '/v1/sys/health')).status, 200, 'seal never ran');
   });

@@ -41,17 +41,17 @@ describe('key_id lookup, scan reports, retire check', () => {
     const ids = [k1v1, k2v1, foreign, wrongTag, neverIssued, 'k8s:enc:aescbc:v1:key1'];
     const res = await api('POST', '/v1/key-ids/resolve', { token: t.tokens.keyAdmin, body: { keyIds: ids } });
     assert.equal(res.status, 200, res.text);
-    assert.deepEqual(res.body.results[0], { keyId: k1v1, known: true, key: 'k1', version: 1, state: 'active', keyState: 'enabled', current: true, belowMinDecryption: false, pendingDestruction: false, destroyed: false });
+    assert.deepEqual(res.body.results[0], { keyId: k1v1, known: true, key: 'k1', version: 1, state: 'active', keyState: 'enabled', current: true, flags: [] });
     assert.equal(res.body.results[1].key, 'k2');
-    assert.deepEqual(res.body.results.slice(2), ids.slice(2).map((keyId) => ({ keyId, known: false })));
+    assert.deepEqual(res.body.results.slice(2), ids.slice(2).map((keyId) => ({ keyId, known: false, flags: [] })));
     // The auditor reads the same.
     assert.deepEqual((await api('POST', '/v1/key-ids/resolve', { token: t.tokens.auditor, body: { keyIds: ids } })).body, res.body);
     // Apps learn only about keys they hold a grant on.
     const granted = await api('POST', '/v1/key-ids/resolve', { token: t.tokens.granted, body: { keyIds: [k1v1, k2v1] } });
     assert.equal(granted.body.results[0].known, true);
-    assert.deepEqual(granted.body.results[1], { keyId: k2v1, known: false });
+    assert.deepEqual(granted.body.results[1], { keyId: k2v1, known: false, flags: [] });
     const stranger = await api('POST', '/v1/key-ids/resolve', { token: t.tokens.stranger, body: { keyIds: [k1v1, k2v1] } });
-    assert.deepEqual(stranger.body.results, [{ keyId: k1v1, known: false }, { keyId: k2v1, known: false }]);
+    assert.deepEqual(stranger.body.results, [{ keyId: k1v1, known: false, flags: [] }, { keyId: k2v1, known: false, flags: [] }]);
     // The security-admin does not use this route.
     assert.equal((await api('POST', '/v1/key-ids/resolve', { token: t.tokens.admin, body: { keyIds: [] } })).status, 403);
   });
@@ -66,7 +66,7 @@ describe('key_id lookup, scan reports, retire check', () => {
     const v1 = `kh1:${s.storeId}:${k2.id}:1:${k2.versions[0]!.tag}`;
     const res = await api('POST', '/v1/key-ids/resolve', { token: t.tokens.keyAdmin, body: { keyIds: [v1] } });
     assert.equal(res.body.results[0].state, 'retired');
-    assert.equal(res.body.results[0].belowMinDecryption, true);
+    assert.deepEqual(res.body.results[0].flags, ['below-min-decryption']);
     assert.equal(res.body.results[0].current, false);
     const many = await api('POST', '/v1/key-ids/resolve', { token: t.tokens.keyAdmin, body: { keyIds: Array.from({ length: 1001 }, () => 'x') } });
     assert.equal(many.status, 400);
