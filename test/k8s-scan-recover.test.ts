@@ -190,6 +190,33 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     assert.deepEqual(readdirSync(join(out, 'secrets')).sort(), ['old', 'team-a']);
   });
 
+  it('recover: ConfigMaps as YAML, other kinds as stored bytes; foreign and damaged values fail one by one with their reason', async (t) => {
+    if (!requireDependency(t, ETCD_AVAILABLE, ETCD_REASON)) return;
+    // A Pod in protobuf: runtime.Unknown{typeMeta{apiVersion, kind}, raw}, written by hand (fields 1 and 2, short lengths).
+    const field = (n: number, b: Buffer) => Buffer.concat([Buffer.from([(n << 3) | 2, b.length]), b]);
+    // Pod{metadata=1 ObjectMeta{name=1, namespace=3}, spec=2 (opaque here)}.
+    const podRaw = Buffer.concat([field(1, Buffer.concat([field(1, Buffer.from('web')), field(3, Buffer.from('default'))])), field(2, Buffer.from('opaque spec'))]);
+    const pod = Buffer.concat([Buffer.from('k8s\0', 'latin1'), field(1, Buffer.concat([field(1, Buffer.from('v1')), field(2, Buffer.from('Pod'))])), field(2, podRaw)]);
+    await etcd!.put('/registry/pods/default/web', pod);
+    const out = join(dir, 'out-kinds');
+    const r = cli(['k8s', 'recover', '--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--out', out, '--resource', 'configmaps,namespaces,pods', '-o', 'json']);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const body = JSON.parse(r.stdout);
+    // Stored as JSON, any kind is a whole object: YAML. Stored as protobuf, only Secrets and ConfigMaps are decoded.
+    assert.equal(body.written, 2);
+    assert.deepEqual(body.raw, ['/registry/pods/default/web']);
+    const cm = parseYaml(readFileSync(join(out, 'configmaps', 'default', 'cm.yaml'), 'utf8'));
+    assert.deepEqual([cm.kind, cm.metadata.name, cm.data], ['ConfigMap', 'cm', { a: 'b' }]);
+    assert.equal(parseYaml(readFileSync(join(out, 'namespaces', 'default.yaml'), 'utf8')).kind, 'Namespace');
+    assert.deepEqual(readFileSync(join(out, 'pods', 'default', 'web.bin')), pod);
+    const bad = cli(['k8s', 'recover', '--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--out', join(dir, 'out-bad'), '--namespace', 'bad,local', '-o', 'json']);
+    assert.equal(bad.code, 1);
+    const failed = Object.fromEntries(JSON.parse(bad.stdout).failed.map((f: any) => [f.key, f.reason]));
+    assert.deepEqual(Object.keys(failed).sort(), ['/registry/secrets/bad/foreign', '/registry/secrets/bad/never-issued', '/registry/secrets/bad/truncated', '/registry/secrets/local/cbc', '/registry/secrets/local/gcm', '/registry/secrets/local/sbox']);
+    assert.match(failed['/registry/secrets/bad/foreign'], /arn:aws:kms|not issued by keyhaven|key_id/);
+    assert.match(failed['/registry/secrets/local/cbc'], /aescbc key "key1".*keyhaven holds only KMS keys/);
+  });
+
   it('a destroyed key version is flagged by scan, and its objects fail to recover while the rest come out', (t) => {
     if (!requireDependency(t, ETCD_AVAILABLE, ETCD_REASON)) return;
     const store = join(dir, 'store');

@@ -188,6 +188,11 @@ describe('break-glass recovery and retire check (real server process)', () => {
     const reports = await ok(api(srv.url, 'GET', '/v1/clusters/scan-reports', { token: cast.auditor }), 'reports');
     assert.equal(reports.body.reports.find((r: any) => r.cluster === 'prod').objects, 6);
 
+    // A wrong credential: one clear refusal before anything is read or written.
+    const wrong = await runCli(['k8s', 'recover', '--etcd', etcd.endpoint, '--plugin-config', pluginYaml('wrong', `kha_${'x'.repeat(40)}`), '--reason', 'INC-9', '--out', join(dir, 'out-wrong')], { env: cleanCliEnv() });
+    assert.equal(wrong.code, 5, wrong.stderr);
+    assert.match(wrong.stderr, /refused recovery|unauthenticated|not valid|API key/i);
+    assert.ok(!wrong.stderr.includes('x'.repeat(40)));
     const made = await ok(api(srv.url, 'POST', '/v1/apps', { token: cast.admin, body: { name: 'breakglass', breakGlass: true } }), 'create break-glass app');
     await ok(api(srv.url, 'PUT', `/v1/apps/breakglass/grants/${cast.key}`, { token: cast.keyAdmin, body: { operations: ['decrypt'] } }), 'grant');
     const bgYaml = pluginYaml('breakglass', made.body.apiKey);

@@ -38,7 +38,7 @@ export interface RecoverResult {
   readonly read: number;
   /** Objects written as YAML. */
   readonly written: number;
-  /** Objects of other kinds written as their stored bytes (`.bin`), which kubectl cannot apply. */
+  /** Objects of other kinds stored as protobuf, written as their decrypted stored bytes (`.bin`), which kubectl cannot apply. */
   readonly raw: readonly string[];
   /** Values that could not be recovered: the etcd key and why (never a value). */
   readonly failed: ReadonlyArray<{ key: string; reason: string }>;
@@ -131,7 +131,8 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
         writeFileSync(`${base}.yaml`, toApplyYaml(decoded), { mode: 0o600, flag: 'wx' });
         written += 1;
       } else {
-        writeFileSync(`${base}.bin`, decoded.raw, { mode: 0o600, flag: 'wx' });
+        // The whole decrypted value (k8s\0 + its type), as the apiserver's storage codec reads it.
+        writeFileSync(`${base}.bin`, plain, { mode: 0o600, flag: 'wx' });
         raw.push(key);
       }
     } catch (e) {

@@ -154,8 +154,8 @@ const RECOVER_HELP = `${ETCD_HELP}
 Decrypts KMS v2 and v1 values exactly as kube-apiserver does (the seed or DEK
 through the keys below, the per-object key, the etcd key as authenticated
 data) and writes each object to --out (created 0700; files 0600): Secrets
-and ConfigMaps as YAML ready for "kubectl apply -f", other kinds as their
-stored bytes (.bin). A value that cannot be read is listed with the reason
+and ConfigMaps (and any object stored as JSON) as YAML ready for "kubectl
+apply -f", other protobuf-stored kinds as their decrypted stored bytes (.bin). A value that cannot be read is listed with the reason
 and the rest still come out (exit code 1 when any failed).
 
 The keys: --plugin-config FILE, any plugin.yaml (the key server, an embedded
