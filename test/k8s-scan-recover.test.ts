@@ -3,6 +3,7 @@
 // through keyhaven's own plugin socket, SmartKey's v1, aescbc, aesgcm,
 // secretbox, identity/unencrypted), read live and from a snapshot.
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,7 +14,7 @@ import { encodeKmsV2, sealKmsV2 } from '../src/k8s/storage/kms-v2.js';
 import { encodeLocal } from '../src/k8s/storage/local-forms.js';
 import { encodeSecretProtobuf } from '../src/k8s/storage/k8s-object.js';
 import { ETCD_AVAILABLE, startEtcd, type EtcdProcess } from './etcd.js';
-import { call, cli, initStore, kmsClients, startPlugin, type PluginProcess, type V2Encrypted } from './helpers.js';
+import { BIN, call, cli, initStore, kmsClients, startPlugin, type PluginProcess, type V2Encrypted } from './helpers.js';
 import { ownedTempDir, suiteTeardown } from './reaper.js';
 import { requireDependency } from './require.js';
 
@@ -148,6 +149,18 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     // Nothing outside the prefix, and never a value.
     assert.ok(!JSON.stringify(b).includes('registryX'));
     for (const s of secrets) for (const v of Object.values(s.data)) if (v.length >= 8) assert.ok(!JSON.stringify(b).includes(v.toString('base64')));
+  });
+
+  it('a progress bar on a terminal (stderr), none when piped', (t) => {
+    if (!requireDependency(t, ETCD_AVAILABLE, ETCD_REASON)) return;
+    // script(1) gives the command a terminal; its output is what the terminal shows.
+    const tty = spawnSync('script', ['-qec', `${process.execPath} ${BIN} k8s scan --etcd ${etcd!.endpoint} --no-lookup --page-size 5`, '/dev/null'], { encoding: 'utf8', env: { ...process.env, TERM: 'xterm' } });
+    assert.equal(tty.status, 0, tty.stdout + tty.stderr);
+    assert.match(tty.stdout, /\d+\/\d+ values/);
+    assert.match(tty.stdout, /scanned \d+ value\(s\)/);
+    const piped = cli(['k8s', 'scan', '--etcd', etcd!.endpoint, '--no-lookup', '--page-size', '5']);
+    assert.equal(piped.code, 0);
+    assert.equal(piped.stderr, '');
   });
 
   it('--fail-on plaintext exits 1 and says why; the text table lists the forms', (t) => {
