@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parse } from 'yaml';
-import { KeyhavenError } from '../../errors.js';
+import type { ErrorCode } from '../../errors.js';
+import { code } from '../../../test/expect-error.js';
 import { decodeStoredObject, encodeSecretProtobuf, toApplyYaml } from './k8s-object.js';
 
 // Protobuf built by hand in the test, independent of the code under test.
@@ -34,14 +35,7 @@ const meta = Buffer.concat([
   entry(12, 'note.example.com/owner', 'team-a'),
 ]);
 
-function expectError(f: () => unknown, code: string, re: RegExp): void {
-  assert.throws(f, (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    assert.match(e.message, re);
-    return true;
-  });
-}
+const expectError = (f: () => unknown, c: ErrorCode, re: RegExp): void => assert.throws(f, code(c, re));
 
 describe('decodeStoredObject', () => {
   it('decodes a ConfigMap built by hand (metadata, data, binaryData, immutable)', () => {

@@ -1,20 +1,14 @@
 import * as assert from 'node:assert/strict';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { KeyhavenError } from '../../errors.js';
+import type { ErrorCode } from '../../errors.js';
+import { code } from '../../../test/expect-error.js';
 import { encodeKmsV1, openKmsV1, splitKmsV1 } from './kms-v1.js';
 
 const ETCD_KEY = '/registry/secrets/default/db';
 const DEK = Buffer.alloc(32, 3);
 
-function expectError(f: () => unknown, code: string, re: RegExp): void {
-  assert.throws(f, (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    assert.match(e.message, re);
-    return true;
-  });
-}
+const expectError = (f: () => unknown, c: ErrorCode, re: RegExp): void => assert.throws(f, code(c, re));
 
 describe('kms-v1', () => {
   it('reads a value built by hand: prefix | uint16 BE DEK length | DEK | nonce | ct | tag (AES-GCM, etcd key as AAD)', () => {

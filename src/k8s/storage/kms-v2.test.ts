@@ -1,7 +1,8 @@
 import * as assert from 'node:assert/strict';
 import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { KeyhavenError } from '../../errors.js';
+import type { ErrorCode } from '../../errors.js';
+import { code } from '../../../test/expect-error.js';
 import { DEK_SOURCE_TYPE, encodeKmsV2, openKmsV2, sealKmsV2, splitKmsV2, type EncryptedObject } from './kms-v2.js';
 
 const ETCD_KEY = '/registry/secrets/default/db';
@@ -18,14 +19,7 @@ function obj(o: Partial<EncryptedObject> = {}): EncryptedObject {
   };
 }
 
-function expectError(f: () => unknown, code: string, re: RegExp): void {
-  assert.throws(f, (e: unknown) => {
-    assert.ok(e instanceof KeyhavenError, `a KeyhavenError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    assert.match(e.message, re);
-    return true;
-  });
-}
+const expectError = (f: () => unknown, c: ErrorCode, re: RegExp): void => assert.throws(f, code(c, re));
 
 // Hand-rolled protobuf pieces, independent of the code under test.
 const ld = (field: number, b: Buffer): Buffer => Buffer.concat([Buffer.from([(field << 3) | 2, b.length]), b]);
