@@ -41,3 +41,37 @@ describe('recover output folder', () => {
     }
   });
 });
+
+describe('recover: one crafted value sharing a seed', () => {
+  it('does not fail every genuine value under that seed (the unwrap is keyed by the source alone)', async (t) => {
+    const { randomBytes } = await import('node:crypto');
+    const { encodeKmsV2, sealKmsV2, DEK_SOURCE_TYPE } = await import('./storage/kms-v2.js');
+    const seed = randomBytes(32);
+    const wrapped = randomBytes(48);
+    const value = (etcdKey: string, keyID: string, plain: Buffer) =>
+      encodeKmsV2('keyhaven', { encryptedData: sealKmsV2(plain, seed, etcdKey), keyID, encryptedDEKSource: wrapped, annotations: {}, encryptedDEKSourceType: DEK_SOURCE_TYPE.HKDF_SHA256_XNONCE_AES_GCM_SEED });
+    const cmKey = '/registry/configmaps/default/aaa';
+    const secretKey = '/registry/secrets/default/db';
+    // Someone with write access to etcd copies a genuine value's encryptedDEKSource
+    // under a key_id the key server refuses; it sorts (and is read) first.
+    const crafted = value(cmKey, 'kh1:forged', Buffer.from('{"kind":"ConfigMap","apiVersion":"v1","metadata":{"name":"aaa","namespace":"default"}}'));
+    const genuine = value(secretKey, 'kh1:good', secret);
+    const src: ScanSource = {
+      label: 'test',
+      async *pages() {
+        yield [{ key: cmKey, value: crafted }, { key: secretKey, value: genuine }];
+      },
+    };
+    const keys: RecoveryKeys = {
+      unwrapV2: async (keyId) => {
+        if (keyId !== 'kh1:good') throw new Error(`unknown key_id ${keyId}`);
+        return Buffer.from(seed);
+      },
+      unwrapV1: () => Promise.reject(new Error('not used')),
+    };
+    const out = join(ownedTempDir('kh-recover-adv-', t), 'out');
+    const r = await recoverObjects(src, keys, { prefix: '/registry', resources: ['secrets', 'configmaps'], outDir: out });
+    assert.deepEqual(r.failed.map((f) => f.key), [cmKey], `the genuine Secret was not recovered: ${JSON.stringify(r.failed)}`);
+    assert.equal(r.written, 1);
+  });
+});
