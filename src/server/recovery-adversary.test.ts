@@ -41,4 +41,11 @@ describe('break-glass recovery adversary', () => {
     assert.notEqual(d.status, 200, `one person decrypted: approval ${approve.status} ${approve.body.state}, plaintext ${d.body.plaintext}`);
     assert.equal(approve.status, 403, approve.text);
   });
+
+  it('an app with no decrypt grant cannot open recoveries (nor file approval requests for them) at will', async () => {
+    // "stranger" holds no grant on any key: a recovery gives it nothing to read, yet each
+    // one is an audit record, a row kept for ever and, under a quorum, a request in every approver's queue.
+    const r = await api('POST', '/v1/recoveries', { token: t.tokens.stranger, body: { reason: 'urgent, approve now', cluster: 'prod' } });
+    assert.equal(r.status, 403, r.text);
+  });
 });
