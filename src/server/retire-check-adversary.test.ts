@@ -77,4 +77,15 @@ describe('retire check adversary', () => {
     assert.equal(r.status, 400, r.text);
     assert.match(r.body.error.message, /scannedAt/);
   });
+
+  it('a scan made seconds after the cluster\'s plugin moved on does not prove the version unused (the apiserver writes with its old key_id for up to 3 minutes)', async () => {
+    const s = t.core.services();
+    await s.keys.create('k4', 'system');
+    const { v2 } = await movedOn('k4', 'fast');
+    // Scanned 5 s after the move: values the apiserver wrote under v1 in the next minutes are not in it.
+    const r = await api('PUT', '/v1/clusters/fast/scan-report', { token: t.tokens.granted, body: report({ scannedAt: new Date(Date.now() + 5000).toISOString(), byKeyId: [{ keyId: v2, count: 10 }] }) });
+    assert.equal(r.status, 200, r.text);
+    const c = await check('k4', 1);
+    assert.equal(c.safe, false, `a scan 5 s after the move counted: ${c.reasons.join('; ')}`);
+  });
 });
