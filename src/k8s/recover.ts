@@ -1,4 +1,4 @@
-import { mkdirSync, readdirSync, writeFileSync, existsSync, lstatSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KeyhavenError } from '../errors.js';
 import { keyPrefix, objectPath } from './etcd-key.js';
@@ -42,7 +42,7 @@ export interface RecoverResult {
   readonly raw: readonly string[];
   /** Values that could not be recovered: the etcd key and why (never a value). */
   readonly failed: ReadonlyArray<{ key: string; reason: string }>;
-  /** Distinct seeds and DEKs unwrapped through the keys. */
+  /** Calls to the keys: one per distinct seed or DEK (and again after a failed one). */
   readonly unwraps: number;
 }
 
@@ -53,6 +53,10 @@ function prepareOutDir(dir: string): void {
     const st = lstatSync(dir);
     if (!st.isDirectory() || st.isSymbolicLink()) throw new KeyhavenError('invalid_argument', `--out ${dir} exists and is not a folder`);
     if (readdirSync(dir).length > 0) throw new KeyhavenError('invalid_argument', `--out ${dir} is not empty; recovered objects go into a new or empty folder`);
+    // An empty folder someone else owns could be read (or swapped) by them: only our own, made private.
+    if (process.getuid && st.uid !== process.getuid()) throw new KeyhavenError('invalid_argument', `--out ${dir} belongs to another user; use a folder of your own`);
+    chmodSync(dir, 0o700);
+    return;
   }
   mkdirSync(dir, { recursive: true, mode: 0o700 });
 }
@@ -67,12 +71,20 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
   const resources = new Set(o.resources);
   const namespaces = o.namespaces ? new Set(o.namespaces) : undefined;
   const providers = o.providers ? new Set(o.providers) : undefined;
+  // Values sharing a seed share one unwrap, keyed as kube-apiserver keys its cache (source type, seed, key_id,
+  // annotations): a value someone wrote into etcd with a genuine seed and a forged key_id gets its own call, and
+  // a failure is not kept, so it cannot fail the genuine values after it.
   const unwrapped = new Map<string, Promise<Buffer>>();
+  let unwraps = 0;
   const once = (id: string, fn: () => Promise<Buffer>): Promise<Buffer> => {
     let p = unwrapped.get(id);
     if (!p) {
+      unwraps += 1;
       p = fn();
       unwrapped.set(id, p);
+      p.catch(() => {
+        if (unwrapped.get(id) === p) unwrapped.delete(id);
+      });
     }
     return p;
   };
@@ -91,7 +103,8 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
         return value;
       case 'kms-v2': {
         const { object } = splitKmsV2(value);
-        const src = await once(`2:${object.encryptedDEKSource.toString('base64')}`, () => keys.unwrapV2(object.keyID, object.encryptedDEKSource, object.annotations));
+        const id = JSON.stringify([object.encryptedDEKSourceType, object.encryptedDEKSource.toString('base64'), object.keyID, Object.entries(object.annotations).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => [k, v.toString('base64')])]);
+        const src = await once(`2:${id}`, () => keys.unwrapV2(object.keyID, object.encryptedDEKSource, object.annotations));
         return openKmsV2(object, src, key);
       }
       case 'kms-v1': {
@@ -138,7 +151,8 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
     } catch (e) {
       failed.push({ key, reason: reasonOf(e) });
     } finally {
-      plain.fill(0);
+      // A decrypted copy is ours to wipe; an unencrypted value is the caller's buffer.
+      if (plain !== value) plain.fill(0);
     }
   };
 
@@ -156,7 +170,7 @@ export async function recoverObjects(source: ScanSource, keys: RecoveryKeys, o: 
     o.onProgress?.(read);
   }
   for (const p of unwrapped.values()) void p.then((b) => b.fill(0), () => undefined);
-  return { source: source.label, read, written, raw, failed, unwraps: unwrapped.size };
+  return { source: source.label, read, written, raw, failed, unwraps };
 }
 
 class SkipValue extends Error {}
