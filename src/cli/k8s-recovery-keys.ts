@@ -22,7 +22,7 @@ export interface OpenedRecoveryKeys {
   /** Set when the key server filed an approval request instead of opening the recovery: prints it, gives the exit code. */
   readonly pending?: () => number;
   /** Tells the key server how the recovery ended (audited); a no-op elsewhere. */
-  finish(stats: { objects: number; failed: number }): Promise<void>;
+  finish(stats: { objects?: number; failed?: number }): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -104,25 +104,32 @@ export async function openRecoveryKeys(f: RecoveryKeyFlags): Promise<OpenedRecov
 
   // Errors go to stderr as log lines only at warn and above; the provider logs no value.
   const logger = createLogger({ level: 'warn', name: 'recover', destination: process.stderr as never });
-  const { provider } = await buildProvider({ cfg, logger, metrics: createPluginMetrics(), ...(recoveryId ? { recoveryId } : {}) });
+  const closeRecovery = async (stats: { objects?: number; failed?: number }) => {
+    if (!serverProvider || !recoveryId) return;
+    const client = serverClient(serverProvider, recoveryId);
+    try {
+      await client.post('recovery', `/v1/recoveries/${encodeURIComponent(recoveryId)}/close`, stats);
+    } catch (e) {
+      // The run's result stands; a recovery left open expires on its own (1 h). Say so.
+      process.stderr.write(`keyhaven: warning: could not close recovery ${recoveryId} on the key server: ${e instanceof KeyhavenError ? e.message : 'unexpected error'}\n`);
+    } finally {
+      await client.close();
+    }
+  };
+  let provider;
+  try {
+    ({ provider } = await buildProvider({ cfg, logger, metrics: createPluginMetrics(), ...(recoveryId ? { recoveryId } : {}) }));
+  } catch (e) {
+    await closeRecovery({});
+    throw e;
+  }
   const uid = recoveryId ? `recovery-${recoveryId}`.slice(0, 128) : `recovery-${randomBytes(8).toString('hex')}`;
   return {
     keys: {
       unwrapV2: async (keyId, src, annotations) => (await provider.decrypt(src, keyId, annotations, { uid })).plaintext,
       unwrapV1: async (dek) => (await provider.decrypt(dek, undefined, {}, { uid })).plaintext,
     },
-    async finish(stats) {
-      if (!serverProvider || !recoveryId) return;
-      const client = serverClient(serverProvider, recoveryId);
-      try {
-        await client.post('recovery', `/v1/recoveries/${encodeURIComponent(recoveryId)}/close`, stats);
-      } catch (e) {
-        // The objects are written; a recovery left open expires on its own (1 h). Say so, keep the result.
-        process.stderr.write(`keyhaven: warning: could not close recovery ${recoveryId} on the key server: ${e instanceof KeyhavenError ? e.message : 'unexpected error'}\n`);
-      } finally {
-        await client.close();
-      }
-    },
+    finish: closeRecovery,
     close: () => provider.close(),
   };
 }

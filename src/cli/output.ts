@@ -23,3 +23,12 @@ export function formatKeyTable<K extends KeyRowView>(keys: readonly K[], extra?:
   }
   return formatTable(rows);
 }
+
+/**
+ * Text from outside (etcd keys, provider names) for a terminal: control
+ * characters shown as escapes, so a crafted name cannot move the cursor,
+ * clear lines or set the window title.
+ */
+export function printable(s: string): string {
+  return s.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

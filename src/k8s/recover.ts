@@ -48,7 +48,8 @@ export interface RecoverResult {
 
 const SAFE_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,252}$/;
 
-function prepareOutDir(dir: string): void {
+/** Checks --out (new, or an empty folder of ours) and makes it: 0700. */
+export function prepareOutDir(dir: string): void {
   if (existsSync(dir)) {
     const st = lstatSync(dir);
     if (!st.isDirectory() || st.isSymbolicLink()) throw new KeyhavenError('invalid_argument', `--out ${dir} exists and is not a folder`);

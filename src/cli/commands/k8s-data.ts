@@ -2,9 +2,9 @@ import { Option, type Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import { FAIL_ON, scanEtcd, scanFailures, type FailOn, type KeyIdStatus, type ScanResult } from '../../k8s/scan.js';
 import { keyPrefix } from '../../k8s/etcd-key.js';
-import { recoverObjects, type RecoverResult } from '../../k8s/recover.js';
-import { ETCD_HELP, openEtcdFromFlags, type EtcdFlags } from '../k8s-sources.js';
-import { formatTable, printJson, type OutputFormat } from '../output.js';
+import { prepareOutDir, recoverObjects, type RecoverResult } from '../../k8s/recover.js';
+import { checkEtcdFlags, ETCD_HELP, openEtcdFromFlags, type EtcdFlags } from '../k8s-sources.js';
+import { formatTable, printable, printJson, type OutputFormat } from '../output.js';
 import { commaList, connOptions, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 import { progressBar } from '../progress.js';
 
@@ -91,26 +91,26 @@ async function lookupFor(flags: ScanFlags): Promise<((ids: readonly string[]) =>
 }
 
 function printScan(r: ScanResult, failures: readonly string[]): void {
-  process.stdout.write(`scanned ${r.objects} value(s) under ${r.prefix} in ${r.source}\n\n`);
+  process.stdout.write(`scanned ${r.objects} value(s) under ${printable(r.prefix)} in ${printable(r.source)}\n\n`);
   const rows = [['RESOURCE', 'FORM', 'PROVIDER/KEY', 'KEYHAVEN KEY', 'COUNT']];
   const byId = new Map(r.keyIds.map((k) => [k.keyId, k]));
   for (const x of r.rows) {
     const k = x.keyId === undefined ? undefined : byId.get(x.keyId);
     const kh = !k ? '-' : k.known ? `${k.key} v${k.version}${k.flags.length ? ` (${k.flags.join(', ')})` : ''}` : k.resolved ? 'not keyhaven\'s' : 'not looked up';
-    rows.push([x.resource, x.form, x.detail, kh, String(x.count)]);
+    rows.push([printable(x.resource), x.form, printable(x.detail), printable(kh), String(x.count)]);
   }
   if (rows.length > 1) process.stdout.write(formatTable(rows));
   if (r.plaintext.length > 0) {
     process.stdout.write(`\nstored unencrypted (${r.plaintext.length}):\n`);
-    for (const p of r.plaintext) process.stdout.write(`  ${p.resource} ${p.name}\n`);
+    for (const p of r.plaintext) process.stdout.write(`  ${printable(p.resource)} ${printable(p.name)}\n`);
   }
   if (r.malformed.length > 0) {
     process.stdout.write(`\ndo not parse (${r.malformed.length}):\n`);
-    for (const m of r.malformed) process.stdout.write(`  ${m.key}: ${m.form}: ${m.reason}\n`);
+    for (const m of r.malformed) process.stdout.write(`  ${printable(m.key)}: ${m.form}: ${printable(m.reason)}\n`);
   }
   if (failures.length > 0) {
     process.stdout.write('\nFAILED:\n');
-    for (const f of failures) process.stdout.write(`  ${f}\n`);
+    for (const f of failures) process.stdout.write(`  ${printable(f)}\n`);
   }
 }
 
@@ -214,10 +214,13 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
     .action((flags: RecoverFlags) =>
       run(async () => {
         if ((flags.pluginConfig === undefined) === (flags.dataDir === undefined)) throw new KeyhavenError('invalid_argument', 'give exactly one of --plugin-config FILE or --data-dir DIR');
+        // What can be checked before the recovery opens is: a run that cannot start leaves nothing open.
+        checkEtcdFlags(flags);
+        prepareOutDir(flags.out);
         const { openRecoveryKeys } = await import('../k8s-recovery-keys.js');
         const keys = await openRecoveryKeys(flags);
         if (keys.pending) return keys.pending();
-        let result: RecoverResult;
+        let result: RecoverResult | undefined;
         try {
           const source = await openEtcdFromFlags(flags);
           const bar = progressBar('values', () => source.count(keyPrefix(flags.prefix)));
@@ -235,16 +238,17 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
             bar.stop();
             await source.close();
           }
-          await keys.finish({ objects: result.written + result.raw.length, failed: result.failed.length });
         } finally {
+          // Closed on success and on failure alike: an opened recovery never outlives its run.
+          await keys.finish(result ? { objects: result.written + result.raw.length, failed: result.failed.length } : {});
           await keys.close();
         }
         if (flags.output === 'json') printJson(result);
         else {
-          process.stdout.write(`read ${result.read} value(s) from ${result.source}; wrote ${result.written} object(s) to ${flags.out}${result.raw.length ? `, ${result.raw.length} as stored bytes (.bin)` : ''}; ${result.unwraps} key unwrap(s)\n`);
+          process.stdout.write(`read ${result.read} value(s) from ${printable(result.source)}; wrote ${result.written} object(s) to ${flags.out}${result.raw.length ? `, ${result.raw.length} as stored bytes (.bin)` : ''}; ${result.unwraps} key unwrap(s)\n`);
           if (result.failed.length > 0) {
             process.stdout.write(`\nnot recovered (${result.failed.length}):\n`);
-            for (const f of result.failed) process.stdout.write(`  ${f.key}: ${f.reason}\n`);
+            for (const f of result.failed) process.stdout.write(`  ${printable(f.key)}: ${printable(f.reason)}\n`);
           }
         }
         return result.failed.length > 0 ? 1 : 0;
