@@ -266,6 +266,16 @@ describe('k8s scan and recover on a real etcd', { concurrency: false }, () => {
     const r4 = cli(['k8s', 'scan', '--etcd', etcd!.endpoint, '--prefix', 'registry']);
     assert.equal(r4.code, 2);
     assert.match(r4.stderr, /--prefix must start with "\/"/);
+    // A snapshot's scan is dated by the snapshot: a report needs its real time, never a later one.
+    const r6 = cli(['k8s', 'scan', '--snapshot', snapshot(), '--no-lookup', '--report', 'prod']);
+    assert.equal(r6.code, 2);
+    assert.match(r6.stderr, /--report with --snapshot needs --taken-at TIME/);
+    const r7 = cli(['k8s', 'scan', '--snapshot', snapshot(), '--no-lookup', '--taken-at', new Date(Date.now() + 3_600_000).toISOString()]);
+    assert.equal(r7.code, 2);
+    assert.match(r7.stderr, /is in the future/);
+    const past = cli(['k8s', 'scan', '--snapshot', snapshot(), '--no-lookup', '--taken-at', '2026-01-31T02:00:00Z', '-o', 'json']);
+    assert.equal(past.code, 0, past.stderr);
+    assert.equal(JSON.parse(past.stdout).scannedAt, '2026-01-31T02:00:00.000Z');
     // --out through a symbolic link is refused (it could point anywhere).
     symlinkSync(join(dir, 'out-snap'), join(dir, 'link'));
     const r5 = cli(['k8s', 'recover', '--etcd', etcd!.endpoint, '--data-dir', join(dir, 'store'), '--out', join(dir, 'link')]);

@@ -14,6 +14,8 @@ export interface KeyIdStatus {
 /** What a scan reads: pages of an etcd key range (a live etcd or a served snapshot). */
 export interface ScanSource {
   readonly label: string;
+  /** When the contents are from (a snapshot's), if not now. */
+  readonly takenAt?: string;
   pages(prefix: string, pageSize?: number): AsyncIterable<ReadonlyArray<{ key: string; value: Buffer }>>;
 }
 
@@ -27,6 +29,8 @@ export interface ScanOptions {
   readonly lookup?: (keyIds: readonly string[]) => Promise<readonly KeyIdStatus[]>;
   /** Called after each page with the number of values read so far. */
   readonly onProgress?: (read: number) => void;
+  /** When etcd held what is read (ISO 8601), overriding the source's own time: a snapshot's real time. */
+  readonly at?: string;
 }
 
 /** One line of the table: how many values of a resource are stored in one form. */
@@ -51,6 +55,7 @@ export interface KeyIdRow extends KeyIdStatus {
 export interface ScanResult {
   readonly source: string;
   readonly prefix: string;
+  /** When etcd held what was read: now for a live etcd, the snapshot's time for a snapshot (what retire-check compares). */
   readonly scannedAt: string;
   readonly objects: number;
   readonly rows: readonly FormRow[];
@@ -84,6 +89,7 @@ const formDetail = (f: StorageForm): { form: string; detail: string; keyId?: str
  * and the counts, never a value, and writes nothing.
  */
 export async function scanEtcd(source: ScanSource, o: ScanOptions): Promise<ScanResult> {
+  const scannedAt = o.at ?? source.takenAt ?? new Date().toISOString();
   const sensitive = new Set(o.sensitive ?? ['secrets']);
   const rows = new Map<string, FormRow>();
   const byKeyId = new Map<string, { provider: string; count: number }>();
@@ -119,7 +125,8 @@ export async function scanEtcd(source: ScanSource, o: ScanOptions): Promise<Scan
     return { keyId, provider, count, resolved: s !== undefined, known: s?.known ?? false, ...(s?.key !== undefined ? { key: s.key, version: s.version } : {}), flags: s?.flags ?? [] };
   });
   const sorted = [...rows.values()].sort((a, b) => a.resource.localeCompare(b.resource) || a.form.localeCompare(b.form) || a.detail.localeCompare(b.detail) || (a.keyId ?? '').localeCompare(b.keyId ?? ''));
-  return { source: source.label, prefix: o.prefix, scannedAt: new Date().toISOString(), objects, rows: sorted, plaintext, keyIds, malformed };
+  // Taken before the first read: anything written later is not in this scan.
+  return { source: source.label, prefix: o.prefix, scannedAt, objects, rows: sorted, plaintext, keyIds, malformed };
 }
 
 /** Conditions `--fail-on` can name. */

@@ -9,6 +9,7 @@ import { commaList, connOptions, SERVER_HELP, withClient, type RemoteFlags } fro
 import { progressBar } from '../progress.js';
 
 interface ScanFlags extends EtcdFlags, RemoteFlags {
+  takenAt?: string;
   prefix: string;
   sensitive: string[];
   failOn: FailOn[];
@@ -41,6 +42,15 @@ function failOnList(v: string): FailOn[] {
   const out = commaList(v);
   for (const x of out) if (!(FAIL_ON as readonly string[]).includes(x)) throw new KeyhavenError('invalid_argument', `--fail-on takes ${FAIL_ON.join(', ')}; not ${JSON.stringify(x)}`);
   return out as FailOn[];
+}
+
+function takenAtOf(v: string): string {
+  const t = Date.parse(v);
+  if (!/^\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:\d\d)$/.test(v) || Number.isNaN(t)) {
+    throw new KeyhavenError('invalid_argument', `--taken-at must be an ISO 8601 time such as 2026-01-31T02:00:00Z, not ${JSON.stringify(v.slice(0, 40))}`);
+  }
+  if (t > Date.now() + 60_000) throw new KeyhavenError('invalid_argument', `--taken-at ${v} is in the future`);
+  return new Date(t).toISOString();
 }
 
 function pageSizeOf(v: string): number {
@@ -173,16 +183,26 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
       .option('--no-lookup', 'do not ask the key server (or --data-dir) which key version a key_id is')
       .option('--data-dir <dir>', 'map key_ids with this embedded key store instead of the key server')
       .option('--report <cluster>', 'upload the counts to the key server as this cluster\'s latest scan')
+      .option('--taken-at <time>', 'with --snapshot: when the snapshot was saved (ISO 8601); required with --report, since a copied file\'s date is later', takenAtOf)
       .addHelpText('after', SCAN_HELP),
   ).action((flags: ScanFlags) =>
     run(async () => {
+      // retire-check trusts a report only if it is dated no later than etcd's contents: a snapshot's own time.
+      if (flags.snapshot !== undefined && flags.report !== undefined && flags.takenAt === undefined) {
+        throw new KeyhavenError('invalid_argument', '--report with --snapshot needs --taken-at TIME, when the snapshot was saved (the file\'s date is when it was last copied, which can be later)');
+      }
+      if (flags.takenAt !== undefined && flags.snapshot === undefined) throw new KeyhavenError('invalid_argument', '--taken-at goes with --snapshot; a live etcd is read as it is now');
       if (flags.failOn.includes('retired') && !flags.lookup) throw new KeyhavenError('invalid_argument', '--fail-on retired needs a key lookup; drop --no-lookup');
       const lookup = await lookupFor(flags);
       const source = await openEtcdFromFlags(flags);
       let result: ScanResult;
+      if (flags.takenAt !== undefined && source.takenAt !== undefined && Date.parse(flags.takenAt) > Date.parse(source.takenAt) + 60_000) {
+        await source.close();
+        throw new KeyhavenError('invalid_argument', `--taken-at ${flags.takenAt} is after the snapshot file was last written (${source.takenAt})`);
+      }
       const bar = progressBar('values', () => source.count(keyPrefix(flags.prefix)));
       try {
-        result = await scanEtcd(source, { prefix: flags.prefix, sensitive: flags.sensitive, pageSize: flags.pageSize, ...(lookup ? { lookup } : {}), onProgress: bar.update });
+        result = await scanEtcd(source, { ...(flags.takenAt ? { at: flags.takenAt } : {}), prefix: flags.prefix, sensitive: flags.sensitive, pageSize: flags.pageSize, ...(lookup ? { lookup } : {}), onProgress: bar.update });
       } finally {
         bar.stop();
         await source.close();

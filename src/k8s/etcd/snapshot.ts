@@ -212,7 +212,7 @@ export async function openSnapshot(o: SnapshotOptions): Promise<EtcdSource> {
   const res = own(mkdtempSync(join(o.workDir ?? tmpdir(), 'keyhaven-etcd-')));
   try {
     const gw = await restoreAndStart(res, { file, label, etcd, restore, startTimeoutMs });
-    return gatewaySource(label, gw, () => release(res));
+    return { ...gatewaySource(label, gw, () => release(res)), takenAt: st.mtime.toISOString() };
   } catch (e) {
     await release(res);
     throw e;

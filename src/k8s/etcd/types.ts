@@ -10,6 +10,11 @@ export interface EtcdEntry {
 export interface EtcdSource {
   /** A description for output and errors, never holding a credential: `etcd https://127.0.0.1:2379` or `snapshot backup.db`. */
   readonly label: string;
+  /**
+   * When the contents are from, if not now: a snapshot's file time (ISO 8601). A copied file's time is
+   * later than the snapshot's, never earlier.
+   */
+  readonly takenAt?: string;
   /** Pages of entries under prefix, in key order, all at one revision (the first page's), `pageSize` keys at a time, so a large store never loads at once. */
   pages(prefix: string, pageSize?: number): AsyncIterable<EtcdEntry[]>;
   /** How many keys are under prefix (count_only), for the progress bar. */
