@@ -42,12 +42,49 @@ const PEER_SOCKET = 'peer.sock:0';
 
 interface Owned {
   child?: ChildProcess;
+  watchdog?: ChildProcess;
   dir: string;
+}
+
+// SIGKILL (kill -9, the OOM killer) runs no handler: a shell beside etcd
+// watches for it. When its parent (this process) is gone, it ends etcd and
+// removes the folder with the restored copy; when etcd ends, so does it.
+// The parent is read from /proc (not compared by pid alone), so a reused pid
+// cannot keep it waiting.
+const WATCHDOG = [
+  'while :; do',
+  '  read -r _ _ _ p _ < /proc/$$/stat || break',
+  '  [ "$p" = "$1" ] || break',
+  '  kill -0 "$2" 2>/dev/null || exit 0',
+  '  sleep 1',
+  'done',
+  'kill -9 "$2" 2>/dev/null',
+  'rm -rf -- "$3"',
+].join('\n');
+
+function startWatchdog(o: Owned, etcdPid: number): void {
+  const w = spawn('/bin/sh', ['-c', WATCHDOG, 'keyhaven-etcd-watchdog', String(process.pid), String(etcdPid), o.dir], { stdio: 'ignore' });
+  // It must never keep this process alive, nor fail it when sh is missing (the handlers still cover a clean exit).
+  w.on('error', () => {});
+  w.unref();
+  o.watchdog = w;
+}
+
+function stopWatchdog(o: Owned): void {
+  const w = o.watchdog;
+  if (w && w.exitCode === null && w.signalCode === null) {
+    try {
+      w.kill('SIGKILL');
+    } catch {
+      // Gone already.
+    }
+  }
 }
 const owned = new Set<Owned>();
 const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 function reapSync(o: Owned): void {
+  stopWatchdog(o);
   if (o.child && o.child.exitCode === null && o.child.signalCode === null) {
     try {
       o.child.kill('SIGKILL');
@@ -90,6 +127,7 @@ function own(dir: string): Owned {
 }
 
 async function release(o: Owned): Promise<void> {
+  stopWatchdog(o);
   const child = o.child;
   if (child && child.exitCode === null && child.signalCode === null) {
     // It serves a throw-away copy: nothing to flush, so no graceful stop.
@@ -248,6 +286,7 @@ async function restoreAndStart(res: Owned, c: StartContext): Promise<Gateway> {
     '--logger', 'zap', '--log-outputs', 'stderr', '--log-level', 'error',
   ], { cwd: res.dir, stdio: ['ignore', 'ignore', 'pipe'] });
   res.child = child;
+  if (child.pid !== undefined) startWatchdog(res, child.pid);
   let log = '';
   child.stderr!.on('data', (d: Buffer) => {
     log = (log + d.toString('utf8')).slice(-16 * 1024);
