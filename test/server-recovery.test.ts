@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -135,6 +136,19 @@ describe('break-glass recovery and retire check (real server process)', () => {
       byForm: [{ form: 'kms-v2', provider: 'keyhaven', count: 40 }],
     };
     await ok(api(srv.url, 'PUT', '/v1/clusters/prod/scan-report', { token: cast.appKey, body: report }), 'scan report');
+    // Scanned seconds after the move: the apiserver may write under v1 for 3 more minutes.
+    r = await retireCheck(1);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout, /less than 3 minutes after it stopped using version 1/);
+    // As if the node had moved ten minutes before the scan.
+    const db = new Database(join(srv.dir, 'keyhaven.db'));
+    try {
+      db.pragma('busy_timeout = 5000');
+      const moved10 = db.prepare("update plugin_clusters set version_since = ? where cluster = 'prod'").run(new Date(Date.now() - 10 * 60_000).toISOString());
+      assert.equal(moved10.changes, 1);
+    } finally {
+      db.close();
+    }
     r = await retireCheck(1);
     assert.equal(r.code, 0, `${r.stdout}${r.stderr}`);
     assert.match(r.stdout, /version 1: safe to retire/);

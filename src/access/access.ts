@@ -295,6 +295,8 @@ export function createAccess(deps: {
       cert_fingerprint: null,
       description: null,
       break_glass: 0,
+      created_by: null,
+      key_issued_by: null,
       created_at: now,
       updated_at: now,
       ...extra,
@@ -422,7 +424,7 @@ export function createAccess(deps: {
       validateName(input.name, 'app');
       const fp = input.certFingerprint === undefined ? null : validateFingerprint(input.certFingerprint);
       if (input.description !== undefined && input.description.length > 256) throw new KeyhavenError('invalid_argument', 'description must be at most 256 characters');
-      const row = newPrincipalRow(input.name, 'app', [], { cert_fingerprint: fp, description: input.description ?? null, break_glass: input.breakGlass === true ? 1 : 0 });
+      const row = newPrincipalRow(input.name, 'app', [], { cert_fingerprint: fp, description: input.description ?? null, break_glass: input.breakGlass === true ? 1 : 0, created_by: actor.id, key_issued_by: actor.id });
       const apiKey = await change(actor, 'app.create', { app: input.name, ...(input.breakGlass === true ? { breakGlass: true } : {}) }, async (tx) => {
         await ensureNameFree(tx, input.name);
         if (fp && (await tx.findPrincipalByCert(fp))) throw new KeyhavenError('already_exists', 'that certificate is already registered to another app');
@@ -435,6 +437,8 @@ export function createAccess(deps: {
     async rotateAppKey(actor, name) {
       const apiKey = await change(actor, 'app.rotate-key', { app: name }, async (tx) => {
         const row = await mustFind(tx, name, 'app');
+        // The new key's holder: it may not approve this app's recovery (quorum.ts).
+        await tx.updatePrincipal(row.id, { key_issued_by: actor.id, updated_at: new Date().toISOString() });
         return issueApiKey(tx, row.id);
       });
       return { apiKey };

@@ -198,6 +198,22 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
     return `${rule.roles.join(' or ')} role${rule.exclude.length ? ', and not being the person it is about' : ''}`;
   };
 
+  // A request an app files (recovery.start) is the app's: whoever made the app
+  // or issued its current API key can act as it, so their approval would be
+  // the requester approving itself. Read at approval time, not at filing: a
+  // rotation in between moves the key to another person.
+  const refuseCredentialHolder = async (s: Store, actor: Principal, row: ApprovalRow): Promise<void> => {
+    if (PERFORMER[row.operation as ApprovableOperation] !== 'app') return;
+    const app = await s.findPrincipalById(row.requester_id);
+    if (app === undefined) return; // executeApproved refuses a requester that is gone
+    if (app.created_by === actor.id) {
+      throw new KeyhavenError('permission_denied', `you created app "${app.name}" and so received its credentials: another admin must approve its ${row.operation}`);
+    }
+    if (app.key_issued_by === actor.id) {
+      throw new KeyhavenError('permission_denied', `you issued app "${app.name}"'s current API key and so hold it: another admin must approve its ${row.operation}`);
+    }
+  };
+
   const load = async (s: Store, id: string): Promise<ApprovalRow> => {
     const row = /^[0-9a-f]{16}$/.test(id) ? await s.findApproval(id) : undefined;
     if (!row) throw new KeyhavenError('not_found', `approval request "${id}" does not exist`);
@@ -274,6 +290,7 @@ export function createQuorum(deps: { store: Store; audit: AuditLog; barrier: Bar
         if (row.state !== 'pending') throw new KeyhavenError('failed_precondition', `approval request ${id} is ${row.state}, not pending`);
         if (row.requester_id === actor.id) throw new KeyhavenError('permission_denied', 'nobody approves their own request');
         if (!eligible(actor, row)) throw new KeyhavenError('permission_denied', `approving ${row.operation} needs the ${needs(row)}`);
+        await refuseCredentialHolder(tx, actor, row);
         const approvals = JSON.parse(row.approvals) as { id: string; name: string; at: string }[];
         if (approvals.some((a) => a.id === actor.id)) throw new KeyhavenError('already_exists', 'you have already approved this request');
         approvals.push({ id: actor.id, name: actorName(actor), at: now.toISOString() });

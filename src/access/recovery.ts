@@ -14,6 +14,9 @@ const RECOVERY_TTL_S = 3600;
 
 const ID = /^[0-9a-f]{16}$/;
 
+/** Recoveries one app may hold pending or open at once: each is a row kept for ever and, under a quorum, a request in every approver's queue. */
+const MAX_LIVE_PER_APP = 3;
+
 export interface RecoveryInfo {
   readonly id: string;
   readonly app: string;
@@ -32,7 +35,11 @@ export interface RecoveryInfo {
 }
 
 export interface Recoveries {
-  /** Records a new recovery of `app`: open at once, or pending until `open` (under a quorum). Audit records are the caller's (the route's). */
+  /**
+   * Records a new recovery of `app`: open at once, or pending until `open` (under a quorum).
+   * permission_denied when the app holds no decrypt grant; failed_precondition when it already
+   * holds MAX_LIVE_PER_APP recoveries pending or open. Audit records are the caller's (the route's).
+   */
   create(app: Principal, input: { reason: string; cluster?: string | undefined }, pending: boolean): Promise<RecoveryInfo>;
   /** Notes the approval request a pending recovery waits for. */
   attachApproval(id: string, approvalId: string): Promise<void>;
@@ -79,28 +86,53 @@ export function createRecoveries(deps: { store: Store; audit: AuditLog; ttlS?: n
     return row;
   };
 
+  // Pending or open now: an open one until it expires; a pending one while its
+  // approval request can still be approved (a denied or expired request leaves it pending for ever).
+  const isLive = async (s: Store, r: RecoveryRow, now: number): Promise<boolean> => {
+    if (r.state === 'open') return r.expires_at === null || Date.parse(r.expires_at) > now;
+    if (r.state !== 'pending') return false;
+    if (r.approval_id === null) return true;
+    const a = await s.findApproval(r.approval_id);
+    return a !== undefined && (a.state === 'approved' || (a.state === 'pending' && Date.parse(a.expires_at) > now));
+  };
+
   return {
     async create(app, input, pending) {
       if (app.kind !== 'app') throw new KeyhavenError('permission_denied', 'recoveries are opened by the app that reads the backup');
-      const now = new Date();
-      const row: RecoveryRow = {
-        id: randomBytes(8).toString('hex'),
-        app_id: app.id,
-        app_name: app.name,
-        reason: input.reason,
-        cluster: input.cluster ?? null,
-        state: pending ? 'pending' : 'open',
-        approval_id: null,
-        created_at: now.toISOString(),
-        opened_at: pending ? null : now.toISOString(),
-        expires_at: pending ? null : new Date(now.getTime() + ttlMs).toISOString(),
-        closed_at: null,
-        closed_by: null,
-        objects: null,
-        failed: null,
-      };
-      await store.insertRecovery(row);
-      return toInfo(row);
+      return store.transaction(async (tx) => {
+        // A recovery only widens what an app may decrypt: one that may decrypt nothing has no use for it.
+        const grants = await tx.listGrants({ principalId: app.id });
+        if (!grants.some((g) => (JSON.parse(g.operations) as string[]).includes('decrypt'))) {
+          throw new KeyhavenError('permission_denied', `app "${app.name}" holds no decrypt grant on any key: a recovery would let it read nothing (a key-admin grants decrypt first)`);
+        }
+        const now = new Date();
+        const live: string[] = [];
+        const candidates = [...(await tx.listRecoveries({ appId: app.id, state: 'pending' })), ...(await tx.listRecoveries({ appId: app.id, state: 'open' }))];
+        for (const r of candidates) {
+          if (await isLive(tx, r, now.getTime())) live.push(r.id);
+        }
+        if (live.length >= MAX_LIVE_PER_APP) {
+          throw new KeyhavenError('failed_precondition', `app "${app.name}" already has ${live.length} recoveries pending or open (${live.join(', ')}), the most one app may hold: close one (POST /v1/recoveries/{id}/close) or let it expire`);
+        }
+        const row: RecoveryRow = {
+          id: randomBytes(8).toString('hex'),
+          app_id: app.id,
+          app_name: app.name,
+          reason: input.reason,
+          cluster: input.cluster ?? null,
+          state: pending ? 'pending' : 'open',
+          approval_id: null,
+          created_at: now.toISOString(),
+          opened_at: pending ? null : now.toISOString(),
+          expires_at: pending ? null : new Date(now.getTime() + ttlMs).toISOString(),
+          closed_at: null,
+          closed_by: null,
+          objects: null,
+          failed: null,
+        };
+        await tx.insertRecovery(row);
+        return toInfo(row);
+      });
     },
 
     async attachApproval(id, approvalId) {

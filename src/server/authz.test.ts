@@ -142,7 +142,8 @@ describe('server authorization matrix (in process)', () => {
     // Recoveries of app1, one for each caller allowed to close one.
     const rec = async () => (await ok(api(url, 'POST', '/v1/recoveries', { token: cast.appKey, body: { reason: 'matrix' } }), 'recovery')).body.id as string;
     recoveries = { secAdmin: await rec(), keyAdmin: await rec(), app: await rec() };
-    k1KeyId = (await ok(api(url, 'POST', '/v1/keys/k1/status', { token: cast.appKey, body: {} }), 'status')).body.keyId;
+    // app1's plugin reports cluster matrix: app1 may then report matrix's scan.
+    k1KeyId = (await ok(api(url, 'POST', '/v1/keys/k1/status', { token: cast.appKey, body: { cluster: 'matrix', node: 'cp-1' } }), 'status')).body.keyId;
   });
 
   after(async () => {
@@ -192,11 +193,14 @@ describe('server authorization matrix (in process)', () => {
     { method: 'GET', route: '/v1/clusters', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
     // Apps learn only about keys they hold a grant on (others read as unknown, not refused).
     { method: 'POST', route: '/v1/key-ids/resolve', allow: ['keyAdmin', 'auditor', 'app', 'stranger'], req: () => ({ body: { keyIds: [k1KeyId] } }) },
-    { method: 'PUT', route: '/v1/clusters/{cluster}/scan-report', allow: ['keyAdmin', 'app', 'stranger'], req: () => ({ path: '/v1/clusters/matrix/scan-report', body: { scannedAt: '2026-01-01T00:00:00Z', source: 'etcd https://10.0.0.1:2379', objects: 1, plaintext: 0, byKeyId: [{ keyId: k1KeyId, count: 1 }], byForm: [{ form: 'kms-v2', provider: 'keyhaven', count: 1 }] } }) },
+    // An app reports only a cluster its own plugin reports (stranger runs none).
+    { method: 'PUT', route: '/v1/clusters/{cluster}/scan-report', allow: ['keyAdmin', 'app'], req: () => ({ path: '/v1/clusters/matrix/scan-report', body: { scannedAt: '2026-01-01T00:00:00Z', source: 'etcd https://10.0.0.1:2379', objects: 1, plaintext: 0, byKeyId: [{ keyId: k1KeyId, count: 1 }], byForm: [{ form: 'kms-v2', provider: 'keyhaven', count: 1 }] } }) },
     { method: 'GET', route: '/v1/clusters/scan-reports', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
     { method: 'GET', route: '/v1/keys/{name}/versions/{version}/retire-check', allow: ['keyAdmin', 'auditor'], req: () => ({ path: '/v1/keys/k1/versions/1/retire-check' }) },
-    // Any app opens a recovery for itself; users do not.
-    { method: 'POST', route: '/v1/recoveries', allow: ['app', 'stranger'], status: { app: 201, stranger: 201 }, req: () => ({ body: { reason: 'matrix', cluster: 'matrix' } }) },
+    // An app holding a decrypt grant opens a recovery for itself (stranger holds none); users do not.
+    // app1 already holds three open ones (setup), the most an app may: its fourth passes
+    // authorization and meets the cap.
+    { method: 'POST', route: '/v1/recoveries', allow: ['app'], status: { app: 409 }, req: () => ({ body: { reason: 'matrix', cluster: 'matrix' } }) },
     { method: 'GET', route: '/v1/recoveries', allow: ['secAdmin', 'keyAdmin', 'auditor'] },
     // An app reads its own recoveries only: another app's reads as missing.
     { method: 'GET', route: '/v1/recoveries/{id}', allow: ['secAdmin', 'keyAdmin', 'auditor', 'app', 'stranger'], status: { stranger: 404 }, req: () => ({ path: `/v1/recoveries/${recoveries.app}` }) },

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { SYSTEM } from '../access/access.js';
 import { injectApi, openTestApp, type TestApp } from '../../test/server-app.js';
 
 // Break-glass recovery, in process: each attack is a test that fails if the
@@ -15,9 +16,15 @@ const H = 'x-keyhaven-recovery';
 describe('break-glass recovery', () => {
   let bg: string;
   let ciphertext: string;
+  let keyAdmin2: string;
 
   const decrypt = (token: string, recovery?: string) => api('POST', '/v1/keys/k1/decrypt', { token, body: { ciphertext }, ...(recovery !== undefined ? { headers: { [H]: recovery } } : {}) });
   const start = async (token: string, body: unknown = { reason: 'etcd lost; restoring from nightly snapshot', cluster: 'prod' }) => api('POST', '/v1/recoveries', { token, body });
+  // An app holds at most 3 recoveries pending or open: tests close what they open.
+  const closeRec = async (id: string) => {
+    const r = await api('POST', `/v1/recoveries/${id}/close`, { token: t.tokens.admin, body: {} });
+    assert.equal(r.status, 200, r.text);
+  };
   const denied = (r: { status: number; body: any; text: string }, message: RegExp, what: string) => {
     assert.equal(r.status, 403, `${what}: ${r.text}`);
     assert.equal(r.body.error.code, 'permission_denied', what);
@@ -36,6 +43,10 @@ describe('break-glass recovery', () => {
     const enc = await api('POST', '/v1/keys/k1/encrypt', { token: t.tokens.granted, body: { plaintext: b64('backup secret') } });
     assert.equal(enc.status, 200, enc.text);
     ciphertext = enc.body.ciphertext;
+    // A second key-admin: the security-admin who made "bg" may not approve its recoveries.
+    const s = t.core.services();
+    await s.access.createUser(SYSTEM, { name: 'keyadmin2', password: 'keyadmin2-password-1', roles: ['key-admin'] });
+    keyAdmin2 = (await s.access.login('keyadmin2', 'keyadmin2-password-1', '127.0.0.1')).token;
   });
 
   after(async () => {
@@ -64,6 +75,7 @@ describe('break-glass recovery', () => {
       assert.equal(r.status, 403, `${op}: ${r.text}`);
       assert.ok(!('ciphertext' in r.body) && !('plaintext' in r.body), op);
     }
+    await closeRec(rec.body.id);
   });
 
   it('attack: a break-glass app uses the Vault or DSM dialect, even with an open recovery → 403', async () => {
@@ -76,6 +88,7 @@ describe('break-glass recovery', () => {
     const dsm = await api('POST', '/crypto/v1/decrypt', { body: { key: { name: 'k1' }, mode: 'CBC', cipher: randomBytes(32).toString('base64'), iv: randomBytes(16).toString('base64') }, headers: { ...headers, authorization: dsmAuth } });
     assert.equal(dsm.status, 403, dsm.text);
     assert.match(dsm.text, /native API/);
+    await closeRec(rec.body.id);
   });
 
   it('inside its open recovery a break-glass app decrypts, and the audit records carry the recovery and its reason', async () => {
@@ -97,6 +110,7 @@ describe('break-glass recovery', () => {
     const dec = rows.find((x) => x.operation === 'crypto.decrypt' && x.request_id === d.headers.get('x-request-id'));
     assert.equal(JSON.parse(dec.details).recovery, rec.body.id);
     assert.ok(!audit.text.includes('backup secret'));
+    await closeRec(rec.body.id);
   });
 
   it('attack: a break-glass app decrypts with another app\'s recovery → 403; a normal app cannot open one for it', async () => {
@@ -114,6 +128,8 @@ describe('break-glass recovery', () => {
     const close = await api('POST', `/v1/recoveries/${mine.body.id}/close`, { token: t.tokens.granted, body: {} });
     assert.equal(close.status, 403, close.text);
     assert.equal((await decrypt(bg, mine.body.id)).status, 200);
+    await closeRec(other.body.id);
+    await closeRec(mine.body.id);
   });
 
   it('attack: a break-glass app decrypts with a closed or an expired recovery → 403', async () => {
@@ -160,6 +176,31 @@ describe('break-glass recovery', () => {
     assert.equal((await api('GET', '/v1/recoveries', { token: bg })).status, 403);
   });
 
+  it('an app without a decrypt grant opens no recovery; an app holds at most 3 pending or open', async () => {
+    const none = await start(t.tokens.stranger);
+    denied(none, /app "stranger" holds no decrypt grant on any key/, 'no grant');
+    const encOnly = await t.core.services().access.createApp(SYSTEM, { name: 'enc-only' });
+    await t.core.services().access.setGrant(SYSTEM, 'enc-only', 'k1', ['encrypt']);
+    denied(await start(encOnly.apiKey), /holds no decrypt grant/, 'encrypt grant only');
+
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const r = await start(t.tokens.granted);
+      assert.equal(r.status, 201, r.text);
+      ids.push(r.body.id);
+    }
+    const fourth = await start(t.tokens.granted);
+    assert.equal(fourth.status, 409, fourth.text);
+    assert.equal(fourth.body.error.code, 'failed_precondition');
+    assert.match(fourth.body.error.message, /app "granted" already has 3 recoveries pending or open/);
+    for (const id of ids) assert.ok(fourth.body.error.message.includes(id));
+    // An expired one no longer counts; a closed one neither.
+    await t.store.updateRecovery(ids[0]!, { expires_at: new Date(Date.now() - 1000).toISOString() });
+    const again = await start(t.tokens.granted);
+    assert.equal(again.status, 201, again.text);
+    for (const id of [...ids.slice(1), again.body.id]) await closeRec(id);
+  });
+
   describe('under a quorum policy covering recovery.start', () => {
     before(async () => {
       const q = await api('PUT', '/v1/sys/quorum', { token: t.tokens.admin, body: { required: 2, operations: ['recovery.start'], ttlS: 3600 } });
@@ -182,12 +223,14 @@ describe('break-glass recovery', () => {
       assert.equal(self.status, 403, self.text);
       // Nor may an auditor.
       assert.equal((await api('POST', `/v1/approvals/${approval.id}/approve`, { token: t.tokens.auditor, body: {} })).status, 403);
-      const first = await api('POST', `/v1/approvals/${approval.id}/approve`, { token: t.tokens.admin, body: {} });
+      // Nor the security-admin who made the app and so received its API key.
+      denied(await api('POST', `/v1/approvals/${approval.id}/approve`, { token: t.tokens.admin, body: {} }), /you created app "bg"/, 'the app\'s creator');
+      const first = await api('POST', `/v1/approvals/${approval.id}/approve`, { token: keyAdmin2, body: {} });
       assert.equal(first.status, 200, first.text);
       assert.equal(first.body.state, 'pending');
-      assert.deepEqual(first.body.approvals.map((a: any) => a.name), ['user:admin']);
+      assert.deepEqual(first.body.approvals.map((a: any) => a.name), ['user:keyadmin2']);
       denied(await decrypt(bg, recovery.id), /not open yet/, 'one approval of two');
-      const again = await api('POST', `/v1/approvals/${approval.id}/approve`, { token: t.tokens.admin, body: {} });
+      const again = await api('POST', `/v1/approvals/${approval.id}/approve`, { token: keyAdmin2, body: {} });
       assert.equal(again.status, 409, 'an approver counts once');
 
       const second = await api('POST', `/v1/approvals/${approval.id}/approve`, { token: t.tokens.keyAdmin, body: {} });
@@ -205,6 +248,31 @@ describe('break-glass recovery', () => {
       const deny = await api('POST', `/v1/approvals/${r.body.approval.id}/deny`, { token: t.tokens.keyAdmin, body: {} });
       assert.equal(deny.status, 200, deny.text);
       denied(await decrypt(bg, r.body.recovery.id), /not open yet/, 'denied');
+    });
+
+    it('nor may the admin who last rotated the app\'s API key (it holds the key now), nor its creator still', async () => {
+      const s = t.core.services();
+      await s.access.createUser(SYSTEM, { name: 'admin2', password: 'admin2-password-1', roles: ['security-admin'] });
+      const admin2 = (await s.access.login('admin2', 'admin2-password-1', '127.0.0.1')).token;
+      const rot = await api('POST', '/v1/apps/bg/rotate-key', { token: admin2, body: {} });
+      let key: string;
+      if (rot.status === 202) {
+        // The separation-of-duties floor: a key-admin consents, the requester collects the key.
+        const yes = await api('POST', `/v1/approvals/${rot.body.approval.id}/approve`, { token: t.tokens.keyAdmin, body: {} });
+        assert.equal(yes.body.state, 'executed', yes.text);
+        key = (await api('POST', `/v1/approvals/${rot.body.approval.id}/collect`, { token: admin2, body: {} })).body.apiKey;
+      } else {
+        assert.equal(rot.status, 200, rot.text);
+        key = rot.body.apiKey;
+      }
+      const r = await start(key);
+      assert.equal(r.status, 202, r.text);
+      const id = r.body.approval.id;
+      denied(await api('POST', `/v1/approvals/${id}/approve`, { token: admin2, body: {} }), /you issued app "bg"'s current API key/, 'the rotator');
+      denied(await api('POST', `/v1/approvals/${id}/approve`, { token: t.tokens.admin, body: {} }), /you created app "bg"/, 'the creator');
+      assert.equal((await api('POST', `/v1/approvals/${id}/approve`, { token: t.tokens.keyAdmin, body: {} })).status, 200);
+      const second = await api('POST', `/v1/approvals/${id}/approve`, { token: keyAdmin2, body: {} });
+      assert.equal(second.body.state, 'executed', second.text);
     });
   });
 });

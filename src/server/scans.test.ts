@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
+import { SYSTEM } from '../access/access.js';
 import { injectApi, openTestApp, type TestApp } from '../../test/server-app.js';
 
 // Key_id lookup, scan reports and the retire check, in process.
@@ -17,6 +18,13 @@ const scan = (over: Record<string, unknown> = {}) => ({
   byForm: [{ form: 'identity', count: 2 }, { form: 'kms-v2', provider: 'keyhaven', count: 8 }],
   ...over,
 });
+
+/** As if every node of `cluster` had moved to its current version `agoMs` ago. */
+async function backdateMove(cluster: string, agoMs: number): Promise<void> {
+  for (const r of await t.store.listPluginReports({})) {
+    if (r.cluster === cluster) await t.store.upsertPluginReport({ ...r, version_since: new Date(Date.now() - agoMs).toISOString() });
+  }
+}
 
 describe('key_id lookup, scan reports, retire check', () => {
   let k1v1: string;
@@ -80,9 +88,14 @@ describe('key_id lookup, scan reports, retire check', () => {
     const a = await api('PUT', '/v1/clusters/edge/scan-report', { token: t.tokens.keyAdmin, body: scan({ byKeyId: [{ keyId: k1v1, count: 8 }] }) });
     assert.equal(a.status, 200, a.text);
     assert.equal(a.body.reporter, 'user:keyadmin');
-    const b = await api('PUT', '/v1/clusters/edge/scan-report', { token: t.tokens.stranger, body: scan({ source: 'snapshot nightly.db', objects: 3, plaintext: 0 }) });
+    // An app reports only a cluster its own plugin reports (stranger runs none; granted runs prod's, not edge's).
+    for (const [token, app] of [[t.tokens.stranger, 'stranger'], [t.tokens.granted, 'granted']] as const) {
+      const forged = await api('PUT', '/v1/clusters/edge/scan-report', { token, body: scan({ objects: 0, plaintext: 0 }) });
+      assert.equal(forged.status, 403, forged.text);
+      assert.match(forged.body.error.message, new RegExp(`app "${app}" runs no KMS plugin that reports cluster "edge"`));
+    }
+    const b = await api('PUT', '/v1/clusters/edge/scan-report', { token: t.tokens.keyAdmin, body: scan({ source: 'snapshot nightly.db', objects: 3, plaintext: 0 }) });
     assert.equal(b.status, 200, b.text);
-    assert.equal(b.body.reporter, 'app:stranger');
     const list = await api('GET', '/v1/clusters/scan-reports', { token: t.tokens.auditor });
     assert.equal(list.status, 200);
     const edge = list.body.reports.find((r: any) => r.cluster === 'edge');
@@ -91,6 +104,7 @@ describe('key_id lookup, scan reports, retire check', () => {
     assert.deepEqual(edge.byForm, [{ form: 'identity', count: 2 }, { form: 'kms-v2', provider: 'keyhaven', count: 8 }]);
     for (const [body, field] of [
       [scan({ scannedAt: 'yesterday' }), /scannedAt/],
+      [scan({ scannedAt: new Date(Date.now() + 6 * 60_000).toISOString() }), /scannedAt .* is more than 5 minutes after the server's time/],
       [scan({ source: 'tab\there' }), /source/],
       [scan({ source: 'x'.repeat(201) }), /source/],
       [scan({ objects: -1 }), /objects/],
@@ -140,6 +154,21 @@ describe('key_id lookup, scan reports, retire check', () => {
     assert.deepEqual(c.unscanned, ['prod']);
     assert.ok(c.reasons.some((x: string) => /scan it again/.test(x)), c.reasons.join('; '));
 
+    // The cluster's own plugin app reports its scan, made seconds after the move:
+    // the apiserver may still have been writing under v1, so it does not count yet.
+    const own = await api('PUT', '/v1/clusters/prod/scan-report', { token: t.tokens.granted, body: scan({ byKeyId: [{ keyId: k1v1, count: 0 }, { keyId: st.body.keyId, count: 8 }] }) });
+    assert.equal(own.status, 200, own.text);
+    assert.equal(own.body.reporter, 'app:granted');
+    c = await check(1);
+    assert.equal(c.safe, false);
+    assert.deepEqual(c.unscanned, ['prod']);
+    assert.ok(c.reasons.some((x: string) => /less than 3 minutes after it stopped using version 1 .*up to 3 minutes/.test(x)), c.reasons.join('; '));
+    // A scanner clock running ahead (within the 5 minutes allowed) does not help: the server's receipt time bounds it.
+    await api('PUT', '/v1/clusters/prod/scan-report', { token: t.tokens.granted, body: scan({ scannedAt: new Date(Date.now() + 4 * 60_000).toISOString(), byKeyId: [{ keyId: st.body.keyId, count: 8 }] }) });
+    assert.deepEqual((await check(1)).unscanned, ['prod']);
+
+    // The cluster moved 10 minutes ago: a scan now counts.
+    await backdateMove('prod', 10 * 60_000);
     await api('PUT', '/v1/clusters/prod/scan-report', { token: t.tokens.granted, body: scan({ byKeyId: [{ keyId: k1v1, count: 3 }] }) });
     c = await check(1);
     assert.equal(c.safe, false);
@@ -149,9 +178,42 @@ describe('key_id lookup, scan reports, retire check', () => {
     await api('PUT', '/v1/clusters/prod/scan-report', { token: t.tokens.granted, body: scan({ byKeyId: [{ keyId: k1v1, count: 0 }, { keyId: st.body.keyId, count: 8 }] }) });
     c = await check(1);
     assert.equal(c.safe, true, c.reasons.join('; '));
+    assert.deepEqual(c.unreportedApps, []);
     assert.equal(c.reasons.length, 1);
     // The new version is not.
     assert.equal((await check(2)).safe, false);
+  });
+
+  it('retire check: a KMS v1 value in any cluster\'s latest scan leaves every version of every key in doubt', async () => {
+    const v1 = async () => (await api('GET', '/v1/keys/k1/versions/1/retire-check', { token: t.tokens.keyAdmin })).body;
+    assert.equal((await v1()).safe, true);
+    const r = await api('PUT', '/v1/clusters/edge/scan-report', { token: t.tokens.keyAdmin, body: scan({ byForm: [{ form: 'kms-v1', provider: 'old', count: 2 }, { form: 'kms-v1', provider: 'older', count: 1 }] }) });
+    assert.equal(r.status, 200, r.text);
+    const c = await v1();
+    assert.equal(c.safe, false);
+    assert.ok(c.reasons.some((x: string) => /cluster edge .* found 3 KMS v1 values whose key version a scan cannot read; move them to KMS v2 first/.test(x)), c.reasons.join('; '));
+    await api('PUT', '/v1/clusters/edge/scan-report', { token: t.tokens.keyAdmin, body: scan() });
+    assert.equal((await v1()).safe, true);
+  });
+
+  it('retire check: an app that can decrypt with the key but never reported its version (Vault, DSM clients) is not safe; break-glass apps aside', async () => {
+    const s = t.core.services();
+    const check = async () => (await api('GET', '/v1/keys/k1/versions/1/retire-check', { token: t.tokens.keyAdmin })).body;
+    assert.equal((await check()).safe, true);
+    await s.access.createApp(SYSTEM, { name: 'vault-client' });
+    await s.access.createApp(SYSTEM, { name: 'enc-only' });
+    await s.access.createApp(SYSTEM, { name: 'glass', breakGlass: true });
+    await s.access.setGrant(SYSTEM, 'vault-client', 'k1', ['decrypt']);
+    await s.access.setGrant(SYSTEM, 'enc-only', 'k1', ['encrypt']);
+    await s.access.setGrant(SYSTEM, 'glass', 'k1', ['decrypt']);
+    let c = await check();
+    assert.equal(c.safe, false);
+    assert.deepEqual(c.unreportedApps, ['vault-client']);
+    assert.ok(c.reasons.includes('app vault-client can decrypt with this key but has never reported which version it uses'), c.reasons.join('; '));
+    await s.access.revokeGrant(SYSTEM, 'vault-client', 'k1');
+    c = await check();
+    assert.equal(c.safe, true, c.reasons.join('; '));
+    assert.deepEqual(c.unreportedApps, []);
   });
 
   it('retire check: a key no cluster reported is not safe (unknown); bad versions are refused', async () => {

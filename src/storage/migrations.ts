@@ -203,6 +203,14 @@ function migrations(dialect: SqlDialect): Record<string, Migration> {
         .execute();
     },
   },
+  '0007_app_key_issuers': {
+    async up(db: Kysely<any>) {
+      // Who made an app and who issued its current API key: neither may approve
+      // that app's recovery (they hold, or held, its credentials).
+      await db.schema.alterTable('principals').addColumn('created_by', 'text').execute();
+      await db.schema.alterTable('principals').addColumn('key_issued_by', 'text').execute();
+    },
+  },
   };
 }
 

@@ -118,7 +118,7 @@ describe('postgres store', () => {
         const done = await query<{ name: string }>(url, 'select name from kysely_migration order by name');
         assert.deepEqual(
           done.map((r) => r.name),
-          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat', '0005_login_throttle', '0006_recovery'],
+          ['0001_initial', '0002_server', '0003_plugin_clusters', '0004_vault_compat', '0005_login_throttle', '0006_recovery', '0007_app_key_issuers'],
         );
         await stores[0]!.setMeta('x', '1');
         for (const s of stores) assert.equal(await s.getMeta('x'), '1');
@@ -188,7 +188,7 @@ describe('postgres store', () => {
       await holder.connect();
       try {
         const t0 = new Date().toISOString();
-        const principal = { id: 'p1', name: 'app1', kind: 'app' as const, roles: '[]', state: 'active' as const, failed_logins: 0, locked_until: null, cert_fingerprint: null, description: null, break_glass: 0, created_at: t0, updated_at: t0 };
+        const principal = { id: 'p1', name: 'app1', kind: 'app' as const, roles: '[]', state: 'active' as const, failed_logins: 0, locked_until: null, cert_fingerprint: null, description: null, break_glass: 0, created_by: null, key_issued_by: null, created_at: t0, updated_at: t0 };
         const key = { id: 'k1', name: 'k1', state: 'enabled' as const, current_version: 1, created_at: t0, updated_at: t0, rotation_period_s: null, next_rotation_at: null, min_decryption_version: 1, destroy_at: null, min_encryption_version: 0, deletion_allowed: 0 };
         await store.insertPrincipal(principal);
         await store.insertKey(key);

@@ -79,6 +79,10 @@ export interface PrincipalsTable {
   updated_at: string;
   /** 1: a break-glass app, which decrypts only inside an open recovery and never encrypts; 0 otherwise. */
   break_glass: number;
+  /** Apps: the principal id that created the app (null: created before keyhaven recorded it). */
+  created_by: string | null;
+  /** Apps: the principal id that issued the current API key, at creation or by the last rotation (null: not recorded). */
+  key_issued_by: string | null;
 }
 
 export interface CredentialsTable {

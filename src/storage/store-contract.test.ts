@@ -67,6 +67,8 @@ function principalRow(name: string, over: Partial<PrincipalRow> = {}): Principal
     locked_until: null,
     cert_fingerprint: null,
     break_glass: 0,
+    created_by: null,
+    key_issued_by: null,
     description: null,
     created_at: t,
     updated_at: t,

@@ -38,6 +38,7 @@ interface RetireCheck {
   clusters: Array<{ cluster: string; node: string; keyVersion: number; lastSeen: string }>;
   objects: Array<{ cluster: string; scannedAt: string; count: number }>;
   unscanned: string[];
+  unreportedApps: string[];
 }
 
 const MODE_HELP = `

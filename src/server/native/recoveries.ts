@@ -42,12 +42,12 @@ export function registerRecoveryRoutes(app: FastifyInstance, { core }: RouteDeps
     config: { op: 'recovery.start', access: { apps: 'granted' } },
     schema: {
       tags,
-      summary: 'Open a recovery for the calling app (reading a backup), with its reason; under a quorum policy covering recovery.start it opens once approved',
+      summary: 'Open a recovery for the calling app (reading a backup), with its reason; under a quorum policy covering recovery.start it opens once approved. The app must hold a decrypt grant, and at most 3 of its recoveries may be pending or open',
       body: z.strictObject({
         reason: z.string().min(1, 'must not be empty').max(500, 'must have at most 500 characters').describe('why the backup is read; kept in the audit log'),
         cluster: clusterName.optional().describe('the cluster whose backup is read'),
       }),
-      response: { 201: recoveryInfo, 202: z.object({ approval: approvalInfo, recovery: recoveryInfo }), 403: errorResponse },
+      response: { 201: recoveryInfo, 202: z.object({ approval: approvalInfo, recovery: recoveryInfo }), 403: errorResponse, 409: errorResponse },
     },
   }, async (req, reply) => {
     const s = core.services();

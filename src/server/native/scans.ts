@@ -16,6 +16,14 @@ import { bounded, clusterName, isoTime } from './clusters.js';
 // whether a version can be retired without losing any.
 
 const MAX_COUNT = Number.MAX_SAFE_INTEGER;
+/** A scan dated further ahead of the server's clock is refused: it would count as made after every later move. */
+const MAX_FUTURE_MS = 5 * 60_000;
+/**
+ * After a node's plugin reports a new version, its apiserver may go on
+ * writing with the old key_id for up to 3 minutes (a Status answer extends the
+ * write key that long), so only a scan made after that shows what it left.
+ */
+const SETTLE_MS = 3 * 60_000;
 const count = z.number().int('must be a whole number').min(0, 'must not be negative').max(MAX_COUNT);
 const label = (max: number) => bounded(1, max).regex(/^[\x21-\x7e]+$/, 'must be printable ASCII without spaces');
 
@@ -69,7 +77,8 @@ const retireCheck = z.object({
   reasons: z.array(z.string()),
   clusters: z.array(z.object({ cluster: z.string(), node: z.string(), keyVersion: z.number(), lastSeen: z.string() })).describe('cluster nodes whose plugin still reports this version as current'),
   objects: z.array(z.object({ cluster: z.string(), scannedAt: z.string(), count: z.number() })).describe('latest scan reports holding objects under this version'),
-  unscanned: z.array(z.string()).describe('clusters that used this key with no scan report made after they last used this version'),
+  unscanned: z.array(z.string()).describe('clusters that used this key with no scan report made at least 3 minutes after they last used this version'),
+  unreportedApps: z.array(z.string()).describe('apps (not break-glass) holding a decrypt grant on this key whose plugin never reported it: which version they use is unknown'),
 });
 
 function reportView(r: ScanReportRow) {
@@ -125,20 +134,32 @@ export function registerScanRoutes(app: FastifyInstance, { core }: RouteDeps): v
       summary: 'Record the result of scanning a cluster\'s etcd (keyhaven k8s scan); the latest report per cluster is kept',
       params: z.strictObject({ cluster: clusterName }),
       body: scanReportBody,
-      response: { 200: scanReport, 400: errorResponse },
+      response: { 200: scanReport, 400: errorResponse, 403: errorResponse },
     },
   }, async (req) => {
     const b = req.body;
+    const p = principalOf(req);
+    const cluster = req.params.cluster;
+    // The latest report decides the retire check for a cluster: an app may
+    // report only a cluster its own plugin serves; a key-admin, any.
+    if (p.kind === 'app' && !(await core.store.listPluginReports({ appId: p.id })).some((x) => x.cluster === cluster)) {
+      throw new KeyhavenError('permission_denied', `app "${p.name}" runs no KMS plugin that reports cluster "${cluster}": only that cluster's plugin app or a key-admin may report its scan`);
+    }
+    const now = Date.now();
+    const scannedAt = Date.parse(b.scannedAt);
+    if (scannedAt > now + MAX_FUTURE_MS) {
+      throw new KeyhavenError('invalid_argument', `scannedAt ${b.scannedAt} is more than 5 minutes after the server's time (${new Date(now).toISOString()}): check the scanning host's clock`);
+    }
     const row: ScanReportRow = {
-      cluster: req.params.cluster,
-      scanned_at: new Date(b.scannedAt).toISOString(),
+      cluster,
+      scanned_at: new Date(scannedAt).toISOString(),
       source: b.source,
       objects: b.objects,
       plaintext: b.plaintext,
       by_key_id: JSON.stringify(b.byKeyId.map((e) => ({ keyId: e.keyId, count: e.count }))),
       by_form: JSON.stringify(b.byForm.map((e) => ({ form: e.form, ...(e.provider !== undefined ? { provider: e.provider } : {}), count: e.count }))),
-      reporter: actorName(principalOf(req)),
-      received_at: new Date().toISOString(),
+      reporter: actorName(p),
+      received_at: new Date(now).toISOString(),
     };
     await core.store.putScanReport(row);
     Object.assign(req.auditNote.details, { cluster: row.cluster, objects: row.objects, plaintext: row.plaintext, keyIds: b.byKeyId.length });
@@ -182,31 +203,58 @@ export function registerScanRoutes(app: FastifyInstance, { core }: RouteDeps): v
         objects.push({ cluster: scan.cluster, scannedAt: scan.scanned_at, count: n });
         reasons.push(`the latest scan of cluster ${scan.cluster} (${scan.scanned_at}) found ${n} object${n === 1 ? '' : 's'} under this version`);
       }
+      // A KMS v1 value holds no key_id: its DEK is wrapped by whatever version
+      // was current, which a scan cannot read. Any of them leaves every version in doubt.
+      const v1 = (JSON.parse(scan.by_form) as { form: string; count: number }[]).filter((e) => e.form === 'kms-v1').reduce((sum, e) => sum + e.count, 0);
+      if (v1 > 0) {
+        reasons.push(`the latest scan of cluster ${scan.cluster} (${scan.scanned_at}) found ${v1} KMS v1 value${v1 === 1 ? '' : 's'} whose key version a scan cannot read; move them to KMS v2 first`);
+      }
     }
 
     // A cluster that moved on may still hold objects written before: only a
-    // scan made after its last node moved to another version shows it holds none.
-    const lastUse = new Map<string, string>();
+    // scan made at least SETTLE_MS after its last node moved to another
+    // version shows it holds none.
+    const lastUse = new Map<string, number>();
     for (const x of reports) {
-      const at = x.key_version === version ? x.last_seen : (x.version_since ?? x.first_seen);
+      const at = Date.parse(x.key_version === version ? x.last_seen : (x.version_since ?? x.first_seen));
       const cur = lastUse.get(x.cluster);
       if (cur === undefined || at > cur) lastUse.set(x.cluster, at);
     }
     const unscanned: string[] = [];
     for (const [cluster, at] of lastUse) {
       const scan = scans.get(cluster);
-      if (scan !== undefined && scan.scanned_at > at) continue;
+      // The server's receipt time bounds a scan's own date: a scanner's clock running ahead does not make it later.
+      const scanned = scan === undefined ? undefined : Math.min(Date.parse(scan.scanned_at), Date.parse(scan.received_at));
+      if (scanned !== undefined && scanned >= at + SETTLE_MS) continue;
       unscanned.push(cluster);
+      const moved = new Date(at).toISOString();
       reasons.push(scan === undefined
         ? `cluster ${cluster} used key "${name}" and has never been scanned: unknown whether it holds objects under version ${version} (run keyhaven k8s scan)`
-        : `cluster ${cluster} was last scanned at ${scan.scanned_at}, before it stopped using version ${version} (${at}): scan it again`);
+        : scanned! <= at
+          ? `cluster ${cluster} was last scanned at ${scan.scanned_at}, before it stopped using version ${version} (${moved}): scan it again`
+          : `cluster ${cluster} was last scanned at ${scan.scanned_at}, less than 3 minutes after it stopped using version ${version} (${moved}); its apiserver may write with the old key_id for up to 3 minutes: scan it again after ${new Date(at + SETTLE_MS).toISOString()}`);
     }
+
+    // Apps may use the key through any API (Vault Transit, DSM) without a
+    // plugin report: the check cannot know which versions their data is under.
+    const reporting = new Set(reports.map((x) => x.app_id));
+    const apps = new Map((await core.store.listPrincipals('app')).map((a) => [a.id, a]));
+    const unreportedApps: string[] = [];
+    for (const g of await core.store.listGrants({ keyId: k.id })) {
+      const a = apps.get(g.principal_id);
+      if (a === undefined || a.break_glass === 1 || reporting.has(a.id)) continue;
+      if (!(JSON.parse(g.operations) as string[]).includes('decrypt')) continue;
+      unreportedApps.push(a.name);
+    }
+    unreportedApps.sort();
+    for (const a of unreportedApps) reasons.push(`app ${a} can decrypt with this key but has never reported which version it uses`);
+
     if (reports.length === 0 && objects.length === 0) {
       reasons.push(`no cluster has reported using key "${name}": unknown where its ciphertexts are, so not safe`);
     }
     const safe = reasons.length === 0;
-    if (safe) reasons.push(`no cluster reports version ${version}, and every cluster that used key "${name}" was scanned since, with no object under it`);
+    if (safe) reasons.push(`no cluster reports version ${version}, every cluster that used key "${name}" was scanned at least 3 minutes after it moved on, with no object under it, and every app that can decrypt with it reports its version`);
     req.auditNote.details.safe = safe;
-    return { key: name, version, keyId, safe, reasons, clusters, objects, unscanned };
+    return { key: name, version, keyId, safe, reasons, clusters, objects, unscanned, unreportedApps };
   });
 }
