@@ -36,7 +36,11 @@ interface StandInKey {
   state: KeyState;
   keySpec: string;
   keyUsage: string;
+  /** DescribeKey fields left out of the reply, as some AWS-compatible services do. */
+  omit: ReadonlySet<DescribeField>;
 }
+
+type DescribeField = 'KeyUsage' | 'KeySpec' | 'CustomerMasterKeySpec';
 
 export interface StandInOptions {
   readonly region?: string;
@@ -82,11 +86,11 @@ export class KmsStandIn {
     return `http://127.0.0.1:${this.port}`;
   }
 
-  /** Creates a symmetric encryption key; returns its ARN. */
-  createKey(opts: { keySpec?: string; keyUsage?: string } = {}): string {
+  /** Creates a symmetric encryption key; returns its ARN. `omit`: fields its DescribeKey reply leaves out. */
+  createKey(opts: { keySpec?: string; keyUsage?: string; omit?: readonly DescribeField[] } = {}): string {
     const id = randomUUID();
     const arn = `arn:aws:kms:${this.region}:${this.account}:key/${id}`;
-    this.keys.set(id, { id, arn, material: randomBytes(32), state: 'Enabled', keySpec: opts.keySpec ?? 'SYMMETRIC_DEFAULT', keyUsage: opts.keyUsage ?? 'ENCRYPT_DECRYPT' });
+    this.keys.set(id, { id, arn, material: randomBytes(32), state: 'Enabled', keySpec: opts.keySpec ?? 'SYMMETRIC_DEFAULT', keyUsage: opts.keyUsage ?? 'ENCRYPT_DECRYPT', omit: new Set(opts.omit ?? []) });
     return arn;
   }
 
@@ -236,24 +240,24 @@ export class KmsStandIn {
     if (op === 'DescribeKey') {
       const k = this.resolveKey(input.KeyId);
       if (!k) return error('NotFoundException', `Key '${String(input.KeyId)}' does not exist`, extra);
-      return send(200, {
-        KeyMetadata: {
-          AWSAccountId: this.account,
-          KeyId: k.id,
-          Arn: k.arn,
-          CreationDate: 1_700_000_000,
-          Enabled: k.state === 'Enabled',
-          Description: '',
-          KeyUsage: k.keyUsage,
-          KeyState: k.state,
-          Origin: 'AWS_KMS',
-          KeyManager: 'CUSTOMER',
-          CustomerMasterKeySpec: k.keySpec,
-          KeySpec: k.keySpec,
-          EncryptionAlgorithms: ['SYMMETRIC_DEFAULT'],
-          MultiRegion: false,
-        },
-      }, 'ok', extra);
+      const metadata: Record<string, unknown> = {
+        AWSAccountId: this.account,
+        KeyId: k.id,
+        Arn: k.arn,
+        CreationDate: 1_700_000_000,
+        Enabled: k.state === 'Enabled',
+        Description: '',
+        KeyUsage: k.keyUsage,
+        KeyState: k.state,
+        Origin: 'AWS_KMS',
+        KeyManager: 'CUSTOMER',
+        CustomerMasterKeySpec: k.keySpec,
+        KeySpec: k.keySpec,
+        EncryptionAlgorithms: ['SYMMETRIC_DEFAULT'],
+        MultiRegion: false,
+      };
+      for (const f of k.omit) delete metadata[f];
+      return send(200, { KeyMetadata: metadata }, 'ok', extra);
     }
     if (op === 'Encrypt') {
       const k = this.resolveKey(input.KeyId);

@@ -76,6 +76,9 @@ function safeMessage(v: unknown): string {
   return one.length > 240 ? `${one.slice(0, 240)}…` : one;
 }
 
+// AWS leaves a key whose deletion was cancelled Disabled: cancelling alone does not bring it back.
+const UNDELETE = 'cancel the deletion (aws kms cancel-key-deletion), then enable the key (aws kms enable-key): a key whose deletion is cancelled stays disabled';
+
 /** KMSInvalidStateException covers several key states; its message names the state. */
 function invalidStateCode(message: string): ErrorCode {
   if (/pending ?(replica ?)?deletion/i.test(message)) return 'key_destroyed';
@@ -89,10 +92,10 @@ export function keyStateError(state: string | undefined, arn: string): KeyhavenE
     case 'Enabled':
       return undefined;
     case 'Disabled':
-      return new KeyhavenError('key_disabled', `AWS KMS key ${arn} is disabled`);
+      return new KeyhavenError('key_disabled', `AWS KMS key ${arn} is disabled (enable it to use it again: aws kms enable-key)`);
     case 'PendingDeletion':
     case 'PendingReplicaDeletion':
-      return new KeyhavenError('key_destroyed', `AWS KMS key ${arn} is pending deletion (cancel the deletion in AWS to use it again)`);
+      return new KeyhavenError('key_destroyed', `AWS KMS key ${arn} is pending deletion; to use it again, ${UNDELETE}`);
     case 'PendingImport':
       return new KeyhavenError('key_disabled', `AWS KMS key ${arn} has no key material (pending import, or the imported material expired)`);
     case 'Unavailable':
@@ -103,6 +106,24 @@ export function keyStateError(state: string | undefined, arn: string): KeyhavenE
     default:
       return new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is in state ${safeName(state)}, which keyhaven does not use`);
   }
+}
+
+/**
+ * Whether DescribeKey's KeySpec and KeyUsage name a key the plugin can use
+ * (undefined: usable). A SYMMETRIC_DEFAULT key can only encrypt and decrypt,
+ * so a reply without KeyUsage (some AWS-compatible services omit it) still
+ * names an encryption key; without a KeySpec nothing can be told (an RSA key
+ * may be ENCRYPT_DECRYPT too), and the message says which field is missing.
+ */
+export function keyUsageError(keySpec: string | undefined, keyUsage: string | undefined, arn: string): KeyhavenError | undefined {
+  const need = 'the plugin needs a symmetric encryption key (KeySpec SYMMETRIC_DEFAULT, KeyUsage ENCRYPT_DECRYPT)';
+  if (keySpec === undefined) {
+    const usage = keyUsage === undefined ? ' and no KeyUsage' : ` (KeyUsage ${safeName(keyUsage)})`;
+    return new KeyhavenError('failed_precondition', `AWS KMS key ${arn}: DescribeKey reported no KeySpec${usage}, so it cannot be told to be a symmetric encryption key; ${need}`);
+  }
+  if (keySpec === 'SYMMETRIC_DEFAULT' && (keyUsage === undefined || keyUsage === 'ENCRYPT_DECRYPT')) return undefined;
+  const usage = keyUsage === undefined ? 'with no KeyUsage reported' : `for ${safeName(keyUsage)}`;
+  return new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is ${safeName(keySpec)} ${usage}; ${need}`);
 }
 
 // What the SDK's credential providers throw when they cannot load credentials
@@ -141,7 +162,8 @@ export function classifyAwsError(e: unknown, operation: string): KeyhavenError {
   const name = safeName(err.name);
   const message = typeof err.message === 'string' ? err.message : '';
   if (name === 'KMSInvalidStateException') {
-    return new KeyhavenError(invalidStateCode(message), `AWS KMS ${operation}: ${name}: ${safeMessage(message)}`);
+    const code = invalidStateCode(message);
+    return new KeyhavenError(code, `AWS KMS ${operation}: ${name}: ${safeMessage(message)}${code === 'key_destroyed' ? `; to use the key again, ${UNDELETE}` : ''}`);
   }
   if (LOAD_ERRORS.has(name)) return credentialsNotLoaded(name, message, operation);
   // Before the name: the SDK names a reset socket "TimeoutError" too.

@@ -8,7 +8,7 @@ import { ACCESS_REVOKED } from '../../runtime/error-class.js';
 import type { CachedKek } from '../../runtime/kek-cache.js';
 import { createProviderRuntime, type KeyBackend } from '../../runtime/key-backend.js';
 import { LocalKekLifecycle, type LocalKekEvents } from '../../runtime/local-kek.js';
-import { keyStateError } from './aws-kms-errors.js';
+import { keyStateError, keyUsageError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION, direct, FORM_AWS_DIRECT, openWithAwsKek, parseAwsEnvelope, sealWithAwsKek } from './aws-kms-envelope.js';
 
 /** The three KMS operations the provider uses; errors are already KeyhavenErrors. `deadlineAt` bounds the call, retries included. */
@@ -168,9 +168,8 @@ function createAwsKmsBackend(opts: AwsKmsProviderOptions, keks: LocalKekLifecycl
       const arn = meta.arn;
       const stateError = keyStateError(meta.state, arn);
       if (stateError) throw stateError;
-      if (meta.keyUsage !== 'ENCRYPT_DECRYPT' || meta.keySpec !== 'SYMMETRIC_DEFAULT') {
-        throw new KeyhavenError('failed_precondition', `AWS KMS key ${arn} is ${meta.keySpec ?? '?'} for ${meta.keyUsage ?? '?'}; the plugin needs a symmetric encryption key (SYMMETRIC_DEFAULT, ENCRYPT_DECRYPT)`);
-      }
+      const usageError = keyUsageError(meta.keySpec, meta.keyUsage, arn);
+      if (usageError) throw usageError;
       if (!configured.alias && arn !== opts.keyArn) throw new KeyhavenError('integrity', `AWS KMS described ${arn} when asked for ${opts.keyArn}`);
       const due = opts.localKek.enabled ? keks.due((c) => (c.arn !== arn ? 'the key alias points at another key' : undefined)) : undefined;
       if (due) {

@@ -6,7 +6,7 @@ import { parsePluginConfig } from '../../../config/plugin-config.js';
 import { KeyhavenError, type ErrorCode } from '../../../errors.js';
 import { isFqdn } from '../../annotations.js';
 import type { KmsProvider, ProviderEncryptResult } from '../../provider.js';
-import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
+import { classifyAwsError, classifyCredentialError, keyStateError, keyUsageError } from './aws-kms-errors.js';
 import { AWS_KEK_ANNOTATION } from './aws-kms-envelope.js';
 import { createAwsKmsProvider, type AwsKmsProviderOptions } from './aws-kms-provider.js';
 import { createSdkKmsApi, type SdkKmsApiOptions } from './aws-kms.js';
@@ -151,6 +151,36 @@ describe('AWS error classification', () => {
     assert.equal(e.code, 'unavailable');
     assert.match(e.message, /Command failed/);
     assert.ok(!e.message.includes(SECRET), e.message);
+  });
+
+  it('key spec and usage: SYMMETRIC_DEFAULT without KeyUsage is an encryption key; a missing KeySpec or another spec is refused naming what is missing', () => {
+    const arn = 'arn:aws:kms:eu-west-1:111122223333:key/x';
+    assert.equal(keyUsageError('SYMMETRIC_DEFAULT', 'ENCRYPT_DECRYPT', arn), undefined);
+    assert.equal(keyUsageError('SYMMETRIC_DEFAULT', undefined, arn), undefined);
+    const refused: Array<[string | undefined, string | undefined, RegExp]> = [
+      [undefined, undefined, /DescribeKey reported no KeySpec and no KeyUsage/],
+      [undefined, 'ENCRYPT_DECRYPT', /DescribeKey reported no KeySpec \(KeyUsage ENCRYPT_DECRYPT\)/],
+      ['RSA_2048', undefined, /is RSA_2048 with no KeyUsage reported/],
+      ['RSA_2048', 'ENCRYPT_DECRYPT', /is RSA_2048 for ENCRYPT_DECRYPT/],
+      ['SYMMETRIC_DEFAULT', 'GENERATE_VERIFY_MAC', /is SYMMETRIC_DEFAULT for GENERATE_VERIFY_MAC/],
+      ['HMAC_256', 'x\ny', /is HMAC_256 for unknown;/],
+    ];
+    for (const [spec, usage, re] of refused) {
+      const e = keyUsageError(spec, usage, arn);
+      assert.equal(e?.code, 'failed_precondition', `${spec}/${usage}`);
+      assert.match(e.message, re);
+      assert.match(e.message, /needs a symmetric encryption key \(KeySpec SYMMETRIC_DEFAULT, KeyUsage ENCRYPT_DECRYPT\)/);
+      assert.doesNotMatch(e.message, /\?/, 'no "?" for a missing field');
+    }
+  });
+
+  it('a key pending deletion: the message says a cancelled deletion leaves the key disabled, to be enabled too', () => {
+    const arn = 'arn:aws:kms:eu-west-1:111122223333:key/x';
+    for (const e of [keyStateError('PendingDeletion', arn), classifyAwsError(Object.assign(new Error(`${arn} is pending deletion.`), { name: 'KMSInvalidStateException' }), 'decrypt')]) {
+      assert.equal(e?.code, 'key_destroyed');
+      assert.match(e.message, /cancel the deletion \(aws kms cancel-key-deletion\), then enable the key \(aws kms enable-key\): a key whose deletion is cancelled stays disabled/);
+    }
+    assert.match(keyStateError('Disabled', arn)!.message, /is disabled \(enable it to use it again: aws kms enable-key\)/);
   });
 
   it('never passes on the message of a signature error (AWS quotes the canonical request with the session token)', () => {
@@ -351,6 +381,29 @@ describe('aws-kms provider with the AWS SDK against a KMS stand-in', () => {
     standIn.setKeyState(arn, 'PendingDeletion');
     await expectCode(p.healthCheck(), 'key_destroyed', /pending deletion/);
     await expectCode(decryptV2(p, e), 'key_destroyed', /KMSInvalidStateException/);
+  });
+
+  it('DescribeKey without KeyUsage (stand-in, as some AWS-compatible services answer): a SYMMETRIC_DEFAULT key is used; without a KeySpec it is refused, naming what is missing', async () => {
+    const noUsage = standIn.createKey({ omit: ['KeyUsage'] });
+    assert.equal(await (await provider({ keyArn: noUsage })).healthCheck(), `aws-kms:${noUsage}`);
+    // Only the deprecated spelling of the spec: still a SYMMETRIC_DEFAULT key.
+    const oldSpec = standIn.createKey({ omit: ['KeyUsage', 'KeySpec'] });
+    assert.equal(await (await provider({ keyArn: oldSpec })).healthCheck(), `aws-kms:${oldSpec}`);
+    const noSpec = standIn.createKey({ omit: ['KeyUsage', 'KeySpec', 'CustomerMasterKeySpec'] });
+    await expectCode((await provider({ keyArn: noSpec })).healthCheck(), 'failed_precondition', /DescribeKey reported no KeySpec and no KeyUsage/);
+  });
+
+  it('a cancelled deletion (stand-in): the key comes back Disabled, and the message says to enable it; enabled, it works again', async () => {
+    const arn = standIn.createKey();
+    const p = await provider({ keyArn: arn });
+    await p.healthCheck();
+    standIn.setKeyState(arn, 'PendingDeletion');
+    await expectCode(p.healthCheck(), 'key_destroyed', /then enable the key/);
+    // What AWS does on CancelKeyDeletion.
+    standIn.setKeyState(arn, 'Disabled');
+    await expectCode(p.healthCheck(), 'key_disabled', /is disabled \(enable it/);
+    standIn.setKeyState(arn, 'Enabled');
+    assert.equal(await p.healthCheck(), `aws-kms:${arn}`);
   });
 
   it('a key that cannot encrypt (stand-in): failed_precondition; an unknown key: not_found', async () => {

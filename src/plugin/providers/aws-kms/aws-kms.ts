@@ -133,7 +133,8 @@ export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
         const r = await client.send(new sdk.DescribeKeyCommand({ KeyId: keyId }), { abortSignal });
         const m = r.KeyMetadata;
         if (!m) throw badReply('describe');
-        return { arn: arnOf(m.Arn, 'describe'), state: m.KeyState, keySpec: m.KeySpec, keyUsage: m.KeyUsage };
+        // CustomerMasterKeySpec: the field's deprecated name, all some AWS-compatible services send. An empty value is a missing one.
+        return { arn: arnOf(m.Arn, 'describe'), state: m.KeyState, keySpec: m.KeySpec || m.CustomerMasterKeySpec || undefined, keyUsage: m.KeyUsage || undefined };
       }),
     encrypt: (keyId, plaintext, context, deadlineAt) =>
       send('encrypt', deadlineAt, async (abortSignal) => {
