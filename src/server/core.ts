@@ -446,6 +446,10 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       const share = proof.share;
       if (share === undefined) throw new KeyhavenError('invalid_argument', 'a share is required to unseal this server');
       const index = checkShare(record, share);
+      // Refused rather than ignored: an operator who enters a share twice thinks progress moved, and should hear it did not.
+      if (shares.has(String(index))) {
+        throw new KeyhavenError('invalid_argument', `this share was already entered (${shares.size} of ${Number(record.threshold)} distinct shares in; progress kept): enter a different share`);
+      }
       shares.set(String(index), share);
       if (shares.size < Number(record.threshold)) return status();
       const entered = [...shares.values()];
