@@ -231,19 +231,25 @@ describe('restore-check of a shamir-sealed server', () => {
     const f2 = join(dir, 'share-b');
     writeFileSync(f1, shares[0]! + '\n', { mode: 0o600 });
     writeFileSync(f2, shares[2]! + '\n', { mode: 0o600 });
-    let r = await kh(['operator', 'restore-check', backup, '--share-file', f1, '--share-file', f2]);
+    let seen = '';
+    const khSeen = async (args: string[], input?: string) => {
+      const res = await kh(args, input);
+      seen += res.stdout + res.stderr;
+      return res;
+    };
+    let r = await khSeen(['operator', 'restore-check', backup, '--share-file', f1, '--share-file', f2]);
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /shamir seal/);
-    r = await kh(['operator', 'restore-check', backup, '--shares'], `${shares[1]}\n${shares[2]}\n`);
+    r = await khSeen(['operator', 'restore-check', backup, '--shares'], `${shares[1]}\n${shares[2]}\n`);
     assert.equal(r.code, 0, r.stdout + r.stderr);
-    r = await kh(['operator', 'restore-check', backup, '--config', s.configPath], `${shares[0]}\n${shares[1]}\n`);
+    r = await khSeen(['operator', 'restore-check', backup, '--config', s.configPath], `${shares[0]}\n${shares[1]}\n`);
     assert.equal(r.code, 0, r.stdout + r.stderr);
-    failed(await kh(['operator', 'restore-check', backup, '--share-file', f1]), /needs 2 distinct valid shares of 3; 1 given/);
+    failed(await khSeen(['operator', 'restore-check', backup, '--share-file', f1]), /needs 2 distinct valid shares of 3; 1 given/);
     const key = join(dir, 'some.key');
     writeFileSync(key, randomBytes(32), { mode: 0o600 });
-    failed(await kh(['operator', 'restore-check', backup, '--root-key-file', key]), /sealed with shamir, not a key file/);
+    failed(await khSeen(['operator', 'restore-check', backup, '--root-key-file', key]), /sealed with shamir, not a key file/);
     // No share leaks into the output.
-    for (const sh of shares) assert.doesNotMatch(r.stdout + r.stderr, new RegExp(sh));
+    for (const sh of shares) assert.ok(!seen.includes(sh));
   });
 });
 
