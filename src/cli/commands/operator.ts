@@ -4,6 +4,7 @@ import type { ApiClient } from '../client.js';
 import { printJson, type OutputFormat } from '../output.js';
 import { canPrompt, promptLine, promptSecret, readStdin, readStdinSecret } from '../prompt.js';
 import { connOptions, positiveInt, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
+import { registerBackup } from './operator-backup.js';
 
 interface SealStatus {
   initialized: boolean;
@@ -47,7 +48,7 @@ async function postShares(c: ApiClient, shares: readonly string[]): Promise<Seal
 }
 
 export function registerOperator(program: Command, run: (fn: () => Promise<number>) => void): void {
-  const op = program.command('operator').description('Initialise, seal and unseal the key server').addHelpText('after', SERVER_HELP);
+  const op = program.command('operator').description('Initialise, seal and unseal the key server; back up its store and check a backup restores').addHelpText('after', SERVER_HELP);
 
   connOptions(
     op
@@ -168,6 +169,8 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
       }),
     ),
   );
+
+  registerBackup(op, run);
 }
 
 /** A security-admin's name and password: from --name and the terminal, or stdin for scripts. */
