@@ -3,6 +3,7 @@ import { createRequire } from 'node:module';
 import { resolve } from 'node:path';
 import type * as P from 'pkcs11js';
 import { KeyhavenError } from '../errors.js';
+import { requireOptional } from '../optional-package.js';
 
 /**
  * What the HSM users (the server's pkcs11 seal, the plugin's pkcs11 provider)
@@ -24,12 +25,9 @@ export interface LoadedModule {
 }
 const modules = new Map<string, LoadedModule>();
 
+// pkcs11js is an optional dependency (a native build): loaded only once a config names a module.
 function loadApi(who: string): Pkcs11Api {
-  try {
-    return createRequire(import.meta.url)('pkcs11js') as Pkcs11Api;
-  } catch (e) {
-    throw new KeyhavenError('config_invalid', `${who} needs the pkcs11js package, which failed to load: ${(e as Error).message}`);
-  }
+  return requireOptional('pkcs11js', who, () => createRequire(import.meta.url)('pkcs11js') as Pkcs11Api);
 }
 
 /** Loads and initializes the module, or shares the instance already loaded. `who` names the user in errors ("the pkcs11 seal"). */

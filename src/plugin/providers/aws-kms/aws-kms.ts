@@ -2,6 +2,7 @@ import type { KMSClientConfig } from '@aws-sdk/client-kms';
 import type { AwsKmsProviderConfig } from '../../../config/providers/aws-kms.js';
 import { KEY_ARN } from '../../../config/providers/aws-kms.js';
 import { KeyhavenError } from '../../../errors.js';
+import { importOptional } from '../../../optional-package.js';
 import type { KmsProvider } from '../../provider.js';
 import type { Clock } from '../../runtime/deadline.js';
 import { classifyAwsError, classifyCredentialError } from './aws-kms-errors.js';
@@ -32,8 +33,9 @@ const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, 
  * chain; the SDK's own logger stays off (it could print requests).
  */
 export async function createSdkKmsApi(o: SdkKmsApiOptions): Promise<KmsApi> {
-  // Loaded on demand: the SDK costs ~150 ms at start and only this provider uses it.
-  const sdk = await import('@aws-sdk/client-kms');
+  // Loaded on demand: the SDK costs ~150 ms at start, only this provider uses it, and it is an
+  // optional dependency an install may leave out.
+  const sdk = await importOptional('@aws-sdk/client-kms', 'the aws-kms provider', () => import('@aws-sdk/client-kms'));
   const now = o.now ?? Date.now;
   const client = new sdk.KMSClient({
     region: o.region,
