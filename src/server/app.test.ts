@@ -260,6 +260,9 @@ describe('server pipeline and dialects (in process)', () => {
         db.close();
       }
       assert.ok(t.logs().some((l) => l.includes('audit record could not be written')), 'the failure is logged');
+      // Counted for the alert on audit failures: the five refused above, at least.
+      const m = /^keyhaven_audit_write_failures_total (\S+)$/m.exec((await t.inject({ method: 'GET', url: '/metrics' })).body);
+      assert.ok(m && Number(m[1]) >= 5, `audit failures counted: ${m?.[1]}`);
     });
   });
 

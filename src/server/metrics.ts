@@ -11,7 +11,41 @@ export interface ServerMetrics {
   /** `key` is given as the key's name; the label holds its id unless keyNames is set. */
   readonly cryptoOps: { inc(labels: { key: string; operation: string; result: string }): void };
   readonly auditWrite: Histogram;
+  /** Requests refused because their audit record could not be stored. */
+  readonly auditFailures: Counter;
   readonly sealed: Gauge;
+  /** Replaces the per-key counts of cluster nodes whose plugin still writes with an older key version. */
+  setNodesOnOldVersion(counts: readonly KeyNodeCount[]): void;
+}
+
+export interface KeyNodeCount {
+  readonly id: string;
+  readonly name: string;
+  readonly nodes: number;
+}
+
+/** A plugin report older than this is a node gone (drained, replaced): it no longer counts. */
+export const REPORT_FRESH_MS = 60 * 60 * 1000;
+
+/**
+ * Per key with a recent plugin report: how many of those nodes report a
+ * version below the key's current one (0 included, so an alert sees the
+ * series fall back rather than vanish).
+ */
+export function countNodesOnOldVersion(
+  keys: ReadonlyArray<{ readonly id: string; readonly name: string; readonly currentVersion: number }>,
+  reports: ReadonlyArray<{ readonly key_name: string; readonly key_version: number; readonly last_seen: string }>,
+  now: number,
+): KeyNodeCount[] {
+  const byName = new Map(keys.map((k) => [k.name, { id: k.id, name: k.name, current: k.currentVersion, nodes: 0 }]));
+  const seen = new Set<string>();
+  for (const r of reports) {
+    const k = byName.get(r.key_name);
+    if (!k || !(now - Date.parse(r.last_seen) <= REPORT_FRESH_MS)) continue;
+    seen.add(k.name);
+    if (r.key_version < k.current) k.nodes += 1;
+  }
+  return [...byName.values()].filter((k) => seen.has(k.name)).map(({ id, name, nodes }) => ({ id, name, nodes }));
 }
 
 export interface ServerMetricsOptions {
@@ -30,6 +64,7 @@ export function createServerMetrics(opts: ServerMetricsOptions = { keyNames: fal
   // The default 10 ms event-loop sampling wakes an idle server 100 times a second.
   collectDefaultMetrics({ register: registry, prefix: 'keyhaven_', eventLoopMonitoringPrecision: 100 });
   const buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 3];
+  const nodesOld = new Gauge({ name: 'keyhaven_cluster_nodes_on_old_key_version', help: `Cluster nodes (reported in the last hour) whose KMS plugin writes with a version older than the key's current one, by key ${opts.keyNames ? 'name' : 'id'}`, labelNames: ['key'] as const, registers: [registry] });
   const cryptoOps = new Counter({ name: 'keyhaven_crypto_operations_total', help: `Crypto operations by key ${opts.keyNames ? 'name' : 'id'}, operation and result (batch items count one each)`, labelNames: ['key', 'operation', 'result'] as const, registers: [registry] });
   return {
     registry,
@@ -42,6 +77,11 @@ export function createServerMetrics(opts: ServerMetricsOptions = { keyNames: fal
       },
     },
     auditWrite: new Histogram({ name: 'keyhaven_audit_write_seconds', help: 'Time from queueing a request audit record to it being durably stored', buckets, registers: [registry] }),
+    auditFailures: new Counter({ name: 'keyhaven_audit_write_failures_total', help: 'Requests answered with an error because their audit record could not be stored', registers: [registry] }),
     sealed: new Gauge({ name: 'keyhaven_seal_state', help: '0 unsealed, 1 sealed, 2 not initialised', registers: [registry] }),
+    setNodesOnOldVersion(counts) {
+      nodesOld.reset();
+      for (const c of counts) nodesOld.set({ key: opts.keyNames ? c.name : c.id }, c.nodes);
+    },
   };
 }

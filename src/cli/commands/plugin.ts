@@ -1,9 +1,14 @@
 import type { Command } from 'commander';
+import { durationMs } from '../../config/duration.js';
 import { loadPluginConfig, type PluginConfig } from '../../config/plugin-config.js';
+import { KeyhavenError } from '../../errors.js';
 import { createLogger, type Logger } from '../../log/logger.js';
 import { startPlugin } from '../../plugin/run-plugin.js';
+import type { PluginStatusReport } from '../../plugin/status-client.js';
 import { defaultDataDir } from '../data-dir.js';
+import { printable, printJson, type OutputFormat } from '../output.js';
 import { serveUntilSignal } from '../signals.js';
+import { parseOutput } from '../store-command.js';
 
 interface PluginFlags {
   config?: string;
@@ -51,8 +56,30 @@ async function servePlugin(cfg: Readonly<PluginConfig>, logger: Logger): Promise
   return code;
 }
 
+const DEFAULT_SOCKET = 'unix:///run/keyhaven/kms.sock';
+const MAX_STATUS_TIMEOUT_MS = 10 * 60_000;
+
+function parseTimeout(v: string): number {
+  const r = durationMs.safeParse(v);
+  if (!r.success || r.data <= 0 || r.data > MAX_STATUS_TIMEOUT_MS) throw new KeyhavenError('invalid_argument', `--timeout must be a duration from 1ms to 10m such as 500ms or 5s, not ${JSON.stringify(v)}`);
+  return r.data;
+}
+
+function printStatus(r: PluginStatusReport): void {
+  const rows: [string, string][] = [['socket', r.socket]];
+  if ('error' in r.v2) rows.push(['v2 Status', `FAILED: ${r.v2.error.code}: ${r.v2.error.message}`]);
+  else rows.push(['v2 Status', `version ${r.v2.version}, healthz ${r.v2.healthz}`], ['key_id', r.v2.keyId || '(empty)']);
+  if (r.v1beta1 === null) rows.push(['v1beta1', 'not served']);
+  else if ('error' in r.v1beta1) rows.push(['v1beta1 Version', `FAILED: ${r.v1beta1.error.code}: ${r.v1beta1.error.message}`]);
+  else rows.push(['v1beta1 Version', r.v1beta1.version], ['runtime', `${r.v1beta1.runtimeName} ${r.v1beta1.runtimeVersion}`.trim()]);
+  rows.push(['healthy', r.healthy ? 'yes' : 'NO: the apiserver cannot write with this plugin']);
+  const width = Math.max(...rows.map(([k]) => k.length)) + 1;
+  // Everything but the labels came from the socket: shown with control characters escaped.
+  process.stdout.write(rows.map(([k, v]) => `${`${k}:`.padEnd(width)} ${printable(v)}`).join('\n') + '\n');
+}
+
 export function registerPlugin(program: Command, run: (fn: () => Promise<number>) => void): void {
-  program
+  const plugin = program
     .command('plugin')
     .description('Serve the Kubernetes KMS API (v2 and v1beta1) on a unix socket')
     .addHelpText(
@@ -81,6 +108,28 @@ export function registerPlugin(program: Command, run: (fn: () => Promise<number>
       run(async () => {
         const cfg = loadPluginConfig(flags.config, overridesFrom(flags));
         return servePlugin(cfg, createLogger({ level: cfg.log.level }));
+      }),
+    );
+
+  plugin
+    .command('status')
+    .description('Ask a running KMS plugin over its socket what the apiserver hears: v2 Status (version, healthz, key_id) and v1beta1 Version')
+    .addHelpText(
+      'after',
+      '\nExit code 0 when Status answers healthz "ok" with a key_id, 1 when it fails or is not ok; 3 when the socket does not exist.\n' +
+        'Works with any KMS plugin. After "keyhaven key rotate", key_id changes within the Status cache TTL.',
+    )
+    .option('--socket <endpoint>', `unix:///path/to.sock or unix:///@abstract-name (default ${DEFAULT_SOCKET})`)
+    .option('--timeout <duration>', 'deadline of the calls (default 5s)', parseTimeout)
+    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .action((flags: { socket?: string; timeout?: number; output: OutputFormat }) =>
+      run(async () => {
+        // Loaded here: serving needs every provider, asking needs only gRPC.
+        const { queryPluginStatus } = await import('../../plugin/status-client.js');
+        const r = await queryPluginStatus(flags.socket ?? DEFAULT_SOCKET, flags.timeout ?? 5000);
+        if (flags.output === 'json') printJson(r);
+        else printStatus(r);
+        return r.healthy ? 0 : 1;
       }),
     );
 }

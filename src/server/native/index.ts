@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { KeyhavenError } from '../../errors.js';
+import { countNodesOnOldVersion } from '../metrics.js';
 import type { RouteSeries } from '../pipeline/metrics.js';
 import { registerDialect } from '../pipeline/pipeline.js';
 import type { RouteDeps } from '../route-deps.js';
@@ -62,7 +63,19 @@ function registerServiceRoutes(scope: FastifyInstance, root: FastifyInstance, { 
     }
     const s = core.status();
     metrics.sealed.set(!s.initialized ? 2 : s.sealed ? 1 : 0);
+    await updateNodesOnOldVersion(core, metrics);
     void reply.type(metrics.registry.contentType);
     return metrics.registry.metrics();
   });
+}
+
+/** Counted at scrape time from the plugins' reports; nothing while sealed or when storage does not answer. */
+async function updateNodesOnOldVersion(core: RouteDeps['core'], metrics: RouteDeps['metrics']): Promise<void> {
+  try {
+    // services() throws while sealed.
+    const [keys, reports] = await Promise.all([core.services().keys.list(), core.store.listPluginReports({})]);
+    metrics.setNodesOnOldVersion(countNodesOnOldVersion(keys, reports, Date.now()));
+  } catch {
+    metrics.setNodesOnOldVersion([]);
+  }
 }

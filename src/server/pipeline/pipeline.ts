@@ -134,6 +134,7 @@ export function installPipeline(app: FastifyInstance, { core, metrics }: Pipelin
       metrics.auditWrite.observe(Number(process.hrtime.bigint() - started) / 1e9);
     } catch (e) {
       req.log.error({ err: e }, 'audit record could not be written; answering 503');
+      metrics.auditFailures.inc();
       const a = stamp.dialect.error('audit_failed', AUDIT_FAILED, req.id);
       void reply.code(a.status).type(a.type);
       return a.body;
