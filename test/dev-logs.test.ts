@@ -51,6 +51,8 @@ describe('keyhaven dev log format', () => {
     assert.deepEqual(logLines(out), [], 'no JSON lines');
     assert.match(out, /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO \(keyhaven\): server initialised\n {4}component: "ops"\n {4}event: "init"/m);
     assert.match(out, /^\[\d\d:\d\d:\d\d\.\d{3}\] INFO \(keyhaven\): kms plugin listening$/m);
+    // Lines written while stopping reach the output too.
+    assert.match(out, /INFO \(keyhaven\): stopping: letting in-flight calls finish\n {4}signal: "SIGINT"/);
     // Not on a terminal: no colour codes.
     assert.doesNotMatch(out, /\x1b\[/);
   });

@@ -34,8 +34,9 @@ function request(r: AuditDraft, d: Details): Record<string, unknown> {
 
 // Records written by the operation itself carry no request id; the request's
 // own record (written by the pipeline when it answers) does: refusals are read
-// from the latter, what happened from the former.
-const LINES: Record<string, Line> = {
+// from the latter, what happened from the former. Key names go out as
+// `keyName`: `key` is a redacted field name (logger.ts).
+const LINES = new Map<string, Line>(Object.entries({
   'sys.init': (r, d, log) => {
     if (r.request_id === null && r.result === 'ok') log.info({ event: 'init', kind: d.kind, admin: d.admin, keyAdmin: d.keyAdmin, ...(d.redone ? { redone: true } : {}) }, 'server initialised');
     else if (r.request_id !== null && r.result !== 'ok') log.warn({ event: 'init.refused', ...request(r, d) }, 'init refused');
@@ -80,7 +81,7 @@ const LINES: Record<string, Line> = {
   'key.destroy': (r, d, log) => {
     if (d.scheduled === true) log.info({ event: 'key.destroyed', keyName: r.key_name, by: r.actor, scheduled: true }, 'scheduled key destruction done');
   },
-};
+} satisfies Record<string, Line>));
 
 function parseDetails(raw: string | null): Details {
   if (raw === null) return {};
@@ -98,7 +99,7 @@ export function createOpsLog(logger: Logger): OpsLog {
     stored(records) {
       for (const r of records) {
         // Most records (crypto calls) are no event: one lookup, no parsing.
-        const line = LINES[r.operation];
+        const line = LINES.get(r.operation);
         if (!line) continue;
         try {
           line(r, parseDetails(r.details), log);
