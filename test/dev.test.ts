@@ -31,7 +31,7 @@ function devEnv(): NodeJS.ProcessEnv {
 
 async function startDev(cwd: string): Promise<DevProcess> {
   // Never the default health address (127.0.0.1:8787): tests run side by side.
-  const child = spawnOwned(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnOwned(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--log-format', 'json'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));

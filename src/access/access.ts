@@ -200,6 +200,15 @@ export async function hashNewPassword(password: string): Promise<string> {
   return hashPassword(password);
 }
 
+/** A failed sign-in that locked its (name, source) pair, for the operational log. */
+export interface SignInLock {
+  /** The name tried, when it is a well-formed name (a password typed into the name field is never passed on). */
+  readonly name?: string;
+  readonly source: string;
+  readonly failures: number;
+  readonly lockedUntil: string;
+}
+
 export function createAccess(deps: {
   store: Store;
   barrier: Barrier;
@@ -207,6 +216,8 @@ export function createAccess(deps: {
   options?: Partial<AccessOptions>;
   /** keyhaven dev only: one person may hold every role. */
   singlePersonDev?: boolean;
+  /** Called when a failed sign-in locks its (name, source) pair (no audit record says so). */
+  onLock?: (lock: SignInLock) => void;
 }): Access {
   const { store, barrier, audit } = deps;
   const dev = deps.singlePersonDev === true;
@@ -250,8 +261,8 @@ export function createAccess(deps: {
    * maxFailedLogins passwords; a success then clears the pair. Refuses while
    * the pair is locked.
    */
-  const reserveAttempt = async (name: string, source: string, now: Date): Promise<void> => {
-    await store.transaction(async (tx) => {
+  const reserveAttempt = async (name: string, source: string, now: Date): Promise<{ failures: number; lockedUntil: string | null }> => {
+    return store.transaction(async (tx) => {
       let r = await tx.getLoginThrottle(name, source);
       if (r && Date.parse(r.expires_at) <= now.getTime()) r = undefined; // forgotten
       refuseIfLocked(r, now);
@@ -261,6 +272,7 @@ export function createAccess(deps: {
       const lockedUntil = over >= 0 ? new Date(now.getTime() + Math.min(opts.lockMaxS, opts.lockBaseS * 2 ** over) * 1000) : null;
       const expiresAt = new Date((lockedUntil ?? now).getTime() + opts.lockMaxS * 1000);
       await tx.putLoginThrottle({ name, source, failures, locked_until: lockedUntil?.toISOString() ?? null, expires_at: expiresAt.toISOString(), updated_at: now.toISOString() });
+      return { failures, lockedUntil: lockedUntil?.toISOString() ?? null };
     });
   };
 
@@ -517,10 +529,11 @@ export function createAccess(deps: {
       const slot = takeHashSlot();
       let row: PrincipalRow | undefined;
       let stored: Buffer | undefined;
+      let attempt: { failures: number; lockedUntil: string | null };
       try {
         // A locked pair is refused on a plain read, without a write transaction.
         refuseIfLocked(await store.getLoginThrottle(tried, source), now);
-        await reserveAttempt(tried, source, now);
+        attempt = await reserveAttempt(tried, source, now);
         row = NAME.test(name) ? await store.findPrincipalByName(name) : undefined;
         stored = row && row.kind === 'user' ? await barrier.get(store, passwordPath(row.id)) : undefined;
       } catch (e) {
@@ -529,7 +542,11 @@ export function createAccess(deps: {
       }
       // Verify against a dummy hash for unknown users, so timing does not tell which names exist.
       const ok = (await verifyPassword(password.slice(0, 1024), stored ? stored.toString('utf8') : dummyPasswordHash(), slot)) && stored !== undefined;
-      if (!row || !ok || row.state !== 'active') throw new KeyhavenError('unauthenticated', 'invalid name or password');
+      if (!row || !ok || row.state !== 'active') {
+        // This failure reached the limit: the lock set when the attempt was counted now holds.
+        if (attempt.lockedUntil !== null) deps.onLock?.({ ...(NAME.test(tried) ? { name: tried } : {}), source, failures: attempt.failures, lockedUntil: attempt.lockedUntil });
+        throw new KeyhavenError('unauthenticated', 'invalid name or password');
+      }
       const t = newToken('session');
       const expiresAt = new Date(now.getTime() + opts.sessionTtlS * 1000).toISOString();
       const principalId = row.id;

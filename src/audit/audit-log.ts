@@ -63,9 +63,10 @@ export interface AuditLog {
   /**
    * Called after each batch is stored (sinks use it to forward records
    * promptly) with its last record; `change` is true for a record written
-   * with a key or access change (recordIn).
+   * with a key or access change (recordIn). `records` is the whole batch as
+   * written (the operational log picks its lines from it).
    */
-  onStored(listener: (last: AuditRow, change: boolean) => void): void;
+  onStored(listener: (last: AuditRow, change: boolean, records: readonly AuditDraft[]) => void): void;
 }
 
 interface Pending {
@@ -120,10 +121,10 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
   let checkpointKey: Buffer | undefined;
   let unsigned = 0;
   let head = headKey ? headValue(headKey) : undefined;
-  const listeners: ((last: AuditRow, change: boolean) => void)[] = [];
-  const notify = (rows: readonly AuditRow[], change: boolean) => {
+  const listeners: ((last: AuditRow, change: boolean, records: readonly AuditDraft[]) => void)[] = [];
+  const notify = (rows: readonly AuditRow[], change: boolean, records: readonly AuditDraft[] = rows) => {
     const last = rows[rows.length - 1];
-    if (last) for (const l of listeners) l(last, change);
+    if (last) for (const l of listeners) l(last, change, records);
   };
   const fsync = opts.fsync ?? false;
   const maxBatch = opts.maxBatch ?? 512;
@@ -158,7 +159,8 @@ export function createAuditLog(store: Store, opts: AuditLogOptions): AuditLog {
             fsync,
           );
           for (const p of batch) p.resolve();
-          notify([last], false);
+          // The writer thread hands back only the last row; the batch is the drafts sent.
+          notify([last], false, batch.map((p) => p.draft));
           continue;
         }
         const rows = await store.appendAudit(

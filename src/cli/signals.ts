@@ -18,7 +18,7 @@ export function serveUntilSignal(close: () => Promise<void>, logger: Logger): Pr
       close().then(
         () => resolve(0),
         (e: unknown) => {
-          logger.error({ err: String(e) }, 'error while stopping');
+          logger.error({ err: e }, 'error while stopping');
           resolve(1);
         },
       );

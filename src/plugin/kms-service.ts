@@ -128,7 +128,7 @@ export function createKmsHandlers(deps: KmsServiceDeps) {
         },
         async (e: unknown) => {
           const err = asKeyhavenError(e);
-          if (err.code === 'internal' && err.cause) logger.error({ uid, method, cause: String((err.cause as Error)?.stack ?? err.cause) }, 'internal error');
+          if (err.code === 'internal' && err.cause) logger.error({ uid, method, err: err.cause }, 'internal error');
           if (audited && audit) {
             // A refused request is audited too; if even that fails the answer is already an error.
             await audit.record({ actor: ACTOR, operation: method, keyName: ctx.keyName, keyVersion: ctx.keyVersion, result: err.code, requestId: uid, details: ctx.keyId ? { keyId: ctx.keyId } : undefined }).catch(() => {});

@@ -1,4 +1,4 @@
-import { actorName, createAccess, hashNewPassword, SYSTEM, type Access, type AccessOptions, type Principal } from '../access/access.js';
+import { actorName, createAccess, hashNewPassword, SYSTEM, type Access, type AccessOptions, type Principal, type SignInLock } from '../access/access.js';
 import { createQuorum, type Quorum } from '../access/quorum.js';
 import { createRecoveries, type Recoveries } from '../access/recovery.js';
 import { parseRoles } from '../access/roles.js';
@@ -122,6 +122,10 @@ export interface CoreOptions {
   readonly onSealChange?: (state: 'sealed' | 'unsealed') => void;
   /** Set only by keyhaven dev (never from server.yaml): lifts the separation-of-duties rules. */
   readonly singlePersonDev?: boolean;
+  /** Receives each stored batch of audit records from the first one (the start-up unseal's included), for logs. */
+  readonly onAuditStored?: Parameters<AuditLog['onStored']>[0];
+  /** Called when a failed sign-in locks a (name, source) pair, for logs. */
+  readonly onSignInLock?: (lock: SignInLock) => void;
   /** Called with each scheduled change, for logs. */
   readonly onScheduled?: (what: { rotated: readonly string[]; destroyed: readonly string[]; expiredApprovals: number }) => void;
   /** Receives the audit checkpoint key on unseal; writes a last checkpoint on seal. */
@@ -131,6 +135,7 @@ export interface CoreOptions {
 export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
   const { store, seal } = opts;
   const audit = createAuditLog(store, { fsync: opts.auditFsync });
+  if (opts.onAuditStored) audit.onStored(opts.onAuditStored);
   let record = await readRecord(store, seal.kind);
   let initPending = record !== undefined && (await store.getMeta(INIT_PENDING_META)) !== undefined;
   // Why the server is sealed, when an operator sealed it (here or on a server sharing the database).
@@ -172,7 +177,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
       headKey = stack.headKey;
       keys = stack.keys;
       const singlePersonDev = opts.singlePersonDev === true;
-      const access = confirming(createAccess({ store, barrier, audit, options: opts.access, singlePersonDev }));
+      const access = confirming(createAccess({ store, barrier, audit, options: opts.access, singlePersonDev, onLock: opts.onSignInLock }));
       const quorum = createQuorum({ store, audit, barrier, singlePersonDev });
       // A copy: the checkpointer wipes its key on seal, independently of the log.
       opts.checkpoints?.unsealed(Buffer.from(stack.checkpointKey), storeId);
@@ -288,7 +293,7 @@ export async function openServerCore(opts: CoreOptions): Promise<ServerCore> {
     let p: Principal;
     try {
       const barrier = await openBarrier(store, rootKey);
-      const access = confirming(createAccess({ store, barrier, audit, options: opts.access }));
+      const access = confirming(createAccess({ store, barrier, audit, options: opts.access, onLock: opts.onSignInLock }));
       const out = await access.login(name, password, source);
       // The session login opened is not handed out: the unseal is the only thing it was for.
       await access.logout(out.token);

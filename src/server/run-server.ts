@@ -16,6 +16,7 @@ import { shamirSeal } from '../seal/shamir.js';
 import { openStore } from '../storage/open-store.js';
 import type { Store } from '../storage/store.js';
 import { buildApp } from './app.js';
+import { createOpsLog } from './ops-log.js';
 import { openServerCore, type ServerCore } from './core.js';
 import { createServerMetrics } from './metrics.js';
 
@@ -78,6 +79,7 @@ export async function startServer(
   let checkpoints: Checkpointer | undefined;
   let sink: AuditSink | undefined;
   const witnesses: CheckpointWitness[] = [];
+  const ops = createOpsLog(logger);
   try {
     const seal = sealFromConfig(cfg.seal);
     if (cfg.audit.sink) {
@@ -98,7 +100,7 @@ export async function startServer(
         every: cfg.audit.checkpoint.every,
         intervalMs: cfg.audit.checkpoint.interval,
         last,
-        onError: (e) => logger.error({ err: String(e) }, 'audit checkpoint write failed; will retry'),
+        onError: (e) => logger.error({ err: e }, 'audit checkpoint write failed; will retry'),
         onMismatch: (what) => logger.error({ problem: what }, 'the audit log does not match the checkpoint file; run keyhaven audit verify --witness'),
       });
     }
@@ -107,7 +109,9 @@ export async function startServer(
       seal,
       auditFsync: cfg.audit.fsync,
       access: { sessionTtlS: cfg.auth.sessionTTL / 1000, maxFailedLogins: cfg.auth.maxFailedLogins, lockBaseS: cfg.auth.lockBase / 1000, lockMaxS: cfg.auth.lockMax / 1000 },
-      onScheduled: (what) => logger.info(what, 'scheduled key changes'),
+      // Each scheduled rotation, destruction and expiry has its own line (ops-log.ts, from its audit record).
+      onAuditStored: (_last, _change, records) => ops.stored(records),
+      onSignInLock: ops.signInLocked,
       checkpoints,
       onSealChange: (state) =>
         logger.warn({ sealed: state === 'sealed' }, state === 'sealed' ? 'an operator sealed the servers sharing this database; sealed until a security-admin unseals (keyhaven operator unseal)' : 'the operator seal was lifted on a server sharing this database; unsealed again'),
@@ -115,7 +119,7 @@ export async function startServer(
     });
     if (checkpoints) core.audit.onStored(checkpoints.stored);
     if (sink) {
-      pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: (e) => logger.error({ err: String(e) }, 'audit sink write failed; will retry') });
+      pump = await startSinkPump(store, sink, { intervalMs: 1000, onError: ops.auditSinkFailed });
       core.audit.onStored(pump.kick);
     }
     const c = core;
@@ -165,7 +169,7 @@ export async function startServer(
     if (ticking) return;
     ticking = c
       .tick()
-      .catch((e: unknown) => logger.error({ err: String(e) }, 'scheduled work failed; will retry'))
+      .catch((e: unknown) => logger.error({ err: e }, 'scheduled work failed; will retry'))
       .finally(() => {
         ticking = undefined;
       });
@@ -189,7 +193,7 @@ export async function startServer(
               },
               (e: unknown) => {
                 // Once per outage, not every second; the tick logs its own failures.
-                if (!pollFailed) logger.warn({ err: String(e) }, 'cannot read key changes made by other servers; will retry every second');
+                if (!pollFailed) logger.warn({ err: e }, 'cannot read key changes made by other servers; will retry every second');
                 pollFailed = true;
               },
             )

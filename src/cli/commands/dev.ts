@@ -1,6 +1,6 @@
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { actorName, SYSTEM } from '../../access/access.js';
 import { generatePassword } from '../../access/secrets.js';
 import { DEFAULT_KEY_NAME, parsePluginConfig } from '../../config/plugin-config.js';
@@ -8,6 +8,7 @@ import { parseServerConfig } from '../../config/server-config.js';
 import { KeyhavenError } from '../../errors.js';
 import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
 import { createLogger } from '../../log/logger.js';
+import { prettyStdout } from '../../log/pretty.js';
 import { startPlugin } from '../../plugin/run-plugin.js';
 import type { Services } from '../../server/core.js';
 import { startServer } from '../../server/run-server.js';
@@ -75,7 +76,8 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
     .option('--listen <host:port>', 'key server address', '127.0.0.1:8200')
     .option('--health-addr <host:port>', 'plugin address for /healthz, /livez, /metrics', '127.0.0.1:8787')
     .option('--log-level <level>', 'log level', 'info')
-    .action((flags: { dataDir?: string; listen: string; healthAddr: string; logLevel: string }) =>
+    .addOption(new Option('--log-format <format>', 'log lines: pretty (readable) or json (one JSON object per line, as keyhaven server and keyhaven plugin write)').choices(['pretty', 'json']).default('pretty'))
+    .action((flags: { dataDir?: string; listen: string; healthAddr: string; logLevel: string; logFormat: 'pretty' | 'json' }) =>
       run(async () => {
         const dataDir = flags.dataDir ?? defaultDataDir();
         const socket = `unix://${join(dataDir, 'kms.sock')}`;
@@ -89,7 +91,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           'keyhaven dev',
         );
         const apiKeyFile = join(dataDir, `${DEV_APP}.apikey`);
-        const logger = createLogger({ level: flags.logLevel });
+        const logger = createLogger({ level: flags.logLevel, ...(flags.logFormat === 'pretty' ? { destination: prettyStdout() } : {}) });
         const server = await startServer(serverCfg, logger, { singlePersonDev: true });
         const core = server.core;
         let plugin;
