@@ -182,7 +182,7 @@ describe('a snapshot opened by a process that ends', () => {
     await etcd.stop();
     for (const how of ['exit', 'SIGTERM', 'SIGINT'] as const) {
       const work = ownedTempDir('kh-snapwork-', t);
-      const child = spawnOwned(process.execPath, [FIXTURE, file, work, how], { t, stdio: ['ignore', 'pipe', 'inherit'] });
+      const child = spawnOwned(process.execPath, [FIXTURE, file, work, how], { t, stdio: ['pipe', 'pipe', 'inherit'] });
       const exited = new Promise<[number | null, string | null]>((r) => child.once('exit', (code, sig) => r([code, sig])));
       let out = '';
       await new Promise<void>((resolve, reject) => {
@@ -194,7 +194,8 @@ describe('a snapshot opened by a process that ends', () => {
       });
       assert.equal(out, 'ready 1\n');
       assert.equal(readdirSync(work).length, 1);
-      if (how !== 'exit') child.kill(how);
+      if (how === 'exit') child.stdin!.write('go\n');
+      else child.kill(how);
       assert.deepEqual(await exited, how === 'exit' ? [3, null] : [null, how]);
       assert.deepEqual(readdirSync(work), [], how);
     }
