@@ -141,7 +141,7 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
     const rows = last.stdout.trim().split('\n').map((l) => JSON.parse(l));
     assert.equal(rows.length, 3);
     assert.ok(rows[0].seq < rows[1].seq && rows[1].seq < rows[2].seq);
-    assert.match(text.stdout, /^\d+\s+\S+Z\s+user:keyadmin\s+key\.rotate\s+k1@v2\s+ok/);
+    assert.match(text.stdout, /^SEQ\s+TIME\s+PRINCIPAL\s+OPERATION\s+KEY\s+RESULT\s+DETAILS\n\d+\s+\S+Z\s+user:keyadmin\s+key\.rotate\s+k1@v2\s+ok/);
 
     const env = { ...cleanCliEnv(), KEYHAVEN_ADDR: srv.url, XDG_CONFIG_HOME: base, KEYHAVEN_TOKEN: tokens.auditor };
     const child = spawnOwned(process.execPath, [BIN, 'audit', 'tail', '-f', '-n', '1', '-o', 'json'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -166,6 +166,28 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
     assert.equal(await exited, 0, err);
   });
 
+  it('audit tail --since 1h on the server; details as an object; a server refusal names the flag', async () => {
+    const [recent, old, details] = await Promise.all([
+      ok(['audit', 'tail', '-n', '5', '--since', '1h', '--operation', 'key.rotate', '-o', 'json'], { as: 'auditor' }),
+      ok(['audit', 'tail', '--until', '2h', '-o', 'json'], { as: 'auditor' }),
+      ok(['audit', 'tail', '-n', '200', '-o', 'json'], { as: 'auditor' }),
+    ]);
+    assert.ok(recent.stdout.trim().split('\n').map((l) => JSON.parse(l)).some((r) => r.operation === 'key.rotate' && r.key_name === 'k1'), recent.stdout);
+    assert.equal(old.stdout, '', 'the server started minutes ago');
+    const rows = details.stdout.trim().split('\n').map((l) => JSON.parse(l) as { details: unknown });
+    assert.ok(rows.some((r) => r.details !== null && typeof r.details === 'object'), 'some record carries details');
+    assert.ok(rows.every((r) => typeof r.details !== 'string'), 'details are never a string inside JSON');
+    // A compound duration reaches the server in its one-unit form.
+    const [made, tooLong] = await Promise.all([
+      json(['key', 'create', 'k-hm', '--rotation-period', '1h30m'], { as: 'keyadmin' }),
+      kh(['key', 'policy', 'k1', '--rotation-period', '999999999w'], { as: 'keyadmin' }),
+    ]);
+    assert.equal(made.rotationPeriod, '90m');
+    assert.equal(tooLong.code, 2, tooLong.stderr);
+    assert.match(tooLong.stderr, /--rotation-period: must be a duration/);
+    assert.doesNotMatch(tooLong.stderr, /body\./);
+  });
+
   it('a shamir server: operator init prints the shares; unseal --share-stdin takes them one per line', async () => {
     const url = { KEYHAVEN_ADDR: shamir.url };
     const init = await json<{ shares: string[]; admin: { name: string; password: string } }>(['operator', 'init', '--shares', '3', '--threshold', '2'], { env: url });
@@ -181,7 +203,7 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
 
   it('--data-dir or $KEYHAVEN_DATA_DIR selects the embedded store; server-only and conflicting options exit 2', async () => {
     const [viaEnv, policy, both] = await Promise.all([
-      json<Array<{ id: string; name: string }>>(['key', 'list'], { env: { KEYHAVEN_DATA_DIR: dataDir } }),
+      json<{ keys: Array<{ id: string; name: string }> }>(['key', 'list'], { env: { KEYHAVEN_DATA_DIR: dataDir } }).then((r) => r.keys),
       kh(['key', 'policy', 'local-key', '--rotation-period', '1d', '--data-dir', dataDir]),
       kh(['key', 'list', '--data-dir', dataDir, '--server', srv.url]),
     ]);
@@ -193,7 +215,7 @@ describe('keyhaven audit, embedded-store mode and shamir unseal', () => {
     assert.equal(both.code, 2, both.stderr);
     assert.match(both.stderr, /give one/);
     // --server wins over $KEYHAVEN_DATA_DIR.
-    const remote = await json<Array<{ name: string; id?: string }>>(['key', 'list', '--server', srv.url], { as: 'keyadmin', env: { KEYHAVEN_DATA_DIR: dataDir } });
+    const { keys: remote } = await json<{ keys: Array<{ name: string; id?: string }> }>(['key', 'list', '--server', srv.url], { as: 'keyadmin', env: { KEYHAVEN_DATA_DIR: dataDir } });
     assert.ok(remote.some((k) => k.name === 'k1'));
     assert.ok(remote.every((k) => k.id === undefined));
   });

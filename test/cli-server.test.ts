@@ -145,7 +145,7 @@ describe('keyhaven CLI against a key server', () => {
     const both = await api(srv.url, 'POST', '/v1/users', { token: session('boss').token, body: { name: 'both', password: 'both-password-123', roles: ['security-admin', 'key-admin'] } });
     assert.equal(both.status, 409, both.text);
     const [list] = await Promise.all([
-      json<Array<{ name: string; roles: string[] }>>(['user', 'list'], { as: 'boss' }),
+      json<{ users: Array<{ name: string; roles: string[] }> }>(['user', 'list'], { as: 'boss' }).then((r) => r.users),
       cliLogin('admin2'),
       ...['keyadmin2', 'auditor'].map(async (u) => (tokens[u] = await login(srv.url, u, passwords[u]!))),
     ]);
@@ -166,7 +166,7 @@ describe('keyhaven CLI against a key server', () => {
     assert.equal(policy.rotationPeriod, null);
     assert.equal(policy.minDecryptionVersion, 2);
     const [list, table, show] = await Promise.all([
-      json<Array<{ name: string; currentVersion: number }>>(['key', 'list'], { as: 'keyadmin' }),
+      json<{ keys: Array<{ name: string; currentVersion: number }> }>(['key', 'list'], { as: 'keyadmin' }).then((r) => r.keys),
       ok(['key', 'list'], { as: 'auditor' }),
       ok(['key', 'show', 'k1'], { as: 'keyadmin' }),
     ]);
@@ -190,7 +190,7 @@ describe('keyhaven CLI against a key server', () => {
     assert.equal((await api(srv.url, 'PUT', '/v1/apps/app1/grants/k1', { token: session('boss').token, body: { operations: ['encrypt'] } })).status, 403);
     const granted = await ok(['app', 'grant', 'app1', 'k1', '--ops', 'encrypt,decrypt'], { as: 'keyadmin' });
     assert.match(granted.stdout, /app "app1" may now decrypt, encrypt with key "k1"/);
-    const apps = await json<Array<{ name: string; description: string; grants: Array<{ key: string; operations: string[] }> }>>(['app', 'list'], { as: 'boss' });
+    const { apps } = await json<{ apps: Array<{ name: string; description: string; grants: Array<{ key: string; operations: string[] }> }> }>(['app', 'list'], { as: 'boss' });
     const app1 = apps.find((a) => a.name === 'app1')!;
     assert.equal(app1.description, 'cluster a');
     assert.deepEqual(app1.grants.map((g) => [g.key, g.operations]), [['k1', ['decrypt', 'encrypt']]]);
@@ -226,7 +226,7 @@ describe('keyhaven CLI against a key server', () => {
     assert.equal((await keyState('k1')).state, 'enabled');
 
     const [pending, table, own] = await Promise.all([
-      json<Array<{ id: string; operation: string; state: string }>>(['approval', 'list', '--state', 'pending'], { as: 'keyadmin2' }),
+      json<{ approvals: Array<{ id: string; operation: string; state: string }> }>(['approval', 'list', '--state', 'pending'], { as: 'keyadmin2' }).then((r) => r.approvals),
       ok(['approval', 'list'], { as: 'keyadmin2' }),
       kh(['approval', 'approve', id], { as: 'keyadmin' }),
     ]);

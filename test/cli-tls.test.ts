@@ -61,6 +61,6 @@ describe('CLI against an HTTPS server with a private CA', () => {
     assert.equal(login.code, 0, login.stderr);
     const who = await runCli(['user', 'list', '-o', 'json'], { env: env() });
     assert.equal(who.code, 0, who.stderr);
-    assert.ok((JSON.parse(who.stdout) as Array<{ name: string }>).some((u) => u.name === admin.name), who.stdout);
+    assert.ok((JSON.parse(who.stdout) as { users: Array<{ name: string }> }).users.some((u) => u.name === admin.name), who.stdout);
   });
 });

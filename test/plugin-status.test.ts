@@ -144,8 +144,8 @@ describe('keyhaven plugin status: other servers and bad input', () => {
       [['--socket', 'unix://relative.sock'], /must be absolute/],
       [['--socket', 'unix:///@'], /abstract socket name .* must be 1-100 characters/],
       [['--timeout', 'soon'], /--timeout must be a duration/],
-      [['--timeout', '0s'], /--timeout must be a duration from 1ms/],
-      [['-o', 'yaml'], /--output must be text or json/],
+      [['--timeout', '0s'], /--timeout must be at least 1ms/],
+      [['-o', 'xml'], /--output must be text, json or yaml/],
     ] as const) {
       const r = await status([...args]);
       assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);

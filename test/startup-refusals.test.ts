@@ -262,7 +262,7 @@ describe('CLI garbage', () => {
   const keyNames = () => {
     const r = cli(['key', 'list', '-o', 'json', '--data-dir', dir]);
     assert.equal(r.code, 0, r.stderr);
-    return (JSON.parse(r.stdout) as Array<{ name: string }>).map((k) => k.name).sort();
+    return (JSON.parse(r.stdout) as { keys: Array<{ name: string }> }).keys.map((k) => k.name).sort();
   };
 
   it('an unknown command exits 2 naming it', () => {

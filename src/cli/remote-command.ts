@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../errors.js';
 import { createClient, resolveConnection, type ApiClient, type ConnectionFlags } from './client.js';
-import { printJson, type OutputFormat } from './output.js';
+import { printData, type OutputFormat } from './output.js';
 import { parseOutput } from './store-command.js';
 
 export interface RemoteFlags extends ConnectionFlags {
@@ -20,7 +20,7 @@ export function connOptions(c: Command, opts: { output?: boolean } = {}): Comman
     '--ca-file <file>',
     'PEM CA bundle to trust for an https server (default $KEYHAVEN_CACERT)',
   );
-  if (opts.output !== false) c.option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat);
+  if (opts.output !== false) c.option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat);
   return c;
 }
 
@@ -54,8 +54,8 @@ export interface ApprovalView {
  * success for the caller (exit 0), with the id they pass on.
  */
 export function reportApprovalFiled(body: { approval: ApprovalView }, output: OutputFormat): number {
-  if (output === 'json') {
-    printJson(body);
+  if (output !== 'text') {
+    printData(body, output);
     return 0;
   }
   const a = body.approval;
@@ -82,4 +82,26 @@ export function positiveInt(what: string, v: string): number {
 /** URL path segment for a name the user typed. */
 export function seg(v: string): string {
   return encodeURIComponent(v);
+}
+
+/**
+ * Runs a server call and, when the server refuses a query or body field
+ * ("querystring.since: must be …"), names the flag the user typed instead
+ * ("--since: must be …"). Fields the map does not know stay as they are.
+ */
+export async function namingFlags<T>(fields: Readonly<Record<string, string>>, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (!(e instanceof KeyhavenError) || e.code !== 'invalid_argument') throw e;
+    let named = false;
+    const message = e.message.replace(/\b(?:querystring|body|params)\.([A-Za-z0-9_]+)(?=[.:])/g, (all, field: string) => {
+      const flag = Object.hasOwn(fields, field) ? fields[field] : undefined;
+      if (flag === undefined) return all;
+      named = true;
+      return flag;
+    });
+    if (!named) throw e;
+    throw new KeyhavenError('invalid_argument', message, { cause: e });
+  }
 }

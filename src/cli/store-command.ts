@@ -11,7 +11,7 @@ export interface StoreFlags {
 }
 
 export function parseOutput(v: string): OutputFormat {
-  if (v !== 'text' && v !== 'json') throw new KeyhavenError('invalid_argument', `--output must be text or json, not ${JSON.stringify(v)}`);
+  if (v !== 'text' && v !== 'json' && v !== 'yaml') throw new KeyhavenError('invalid_argument', `--output must be text, json or yaml, not ${JSON.stringify(v)}`);
   return v;
 }
 
@@ -20,7 +20,7 @@ export function storeOptions(c: Command, help: { dataDir?: string; rootKeyFile?:
   return c
     .option('--data-dir <dir>', help.dataDir ?? 'embedded key store folder (default $KEYHAVEN_DATA_DIR or ./.keyhaven)')
     .option('--root-key-file <file>', help.rootKeyFile ?? 'root key file (default <data-dir>/root.key)')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat);
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat);
 }
 
 // Acts on the store directly: SQLite takes concurrent writers, and a running

@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { printJson, formatTable } from '../output.js';
+import { printData, formatTable, relativeTime } from '../output.js';
 import { commaList, connOptions, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView, type RemoteFlags } from '../remote-command.js';
 
 export interface PrincipalView {
@@ -41,7 +41,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
           ...(flags.breakGlass === true ? { breakGlass: true } : {}),
         };
         const r = await c.call<{ app: PrincipalView; apiKey: string }>('POST', '/v1/apps', { body });
-        if (flags.output === 'json') printJson(r.body);
+        if (flags.output !== 'text') printData(r.body, flags.output);
         else {
           process.stdout.write(`app "${r.body.app.name}" created${r.body.app.breakGlass ? ' (break-glass: decrypts only inside an open recovery)' : ''}\n`);
           printApiKey(r.body.app.name, r.body.apiKey);
@@ -55,7 +55,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
     run(() =>
       withClient(flags, async (c) => {
         const { apps } = (await c.call<{ apps: PrincipalView[] }>('GET', '/v1/apps')).body;
-        if (flags.output === 'json') printJson(apps);
+        if (flags.output !== 'text') printData({ apps }, flags.output);
         else if (apps.length === 0) process.stdout.write('no apps\n');
         else {
           const rows = [['NAME', 'STATE', 'GRANTS', 'CERT', 'DESCRIPTION']];
@@ -68,7 +68,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
           const out = [lines[0]!];
           apps.forEach((a, i) => {
             out.push(lines[i + 1]!);
-            for (const c of a.clusters ?? []) out.push(`    cluster ${c.cluster}  node ${c.node}  key ${c.key} v${c.keyVersion}  last seen ${c.lastSeen}`);
+            for (const c of a.clusters ?? []) out.push(`    cluster ${c.cluster}  node ${c.node}  key ${c.key} v${c.keyVersion}  last seen ${relativeTime(c.lastSeen)}`);
           });
           process.stdout.write(`${out.join('\n')}\n`);
         }
@@ -90,7 +90,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
         });
         if (r.status === 202) return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
         const g = r.body as { key: string; operations: string[] };
-        if (flags.output === 'json') printJson(g);
+        if (flags.output !== 'text') printData(g, flags.output);
         else process.stdout.write(`app "${appName}" may now ${g.operations.join(', ')} with key "${g.key}"\n`);
         return 0;
       }),
@@ -101,7 +101,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
     run(() =>
       withClient(flags, async (c) => {
         await c.call('DELETE', `/v1/apps/${seg(appName)}/grants/${seg(keyName)}`);
-        if (flags.output === 'json') printJson({ app: appName, key: keyName, revoked: true });
+        if (flags.output !== 'text') printData({ app: appName, key: keyName, revoked: true }, flags.output);
         else process.stdout.write(`app "${appName}" may no longer use key "${keyName}"\n`);
         return 0;
       }),
@@ -123,7 +123,7 @@ export function registerApp(program: Command, run: (fn: () => Promise<number>) =
           return 0;
         }
         const { apiKey } = r.body as { apiKey: string };
-        if (flags.output === 'json') printJson({ app: appName, apiKey });
+        if (flags.output !== 'text') printData({ app: appName, apiKey }, flags.output);
         else printApiKey(appName, apiKey);
         return 0;
       }),

@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { KeyhavenError, ERROR_CODES, type ErrorCode } from '../../errors.js';
-import { formatTable, printJson } from '../output.js';
+import { formatTable, printData, relativeTime } from '../output.js';
 import { connOptions, seg, SERVER_HELP, withClient, type ApprovalView, type RemoteFlags } from '../remote-command.js';
 
 const STATES = ['pending', 'approved', 'executed', 'failed', 'denied', 'expired'];
@@ -15,7 +15,7 @@ function paramsText(p: Record<string, unknown>): string {
 function report(a: ApprovalView, flags: RemoteFlags, verb: string): number {
   const failed = a.state === 'failed';
   const errCode = (a.result as { error?: unknown } | null)?.error;
-  if (flags.output === 'json') printJson(a);
+  if (flags.output !== 'text') printData(a, flags.output);
   else if (a.state === 'pending') process.stdout.write(`approval request ${a.id} ${verb}: ${a.approvals.length} of ${a.required} approvals\n`);
   else if (!failed) {
     process.stdout.write(`approval request ${a.id} ${verb}: ${a.state} (${a.operation} ${paramsText(a.params)})\n`);
@@ -36,11 +36,11 @@ export function registerApproval(program: Command, run: (fn: () => Promise<numbe
         withClient(flags, async (c) => {
           if (flags.state !== undefined && !STATES.includes(flags.state)) throw new KeyhavenError('invalid_argument', `--state must be one of ${STATES.join(', ')}`);
           const { approvals } = (await c.call<{ approvals: ApprovalView[] }>('GET', '/v1/approvals', { query: { state: flags.state } })).body;
-          if (flags.output === 'json') printJson(approvals);
+          if (flags.output !== 'text') printData({ approvals }, flags.output);
           else if (approvals.length === 0) process.stdout.write(`no${flags.state ? ` ${flags.state}` : ''} approval requests\n`);
           else {
             const rows = [['ID', 'STATE', 'OPERATION', 'PARAMS', 'REQUESTER', 'APPROVALS', 'EXPIRES']];
-            for (const a of approvals) rows.push([a.id, a.state, a.operation, paramsText(a.params), a.requester, `${a.approvals.length}/${a.required}`, a.expiresAt]);
+            for (const a of approvals) rows.push([a.id, a.state, a.operation, paramsText(a.params), a.requester, `${a.approvals.length}/${a.required}`, relativeTime(a.expiresAt)]);
             process.stdout.write(formatTable(rows));
           }
           return 0;
@@ -52,7 +52,7 @@ export function registerApproval(program: Command, run: (fn: () => Promise<numbe
     run(() =>
       withClient(flags, async (c) => {
         const a = (await c.call<ApprovalView>('GET', `/v1/approvals/${seg(id)}`)).body;
-        if (flags.output === 'json') printJson(a);
+        if (flags.output !== 'text') printData(a, flags.output);
         else {
           const lines = [
             `id:         ${a.id}`,
@@ -83,7 +83,7 @@ export function registerApproval(program: Command, run: (fn: () => Promise<numbe
       run(() =>
         withClient(flags, async (c) => {
           const { apiKey } = (await c.call<{ apiKey: string }>('POST', `/v1/approvals/${seg(id)}/collect`, { body: {} })).body;
-          if (flags.output === 'json') printJson({ approval: id, apiKey });
+          if (flags.output !== 'text') printData({ approval: id, apiKey }, flags.output);
           else process.stdout.write(`new API key from approval request ${id} (shown once; store it now):\n${apiKey}\n`);
           return 0;
         }),

@@ -5,8 +5,9 @@ import type { WitnessInput, WitnessVerifyResult } from '../../audit/checkpoint-v
 import { KeyhavenError } from '../../errors.js';
 import type { AuditQuery, AuditRow } from '../../storage/store.js';
 import type { ApiClient, ConnectionFlags } from '../client.js';
-import { printJson, type OutputFormat } from '../output.js';
-import { connOptions, positiveInt, SERVER_HELP, withClient } from '../remote-command.js';
+import { parseTimeFlag } from '../duration.js';
+import { printable, printData, type OutputFormat } from '../output.js';
+import { connOptions, namingFlags, positiveInt, SERVER_HELP, withClient } from '../remote-command.js';
 import { actsLocally, storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
 // Every read of the server's audit log is itself audited: paging and polling
@@ -40,16 +41,22 @@ function auditOptions(c: Command): Command {
 
 function filterOptions(c: Command): Command {
   return c
-    .option('--since <time>', 'records at or after this ISO 8601 time, e.g. 2026-01-31T00:00:00Z')
-    .option('--until <time>', 'records at or before this ISO 8601 time')
+    .option('--since <time>', 'records at or after this time: a duration back from now (1h, 1h30m, 7d) or ISO 8601 (2026-01-31T00:00:00Z)')
+    .option('--until <time>', 'records at or before this time: a duration back from now or ISO 8601')
     .option('--principal <who>', 'records by this principal, e.g. user:alice or app:cluster-a')
     .option('--key <name>', 'records about this key')
     .option('--operation <op>', 'records of this operation, e.g. key.rotate or crypto.encrypt');
 }
 
-function filtersOf(flags: Filters): Filters {
-  return { since: flags.since, until: flags.until, principal: flags.principal, key: flags.key, operation: flags.operation };
+/** The filters as the store and server take them: --since/--until resolved to ISO 8601 UTC once, at start. */
+function filtersOf(flags: Filters, now: number = Date.now()): Filters {
+  const since = flags.since === undefined ? undefined : parseTimeFlag('--since', flags.since, now);
+  const until = flags.until === undefined ? undefined : parseTimeFlag('--until', flags.until, now);
+  return { since, until, principal: flags.principal, key: flags.key, operation: flags.operation };
 }
+
+/** Server query fields by the flag that sets them, for its refusals. */
+const AUDIT_FLAGS = { since: '--since', until: '--until', limit: '--lines', after: '--after', principal: '--principal', key: '--key', operation: '--operation' };
 
 function afterSeq(v: string | undefined): number {
   if (v === undefined) return 0;
@@ -72,7 +79,7 @@ type PageReader = (after: number, limit: number, f: Filters) => Promise<Page>;
 function serverPages(c: ApiClient): PageReader {
   return async (after, limit, f) => {
     const query = { after, limit, since: f.since, until: f.until, principal: f.principal, key: f.key, operation: f.operation };
-    const r = await c.call<string>('GET', '/v1/audit', { query, text: true });
+    const r = await namingFlags(AUDIT_FLAGS, () => c.call<string>('GET', '/v1/audit', { query, text: true }));
     const lines = r.body.split('\n').filter((l) => l.length > 0);
     return { rows: lines.map((l) => JSON.parse(l) as AuditRow), lines, requestId: r.requestId, date: r.date };
   };
@@ -99,9 +106,28 @@ async function exportAll(read: PageReader, after: number, f: Filters): Promise<n
   }
 }
 
-function rowText(r: AuditRow): string {
+const TAIL_HEADER = ['SEQ', 'TIME', 'PRINCIPAL', 'OPERATION', 'KEY', 'RESULT', 'DETAILS'];
+
+// The exact time, not an age: audit lines are matched against other logs, and
+// -f keeps lines on screen long after an age would have gone stale.
+function rowCells(r: AuditRow): string[] {
   const key = r.key_name ? `${r.key_name}${r.key_version !== null ? `@v${r.key_version}` : ''}` : '-';
-  return `${r.seq}  ${r.time}  ${r.actor}  ${r.operation}  ${key}  ${r.result}${r.details ? `  ${r.details}` : ''}\n`;
+  return [String(r.seq), r.time, r.actor, r.operation, key, r.result, r.details ?? ''].map(printable);
+}
+
+/** Cells padded to the given widths (the last left as is); a wider cell pushes its line only. */
+function padded(cells: readonly string[], widths: readonly number[]): string {
+  return cells.map((c, i) => (i < cells.length - 1 ? c.padEnd(widths[i] ?? 0) : c)).join('  ').trimEnd() + '\n';
+}
+
+/** A record for -o json/yaml: its details (stored as JSON text for the hash chain) as an object. */
+function auditRecordView(r: AuditRow): Omit<AuditRow, 'details'> & { details: unknown } {
+  if (r.details === null) return { ...r, details: null };
+  try {
+    return { ...r, details: JSON.parse(r.details) as unknown };
+  } catch {
+    return { ...r, details: r.details };
+  }
 }
 
 /**
@@ -156,11 +182,27 @@ type EndFinder = (read: PageReader, own: Set<string>) => Promise<number>;
 
 async function tail(read: PageReader, findEnd: EndFinder, f: Filters, n: number, follow: boolean, output: OutputFormat): Promise<number> {
   const own = new Set<string>();
+  let widths: number[] | undefined;
   const print = (rows: AuditRow[]) => {
-    for (const r of rows) {
-      if (r.request_id !== null && own.delete(r.request_id)) continue;
-      process.stdout.write(output === 'json' ? `${JSON.stringify(r)}\n` : rowText(r));
+    const shown = rows.filter((r) => r.request_id === null || !own.delete(r.request_id));
+    if (output === 'json') {
+      for (const r of shown) process.stdout.write(`${JSON.stringify(auditRecordView(r))}\n`);
+      return;
     }
+    if (output === 'yaml') {
+      for (const r of shown) {
+        process.stdout.write('---\n');
+        printData(auditRecordView(r), 'yaml');
+      }
+      return;
+    }
+    const cells = shown.map(rowCells);
+    if (widths === undefined) {
+      // The first batch sets the columns; followed records keep them.
+      widths = TAIL_HEADER.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+      process.stdout.write(padded(TAIL_HEADER, widths));
+    }
+    for (const c of cells) process.stdout.write(padded(c, widths));
   };
   // Reads all matching records after `from`; returns them and the last seq seen.
   const readFrom = async (from: number) => {
@@ -222,15 +264,15 @@ async function tail(read: PageReader, findEnd: EndFinder, f: Filters, n: number,
 }
 
 function reportVerify(r: VerifyResult, output: OutputFormat, extra: Record<string, unknown>, okNote: string): number {
-  if (output === 'json') printJson({ ...r, ...extra });
+  if (output !== 'text') printData({ ...r, ...extra }, output);
   else if (r.ok) process.stdout.write(`audit chain intact: ${r.records} records${okNote ? ` ${okNote}` : ''}\n`);
   else process.stdout.write(`audit chain BROKEN at record ${r.firstBroken!.seq}: ${r.firstBroken!.reason} (${r.records} records verified before it)\n`);
   return r.ok ? 0 : 1;
 }
 
 function reportWitness(r: WitnessVerifyResult, output: OutputFormat, extra: Record<string, unknown>, witnessPath: string, by: string): number {
-  if (output === 'json') {
-    printJson({ ...r, ...extra });
+  if (output !== 'text') {
+    printData({ ...r, ...extra }, output);
     return r.ok ? 0 : 1;
   }
   const w = r.witness;
@@ -376,7 +418,12 @@ forged tail is found as long as the witness itself was out of reach.`,
         .option('-f, --follow', 'keep polling for new records until SIGINT'),
     ),
   )
-    .addHelpText('after', '\nWith -o json each record is one JSON line. The reads tail makes are audited too; their records are not shown.')
+    .addHelpText(
+      'after',
+      '\nExamples: keyhaven audit tail --since 1h; keyhaven audit tail -f --operation key.rotate.\n' +
+        'Text is a table with a header row; -o json prints one JSON line per record (details an object), -o yaml one document per record.\n' +
+        'Durations and times: --since 1h30m means records from the last 90 minutes; --since 2026-01-31T00:00:00Z works too. The reads tail makes are audited too; their records are not shown.',
+    )
     .action((flags: AuditFlags & Filters & { lines: string; follow?: boolean }) =>
       run(async () => {
         const n = positiveInt('--lines', flags.lines);

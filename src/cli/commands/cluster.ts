@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatTable, printJson } from '../output.js';
+import { formatTable, printData, relativeTime } from '../output.js';
 import { connOptions, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 
 /** One cluster node's plugin report (GET /v1/clusters). */
@@ -43,11 +43,11 @@ export function registerCluster(program: Command, run: (fn: () => Promise<number
     run(() =>
       withClient(flags, async (c) => {
         const r = await c.call<{ clusters: ClusterView[] }>('GET', '/v1/clusters', { query: { key: flags.key, app: flags.app } });
-        if (flags.output === 'json') printJson(r.body);
+        if (flags.output !== 'text') printData(r.body, flags.output);
         else if (r.body.clusters.length === 0) process.stdout.write('no cluster has reported\n');
         else {
           const rows = [['APP', 'CLUSTER', 'NODE', 'KEY', 'VERSION', 'PLUGIN', 'LAST-SEEN', 'LAST-SUCCESS']];
-          for (const x of r.body.clusters) rows.push([x.app, x.cluster, x.node, x.key, `v${x.keyVersion}`, x.pluginVersion || '-', x.lastSeen, x.lastSuccess ?? '-']);
+          for (const x of r.body.clusters) rows.push([x.app, x.cluster, x.node, x.key, `v${x.keyVersion}`, x.pluginVersion || '-', relativeTime(x.lastSeen), relativeTime(x.lastSuccess)]);
           process.stdout.write(formatTable(rows));
         }
         return 0;

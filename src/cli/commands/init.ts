@@ -6,7 +6,7 @@ import { KeyhavenError } from '../../errors.js';
 import { openEmbeddedStore } from '../../keys/embedded-store.js';
 import { localActor } from '../actor.js';
 import { defaultDataDir } from '../data-dir.js';
-import { printJson } from '../output.js';
+import { printData } from '../output.js';
 import { storeOptions, type StoreFlags } from '../store-command.js';
 
 /** Creates the store if absent and makes sure the key exists; idempotent. */
@@ -34,7 +34,7 @@ export function registerInit(program: Command, run: (fn: () => Promise<number>) 
       run(async () => {
         const dataDir = flags.dataDir ?? defaultDataDir();
         const r = await ensureStore(dataDir, flags.key, flags.rootKeyFile);
-        if (flags.output === 'json') printJson({ dataDir, ...r, key: flags.key });
+        if (flags.output !== 'text') printData({ dataDir, ...r, key: flags.key }, flags.output);
         else {
           process.stdout.write(`${r.created ? 'created' : 'found existing'} key store in ${dataDir}\n`);
           process.stdout.write(`key "${flags.key}" ${r.keyCreated ? 'created' : 'already exists'}\n`);

@@ -4,7 +4,8 @@ import { FAIL_ON, scanEtcd, scanFailures, type FailOn, type KeyIdStatus, type Sc
 import { keyPrefix } from '../../k8s/etcd-key.js';
 import { prepareOutDir, recoverObjects, type RecoverResult } from '../../k8s/recover.js';
 import { checkEtcdFlags, ETCD_HELP, openEtcdFromFlags, type EtcdFlags } from '../k8s-sources.js';
-import { formatTable, printable, printJson, type OutputFormat } from '../output.js';
+import { formatTable, printable, printData, type OutputFormat } from '../output.js';
+import { parseOutput } from '../store-command.js';
 import { commaList, connOptions, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 import { progressBar } from '../progress.js';
 
@@ -211,7 +212,7 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
         await withClient(flags, (c) => c.call('PUT', `/v1/clusters/${encodeURIComponent(flags.report!)}/scan-report`, { body: reportBody(result) }));
       }
       const failures = scanFailures(result, flags.failOn);
-      if (flags.output === 'json') printJson({ ...result, failures });
+      if (flags.output !== 'text') printData({ ...result, failures }, flags.output);
       else printScan(result, failures);
       return failures.length > 0 ? 1 : 0;
     }),
@@ -226,10 +227,7 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
     .option('--resource <resources>', 'resources to recover', commaList, ['secrets', 'configmaps'])
     .option('--namespace <namespaces>', 'only these namespaces', commaList)
     .option('--provider <names>', 'only values of these KMS provider names (the EncryptionConfiguration names)', commaList)
-    .option('-o, --output <format>', 'text or json', (v: string) => {
-      if (v !== 'text' && v !== 'json') throw new KeyhavenError('invalid_argument', `--output must be text or json, not ${JSON.stringify(v)}`);
-      return v as OutputFormat;
-    }, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .addHelpText('after', RECOVER_HELP)
     .action((flags: RecoverFlags) =>
       run(async () => {
@@ -263,7 +261,7 @@ export function registerK8sData(k8s: Command, run: (fn: () => Promise<number>) =
           await keys.finish(result ? { objects: result.written + result.raw.length, failed: result.failed.length } : {});
           await keys.close();
         }
-        if (flags.output === 'json') printJson(result);
+        if (flags.output !== 'text') printData(result, flags.output);
         else {
           process.stdout.write(`read ${result.read} value(s) from ${printable(result.source)}; wrote ${result.written} object(s) to ${flags.out}${result.raw.length ? `, ${result.raw.length} as stored bytes (.bin)` : ''}; ${result.unwraps} key unwrap(s)\n`);
           if (result.failed.length > 0) {

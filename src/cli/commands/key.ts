@@ -3,8 +3,9 @@ import { KeyhavenError } from '../../errors.js';
 import type { KeyInfo } from '../../keys/key-store.js';
 import { localActor } from '../actor.js';
 import type { ApiClient, ConnectionFlags } from '../client.js';
-import { formatKeyTable, printJson, type OutputFormat } from '../output.js';
-import { connOptions, positiveInt, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView } from '../remote-command.js';
+import { compactDuration, parseDurationFlag } from '../duration.js';
+import { formatKeyTable, printData, type OutputFormat } from '../output.js';
+import { connOptions, namingFlags, positiveInt, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView } from '../remote-command.js';
 import { actsLocally, storeOptions, withStore, type StoreFlags } from '../store-command.js';
 
 // Two targets, one command: the key server (the default) or the plugin's
@@ -55,7 +56,7 @@ function keyOptions(c: Command): Command {
 }
 
 function showLocal(k: KeyInfo, output: OutputFormat, verb?: string): void {
-  if (output === 'json') return printJson(k);
+  if (output !== 'text') return printData(k, output);
   if (verb) process.stdout.write(`key "${k.name}" ${verb}: current version ${k.currentVersion}, ${k.state}\n`);
   else {
     process.stdout.write(`name:     ${k.name}\nstate:    ${k.state}\ncurrent:  ${k.currentVersion}\ncreated:  ${k.createdAt}\nupdated:  ${k.updatedAt}\nversions:\n`);
@@ -64,7 +65,7 @@ function showLocal(k: KeyInfo, output: OutputFormat, verb?: string): void {
 }
 
 function showRemote(k: KeyView, output: OutputFormat, verb?: string): void {
-  if (output === 'json') return printJson(k);
+  if (output !== 'text') return printData(k, output);
   if (verb) {
     process.stdout.write(`key "${k.name}" ${verb}: current version ${k.currentVersion}, ${k.state}${k.destroyAt ? `, material erased at ${k.destroyAt}` : ''}\n`);
     return;
@@ -86,8 +87,11 @@ function showRemote(k: KeyView, output: OutputFormat, verb?: string): void {
 }
 
 /** Runs a key call on the server; a 202 (approval needed) is reported instead of the key. */
+/** Body fields by the flag that sets them, for the server's refusals. */
+const KEY_FLAGS = { rotationPeriod: '--rotation-period', minDecryptionVersion: '--min-decryption-version', pendingDays: '--pending-days' };
+
 async function remoteKey(c: ApiClient, flags: KeyFlags, method: string, path: string, verb: string, body?: unknown): Promise<number> {
-  const r = await c.call<KeyView | { approval: ApprovalView }>(method, path, { body });
+  const r = await namingFlags(KEY_FLAGS, () => c.call<KeyView | { approval: ApprovalView }>(method, path, { body }));
   if (r.status === 202) return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
   showRemote(r.body as KeyView, flags.output, verb);
   return 0;
@@ -120,13 +124,13 @@ export function registerKey(program: Command, run: (fn: () => Promise<number>) =
     (flags) =>
       withStore(flags, async (es) => {
         const keys = await es.keys.list();
-        if (flags.output === 'json') printJson(keys);
+        if (flags.output !== 'text') printData({ keys }, flags.output);
         else process.stdout.write(formatKeyTable(keys));
         return 0;
       }),
     async (c, flags) => {
       const { keys } = (await c.call<{ keys: KeyView[] }>('GET', '/v1/keys')).body;
-      if (flags.output === 'json') printJson(keys);
+      if (flags.output !== 'text') printData({ keys }, flags.output);
       else if (keys.length === 0) process.stdout.write('no keys\n');
       else process.stdout.write(formatKeyTable(keys, { header: 'ROTATION', cell: (k) => k.rotationPeriod ?? 'manual' }));
       return 0;
@@ -226,7 +230,7 @@ ${SERVER_HELP}`),
       withClient(flags, async (c) => {
         const version = positiveInt('--version', flags.version);
         const r = (await c.call<RetireCheck>('GET', `/v1/keys/${seg(name)}/versions/${version}/retire-check`)).body;
-        if (flags.output === 'json') printJson(r);
+        if (flags.output !== 'text') printData(r, flags.output);
         else {
           process.stdout.write(`key "${r.key}" version ${r.version}: ${r.safe ? 'safe to retire' : 'NOT safe to retire'}\n`);
           for (const reason of r.reasons) process.stdout.write(`  - ${reason}\n`);
@@ -252,6 +256,8 @@ ${SERVER_HELP}`),
 
 function periodOrNull(v: string): string | null {
   if (v === 'off' || v === 'none') return null;
-  if (!/^\d{1,9}(s|m|h|d)$/.test(v)) throw new KeyhavenError('invalid_argument', `--rotation-period must be a duration such as 90m, 12h or 30d (or "off"), not ${JSON.stringify(v)}`);
-  return v;
+  const ms = parseDurationFlag('--rotation-period', v, { minMs: 1000 });
+  // The server takes one whole unit of at least a second: "1h30m" is sent as "90m".
+  if (ms % 1000 !== 0) throw new KeyhavenError('invalid_argument', `--rotation-period must be whole seconds, not ${JSON.stringify(v)}`);
+  return compactDuration(ms);
 }

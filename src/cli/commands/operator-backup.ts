@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import type { SealRecord } from '../../seal/seal.js';
 import type { RestoreCheckResult, RootKeySource } from '../backup.js';
-import { printJson, type OutputFormat } from '../output.js';
+import { printData, type OutputFormat } from '../output.js';
 import { canPrompt, promptSecret, readStdin } from '../prompt.js';
 import { parseOutput } from '../store-command.js';
 
@@ -159,14 +159,14 @@ export function registerBackup(op: Command, run: (fn: () => Promise<number>) => 
     .option('--config <file>', 'the server config: back up its storage.sqlite.path')
     .option('--db <file>', 'the SQLite database file to back up')
     .option('--data-dir <dir>', 'the embedded (plugin) store folder: back up <dir>/keyhaven.db')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .addHelpText('after', BACKUP_HELP)
     .action((dest: string, flags: BackupFlags) =>
       run(async () => {
         const src = await sourceDb(flags);
         const { backupSqlite } = await import('../backup.js');
         const r = await backupSqlite(src, dest);
-        if (flags.output === 'json') printJson({ source: src, ...r });
+        if (flags.output !== 'text') printData({ source: src, ...r }, flags.output);
         else process.stdout.write(`backed up ${src} to ${r.path} (${r.bytes} bytes, ${r.pages} pages, mode 0600)\ncheck it with: keyhaven operator restore-check ${r.path} --root-key-file FILE (or --share-file / --config)\n`);
         return 0;
       }),
@@ -179,7 +179,7 @@ export function registerBackup(op: Command, run: (fn: () => Promise<number>) => 
     .option('--share-file <file>', 'shamir: a file holding unseal shares, one per line (repeatable)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--shares', 'shamir: ask for the unseal shares (not echoed), or read them from stdin one per line')
     .option('--pkcs11', "recover the root key through the HSM named in --config's seal.pkcs11")
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .addHelpText('after', CHECK_HELP)
     .action((copy: string, flags: CheckFlags) =>
       run(async () => {
@@ -193,7 +193,7 @@ export function registerBackup(op: Command, run: (fn: () => Promise<number>) => 
         } finally {
           await plan.close();
         }
-        if (flags.output === 'json') printJson(r);
+        if (flags.output !== 'text') printData(r, flags.output);
         else process.stdout.write(checkText(r));
         if (r.ok) return 0;
         const failed = r.steps[r.steps.length - 1]!;

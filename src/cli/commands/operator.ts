@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import type { ApiClient } from '../client.js';
-import { printJson, type OutputFormat } from '../output.js';
+import { printData, type OutputFormat } from '../output.js';
 import { canPrompt, promptLine, promptSecret, readStdin, readStdinSecret } from '../prompt.js';
 import { connOptions, positiveInt, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 import { registerBackup } from './operator-backup.js';
@@ -70,8 +70,8 @@ export function registerOperator(program: Command, run: (fn: () => Promise<numbe
           keyAdminName: flags.keyAdmin,
         };
         const r = await c.call<{ shares?: string[]; admin: Credentials; keyAdmin: Credentials }>('POST', '/v1/sys/init', { body, auth: false });
-        if (flags.output === 'json') {
-          printJson(r.body);
+        if (flags.output !== 'text') {
+          printData(r.body, flags.output);
           return 0;
         }
         const out: string[] = [`keyhaven server at ${c.connection.server} initialised.`, ''];
@@ -184,6 +184,6 @@ async function askCredentials(flags: { name?: string; passwordStdin?: boolean })
 }
 
 function output(format: OutputFormat, server: string, s: SealStatus, text: string): void {
-  if (format === 'json') printJson({ server, ...s });
+  if (format !== 'text') printData({ server, ...s }, format);
   else process.stdout.write(text);
 }

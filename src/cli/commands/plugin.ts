@@ -1,12 +1,11 @@
 import type { Command } from 'commander';
-import { durationMs } from '../../config/duration.js';
+import { compactDuration, parseDurationFlag } from '../duration.js';
 import { loadPluginConfig, type PluginConfig } from '../../config/plugin-config.js';
-import { KeyhavenError } from '../../errors.js';
 import { createLogger, type Logger } from '../../log/logger.js';
 import { startPlugin } from '../../plugin/run-plugin.js';
 import type { PluginStatusReport } from '../../plugin/status-client.js';
 import { defaultDataDir } from '../data-dir.js';
-import { printable, printJson, type OutputFormat } from '../output.js';
+import { printable, printData, type OutputFormat } from '../output.js';
 import { serveUntilSignal } from '../signals.js';
 import { parseOutput } from '../store-command.js';
 
@@ -60,10 +59,11 @@ const DEFAULT_SOCKET = 'unix:///run/keyhaven/kms.sock';
 const MAX_STATUS_TIMEOUT_MS = 10 * 60_000;
 
 function parseTimeout(v: string): number {
-  const r = durationMs.safeParse(v);
-  if (!r.success || r.data <= 0 || r.data > MAX_STATUS_TIMEOUT_MS) throw new KeyhavenError('invalid_argument', `--timeout must be a duration from 1ms to 10m such as 500ms or 5s, not ${JSON.stringify(v)}`);
-  return r.data;
+  return parseDurationFlag('--timeout', v, { maxMs: MAX_STATUS_TIMEOUT_MS });
 }
+
+/** A config duration flag ("1h30m") in the one-unit form plugin.yaml takes ("90m"). */
+const configDuration = (flag: string) => (v: string) => compactDuration(parseDurationFlag(flag, v, { minMs: 0 }));
 
 function printStatus(r: PluginStatusReport): void {
   const rows: [string, string][] = [['socket', r.socket]];
@@ -101,8 +101,8 @@ export function registerPlugin(program: Command, run: (fn: () => Promise<number>
     .option('--root-key-file <file>', 'root key file (default <data-dir>/root.key)')
     .option('--health-addr <host:port>', 'address for /healthz, /livez, /metrics, or "off" (default 127.0.0.1:8787)')
     .option('--log-level <level>', 'fatal, error, warn, info, debug, trace or silent (default info)')
-    .option('--status-cache-ttl <duration>', 'reuse a provider round trip this long (default 5s)')
-    .option('--grace-period <duration>', 'keep answering the last good key_id this long while the provider is unreachable (default 5m)')
+    .option('--status-cache-ttl <duration>', 'reuse a provider round trip this long, e.g. 5s or 1m30s (default 5s)', configDuration('--status-cache-ttl'))
+    .option('--grace-period <duration>', 'keep answering the last good key_id this long while the provider is unreachable, e.g. 5m or 1h30m (default 5m)', configDuration('--grace-period'))
     .option('--no-v1beta1', 'do not serve the deprecated v1beta1 API')
     .action((flags: PluginFlags) =>
       run(async () => {
@@ -121,13 +121,13 @@ export function registerPlugin(program: Command, run: (fn: () => Promise<number>
     )
     .option('--socket <endpoint>', `unix:///path/to.sock or unix:///@abstract-name (default ${DEFAULT_SOCKET})`)
     .option('--timeout <duration>', 'deadline of the calls (default 5s)', parseTimeout)
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .action((flags: { socket?: string; timeout?: number; output: OutputFormat }) =>
       run(async () => {
         // Loaded here: serving needs every provider, asking needs only gRPC.
         const { queryPluginStatus } = await import('../../plugin/status-client.js');
         const r = await queryPluginStatus(flags.socket ?? DEFAULT_SOCKET, flags.timeout ?? 5000);
-        if (flags.output === 'json') printJson(r);
+        if (flags.output !== 'text') printData(r, flags.output);
         else printStatus(r);
         return r.healthy ? 0 : 1;
       }),

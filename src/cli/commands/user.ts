@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
-import { formatTable, printJson } from '../output.js';
+import { formatTable, printData, relativeTime } from '../output.js';
 import { promptSecret, readStdinSecret } from '../prompt.js';
 import { commaList, connOptions, reportApprovalFiled, seg, SERVER_HELP, withClient, type ApprovalView, type RemoteFlags } from '../remote-command.js';
 import type { PrincipalView } from './app.js';
@@ -45,7 +45,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
           return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
         }
         const u = r.body as PrincipalView;
-        if (flags.output === 'json') printJson(u);
+        if (flags.output !== 'text') printData(u, flags.output);
         else process.stdout.write(`user "${u.name}" created with roles: ${u.roles.join(', ') || 'none'}\n`);
         return 0;
       }),
@@ -56,10 +56,10 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
     run(() =>
       withClient(flags, async (c) => {
         const { users } = (await c.call<{ users: PrincipalView[] }>('GET', '/v1/users')).body;
-        if (flags.output === 'json') printJson(users);
+        if (flags.output !== 'text') printData({ users }, flags.output);
         else {
           const rows = [['NAME', 'ROLES', 'STATE', 'LOCKED UNTIL', 'CREATED']];
-          for (const u of users) rows.push([u.name, u.roles.join(',') || '-', u.state, u.lockedUntil ?? '-', u.createdAt]);
+          for (const u of users) rows.push([u.name, u.roles.join(',') || '-', u.state, relativeTime(u.lockedUntil), relativeTime(u.createdAt)]);
           process.stdout.write(formatTable(rows));
         }
         return 0;
@@ -78,7 +78,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
         const r = await c.call<PrincipalView | { approval: ApprovalView }>('PUT', `/v1/users/${seg(name)}/roles`, { body: { roles: commaList(flags.roles) } });
         if (r.status === 202) return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
         const u = r.body as PrincipalView;
-        if (flags.output === 'json') printJson(u);
+        if (flags.output !== 'text') printData(u, flags.output);
         else process.stdout.write(`user "${u.name}" now has roles: ${u.roles.join(', ') || 'none'}\n`);
         return 0;
       }),
@@ -98,7 +98,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
     run(() =>
       withClient(flags, async (c) => {
         const r = (await c.call<{ name: string; cleared: number }>('POST', `/v1/users/${seg(name)}/unlock`, { body: {} })).body;
-        if (flags.output === 'json') printJson(r);
+        if (flags.output !== 'text') printData(r, flags.output);
         else process.stdout.write(`user "${r.name}" unlocked (${r.cleared} sign-in counter${r.cleared === 1 ? '' : 's'} cleared)\n`);
         return 0;
       }),
@@ -110,7 +110,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
       run(() =>
         withClient(flags, async (c) => {
           const u = (await c.call<PrincipalView>('POST', `/v1/users/${seg(name)}/${verb}`, { body: {} })).body;
-          if (flags.output === 'json') printJson(u);
+          if (flags.output !== 'text') printData(u, flags.output);
           else process.stdout.write(`user "${u.name}" ${done}\n`);
           return 0;
         }),
@@ -123,7 +123,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
     run(() =>
       withClient(flags, async (c) => {
         await c.call('DELETE', `/v1/users/${seg(name)}`);
-        if (flags.output === 'json') printJson({ name, deleted: true });
+        if (flags.output !== 'text') printData({ name, deleted: true }, flags.output);
         else process.stdout.write(`user "${name}" deleted\n`);
         return 0;
       }),
@@ -149,7 +149,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
           newPass = await newPassword('', false, 'new password');
         }
         await c.call('PUT', '/v1/auth/password', { body: { currentPassword, newPassword: newPass } });
-        if (flags.output === 'json') printJson({ ok: true });
+        if (flags.output !== 'text') printData({ ok: true }, flags.output);
         else process.stdout.write('password changed; your other sessions have ended\n');
         return 0;
       }),
@@ -167,7 +167,7 @@ export function registerUser(program: Command, run: (fn: () => Promise<number>) 
         const password = await newPassword(name, flags.passwordStdin, `new password for ${name}`);
         const r = await c.call<PrincipalView | { approval: ApprovalView }>('PUT', `/v1/users/${seg(name)}/password`, { body: { password } });
         if (r.status === 202) return reportApprovalFiled(r.body as { approval: ApprovalView }, flags.output);
-        if (flags.output === 'json') printJson(r.body);
+        if (flags.output !== 'text') printData(r.body, flags.output);
         else process.stdout.write(`password of "${name}" reset; their sessions have ended\n`);
         return 0;
       }),
