@@ -37,8 +37,10 @@ function kh(args: string[], opts: { as?: string; env?: NodeJS.ProcessEnv; input?
 
 const { ok, json } = cliExpect(kh);
 
+/** The current context of the user's saved sessions file. */
 function session(user: string): { server: string; token: string; expiresAt: string } {
-  return JSON.parse(readFileSync(join(home(user), 'keyhaven', 'session.json'), 'utf8'));
+  const f = JSON.parse(readFileSync(join(home(user), 'keyhaven', 'session.json'), 'utf8')) as { current: string; contexts: Record<string, { server: string; token: string; expiresAt: string }> };
+  return f.contexts[f.current]!;
 }
 
 /** A key as the server sees it, read directly (checks that a CLI command took effect). */
@@ -329,12 +331,13 @@ describe('keyhaven CLI against a key server', () => {
     }
   });
 
-  it('logout ends the session on the server and removes the file', async () => {
+  it('logout ends the session on the server and forgets the token (the context keeps its server)', async () => {
     const token = session('admin2').token;
     assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token })).status, 200);
     const r = await ok(['logout'], { as: 'admin2' });
     assert.match(r.stdout, /logged out of http/);
-    assert.ok(!existsSync(join(home('admin2'), 'keyhaven', 'session.json')));
+    assert.equal(session('admin2').token, undefined);
+    assert.equal(session('admin2').server, srv.url);
     assert.equal((await api(srv.url, 'GET', '/v1/auth/whoami', { token })).status, 401);
     assert.match((await ok(['logout'], { as: 'admin2' })).stdout, /not logged in/);
     assert.equal((await kh(['whoami'], { as: 'admin2' })).code, 5);

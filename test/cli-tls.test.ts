@@ -1,5 +1,7 @@
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { cleanCliEnv, removeDir, runCli, tempDir } from './helpers.js';
 import { HAVE_OPENSSL, makePki, type Pki } from './pki.js';
@@ -62,5 +64,28 @@ describe('CLI against an HTTPS server with a private CA', () => {
     const who = await runCli(['user', 'list', '-o', 'json'], { env: env() });
     assert.equal(who.code, 0, who.stderr);
     assert.ok((JSON.parse(who.stdout) as { users: Array<{ name: string }> }).users.some((u) => u.name === admin.name), who.stdout);
+  });
+
+  it('http:// to the https server and https:// to a plain http server each say which protocol the server speaks', async (t) => {
+    if (!requireDependency(t, HAVE_OPENSSL, 'openssl (a test CA and server certificate)')) return;
+    const asHttp = s!.url.replace(/^https:/, 'http:');
+    const toTls = await runCli(['operator', 'status', '--server', asHttp], { env: env() });
+    assert.equal(toTls.code, 1, toTls.stdout);
+    assert.match(toTls.stderr, /cannot reach the keyhaven server at http:\/\/127\.0\.0\.1:\d+: \S+ \(the server speaks https, not plain http: use --server https:\/\/127\.0\.0\.1:\d+\)/);
+
+    const plain = createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{}');
+    });
+    await new Promise<void>((r) => plain.listen(0, '127.0.0.1', r));
+    try {
+      const port = (plain.address() as AddressInfo).port;
+      const toPlain = await runCli(['login', '--server', `https://127.0.0.1:${port}`, '--name', 'x', '--password-stdin'], { env: env(), input: 'a-password\n' });
+      assert.equal(toPlain.code, 1, toPlain.stdout);
+      assert.match(toPlain.stderr, new RegExp(`cannot reach the keyhaven server at https://127\\.0\\.0\\.1:${port}: \\S+ \\(the server speaks plain http, not https: use --server http://127\\.0\\.0\\.1:${port}\\)`));
+      assert.doesNotMatch(toPlain.stderr, /--ca-file/, 'not a certificate problem');
+    } finally {
+      plain.close();
+    }
   });
 });

@@ -4,8 +4,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import Database from 'better-sqlite3';
 import { parse as parseYaml } from 'yaml';
-import { BIN, call, callError, cli, httpGet, kmsClients, logLines, removeDir, tempDir, waitFor, type CliResult, type KmsClients } from './helpers.js';
+import { BIN, call, callError, cli, httpGet, initStore, kmsClients, logLines, removeDir, tempDir, waitFor, type CliResult, type KmsClients } from './helpers.js';
 import { spawnOwned } from './reaper.js';
 import { api, login } from './server-helpers.js';
 
@@ -29,9 +30,9 @@ function devEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-async function startDev(cwd: string): Promise<DevProcess> {
+async function startDev(cwd: string, extra: string[] = []): Promise<DevProcess> {
   // Never the default health address (127.0.0.1:8787): tests run side by side.
-  const child = spawnOwned(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--log-format', 'json'], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawnOwned(process.execPath, [BIN, 'dev', '--health-addr', '127.0.0.1:0', '--listen', '127.0.0.1:0', '--log-format', 'json', ...extra], { cwd, env: devEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   let err = '';
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
@@ -88,12 +89,14 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
   let firstRun: { seed: Buffer; ciphertext: Buffer; keyId: string; annotations: Record<string, Buffer> } | undefined;
   let rotatedKeyId: string | undefined;
   let rootKey: Buffer;
+  let firstBanner = '';
 
   before(async () => {
     cwd = realpathSync(tempDir('kh-dev-'));
     state = join(cwd, '.keyhaven');
     socket = join(state, 'kms.sock');
     dev = await startDev(cwd);
+    firstBanner = dev.stderr();
   });
 
   after(async () => {
@@ -259,5 +262,44 @@ describe('keyhaven dev in a fresh folder (npm start)', () => {
     dev.child.kill('SIGINT');
     assert.equal(await dev.exited, 0);
     assert.equal(existsSync(socket), false);
+  });
+
+  it('--reset-admin-password on a later run: a new password, shown once; the old one and its sessions stop working', async () => {
+    const oldPassword = /admin:\s+dev-admin \/ (\S+)\s+\(shown once/.exec(firstBanner)?.[1];
+    assert.ok(oldPassword, 'the first run showed a password');
+    dev = await startDev(cwd, ['--reset-admin-password']);
+    assert.match(dev.stderr(), /reused/);
+    const m = /admin:\s+dev-admin \/ (\S+)\s+\(shown once/.exec(dev.stderr());
+    assert.ok(m, `the new password in the banner:\n${dev.stderr()}`);
+    assert.notEqual(m[1], oldPassword);
+    assert.doesNotMatch(dev.stdout(), new RegExp(m[1]!), 'the password is not in the log');
+    server = serverUrl(dev.stderr());
+    assert.equal((await api(server, 'GET', '/v1/auth/whoami', { token })).status, 401, 'the sessions of the old password end');
+    assert.equal((await api(server, 'POST', '/v1/auth/login', { body: { name: 'dev-admin', password: oldPassword } })).status, 401);
+    token = await login(server, 'dev-admin', m[1]!);
+    assert.deepEqual((await api(server, 'GET', '/v1/auth/whoami', { token })).body.roles, ['auditor', 'key-admin', 'security-admin']);
+    dev.child.kill('SIGINT');
+    assert.equal(await dev.exited, 0);
+  });
+});
+
+describe('keyhaven dev --reset-admin-password on a store keyhaven dev did not make', () => {
+  it('is refused, and the store gets no dev admin', async () => {
+    const dir = tempDir('kh-dev-nodev-');
+    try {
+      initStore(join(dir, 's'));
+      const r = cli(['dev', '--data-dir', join(dir, 's'), '--listen', '127.0.0.1:0', '--health-addr', '127.0.0.1:0', '--log-format', 'json', '--reset-admin-password'], { cwd: dir, env: devEnv() });
+      assert.equal(r.code, 4, r.stderr);
+      assert.match(r.stderr, /--reset-admin-password works only on a store made by keyhaven dev/);
+      const db = new Database(join(dir, 's', 'keyhaven.db'), { readonly: true });
+      try {
+        const names = (db.prepare('SELECT name FROM principals').all() as Array<{ name: string }>).map((p) => p.name);
+        assert.ok(!names.includes('dev-admin') && !names.includes('dev-plugin'), names.join(', '));
+      } finally {
+        db.close();
+      }
+    } finally {
+      removeDir(dir);
+    }
   });
 });

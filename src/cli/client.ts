@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { connect as netConnect, isIP } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import type { Agent } from 'undici';
 import { ERROR_CODES, KeyhavenError, type ErrorCode } from '../errors.js';
-import { readSession, type Session } from './session.js';
+import { readSessions, selectContext, type Context } from './session.js';
 
 // The CLI's HTTP client for the key server's /v1 API. undici's request on a
 // keep-alive Agent: commands that page (audit export) reuse one connection.
@@ -14,6 +16,8 @@ const TOKEN = /^[\x21-\x7e]{1,512}$/;
 export interface ConnectionFlags {
   server?: string;
   caFile?: string;
+  /** A saved context by name (else $KEYHAVEN_CONTEXT, else the current one). */
+  context?: string;
 }
 
 export interface Connection {
@@ -21,6 +25,8 @@ export interface Connection {
   readonly server: string;
   readonly token?: string;
   readonly caFile?: string;
+  /** The saved context serving this server, if any. */
+  readonly context?: string;
   /** Why no token is sent, for the "not authenticated" hint. */
   readonly noTokenReason?: string;
 }
@@ -37,23 +43,34 @@ function normalizeServer(raw: string, from: string): string {
   return `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, '')}`;
 }
 
-/** Where to connect and with which token: flags, then environment, then the saved login. */
+/**
+ * Where to connect and with which token. The server: --server, else the
+ * --context's server, else $KEYHAVEN_ADDR, else the server of
+ * $KEYHAVEN_CONTEXT or of the current context, else the default. The token:
+ * $KEYHAVEN_TOKEN, else a saved login for that same server.
+ */
 export function resolveConnection(flags: ConnectionFlags, opts: { useSessionToken?: boolean } = {}): Connection {
-  let session: Session | undefined;
-  let sessionRead = false;
-  const saved = () => {
-    if (!sessionRead) {
-      session = readSession();
-      sessionRead = true;
-    }
-    return session;
-  };
+  const envContext = process.env.KEYHAVEN_CONTEXT || undefined;
+  const explicit = flags.context ?? envContext;
+  const all = readSessions();
+  const sel = selectContext(all, explicit, flags.context !== undefined ? '--context' : 'KEYHAVEN_CONTEXT');
+
   let server: string;
   if (flags.server) server = normalizeServer(flags.server, '--server');
+  else if (flags.context !== undefined && sel) server = sel.context.server;
   else if (process.env.KEYHAVEN_ADDR) server = normalizeServer(process.env.KEYHAVEN_ADDR, 'KEYHAVEN_ADDR');
-  else server = saved()?.server ?? DEFAULT_SERVER;
+  else server = sel?.context.server ?? DEFAULT_SERVER;
 
-  const caFile = flags.caFile || process.env.KEYHAVEN_CACERT || (saved()?.server === server ? saved()?.caFile : undefined) || undefined;
+  // A token goes only to the server that issued it: the selected context's, or
+  // (no context named) another saved one for this server.
+  let ctx: { name: string; context: Context } | undefined;
+  if (sel?.context.server === server) ctx = sel;
+  else if (explicit === undefined) {
+    const hit = Object.entries(all.contexts).find(([, c]) => c.server === server);
+    if (hit) ctx = { name: hit[0], context: hit[1] };
+  }
+  const caFile = flags.caFile || process.env.KEYHAVEN_CACERT || ctx?.context.caFile || undefined;
+  const context = ctx ? { context: ctx.name } : {};
 
   const envToken = process.env.KEYHAVEN_TOKEN;
   if (envToken) {
@@ -61,14 +78,17 @@ export function resolveConnection(flags: ConnectionFlags, opts: { useSessionToke
     if (!TOKEN.test(envToken)) throw new KeyhavenError('invalid_argument', 'KEYHAVEN_TOKEN does not look like a keyhaven token (printable characters only, no spaces or newlines)');
     return { server, token: envToken, caFile };
   }
-  if (opts.useSessionToken === false) return { server, caFile };
-  const s = saved();
-  if (!s) return { server, caFile, noTokenReason: 'not logged in: run "keyhaven login" (or set KEYHAVEN_TOKEN)' };
-  // A token goes only to the server that issued it.
-  if (s.server !== server) return { server, caFile, noTokenReason: `the saved login is for ${s.server}, not ${server}: run "keyhaven login --server ${server}"` };
-  if (Date.parse(s.expiresAt) <= Date.now()) return { server, caFile, noTokenReason: 'the saved session has expired: run "keyhaven login"' };
-  if (!TOKEN.test(s.token)) return { server, caFile, noTokenReason: 'the saved session is damaged: run "keyhaven login"' };
-  return { server, token: s.token, caFile };
+  if (opts.useSessionToken === false) return { server, caFile, ...context };
+  const login = ctx ? ` --context ${ctx.name}` : '';
+  if (!ctx) {
+    if (sel) return { server, caFile, noTokenReason: `the saved login is for ${sel.context.server}, not ${server}: run "keyhaven login --server ${server}"` };
+    return { server, caFile, noTokenReason: 'not logged in: run "keyhaven login" (or set KEYHAVEN_TOKEN)' };
+  }
+  const s = ctx.context;
+  if (!s.token || !s.expiresAt) return { server, caFile, ...context, noTokenReason: `not logged in to ${server} (context ${ctx.name}): run "keyhaven login${login}"` };
+  if (Date.parse(s.expiresAt) <= Date.now()) return { server, caFile, ...context, noTokenReason: `the saved session has expired: run "keyhaven login${login}"` };
+  if (!TOKEN.test(s.token)) return { server, caFile, ...context, noTokenReason: `the saved session is damaged: run "keyhaven login${login}"` };
+  return { server, token: s.token, caFile, ...context };
 }
 
 export interface ApiResponse<T> {
@@ -127,13 +147,67 @@ function serverError(status: number, text: string, conn: Connection): KeyhavenEr
 }
 
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ERR_TLS|ERR_SSL|EPROTO/;
+// What a scheme mismatch looks like from undici: a TLS server hangs up on (or
+// answers garbage to) plain HTTP; a plain server's reply breaks the handshake.
+const MISMATCH_CODES = /UND_ERR_SOCKET|ECONNRESET|HPE_|UND_ERR_INFO|EPROTO|ERR_SSL_WRONG_VERSION|ERR_SSL_PACKET_LENGTH|ERR_SSL_HTTP_REQUEST/;
+const PROBE_MS = 3000;
 
-function connectError(e: unknown, server: string): KeyhavenError {
+function hostPort(server: string): { host: string; port: number } {
+  const u = new URL(server);
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || (u.protocol === 'https:' ? 443 : 80)) };
+}
+
+/** Completes a TLS handshake (certificate not checked: only "does it speak TLS"). */
+function speaksTls(server: string): Promise<boolean> {
+  const { host, port } = hostPort(server);
+  return new Promise((resolve) => {
+    const sock = tlsConnect({ host, port, rejectUnauthorized: false, ...(isIP(host) ? {} : { servername: host }) });
+    const done = (v: boolean) => {
+      sock.destroy();
+      resolve(v);
+    };
+    sock.setTimeout(PROBE_MS, () => done(false));
+    sock.once('secureConnect', () => done(true));
+    sock.once('error', () => done(false));
+  });
+}
+
+/** Answers a plain HTTP request with an HTTP status line. */
+function speaksPlainHttp(server: string): Promise<boolean> {
+  const { host, port } = hostPort(server);
+  return new Promise((resolve) => {
+    const sock = netConnect({ host, port });
+    let got = '';
+    const done = (v: boolean) => {
+      sock.destroy();
+      resolve(v);
+    };
+    sock.setTimeout(PROBE_MS, () => done(false));
+    sock.once('connect', () => sock.write(`HEAD / HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`));
+    sock.on('data', (d: Buffer) => {
+      got += d.toString('latin1');
+      if (got.length >= 9) done(/^HTTP\/1\.[01] \d/.test(got));
+    });
+    sock.once('end', () => done(/^HTTP\/1\.[01] \d/.test(got)));
+    sock.once('error', () => done(false));
+  });
+}
+
+async function connectError(e: unknown, server: string): Promise<KeyhavenError> {
   const err = e as { code?: string; errors?: Array<{ code?: string }>; cause?: { code?: string } };
   const code = err.code ?? err.errors?.[0]?.code ?? err.cause?.code ?? 'error';
   let message = `cannot reach the keyhaven server at ${server}: ${code}`;
+  const https = server.startsWith('https:');
+  // A second connection tells which protocol the other side speaks, so the
+  // message can say "use https://" instead of a bare socket error.
+  if (MISMATCH_CODES.test(code)) {
+    const other = https ? server.replace(/^https:/, 'http:') : server.replace(/^http:/, 'https:');
+    if (https ? await speaksPlainHttp(server) : await speaksTls(server)) {
+      message += ` (the server speaks ${https ? 'plain http, not https' : 'https, not plain http'}: use --server ${other})`;
+      return new KeyhavenError('unavailable', message, { cause: e });
+    }
+  }
   if (TLS_CODES.test(code)) message += ' (for a server with a private CA pass --ca-file or set KEYHAVEN_CACERT)';
-  else if (code === 'ECONNREFUSED') message = `cannot reach the keyhaven server at ${server}: ECONNREFUSED`;
   return new KeyhavenError('unavailable', message, { cause: e });
 }
 
@@ -181,7 +255,7 @@ export function createClient(conn: Connection): ApiClient {
       try {
         res = await request(url, { method: method as 'GET', headers, body, dispatcher: agent });
       } catch (e) {
-        throw connectError(e, conn.server);
+        throw await connectError(e, conn.server);
       }
       const text = await res.body.text();
       const rid = res.headers['x-request-id'];

@@ -13,7 +13,7 @@ const COMMANDS: ReadonlyArray<readonly [readonly string[], () => Promise<Registe
   [['init'], async () => (await import('./commands/init.js')).registerInit],
   [['server'], async () => (await import('./commands/server.js')).registerServer],
   [['plugin'], async () => (await import('./commands/plugin.js')).registerPlugin],
-  [['login', 'logout', 'whoami'], async () => (await import('./commands/login.js')).registerLogin],
+  [['login', 'logout', 'whoami', 'context'], async () => (await import('./commands/login.js')).registerLogin],
   [['operator'], async () => (await import('./commands/operator.js')).registerOperator],
   [['key'], async () => (await import('./commands/key.js')).registerKey],
   [['app'], async () => (await import('./commands/app.js')).registerApp],
@@ -23,6 +23,7 @@ const COMMANDS: ReadonlyArray<readonly [readonly string[], () => Promise<Registe
   [['quorum'], async () => (await import('./commands/quorum.js')).registerQuorum],
   [['audit'], async () => (await import('./commands/audit.js')).registerAudit],
   [['k8s'], async () => (await import('./commands/k8s.js')).registerK8s],
+  [['completion'], async () => (await import('./completion.js')).registerCompletion],
 ];
 
 /** The keyhaven command: parse, run one action, exit once with its code. */
@@ -42,7 +43,8 @@ export async function main(argv: string[]): Promise<number> {
     .exitOverride()
     .showHelpAfterError('(run with --help for usage)');
   const name = argv[2];
-  const only = COMMANDS.filter(([names]) => name !== undefined && names.includes(name));
+  // Completion walks the whole command tree, so it loads every command.
+  const only = name === 'completion' ? [] : COMMANDS.filter(([names]) => name !== undefined && names.includes(name));
   const version = name === '--version' || name === '-V';
   if (!version) for (const [, load] of only.length ? only : COMMANDS) (await load())(program, run);
   try {

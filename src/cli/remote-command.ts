@@ -9,14 +9,15 @@ export interface RemoteFlags extends ConnectionFlags {
 }
 
 export const SERVER_HELP = `
-The key server is --server URL, else $KEYHAVEN_ADDR, else the server saved by
-"keyhaven login", else http://127.0.0.1:8200. The token is $KEYHAVEN_TOKEN,
+The key server is --server URL, else that of --context NAME, else
+$KEYHAVEN_ADDR, else that of $KEYHAVEN_CONTEXT or the current context (see
+"keyhaven context"), else http://127.0.0.1:8200. The token is $KEYHAVEN_TOKEN,
 else the saved login (sent only to the server that issued it). A private CA:
 --ca-file FILE or $KEYHAVEN_CACERT.`;
 
 /** Options of every command that talks to the key server. */
 export function connOptions(c: Command, opts: { output?: boolean } = {}): Command {
-  c.option('--server <url>', 'key server URL (default $KEYHAVEN_ADDR, the saved login, or http://127.0.0.1:8200)').option(
+  c.option('--context <name>', 'saved server and login to use (default $KEYHAVEN_CONTEXT, else the current context)').option('--server <url>', 'key server URL (default $KEYHAVEN_ADDR, the saved login, or http://127.0.0.1:8200)').option(
     '--ca-file <file>',
     'PEM CA bundle to trust for an https server (default $KEYHAVEN_CACERT)',
   );

@@ -41,10 +41,11 @@ export async function withStore<T>(flags: StoreFlags, fn: (es: EmbeddedStore) =>
  * key server: an explicit --data-dir/--root-key-file or --server decides, then
  * $KEYHAVEN_DATA_DIR; the server is the default.
  */
-export function actsLocally(flags: StoreFlags & { server?: string }): boolean {
+export function actsLocally(flags: StoreFlags & { server?: string; context?: string }): boolean {
   const localFlag = flags.dataDir !== undefined || flags.rootKeyFile !== undefined;
-  if (localFlag && flags.server !== undefined) throw new KeyhavenError('invalid_argument', '--server and --data-dir/--root-key-file name different targets; give one');
+  const remoteFlag = flags.server !== undefined ? '--server' : flags.context !== undefined ? '--context' : undefined;
+  if (localFlag && remoteFlag) throw new KeyhavenError('invalid_argument', `${remoteFlag} and --data-dir/--root-key-file name different targets; give one`);
   if (localFlag) return true;
-  if (flags.server !== undefined) return false;
+  if (remoteFlag) return false;
   return Boolean(process.env.KEYHAVEN_DATA_DIR);
 }

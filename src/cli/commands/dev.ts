@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Option, type Command } from 'commander';
-import { actorName, SYSTEM } from '../../access/access.js';
+import { actorName, hashNewPassword, SYSTEM } from '../../access/access.js';
 import { generatePassword } from '../../access/secrets.js';
 import { DEFAULT_KEY_NAME, parsePluginConfig } from '../../config/plugin-config.js';
 import { parseServerConfig } from '../../config/server-config.js';
@@ -68,6 +68,23 @@ async function ensureDevState(s: Services, initPassword: string | undefined, api
   return { ...(password ? { password } : {}), keyCreated };
 }
 
+/**
+ * A way back in for the dev admin when the password shown on the first run is
+ * lost: a new one, printed once. Only on a store keyhaven dev made (its admin
+ * and plugin app exist); a server's store is refused untouched.
+ */
+async function resetDevAdmin(s: Services): Promise<string> {
+  const [users, apps] = await Promise.all([s.access.list('user'), s.access.list('app')]);
+  if (!users.some((u) => u.name === DEV_ADMIN) || !apps.some((a) => a.name === DEV_APP)) {
+    throw new KeyhavenError('failed_precondition', `--reset-admin-password works only on a store made by keyhaven dev (with user ${DEV_ADMIN} and app ${DEV_APP}); this one is not: reset passwords on a server with "keyhaven user reset-password"`);
+  }
+  const password = generatePassword();
+  // Also ends the admin's sessions and clears a sign-in lockout: the reason to reset may be failed guesses.
+  await s.access.resetPassword(SYSTEM, DEV_ADMIN, await hashNewPassword(password));
+  await s.access.unlock(SYSTEM, DEV_ADMIN);
+  return password;
+}
+
 export function registerDev(program: Command, run: (fn: () => Promise<number>) => void): void {
   program
     .command('dev')
@@ -76,8 +93,12 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
     .option('--listen <host:port>', 'key server address', '127.0.0.1:8200')
     .option('--health-addr <host:port>', 'plugin address for /healthz, /livez, /metrics', '127.0.0.1:8787')
     .option('--log-level <level>', 'log level', 'info')
+    .option('--reset-admin-password', `give ${DEV_ADMIN} a new password and print it (a dev store only; the old password and sessions stop working)`)
     .addOption(new Option('--log-format <format>', 'log lines: pretty (readable) or json (one JSON object per line, as keyhaven server and keyhaven plugin write)').choices(['pretty', 'json']).default('pretty'))
-    .action((flags: { dataDir?: string; listen: string; healthAddr: string; logLevel: string; logFormat: 'pretty' | 'json' }) =>
+    .addHelpText('after', `\nThe ${DEV_ADMIN} password is shown once, on the run that creates the state folder. Lost it? Stop
+keyhaven dev and start it again with --reset-admin-password (npm start -- --reset-admin-password):
+it sets a new password, prints it once and ends the old sessions. Nothing stores the password.`)
+    .action((flags: { dataDir?: string; listen: string; healthAddr: string; logLevel: string; logFormat: 'pretty' | 'json'; resetAdminPassword?: boolean }) =>
       run(async () => {
         const dataDir = flags.dataDir ?? defaultDataDir();
         const socket = `unix://${join(dataDir, 'kms.sock')}`;
@@ -99,7 +120,9 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
         try {
           const created = !core.status().initialized;
           const init = created ? await core.init({ adminName: DEV_ADMIN, confirmed: true }) : undefined;
-          state = { created, keyAdmin: init?.keyAdmin, ...(await ensureDevState(core.services(), init?.admin.password, apiKeyFile)) };
+          // Checked before ensureDevState, which would make the dev users on any store.
+          const reset = flags.resetAdminPassword && !created ? await resetDevAdmin(core.services()) : undefined;
+          state = { created, keyAdmin: init?.keyAdmin, ...(await ensureDevState(core.services(), init?.admin.password ?? reset, apiKeyFile)) };
           // The production path: the plugin reaches the server over HTTP as app dev-plugin.
           const pluginCfg = parsePluginConfig(
             {
@@ -124,7 +147,7 @@ export function registerDev(program: Command, run: (fn: () => Promise<number>) =
           `  key:     ${DEFAULT_KEY_NAME}; the plugin uses it over HTTP as app "${DEV_APP}" (grants: encrypt, decrypt; API key in ${apiKeyFile})`,
           state.password
             ? `  admin:   ${DEV_ADMIN} / ${state.password}   (shown once; roles: security-admin, key-admin, auditor)`
-            : `  admin:   ${DEV_ADMIN} (password shown on the run that created it)`,
+            : `  admin:   ${DEV_ADMIN} (password shown on the run that created it; lost it? restart with --reset-admin-password)`,
           ...(state.keyAdmin ? [`  also:    ${state.keyAdmin.name} / ${state.keyAdmin.password}   (key-admin, as init makes on a real server; dev needs only ${DEV_ADMIN})`] : []),
           `  login:   ./bin/keyhaven login --server ${server.url} --name ${DEV_ADMIN}`,
           `  manage:  ./bin/keyhaven key list | rotate ${DEFAULT_KEY_NAME} | disable ${DEFAULT_KEY_NAME} | enable ${DEFAULT_KEY_NAME}`,
