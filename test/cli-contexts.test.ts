@@ -92,7 +92,7 @@ describe('CLI contexts (several saved servers by name)', () => {
 
     const list = await runCli(['context', 'list', '-o', 'json'], { env: env() });
     assert.equal(list.code, 0, list.stderr);
-    const rows = JSON.parse(list.stdout) as Array<{ name: string; current: boolean; server: string; loggedIn: boolean }>;
+    const rows = (JSON.parse(list.stdout) as { contexts: Array<{ name: string; current: boolean; server: string; loggedIn: boolean }> }).contexts;
     assert.deepEqual(rows.find((x) => x.name === 'other'), { name: 'other', current: false, server: capUrl, loggedIn: true, expiresAt: f.contexts.other.expiresAt });
     assert.ok(rows.find((x) => x.name === 'prod')!.current);
 

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import { createClient, resolveConnection } from '../client.js';
-import { printJson, type OutputFormat } from '../output.js';
+import { printData, type OutputFormat } from '../output.js';
 import { promptLine, promptSecret, readStdinSecret } from '../prompt.js';
 import { connOptions, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 import { parseOutput } from '../store-command.js';
@@ -51,7 +51,7 @@ logged in to becomes the current one (see "keyhaven context").`,
         const b = res.body;
         const path = saveSession(contextName, { server: conn.server, token: b.token, expiresAt: b.expiresAt, ...(conn.caFile ? { caFile: conn.caFile } : {}) });
         const view = { server: conn.server, context: contextName, name: b.principal.name, roles: b.principal.roles, expiresAt: b.expiresAt, session: path };
-        if (flags.output === 'json') printJson(view);
+        if (flags.output !== 'text') printData(view, flags.output);
         else process.stdout.write(`logged in to ${conn.server} as ${view.name} (${view.roles.join(', ') || 'no roles'}); session saved to ${path} as context ${contextName}, expires ${view.expiresAt}\n`);
         return 0;
       }),
@@ -62,7 +62,7 @@ logged in to becomes the current one (see "keyhaven context").`,
     .description('End the saved session on the server and forget its token (the context keeps its server)')
     .option('--context <name>', 'the saved context to log out of (default $KEYHAVEN_CONTEXT, else the current one)')
     .option('--ca-file <file>', 'PEM CA bundle to trust for an https server (default $KEYHAVEN_CACERT)')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .action((flags: { context?: string; caFile?: string; output: OutputFormat }) =>
       run(async () => {
         const all = readSessions();
@@ -89,7 +89,7 @@ logged in to becomes the current one (see "keyhaven context").`,
           const { token: _t, expiresAt: _e, ...kept } = sel.context;
           writeSessions({ ...all, contexts: { ...all.contexts, [sel.name]: kept } });
         }
-        if (flags.output === 'json') printJson({ loggedOut: removed, serverSessionEnded: serverEnded, ...(sel ? { context: sel.name, server: sel.context.server } : {}) });
+        if (flags.output !== 'text') printData({ loggedOut: removed, serverSessionEnded: serverEnded, ...(sel ? { context: sel.name, server: sel.context.server } : {}) }, flags.output);
         else if (!removed) process.stdout.write('not logged in\n');
         else {
           if (warning) process.stderr.write(`keyhaven: warning: the server did not end the session: ${warning}\n`);
@@ -107,7 +107,7 @@ logged in to becomes the current one (see "keyhaven context").`,
       run(() =>
         withClient(flags, async (c) => {
           const r = await c.call<{ name: string; kind: string; roles: string[] }>('GET', '/v1/auth/whoami');
-          if (flags.output === 'json') printJson({ server: c.connection.server, ...r.body });
+          if (flags.output !== 'text') printData({ server: c.connection.server, ...r.body }, flags.output);
           else process.stdout.write(`${r.body.kind} ${r.body.name} on ${c.connection.server}${r.body.kind === 'user' ? ` (${r.body.roles.join(', ') || 'no roles'})` : ''}\n`);
           return 0;
         }),
@@ -143,18 +143,22 @@ is only ever sent to the server it was issued by.
     .command('list')
     .description('List the saved contexts; * marks the current one')
     .option('-q, --quiet', 'only the names, one a line')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .action((flags: { quiet?: boolean; output: OutputFormat }) =>
       run(async () => {
         const all = readSessions();
         const now = Date.now();
         const names = Object.keys(all.contexts).sort();
-        if (flags.output === 'json') {
-          printJson(
-            names.map((n) => {
-              const c = all.contexts[n]!;
-              return { name: n, current: n === all.current, server: c.server, loggedIn: Boolean(c.token && c.expiresAt && Date.parse(c.expiresAt) > now), ...(c.expiresAt ? { expiresAt: c.expiresAt } : {}), ...(c.caFile ? { caFile: c.caFile } : {}) };
-            }),
+        if (flags.output !== 'text') {
+          // A list prints an object holding it, as every list command does (docs/cli.md, Output).
+          printData(
+            {
+              contexts: names.map((n) => {
+                const c = all.contexts[n]!;
+                return { name: n, current: n === all.current, server: c.server, loggedIn: Boolean(c.token && c.expiresAt && Date.parse(c.expiresAt) > now), ...(c.expiresAt ? { expiresAt: c.expiresAt } : {}), ...(c.caFile ? { caFile: c.caFile } : {}) };
+              }),
+            },
+            flags.output,
           );
         } else if (flags.quiet) {
           for (const n of names) process.stdout.write(`${n}\n`);
@@ -175,13 +179,13 @@ is only ever sent to the server it was issued by.
     .command('use')
     .description('Make a saved context the current one')
     .argument('<name>', 'context name')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .action((name: string, flags: { output: OutputFormat }) =>
       run(async () => {
         const all = readSessions();
         const sel = selectContext(all, name, 'the context name')!;
         writeSessions({ ...all, current: sel.name });
-        if (flags.output === 'json') printJson({ current: sel.name, server: sel.context.server });
+        if (flags.output !== 'text') printData({ current: sel.name, server: sel.context.server }, flags.output);
         else process.stdout.write(`switched to context ${sel.name} (${sel.context.server})\n`);
         return 0;
       }),
@@ -203,7 +207,7 @@ is only ever sent to the server it was issued by.
     .command('delete')
     .description('Forget a saved context and its token (run "keyhaven logout --context NAME" first to end the session on the server)')
     .argument('<name>', 'context name')
-    .option('-o, --output <format>', 'text or json', parseOutput, 'text' as OutputFormat)
+    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
     .action((name: string, flags: { output: OutputFormat }) =>
       run(async () => {
         const all = readSessions();
@@ -211,7 +215,7 @@ is only ever sent to the server it was issued by.
         const { [sel.name]: _gone, ...rest } = all.contexts;
         const current = all.current === sel.name ? undefined : all.current;
         writeSessions({ ...(current ? { current } : {}), contexts: rest });
-        if (flags.output === 'json') printJson({ deleted: sel.name, ...(current ? { current } : {}) });
+        if (flags.output !== 'text') printData({ deleted: sel.name, ...(current ? { current } : {}) }, flags.output);
         else process.stdout.write(`deleted context ${sel.name}${all.current === sel.name ? '; no current context now (keyhaven context use NAME)' : ''}\n`);
         return 0;
       }),
