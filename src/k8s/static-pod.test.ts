@@ -2,7 +2,9 @@ import * as assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parse } from 'yaml';
 import { KeyhavenError } from '../errors.js';
-import { renderStaticPod, type StaticPodOptions } from './static-pod.js';
+import { readFileSync } from 'node:fs';
+import { PACKAGE_ROOT, PACKAGE_VERSION } from '../paths.js';
+import { DEFAULT_IMAGE, renderStaticPod, type StaticPodOptions } from './static-pod.js';
 
 interface Probe {
   httpGet: { host: string; path: string; port: number };
@@ -64,7 +66,8 @@ describe('renderStaticPod', () => {
     assert.equal(pod.metadata.namespace, 'kube-system');
     assert.equal(pod.spec.hostNetwork, true);
     assert.equal(pod.spec.priorityClassName, 'system-node-critical');
-    assert.equal(c.image, 'keyhaven:0.1.0');
+    assert.equal(c.image, `localhost/keyhaven:${PACKAGE_VERSION}`);
+    assert.equal(c.image, DEFAULT_IMAGE);
     assert.deepEqual(c.command, ['keyhaven', 'plugin', '--config', '/etc/keyhaven/plugin.yaml']);
     assert.deepEqual(hostPath(pod, c, '/etc/keyhaven/plugin.yaml'), { path: '/etc/keyhaven/plugin.yaml', type: 'File', readOnly: true });
     assert.deepEqual(hostPath(pod, c, '/var/run/keyhaven'), { path: '/var/run/keyhaven', type: 'DirectoryOrCreate', readOnly: false });
@@ -94,6 +97,14 @@ describe('renderStaticPod', () => {
     assert.equal(hostPath(pod, c, '/srv/keyhaven').path, '/srv/keyhaven');
     assert.equal(c.livenessProbe.httpGet.port, 9443);
     assert.equal(c.readinessProbe.httpGet.port, 9443);
+  });
+
+  it('defaults to the name the Containerfile documents building, with the package version', () => {
+    const containerfile = readFileSync(`${PACKAGE_ROOT}Containerfile`, 'utf8');
+    assert.ok(containerfile.includes(`podman build -t ${DEFAULT_IMAGE} .`), 'the Containerfile names the default image');
+    assert.match(containerfile, new RegExp(`^ARG VERSION=${PACKAGE_VERSION.replace(/\./g, '\\.')}$`, 'm'), 'the image label carries the package version');
+    assert.match(renderStaticPod(), /podman build -t localhost\/keyhaven:/);
+    assert.doesNotMatch(renderStaticPod({ image: 'registry.example.com/keyhaven:1' }), /podman build/);
   });
 
   it('explains running as root in a comment', () => {

@@ -1,6 +1,7 @@
 import { posix } from 'node:path';
 import { Document, isMap, isScalar, type Node } from 'yaml';
 import { KeyhavenError } from '../errors.js';
+import { PACKAGE_VERSION } from '../paths.js';
 
 export interface StaticPodOptions {
   image?: string;
@@ -11,10 +12,16 @@ export interface StaticPodOptions {
   name?: string;
 }
 
-// No registry host in the default: operators build or mirror the image and
-// pass --image with their own registry.
+/**
+ * The name the repository's Containerfile is built as (docs/container.md). The
+ * "localhost/" registry is one nobody can publish to: a node that lacks the
+ * image fails to pull it instead of fetching a look-alike from a public
+ * registry. Operators who push it to their own registry pass --image.
+ */
+export const DEFAULT_IMAGE = `localhost/keyhaven:${PACKAGE_VERSION}`;
+
 const STATIC_POD_DEFAULTS = Object.freeze({
-  image: 'keyhaven:0.1.0',
+  image: DEFAULT_IMAGE,
   configPath: '/etc/keyhaven/plugin.yaml',
   socketDir: '/var/run/keyhaven',
   dataDir: '/var/lib/keyhaven',
@@ -151,7 +158,13 @@ export function renderStaticPod(o: StaticPodOptions = {}): string {
     ' credentials: a static Pod cannot use imagePullSecrets.',
   ].join('\n');
   commentKey(doc, ['spec', 'hostNetwork'], ' health binds 127.0.0.1 on the host; the probes reach it there');
-  commentKey(doc, [...c, 'image'], ' set with --image: your registry and tag');
+  commentKey(
+    doc,
+    [...c, 'image'],
+    v.image === DEFAULT_IMAGE
+      ? ' what `podman build -t ' + DEFAULT_IMAGE + ' .` makes from the Containerfile;\n import it on the node or set --image to your registry'
+      : ' set with --image',
+  );
   commentKey(doc, [...c, 'livenessProbe'], ' /livez: the process answers; a provider outage must not restart it');
   commentKey(doc, [...c, 'readinessProbe'], ' /healthz: a real encrypt/decrypt round trip through the provider');
   commentKey(doc, [...c, 'resources'], ' requests only: a Decrypt burst at apiserver start-up must not be throttled or OOM-killed');

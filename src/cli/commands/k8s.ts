@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { KeyhavenError } from '../../errors.js';
 import { renderEncryptionConfig } from '../../k8s/encryption-config.js';
-import { renderStaticPod } from '../../k8s/static-pod.js';
+import { DEFAULT_IMAGE, renderStaticPod } from '../../k8s/static-pod.js';
 import { parse as parseYaml } from 'yaml';
 import { goDuration, parseDurationFlag } from '../duration.js';
 import { printData, type OutputFormat } from '../output.js';
@@ -36,7 +36,7 @@ export function registerK8s(program: Command, run: (fn: () => Promise<number>) =
   k8s
     .command('static-pod')
     .description('Print a static Pod manifest that runs the plugin beside kube-apiserver')
-    .option('--image <image>', 'container image with keyhaven')
+    .option('--image <image>', `container image with keyhaven (default: ${DEFAULT_IMAGE}, the name docs/container.md builds the Containerfile as)`)
     .option('--config <path>', 'host path of plugin.yaml')
     .option('--socket-dir <dir>', 'host folder for the socket')
     .option('--data-dir <dir>', 'host folder of the embedded key store')
