@@ -11,7 +11,7 @@ export type OutputFormat = 'text' | 'json' | 'yaml';
  *   - nested data is nested (an audit record's details is an object, not a string)
  */
 
-export function printJson(v: unknown): void {
+function printJson(v: unknown): void {
   process.stdout.write(`${JSON.stringify(v, null, 2)}\n`);
 }
 
