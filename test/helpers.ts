@@ -38,10 +38,10 @@ export function cleanCliEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-/** Runs bin/keyhaven asynchronously (the event loop stays free for servers in this process); `input` goes to stdin. */
-export function runCli(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string }): Promise<CliResult> {
+/** Runs a command to its end asynchronously (owned by the reaper), collecting its output; `input` goes to stdin. */
+export function runCommand(command: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawnOwned(process.execPath, [BIN, ...args], { cwd: ROOT, env: opts.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child = spawnOwned(command, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
@@ -50,6 +50,11 @@ export function runCli(args: string[], opts: { env: NodeJS.ProcessEnv; input?: s
     child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
     child.stdin!.end(opts.input ?? '');
   });
+}
+
+/** Runs bin/keyhaven asynchronously (the event loop stays free for servers in this process); `input` goes to stdin. */
+export function runCli(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string }): Promise<CliResult> {
+  return runCommand(process.execPath, [BIN, ...args], { env: opts.env, ...(opts.input !== undefined ? { input: opts.input } : {}) });
 }
 
 /** ok(): the command must exit 0; json(): the same with `-o json`, parsed. */

@@ -3,6 +3,7 @@ import { cpSync, existsSync, mkdirSync, readdirSync, realpathSync, symlinkSync, 
 import { join, resolve } from 'node:path';
 import { before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { runCommand, type CliResult } from './helpers.js';
 import { ownedTempDir, spawnOwned } from './reaper.js';
 
 // pkcs11js and @aws-sdk/client-kms are optionalDependencies: an install can
@@ -15,12 +16,6 @@ import { ownedTempDir, spawnOwned } from './reaper.js';
 
 const ROOT = resolve(fileURLToPath(new URL('../../', import.meta.url)));
 const LEFT_OUT = ['pkcs11js', '@aws-sdk/client-kms'];
-
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
 
 /** A package folder without the optional packages; `build` is the dist/ subfolder to copy (src or bundle). */
 function layOut(build: 'src' | 'bundle'): string {
@@ -49,16 +44,8 @@ function layOut(build: 'src' | 'bundle'): string {
   return dir;
 }
 
-function run(dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
-  return new Promise((res, rej) => {
-    const child = spawnOwned(process.execPath, [join(dir, 'app', 'bin', 'keyhaven'), ...args], { cwd: dir, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', rej);
-    child.on('close', (code) => res({ code: code ?? -1, stdout, stderr }));
-  });
+function run(dir: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+  return runCommand(process.execPath, [join(dir, 'app', 'bin', 'keyhaven'), ...args], { cwd: dir, env: { ...process.env, ...env } });
 }
 
 /** A server on 127.0.0.1:0; resolves with its URL once it listens, and a stop function. */

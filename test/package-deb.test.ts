@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { before, describe, it, type TestContext } from 'node:test';
-import { call, kmsClients, logLines, ROOT } from './helpers.js';
+import { call, kmsClients, logLines, ROOT, runCommand } from './helpers.js';
 import { ownedTempDir, spawnOwned } from './reaper.js';
 import { requireDependency } from './require.js';
 
@@ -18,23 +18,7 @@ const WHY = 'dpkg-deb (Debian package dpkg)';
 const INSTALL = process.env.KEYHAVEN_TEST_DPKG_INSTALL === '1';
 const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function run(command: string, args: string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Run> {
-  return new Promise((res, rej) => {
-    const child = spawnOwned(command, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', rej);
-    child.on('close', (code) => res({ code: code ?? -1, stdout, stderr }));
-  });
-}
+const run = runCommand;
 
 async function ok(command: string, args: string[], opts?: { env?: NodeJS.ProcessEnv; cwd?: string }): Promise<string> {
   const r = await run(command, args, opts);
