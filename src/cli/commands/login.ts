@@ -5,7 +5,7 @@ import { printData, type OutputFormat } from '../output.js';
 import { promptLine, promptSecret, readStdinSecret } from '../prompt.js';
 import { connOptions, SERVER_HELP, withClient, type RemoteFlags } from '../remote-command.js';
 import { parseOutput } from '../store-command.js';
-import { checkContextName, contextNameFor, readSessions, saveSession, selectContext, writeSessions, type Context } from '../session.js';
+import { checkContextName, contextNameFor, readSessions, saveSession, selectContext, writeSessions, type Context, type Sessions } from '../session.js';
 import { formatTable } from '../output.js';
 
 interface LoginResponse {
@@ -175,21 +175,27 @@ is only ever sent to the server it was issued by.
       }),
     );
 
-  ctx
-    .command('use')
-    .description('Make a saved context the current one')
-    .argument('<name>', 'context name')
-    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
-    .action((name: string, flags: { output: OutputFormat }) =>
-      run(async () => {
-        const all = readSessions();
-        const sel = selectContext(all, name, 'the context name')!;
-        writeSessions({ ...all, current: sel.name });
-        if (flags.output !== 'text') printData({ current: sel.name, server: sel.context.server }, flags.output);
-        else process.stdout.write(`switched to context ${sel.name} (${sel.context.server})\n`);
-        return 0;
-      }),
-    );
+  // `use NAME` and `delete NAME`: a saved context by name, then an answer in the chosen format.
+  const byName = (command: string, description: string, act: (all: Sessions, sel: NonNullable<ReturnType<typeof selectContext>>) => { data: object; text: string }) =>
+    ctx
+      .command(command)
+      .description(description)
+      .argument('<name>', 'context name')
+      .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
+      .action((name: string, flags: { output: OutputFormat }) =>
+        run(async () => {
+          const all = readSessions();
+          const { data, text } = act(all, selectContext(all, name, 'the context name')!);
+          if (flags.output !== 'text') printData(data, flags.output);
+          else process.stdout.write(`${text}\n`);
+          return 0;
+        }),
+      );
+
+  byName('use', 'Make a saved context the current one', (all, sel) => {
+    writeSessions({ ...all, current: sel.name });
+    return { data: { current: sel.name, server: sel.context.server }, text: `switched to context ${sel.name} (${sel.context.server})` };
+  });
 
   ctx
     .command('current')
@@ -203,21 +209,13 @@ is only ever sent to the server it was issued by.
       }),
     );
 
-  ctx
-    .command('delete')
-    .description('Forget a saved context and its token (run "keyhaven logout --context NAME" first to end the session on the server)')
-    .argument('<name>', 'context name')
-    .option('-o, --output <format>', 'text, json or yaml', parseOutput, 'text' as OutputFormat)
-    .action((name: string, flags: { output: OutputFormat }) =>
-      run(async () => {
-        const all = readSessions();
-        const sel = selectContext(all, name, 'the context name')!;
-        const { [sel.name]: _gone, ...rest } = all.contexts;
-        const current = all.current === sel.name ? undefined : all.current;
-        writeSessions({ ...(current ? { current } : {}), contexts: rest });
-        if (flags.output !== 'text') printData({ deleted: sel.name, ...(current ? { current } : {}) }, flags.output);
-        else process.stdout.write(`deleted context ${sel.name}${all.current === sel.name ? '; no current context now (keyhaven context use NAME)' : ''}\n`);
-        return 0;
-      }),
-    );
+  byName('delete', 'Forget a saved context and its token (run "keyhaven logout --context NAME" first to end the session on the server)', (all, sel) => {
+    const { [sel.name]: _gone, ...rest } = all.contexts;
+    const current = all.current === sel.name ? undefined : all.current;
+    writeSessions({ ...(current ? { current } : {}), contexts: rest });
+    return {
+      data: { deleted: sel.name, ...(current ? { current } : {}) },
+      text: `deleted context ${sel.name}${all.current === sel.name ? '; no current context now (keyhaven context use NAME)' : ''}`,
+    };
+  });
 }
