@@ -9,12 +9,12 @@ import { verifyRecords, type VerifyResult } from '../audit/chain.js';
 import { KeyhavenError } from '../errors.js';
 import { openAuditKeys, STORE_ID_META } from '../keys/open-keyhaven.js';
 import { readKeyFile } from '../seal/keyfile.js';
-import type { AuditRow, Store } from '../storage/store.js';
+import { sqliteReader } from '../storage/sqlite-reader.js';
+import type { AuditRow } from '../storage/store.js';
 
 // Verification without a running server: a copy of the database (or the live
 // file, read-only) and an exported JSON-lines file.
 
-const COLUMNS = 'seq, time, actor, operation, key_name, key_version, result, request_id, details, prev_hash, hash';
 
 /**
  * Verifies the audit chain of a SQLite database opened read-only. With the
@@ -52,15 +52,8 @@ export async function verifyDatabase(path: string, rootKeyFile?: string, witness
   try {
     const tables = db.prepare<[], { name: string }>("select name from sqlite_master where type = 'table' and name in ('audit', 'meta')").all();
     if (tables.length !== 2) throw new KeyhavenError('config_invalid', `${path} is not a keyhaven database (no audit table)`);
-    const page = db.prepare<[number, number], AuditRow>(`select ${COLUMNS} from audit where seq > ? order by seq limit ?`);
-    const meta = db.prepare<[string], { value: string }>('select value from meta where name = ?');
-    const barrier = db.prepare<[string], { value: Buffer }>('select value from barrier where path = ?');
-    // verifyStore reads only these three; the rest of Store is never reached.
-    const reader = {
-      readAudit: async (after: number, limit: number) => page.all(after, limit),
-      getMeta: async (name: string) => meta.get(name)?.value,
-      barrierGet: async (p: string) => barrier.get(p)?.value,
-    } as Pick<Store, 'readAudit' | 'getMeta' | 'barrierGet'> as Store;
+    // verifyStore reads only audit pages, meta and barrier entries.
+    const reader = sqliteReader(db);
     // The same derivation as the server and the embedded store; a key that does not open this database is refused here.
     if (rootKey) ({ headKey, checkpointKey } = await openAuditKeys(reader, rootKey));
     // One read transaction: the chain and its head come from the same snapshot

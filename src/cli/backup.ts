@@ -5,14 +5,13 @@ import { verifyStore } from '../audit/audit-log.js';
 import { CANARY_PATH, openBarrier } from '../barrier/barrier.js';
 import { KeyhavenError } from '../errors.js';
 import { openAuditKeys, STORE_ID_META } from '../keys/open-keyhaven.js';
-import type { Seal, SealRecord } from '../seal/seal.js';
-import type { AuditRow, Store } from '../storage/store.js';
+import { SEAL_META, type Seal, type SealRecord } from '../seal/seal.js';
+import { sqliteReader } from '../storage/sqlite-reader.js';
 
 // Backups of a SQLite store and the check that a backup restores. Both read
 // the source through SQLite's own locking, so a running server keeps writing.
 
 /** Meta row holding the seal record (server stores; the plugin's embedded store has none). */
-const SEAL_META = 'seal';
 
 export interface BackupResult {
   readonly path: string;
@@ -189,15 +188,7 @@ export async function restoreCheck(path: string, source: (record: SealRecord | u
     if (tables.length !== 5) throw new StepFailed(`${path} is not a keyhaven database (missing ${['audit', 'meta', 'barrier', 'keys', 'key_versions'].filter((t) => !tables.some((r) => r.name === t)).join(', ')})`);
     // One read transaction: every step sees the same snapshot.
     db.exec('begin');
-    const page = db.prepare<[number, number], AuditRow>('select seq, time, actor, operation, key_name, key_version, result, request_id, details, prev_hash, hash from audit where seq > ? order by seq limit ?');
-    const meta = db.prepare<[string], { value: string }>('select value from meta where name = ?');
-    const barrierRow = db.prepare<[string], { value: Buffer }>('select value from barrier where path = ?');
-    // The few reads the barrier and verifyStore make; nothing here can write.
-    const reader = {
-      readAudit: async (after: number, limit: number) => page.all(after, limit),
-      getMeta: async (name: string) => meta.get(name)?.value,
-      barrierGet: async (p: string) => barrierRow.get(p)?.value,
-    } as Pick<Store, 'readAudit' | 'getMeta' | 'barrierGet'> as Store;
+    const reader = sqliteReader(db);
     const rawRecord = await reader.getMeta(SEAL_META);
     let record: SealRecord | undefined;
     if (rawRecord !== undefined) {

@@ -13,6 +13,9 @@
  */
 export type SealKind = 'keyfile' | 'shamir' | 'pkcs11';
 
+/** The meta row holding the SealRecord (the server's and restore-check's name for it). */
+export const SEAL_META = 'seal';
+
 export interface SealRecord {
   readonly kind: SealKind;
   readonly [field: string]: unknown;

@@ -9,7 +9,7 @@ import { CANARY_PATH, openBarrier } from '../barrier/barrier.js';
 import { KeyhavenError } from '../errors.js';
 import type { KeyStore } from '../keys/key-store.js';
 import { openKeyhaven } from '../keys/open-keyhaven.js';
-import type { Seal, SealKind, SealRecord } from '../seal/seal.js';
+import { SEAL_META, type Seal, type SealKind, type SealRecord } from '../seal/seal.js';
 import { checkShare } from '../seal/shamir.js';
 import type { Store } from '../storage/store.js';
 
@@ -18,7 +18,6 @@ import type { Store } from '../storage/store.js';
 // the audit log works in every state (records written while sealed join the
 // chain and are covered by the next signed head).
 
-const SEAL_META = 'seal';
 // Set by POST /v1/sys/seal ({by, at}); while present, auto kinds do not
 // unseal themselves (at start, or at a tick on servers sharing the database).
 const OPERATOR_SEAL_META = 'operator_seal';
