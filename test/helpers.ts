@@ -41,20 +41,26 @@ export function cleanCliEnv(): NodeJS.ProcessEnv {
 /** Runs a command to its end asynchronously (owned by the reaper), collecting its output; `input` goes to stdin. */
 export function runCommand(command: string, args: readonly string[], opts: { env?: NodeJS.ProcessEnv; cwd?: string; input?: string } = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawnOwned(command, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    // stdin only when there is input: a quick command may exit before an empty write lands (EPIPE).
+    const child = spawnOwned(command, args, { cwd: opts.cwd ?? ROOT, env: opts.env ?? process.env, stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', reject);
     child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
-    child.stdin!.end(opts.input ?? '');
+    if (opts.input !== undefined) {
+      // A command that exits without reading its input is judged by its exit code, not by the pipe.
+      child.stdin!.on('error', () => {});
+      child.stdin!.end(opts.input);
+    }
   });
 }
 
 /** Runs bin/keyhaven asynchronously (the event loop stays free for servers in this process); `input` goes to stdin. */
 export function runCli(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string }): Promise<CliResult> {
-  return runCommand(process.execPath, [BIN, ...args], { env: opts.env, ...(opts.input !== undefined ? { input: opts.input } : {}) });
+  // stdin is a pipe for every CLI run (as before): empty unless `input` is given.
+  return runCommand(process.execPath, [BIN, ...args], { env: opts.env, input: opts.input ?? '' });
 }
 
 /** ok(): the command must exit 0; json(): the same with `-o json`, parsed. */
